@@ -1,0 +1,1 @@
+"""村村响 broadcasts: schedule, priority, quiet hours, playback."""

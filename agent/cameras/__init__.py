@@ -1,0 +1,1 @@
+"""Surveillance camera health ("雪亮工程")."""

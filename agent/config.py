@@ -1,0 +1,200 @@
+"""The agent's configuration: one TOML file (contract section 2), validated once into frozen objects.
+
+Defaults live here and only here; call sites read attributes, never `.get(key, default)`.
+Feature sections are defined next to their feature (agent/*/settings.py) and assembled below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from agent.broadcast.settings import BroadcastConfig
+from agent.cameras.settings import CameraConfig, CamerasConfig
+from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX
+from agent.schema import SchemaError, build, dump, positive
+from agent.wearables.settings import GatewayConfig, WearablesConfig, WearerConfig
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used. `str()` is the one line a technician sees."""
+
+    def __init__(self, file: Path | str, key: str, problem: str) -> None:
+        self.file, self.key, self.problem = str(file), key, problem
+        where = f"{self.file}: {key}: " if key else f"{self.file}: "
+        super().__init__(where + problem)
+
+
+def _box_id(value: str) -> str:
+    if not BOX_ID_RE.match(value):
+        raise ValueError(f"{value!r} is not [A-Za-z0-9_-]{{1,64}}")
+    return value
+
+
+def _groups(value: tuple[str, ...]) -> tuple[str, ...]:
+    for g in value:
+        _box_id(g)
+    return value
+
+
+def _broker_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"{redact_url(value)!r}: scheme must be mqtt:// or mqtts://")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{redact_url(value)!r}: bad port") from None
+    if not parts.hostname:
+        raise ValueError(f"{redact_url(value)!r}: no host")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"{redact_url(value)!r}: bad port")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"{redact_url(value)!r}: a broker URL has no path")
+    return value
+
+
+def _broker_urls(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    urls = (value,) if isinstance(value, str) else value
+    if not urls:
+        raise ValueError("needs at least one broker URL")
+    return tuple(_broker_url(u) for u in urls)
+
+
+def redact_url(url: str) -> str:
+    """`scheme://user:secret@host` -> `scheme://user:***@host`; anything else unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    user = parts.username or ""
+    netloc = f"{user}:***@{parts.hostname or ''}" if parts.password is not None else f"{user}@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def readable_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"file {str(value)!r} does not exist")
+    if not os.access(value, os.R_OK):
+        raise ValueError(f"file {str(value)!r} is not readable")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BoxConfig:
+    id: str = field(metadata={"check": _box_id})
+    groups: tuple[str, ...] = field(default=(), metadata={"check": _groups})
+    profile: str = "sim"
+    state_dir: Path = Path("/var/lib/village-agent")
+    heartbeat_s: float = field(default=60.0, metadata={"check": positive})
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    url: str | tuple[str, ...] = field(
+        metadata={"check": _broker_urls, "redact": lambda urls: tuple(redact_url(u) for u in urls)}
+    )
+    ca: Path | None = field(default=None, metadata={"check": readable_file})
+    cert: Path | None = field(default=None, metadata={"check": readable_file})
+    key: Path | None = field(default=None, metadata={"check": readable_file})
+    username: str | None = None
+    password_file: Path | None = field(default=None, metadata={"check": readable_file})
+    topic_prefix: str = DEFAULT_PREFIX
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    keepalive_s: int = field(default=30, metadata={"check": positive})
+    connect_timeout_s: float = field(default=10.0, metadata={"check": positive})
+    session_expiry_s: int = field(default=7 * 24 * 3600, metadata={"check": positive})
+    inflight: int = field(default=1000, metadata={"check": positive})
+    backoff_min_s: float = field(default=1.0, metadata={"check": positive})
+    backoff_max_s: float = field(default=300.0, metadata={"check": positive})
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise SchemaError("cert", "cert and key go together (mutual TLS needs both)")
+        if self.backoff_max_s < self.backoff_min_s:
+            raise SchemaError("backoff_max_s", "must be >= backoff_min_s")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    keys: dict[str, Path] = field(default_factory=lambda: MappingProxyType({}))  # read-only mapping
+
+    def __post_init__(self) -> None:
+        for kid, path in self.keys.items():
+            try:
+                readable_file(path)
+            except ValueError as exc:
+                raise SchemaError(f"keys.{kid}", str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    max_bytes: int = field(default=256 * 1024 * 1024, metadata={"check": positive})
+    telemetry_ttl_s: float = field(default=7 * 24 * 3600.0, metadata={"check": positive})
+    commit_interval_ms: float = field(default=20.0, metadata={"check": positive})
+    file: str = "outbox.db"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    box: BoxConfig
+    mqtt: MqttConfig
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    broadcast: BroadcastConfig = field(default_factory=BroadcastConfig)
+    wearables: WearablesConfig = field(default_factory=WearablesConfig)
+    gateways: tuple[GatewayConfig, ...] = field(default=(), metadata={"key": "gateway"})
+    wearers: tuple[WearerConfig, ...] = field(default=(), metadata={"key": "wearer"})
+    cameras: CamerasConfig = field(default_factory=CamerasConfig)
+    camera_list: tuple[CameraConfig, ...] = field(default=(), metadata={"key": "camera"})
+
+    def __post_init__(self) -> None:
+        for name, items in (("gateway", self.gateways), ("wearer", self.wearers), ("camera", self.camera_list)):
+            seen: set[str] = set()
+            for i, item in enumerate(items):
+                if item.id in seen:
+                    raise SchemaError(f"{name}[{i}].id", f"duplicate id {item.id!r}")
+                seen.add(item.id)
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.box.state_dir / self.outbox.file
+
+
+def parse_config(raw: dict[str, Any], source: Path | str = "<config>") -> Config:
+    try:
+        return build(Config, raw)
+    except SchemaError as exc:
+        raise ConfigError(source, exc.key, exc.problem) from None
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read: {exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    return parse_config(raw, path)
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data with secrets masked: what `village agent check` prints."""
+    return dump(config, mask=True)

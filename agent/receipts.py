@@ -1,0 +1,26 @@
+"""`cmd` receipts (contract section 4): one helper so every feature words them the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.clock import Clock, now_ms
+from agent.protocol.commands import RECEIPT_STATES
+from agent.protocol.envelope import Envelope, MsgClass
+from agent.service import Uplink
+
+
+class Receipts:
+    def __init__(self, uplink: Uplink, clock: Clock) -> None:
+        self._uplink = uplink
+        self._clock = clock
+
+    async def send(self, cmd_id: str | None, state: str, *, reason: str | None = None,
+                   **extra: Any) -> Envelope:
+        if state not in RECEIPT_STATES:
+            raise ValueError(f"not a receipt state: {state!r}")
+        data: dict[str, Any] = {"cmd": cmd_id, "state": state}
+        if reason is not None:
+            data["reason"] = reason
+        data.update(extra)
+        return await self._uplink.send(MsgClass.RECEIPT, "cmd", data, now_ms(self._clock))

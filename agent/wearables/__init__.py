@@ -1,0 +1,1 @@
+"""Wristband signals: gateways, wearer registry, geofences, alarm episodes."""

@@ -1,0 +1,1 @@
+"""Wristband gateways: the watch protocol, Ingics-style BLE gateways, NMEA, and their transports."""

@@ -34,6 +34,14 @@ class Hardware:
     Features add the fields they need; each is a drivers/ Protocol, never a concrete class.
     """
 
+    # wristbands: url -> a drivers.wristband.transport.GatewayTransport (serial, socket://, pty, ble:)
+    gateway_opener: Callable[[str], Any] | None = None
+    # broadcast: the amplifier relay, audio player and TTS (drivers/amp, drivers/audio Protocols)
+    relay: Any = None
+    player: Any = None
+    tts: Any = None
+    # cameras: probes (drivers/camera Protocols)
+    camera_probes: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

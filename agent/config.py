@@ -138,6 +138,7 @@ class OutboxConfig:
     max_bytes: int = field(default=256 * 1024 * 1024, metadata={"check": positive})
     telemetry_ttl_s: float = field(default=7 * 24 * 3600.0, metadata={"check": positive})
     commit_interval_ms: float = field(default=20.0, metadata={"check": positive})
+    max_file_bytes: int | None = field(default=None, metadata={"check": positive})  # hard cap on the db file
     file: str = "outbox.db"
 
 

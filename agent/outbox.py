@@ -1,0 +1,531 @@
+"""The store-and-forward outbox: every uplink message lives here until the broker acknowledged it.
+
+SQLite in WAL mode (schema in agent/outbox_schema.py), one writer task, `synchronous=FULL`:
+- `send()` returns once the message is committed. Alarms and receipts commit at once; other classes
+  are group-committed: every message that arrives within `commit_interval_ms` shares one transaction,
+  so a burst of thousands per second costs a few fsyncs.
+- `seq` is assigned by the writer, in commit order. AUTOINCREMENT keeps it from being reused after
+  deletes; `outbox.seq` beside the database holds a reserved high-water mark, written (fsync + rename)
+  once per SEQ_RESERVE messages, so even a database moved aside as corrupt never brings an old seq back.
+- The drain side (agent.link) reads committed rows through a second connection, highest class first,
+  FIFO within a class, and calls `ack(seq)` on PUBACK; the row is deleted only then.
+- Bounded by `max_bytes` of envelope payload: to make room, telemetry is evicted oldest first, then
+  events; alarms and receipts are never evicted. A new message may evict only its own class or lower
+  ones, so telemetry never pushes out an event; when nothing may be evicted, telemetry and events are
+  refused (counted) while alarms and receipts are still taken. Telemetry also expires after
+  `telemetry_ttl_s`. Every eviction, expiry and refusal is counted in `counters` (reported in the
+  heartbeat).
+- A full disk (SQLITE_FULL, also raised by `max_file_bytes`): telemetry and events in the failed batch are
+  refused, old telemetry is evicted to make room, and alarms and receipts wait in memory and are retried
+  every second: their `send()` does not return until they are durable.
+- A database that cannot be opened or fails `PRAGMA quick_check` is moved aside with a timestamp and a
+  fresh one is created; an `event` of kind `outbox_reset` reports it. Never a crash loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from agent.clock import Clock, SystemClock
+from agent.outbox_schema import MIGRATIONS, SCHEMA_VERSION
+from agent.protocol.envelope import Envelope, MsgClass
+
+log = logging.getLogger("agent.outbox")
+
+SEQ_RESERVE = 100_000  # seqs reserved per write of the high-water mark file
+FETCH_CHUNK = 500
+TTL_SWEEP_S = 60.0
+DISK_RETRY_S = 1.0
+# which classes a new message of a class may evict, in the order they are evicted
+_EVICTABLE: dict[MsgClass, tuple[MsgClass, ...]] = {
+    MsgClass.ALARM: (MsgClass.TELEMETRY, MsgClass.EVENT),
+    MsgClass.RECEIPT: (MsgClass.TELEMETRY, MsgClass.EVENT),
+    MsgClass.EVENT: (MsgClass.TELEMETRY, MsgClass.EVENT),
+    MsgClass.TELEMETRY: (MsgClass.TELEMETRY,),
+}
+_URGENT = (MsgClass.ALARM, MsgClass.RECEIPT)
+
+
+class OutboxError(Exception):
+    """The outbox cannot take or give messages."""
+
+
+class OutboxRefused(OutboxError):
+    """A telemetry or event message refused because the outbox (or the disk) is full. Counted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    seq: int
+    cls: MsgClass
+    kind: str
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Pending:
+    cls: MsgClass
+    kind: str
+    data: dict[str, Any]
+    ts: int
+    future: asyncio.Future[Envelope]
+
+
+@dataclass(slots=True)
+class _Delta:
+    """In-memory bookkeeping of one transaction, applied only after it commits."""
+
+    count: dict[MsgClass, int] = field(default_factory=lambda: dict.fromkeys(MsgClass, 0))
+    size: dict[MsgClass, int] = field(default_factory=lambda: dict.fromkeys(MsgClass, 0))
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def bump(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    depth: dict[str, int]
+    bytes: int
+    oldest_ts: dict[str, int | None]
+    counters: dict[str, int]
+
+
+class Outbox:
+    """Durable uplink queue. A Service (run it under the supervisor) and the `Uplink` features use."""
+
+    name = "outbox"
+
+    def __init__(
+        self,
+        path: Path,
+        box: str,
+        *,
+        max_bytes: int,
+        telemetry_ttl_s: float,
+        commit_interval_s: float = 0.02,
+        max_file_bytes: int | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.path = path
+        self.box = box
+        self.max_bytes = max_bytes
+        self.telemetry_ttl_s = telemetry_ttl_s
+        self.commit_interval_s = commit_interval_s
+        self.max_file_bytes = max_file_bytes
+        self.clock = clock or SystemClock()
+        self.available = asyncio.Event()  # set when rows may be waiting for the drain
+        self._opened = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._pending: deque[_Pending] = deque()
+        self._acks: list[int] = []
+        self._acked: set[int] = set()  # acked, delete not yet committed: never fetch again
+        self._cursor: dict[MsgClass, int] = dict.fromkeys(MsgClass, 0)
+        self._count: dict[MsgClass, int] = dict.fromkeys(MsgClass, 0)
+        self._size: dict[MsgClass, int] = dict.fromkeys(MsgClass, 0)
+        self._counters: dict[str, int] = {}
+        self._next_seq = 1
+        self._hwm = 0
+        self._last_ttl_sweep = float("-inf")
+        self._disk_full_since: float | None = None
+        self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self.reset_reason: str | None = None  # set when a bad database was moved aside at open
+        self.commits = 0  # transactions committed: group commit keeps this far below the message count
+
+    # ---------------------------------------------------------------- Uplink
+    def send_nowait(
+        self, cls: MsgClass, kind: str, data: dict[str, Any], ts_ms: int | None = None
+    ) -> asyncio.Future[Envelope]:
+        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        ts = int(self.clock.time() * 1000) if ts_ms is None else int(ts_ms)
+        self._pending.append(_Pending(MsgClass(cls), kind, data, ts, future))
+        self._wake.set()
+        if cls in _URGENT:
+            self._urgent.set()
+        return future
+
+    async def send(
+        self, cls: MsgClass, kind: str, data: dict[str, Any], ts_ms: int | None = None
+    ) -> Envelope:
+        # shield: a caller that is cancelled stops waiting, but the message is still stored
+        return await asyncio.shield(self.send_nowait(cls, kind, data, ts_ms))
+
+    # ---------------------------------------------------------------- drain side
+    async def wait_open(self) -> None:
+        await self._opened.wait()
+
+    def depth(self) -> dict[MsgClass, int]:
+        return dict(self._count)
+
+    async def next_batch(self, limit: int, *, max_cls: MsgClass = MsgClass.TELEMETRY) -> list[Row]:
+        """Up to `limit` committed rows not handed out since the last rewind, best class first."""
+        assert self._reader is not None, "outbox not open"
+        rows: list[Row] = []
+        for cls in MsgClass:
+            if cls > max_cls or len(rows) >= limit:
+                break
+            while self._count[cls] and len(rows) < limit:
+                cur = await self._reader.execute(
+                    "SELECT seq, kind, body FROM outbox WHERE cls = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (int(cls), self._cursor[cls], min(FETCH_CHUNK, limit - len(rows))),
+                )
+                got = await cur.fetchall()
+                await cur.close()
+                if not got:
+                    break
+                self._cursor[cls] = got[-1][0]
+                rows.extend(Row(s, cls, k, bytes(b)) for s, k, b in got if s not in self._acked)
+        return rows
+
+    def ack(self, seq: int) -> None:
+        """The broker acknowledged `seq`: delete it with the next commit."""
+        if seq in self._acked:
+            return
+        self._acked.add(seq)
+        self._acks.append(seq)
+        self._wake.set()
+
+    def rewind(self) -> None:
+        """Hand out every unacknowledged row again (after a reconnect: paho's in-flight state is gone)."""
+        self._cursor = dict.fromkeys(MsgClass, 0)
+        if any(self._count.values()):
+            self.available.set()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    async def stats(self) -> OutboxStats:
+        oldest: dict[str, int | None] = {}
+        for cls in MsgClass:
+            ts = None
+            if self._count[cls] and self._reader is not None:
+                cur = await self._reader.execute(
+                    "SELECT ts FROM outbox WHERE cls = ? ORDER BY seq LIMIT 1", (int(cls),))
+                row = await cur.fetchone()
+                await cur.close()
+                ts = row[0] if row else None
+            oldest[cls.wire] = ts
+        return OutboxStats(
+            depth={c.wire: n for c, n in self._count.items()},
+            bytes=sum(self._size.values()),
+            oldest_ts=oldest,
+            counters=dict(self._counters),
+        )
+
+    # ---------------------------------------------------------------- service
+    async def run(self, ready: Callable[[], None]) -> None:
+        try:
+            await self._open()
+            ready()
+            if self.reset_reason is not None:
+                self.send_nowait(MsgClass.EVENT, "outbox_reset", {"reason": self.reset_reason})
+            while True:
+                await self._wake.wait()
+                if not self._urgent.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._urgent.wait(), self.commit_interval_s)
+                await self._commit_pending()
+        finally:
+            # flush what callers were promised, then close; shielded so cancellation can't cut it
+            await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                if self._pending or self._acks:
+                    await self._commit_pending(final=True)
+        for pending in self._pending:
+            if not pending.future.done():
+                pending.future.set_exception(OutboxError("outbox closed before the message was stored"))
+        self._pending.clear()
+        for conn in (self._reader, self._db):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._db = self._reader = None
+
+    # ---------------------------------------------------------------- open / recover
+    async def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._open_db()
+        except (sqlite3.DatabaseError, _SchemaTooNew) as exc:
+            await self._close_conns()
+            moved = self._move_aside()
+            self.reset_reason = f"database unusable ({exc}); moved aside to {moved.name}"
+            log.error("outbox: %s; starting a fresh one", self.reset_reason)
+            await self._open_db()
+        self._opened.set()
+        if any(self._count.values()):
+            self.available.set()
+
+    async def _open_db(self) -> None:
+        db = self._db = await aiosqlite.connect(self.path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        if self.max_file_bytes:
+            cur = await db.execute("PRAGMA page_size")
+            (page_size,) = await cur.fetchone()  # type: ignore[misc]
+            await db.execute(f"PRAGMA max_page_count={max(16, self.max_file_bytes // page_size)}")
+        cur = await db.execute("PRAGMA quick_check")
+        result = [r[0] for r in await cur.fetchall()]
+        if result != ["ok"]:
+            raise sqlite3.DatabaseError(f"quick_check: {'; '.join(result[:3])}")
+        cur = await db.execute("PRAGMA user_version")
+        (version,) = await cur.fetchone()  # type: ignore[misc]
+        if version > SCHEMA_VERSION:
+            raise _SchemaTooNew(f"schema v{version} is newer than this agent's v{SCHEMA_VERSION}")
+        for v in range(version, SCHEMA_VERSION):
+            await db.executescript(f"BEGIN;\n{MIGRATIONS[v]}\nPRAGMA user_version={v + 1};\nCOMMIT;")
+        cur = await db.execute("SELECT cls, count(*), coalesce(sum(length(body)), 0) FROM outbox GROUP BY cls")
+        for cls, n, size in await cur.fetchall():
+            self._count[MsgClass(cls)] = n
+            self._size[MsgClass(cls)] = size
+        cur = await db.execute("SELECT name, value FROM counters")
+        self._counters = {name: value for name, value in await cur.fetchall()}
+        cur = await db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
+        row = await cur.fetchone()
+        db_max = row[0] if row else 0
+        self._hwm = await asyncio.to_thread(_read_hwm, self._hwm_path)
+        # an intact database knows its last seq; a fresh one starts above everything ever reserved
+        self._next_seq = db_max + 1 if db_max else max(1, self._hwm)
+        self._reader = await aiosqlite.connect(self.path)
+        await self._reader.execute("PRAGMA query_only=ON")
+
+    async def _close_conns(self) -> None:
+        for conn in (self._reader, self._db):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._db = self._reader = None
+
+    @property
+    def _hwm_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".seq")
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(target) + suffix))
+        return target
+
+    # ---------------------------------------------------------------- the writer
+    async def _commit_pending(self, *, final: bool = False) -> None:
+        self._wake.clear()
+        self._urgent.clear()
+        batch = list(self._pending)
+        self._pending.clear()
+        acks, self._acks = self._acks, []
+        try:
+            stored = await self._commit(batch, acks)
+        except sqlite3.Error as exc:
+            await self._after_failed_commit(exc, batch, acks, final)
+            return
+        self._disk_full_since = None
+        for pending, env in stored:
+            if not pending.future.done():
+                pending.future.set_result(env)
+        self._acked.difference_update(acks)
+        if stored:
+            self.available.set()
+
+    async def _commit(self, batch: list[_Pending], acks: list[int]) -> list[tuple[_Pending, Envelope]]:
+        db = self._db
+        assert db is not None
+        delta = _Delta()
+        next_seq = self._next_seq
+        stored: list[tuple[_Pending, Envelope]] = []
+        inserts: list[tuple[int, int, int, str, bytes]] = []
+        try:
+            if acks:
+                await self._delete_acked(db, acks, delta)
+            await self._expire_telemetry(db, delta)
+            for pending in batch:
+                env = Envelope(self.box, next_seq, pending.ts, pending.cls, pending.kind, pending.data)
+                body = env.encode()
+                if not await self._make_room(db, pending.cls, len(body), delta):
+                    delta.bump(f"refused.{pending.cls.wire}")
+                    if not pending.future.done():
+                        pending.future.set_exception(OutboxRefused(f"outbox full ({self.max_bytes} bytes)"))
+                    continue
+                inserts.append((env.seq, int(env.cls), env.ts, env.kind, body))
+                delta.count[env.cls] += 1
+                delta.size[env.cls] += len(body)
+                stored.append((pending, env))
+                next_seq += 1
+            if inserts:
+                await db.executemany(
+                    "INSERT INTO outbox (seq, cls, ts, kind, body) VALUES (?, ?, ?, ?, ?)", inserts)
+            if delta.counters:
+                await db.executemany(
+                    "INSERT INTO counters (name, value) VALUES (?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    list(delta.counters.items()),
+                )
+            if next_seq > self._hwm:
+                hwm = next_seq + SEQ_RESERVE
+                await asyncio.to_thread(_write_hwm, self._hwm_path, hwm)
+                self._hwm = hwm
+            await db.commit()
+            self.commits += 1
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await db.rollback()
+            raise
+        self._next_seq = next_seq
+        for cls in MsgClass:
+            self._count[cls] += delta.count[cls]
+            self._size[cls] += delta.size[cls]
+        for name, n in delta.counters.items():
+            self._counters[name] = self._counters.get(name, 0) + n
+        return stored
+
+    async def _delete_acked(self, db: aiosqlite.Connection, acks: list[int], delta: _Delta) -> None:
+        for i in range(0, len(acks), 500):
+            chunk = acks[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            cur = await db.execute(f"DELETE FROM outbox WHERE seq IN ({marks}) RETURNING cls, length(body)", chunk)
+            for cls, size in await cur.fetchall():
+                delta.count[MsgClass(cls)] -= 1
+                delta.size[MsgClass(cls)] -= size
+            await cur.close()
+
+    async def _evict_oldest(self, db: aiosqlite.Connection, cls: MsgClass, need: int, delta: _Delta,
+                            reason: str, before_ts: int | None = None) -> int:
+        """Delete the oldest rows of `cls` until `need` bytes are freed (or, with before_ts, while older)."""
+        freed = 0
+        while freed < need and self._count[cls] + delta.count[cls] > 0:
+            cur = await db.execute(
+                "SELECT seq, ts, length(body) FROM outbox WHERE cls = ? ORDER BY seq LIMIT 256", (int(cls),))
+            rows = await cur.fetchall()
+            await cur.close()
+            if not rows:
+                break
+            upto = None
+            for seq, ts, size in rows:
+                if freed >= need or (before_ts is not None and ts >= before_ts):
+                    break
+                upto, freed = seq, freed + size
+                delta.count[cls] -= 1
+                delta.size[cls] -= size
+                delta.bump(f"{reason}.{cls.wire}")
+            if upto is None:
+                break
+            await db.execute("DELETE FROM outbox WHERE cls = ? AND seq <= ?", (int(cls), upto))
+            if before_ts is not None and upto != rows[-1][0]:
+                break
+        return freed
+
+    async def _make_room(self, db: aiosqlite.Connection, cls: MsgClass, size: int, delta: _Delta) -> bool:
+        total = sum(self._size.values()) + sum(delta.size.values())
+        over = total + size - self.max_bytes
+        if over <= 0:
+            return True
+        slack = self.max_bytes // 100  # evict a little more, so a full outbox doesn't delete per insert
+        for victim in _EVICTABLE[cls]:
+            over -= await self._evict_oldest(db, victim, over + slack if over > 0 else 0, delta, "evicted")
+            if over <= 0:
+                return True
+        return cls in _URGENT  # alarms and receipts are taken even over the limit
+
+    async def _expire_telemetry(self, db: aiosqlite.Connection, delta: _Delta) -> None:
+        now = self.clock.monotonic()
+        if now - self._last_ttl_sweep < TTL_SWEEP_S or not self._count[MsgClass.TELEMETRY]:
+            return
+        self._last_ttl_sweep = now
+        cutoff = int((self.clock.time() - self.telemetry_ttl_s) * 1000)
+        await self._evict_oldest(db, MsgClass.TELEMETRY, 1 << 62, delta, "expired", before_ts=cutoff)
+
+    async def _after_failed_commit(self, exc: sqlite3.Error, batch: list[_Pending], acks: list[int],
+                                   final: bool) -> None:
+        code = getattr(exc, "sqlite_errorcode", None)
+        full = code == sqlite3.SQLITE_FULL or "full" in str(exc)
+        if self._disk_full_since is None:
+            self._disk_full_since = self.clock.monotonic()
+            log.error("outbox: commit failed (%s); refusing telemetry and events, holding alarms and "
+                      "receipts in memory until the store takes them", "disk full" if full else exc)
+        urgent = [p for p in batch if p.cls in _URGENT]
+        for pending in batch:
+            if pending.cls not in _URGENT:
+                self._counters[f"refused.{pending.cls.wire}"] = self._counters.get(
+                    f"refused.{pending.cls.wire}", 0) + 1
+                if not pending.future.done():
+                    pending.future.set_exception(OutboxRefused("store full" if full else f"store error: {exc}"))
+        self._acks = acks + self._acks  # deletes are retried with the next commit
+        if full:
+            await self._free_space()
+        self._pending.extendleft(reversed(urgent))
+        if self._pending or self._acks:
+            if final:
+                return
+            await asyncio.sleep(DISK_RETRY_S)
+            self._wake.set()
+            if self._pending:
+                self._urgent.set()
+
+    async def _free_space(self) -> None:
+        """On a full store, drop a tenth of the telemetry (then events) so alarms fit again."""
+        db = self._db
+        assert db is not None
+        for cls in (MsgClass.TELEMETRY, MsgClass.EVENT):
+            if not self._count[cls]:
+                continue
+            delta = _Delta()
+            try:
+                await self._evict_oldest(db, cls, max(1, self._size[cls] // 10), delta, "evicted")
+                await db.commit()
+            except sqlite3.Error as exc:
+                with contextlib.suppress(Exception):
+                    await db.rollback()
+                log.warning("outbox: could not free space: %s", exc)
+                return
+            for c in MsgClass:
+                self._count[c] += delta.count[c]
+                self._size[c] += delta.size[c]
+            for name, n in delta.counters.items():
+                self._counters[name] = self._counters.get(name, 0) + n
+            return
+
+
+class _SchemaTooNew(Exception):
+    pass
+
+
+def _read_hwm(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_hwm(path: Path, value: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{value}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+

@@ -81,6 +81,8 @@ class Mosquitto:
             "log_type notice",
             f"log_dest file {self.log}",
         ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else mosquitto drops to its own user and cannot write here
         conf.write_text("\n".join(lines) + "\n" + self.extra_conf)
         return conf
 
@@ -142,7 +144,10 @@ class Collector:
         self.client.on_subscribe = lambda *a, **k: self._subscribed.set()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        client.subscribe([(t, 1) for t in self.topics])
+        if self.topics:
+            client.subscribe([(t, 1) for t in self.topics])
+        else:  # a publish-only county console
+            self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
@@ -172,3 +177,61 @@ class Collector:
     def publish(self, topic: str, payload: bytes | str, *, retain: bool = False, qos: int = 1) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         info.wait_for_publish(10)
+
+
+def agent_config_dict(state_dir: Path, broker_url: str, box: str = "box-1", **sections: Any) -> dict[str, Any]:
+    """A minimal valid agent config (as parsed TOML) for tests; `sections` override/extend tables."""
+    raw: dict[str, Any] = {
+        "box": {"id": box, "groups": ["town-test"], "profile": "sim", "state_dir": str(state_dir),
+                "heartbeat_s": 3600},
+        "mqtt": {"url": broker_url, "backoff_min_s": 0.05, "backoff_max_s": 0.5, "connect_timeout_s": 3},
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(raw.get(name), dict):
+            raw[name] = {**raw[name], **value}
+        else:
+            raw[name] = value
+    return raw
+
+
+def toml_dumps(doc: dict[str, Any]) -> str:
+    """Enough TOML for test configs: tables, arrays of tables, strings, numbers, bools, lists."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(str(k))} = {value(x)}" for k, x in v.items()) + "}"
+        raise TypeError(type(v))
+
+    lines: list[str] = []
+
+    def table(prefix: str, body: dict[str, Any], header: str) -> None:
+        scalars = {k: v for k, v in body.items() if not isinstance(v, dict) and not _is_aot(v)}
+        lines.append(header)
+        lines.extend(f"{json.dumps(str(k))} = {value(v)}" for k, v in scalars.items())
+        for k, v in body.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}", v, f"[{prefix}.{json.dumps(str(k))}]")
+            elif _is_aot(v):
+                for item in v:
+                    table(f"{prefix}.{k}", item, f"[[{prefix}.{json.dumps(str(k))}]]")
+
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            table(k, v, f"[{k}]")
+        elif _is_aot(v):
+            for item in v:
+                table(k, item, f"[[{k}]]")
+        else:
+            lines.insert(0, f"{k} = {value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _is_aot(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)

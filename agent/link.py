@@ -1,0 +1,382 @@
+"""The MQTT link to the county: drains the outbox with a window of QoS 1 publishes, receives commands.
+
+A state machine that logs edges (one line on failure, one on recovery), built on paho-mqtt 2:
+- one paho client per connection, its network loop in paho's thread; every callback hops to the event
+  loop with `call_soon_threadsafe`. When a connection drops the client is thrown away with whatever it
+  held in memory: the outbox still has every unacknowledged row, and `rewind()` hands them out again,
+  alarms first, with the same `id` (mqtt-notes 1, 2).
+- broker URLs tried in turn; capped exponential backoff with full jitter between attempts, so a
+  thousand boxes coming back after a county outage don't reconnect in the same second; a refused login
+  or certificate goes straight to the longest backoff.
+- MQTT 5 with a session expiry (mqtt-notes 3), falling back to 3.1.1 for brokers that don't speak 5
+  (amqtt, old mosquitto); the fallback is remembered per URL.
+- persistent session with a stable client id so commands queued while the box was offline arrive;
+  subscribe again on every connect whatever CONNACK says, and report a lost session (mqtt-notes 4).
+- retained `state` online on connect, the will says offline; a clean stop publishes offline itself.
+- a window of `inflight` unacknowledged publishes (plus a small reserve only alarms and receipts may
+  use), fed from the outbox only while connected (mqtt-notes 8). A row is acknowledged to the outbox,
+  and so deleted, only on the broker's PUBACK with a success code (mqtt-notes 1).
+- commands: retained ones are flagged for the router to refuse (mqtt-notes 7); the PUBACK for an
+  inbound command is sent only after the router has handled it (paho manual ack), so a crash in between
+  gets the command redelivered rather than lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent import __version__
+from agent.clock import Clock, SystemClock
+from agent.config import Config, redact_url
+from agent.linkstate import LinkStateFile
+from agent.outbox import Outbox
+from agent.protocol.envelope import MsgClass
+from agent.protocol.topics import Topics
+from agent.service import CommandSink, InboundCommand
+
+log = logging.getLogger("agent.link")
+
+ALARM_RESERVE = 64  # publishes beyond the window that only alarms and receipts may use
+COMMAND_QUEUE = 256
+STOP_BUDGET_S = 2.0
+
+
+class LinkState(Enum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+
+
+class ConnectFailed(Exception):
+    """A connection attempt that did not reach CONNACK success."""
+
+    def __init__(self, reason: str, *, auth: bool = False, protocol: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.auth, self.protocol = reason, auth, protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    url: str
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str, username: str | None, password: str | None) -> Broker:
+        parts = urlsplit(url)
+        tls = parts.scheme == "mqtts"
+        return cls(
+            url=redact_url(url),
+            host=parts.hostname or "localhost",
+            port=parts.port or (8883 if tls else 1883),
+            tls=tls,
+            username=parts.username or username,
+            password=parts.password or password,
+        )
+
+
+def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
+    """Full jitter (AWS architecture blog): uniform in [lo, min(hi, lo * 2**attempt)]."""
+    return rng.uniform(lo, min(hi, lo * (2 ** min(attempt, 30))))
+
+
+class Link:
+    name = "link"
+
+    def __init__(self, config: Config, outbox: Outbox, sink: CommandSink, *, clock: Clock | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.sink = sink
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.topics = Topics(config.mqtt.topic_prefix)
+        self.box = config.box.id
+        password = None
+        if config.mqtt.password_file is not None:
+            password = config.mqtt.password_file.read_text().strip()
+        self.brokers = [Broker.parse(u, config.mqtt.username, password) for u in config.mqtt.url]
+        self.state = LinkState.DISCONNECTED
+        self.reconnects = 0
+        self.published = 0
+        self._v311: set[str] = set()  # URLs that answered MQTT 5 with "unsupported protocol"
+        self._statefile = LinkStateFile(config.box.state_dir / "link.json")
+        self._had_session = False
+
+    # ------------------------------------------------------------------ service
+    async def run(self, ready: Callable[[], None]) -> None:
+        ready()  # serving means trying; the outbox holds everything until a broker answers
+        await self.outbox.wait_open()
+        attempt = 0
+        index = 0
+        last_failure: str | None = None
+        while True:
+            broker = self.brokers[index % len(self.brokers)]
+            index += 1
+            self._set_state(LinkState.CONNECTING, broker)
+            try:
+                await self._session(broker)
+                attempt = 0  # we were connected: start the backoff again from the bottom
+                last_failure = None
+                continue_now = True
+            except ConnectFailed as exc:
+                if exc.reason != last_failure:
+                    log.warning("link: cannot connect to %s: %s", broker.url, exc.reason)
+                    last_failure = exc.reason
+                attempt = 30 if exc.auth else attempt + 1
+                continue_now = False
+            finally:
+                self._set_state(LinkState.DISCONNECTED, broker)
+            lo, hi = self.config.mqtt.backoff_min_s, self.config.mqtt.backoff_max_s
+            delay = backoff_delay(attempt, lo, hi, self.rng) if not continue_now else self.rng.uniform(0, lo)
+            await asyncio.sleep(delay)
+
+    def _set_state(self, state: LinkState, broker: Broker) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        self._statefile.update(state=state.value, broker=broker.url, ts=self.clock.time())
+
+    # ------------------------------------------------------------------ one connection
+    async def _session(self, broker: Broker) -> None:
+        v5 = self.config.mqtt.protocol == "5" or (
+            self.config.mqtt.protocol == "auto" and broker.url not in self._v311)
+        try:
+            conn = await self._connect(broker, v5)
+        except ConnectFailed as exc:
+            if not (exc.protocol and v5 and self.config.mqtt.protocol == "auto"):
+                raise
+            log.info("link: %s does not speak MQTT 5, using 3.1.1", broker.url)
+            self._v311.add(broker.url)
+            conn = await self._connect(broker, False)
+        try:
+            await conn.serve()
+        finally:
+            await conn.close(graceful=not conn.lost.is_set())
+            self.outbox.rewind()
+
+    async def _connect(self, broker: Broker, v5: bool) -> _Connection:
+        conn = _Connection(self, broker, v5)
+        await conn.open()
+        return conn
+
+
+class _Connection:
+    """One paho client from CONNECT to disconnect."""
+
+    def __init__(self, link: Link, broker: Broker, v5: bool) -> None:
+        self.link, self.broker, self.v5 = link, broker, v5
+        self.loop = asyncio.get_running_loop()
+        self.connected: asyncio.Future[tuple[bool, Any]] = self.loop.create_future()
+        self.lost = asyncio.Event()
+        self.acked = asyncio.Event()
+        self.inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self.commands: asyncio.Queue[tuple[InboundCommand, int, int]] = asyncio.Queue(COMMAND_QUEUE)
+        self.refused_by_broker = 0
+        cfg = link.config.mqtt
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=link.box,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        self.client.max_inflight_messages_set(cfg.inflight + ALARM_RESERVE)
+        self.client.max_queued_messages_set(cfg.inflight + ALARM_RESERVE + 16)
+        self.client.reconnect_delay_set(3600, 3600)  # never let paho reconnect on its own: we do, with jitter
+        self.client.connect_timeout = cfg.connect_timeout_s
+        if broker.username is not None:
+            self.client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            ctx = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca else None)
+            if cfg.cert is not None and cfg.key is not None:
+                ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
+            self.client.tls_set_context(ctx)
+        self.client.will_set(link.topics.state(link.box), self._state_payload("offline"), qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+
+    def _state_payload(self, state: str) -> bytes:
+        return json.dumps({
+            "state": state, "ts": int(self.link.clock.time() * 1000), "version": __version__,
+            "groups": list(self.link.config.box.groups),
+        }).encode()
+
+    # paho thread -> event loop ------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.loop.call_soon_threadsafe(self._connack, flags.session_present, reason)
+
+    def _connack(self, session_present: bool, reason: Any) -> None:
+        if not self.connected.done():
+            self.connected.set_result((session_present, reason))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.loop.call_soon_threadsafe(self._disconnected, reason)
+
+    def _disconnected(self, reason: Any) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(ConnectFailed(f"closed before CONNACK ({reason})", protocol=True))
+        self.lost.set()
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self.loop.call_soon_threadsafe(self._puback, mid, reason)
+
+    def _puback(self, mid: int, reason: Any) -> None:
+        seq = self.inflight.pop(mid, None)
+        if seq is None:
+            return  # the state message, or a message from before a rewind
+        if getattr(reason, "is_failure", False):
+            # the broker refused it (v5 PUBACK >= 0x80, e.g. not authorized): keep the row for the next
+            # connection and count it; it is not lost, and the operator sees it in the heartbeat
+            self.refused_by_broker += 1
+            if self.refused_by_broker == 1:
+                log.warning("link: broker refused a publish (%s); kept for retry", reason)
+        else:
+            self.link.outbox.ack(seq)
+            self.link.published += 1
+        self.acked.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        cmd = InboundCommand(msg.topic, bytes(msg.payload), bool(msg.retain), self.link.clock.time())
+        self.loop.call_soon_threadsafe(self._enqueue_command, cmd, msg.mid, msg.qos)
+
+    def _enqueue_command(self, cmd: InboundCommand, mid: int, qos: int) -> None:
+        try:
+            self.commands.put_nowait((cmd, mid, qos))
+        except asyncio.QueueFull:
+            log.warning("link: command queue full, dropping a command from %s (not acked: redelivered)",
+                        cmd.topic)
+
+    # event loop -----------------------------------------------------------------
+    async def open(self) -> None:
+        cfg = self.link.config.mqtt
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = cfg.session_expiry_s
+        try:
+            await asyncio.wait_for(asyncio.to_thread(
+                self.client.connect, self.broker.host, self.broker.port, cfg.keepalive_s,
+                clean_start=False if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
+            ), cfg.connect_timeout_s + 1)
+        except ssl.SSLError as exc:
+            raise ConnectFailed(f"TLS handshake failed: {exc.reason or exc}", auth=True) from None
+        except (OSError, TimeoutError) as exc:
+            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from None
+        self.client.loop_start()
+        try:
+            session_present, reason = await asyncio.wait_for(asyncio.shield(self.connected),
+                                                             cfg.connect_timeout_s)
+        except TimeoutError:
+            await self.close(graceful=False)
+            raise ConnectFailed("no CONNACK within the connect timeout") from None
+        except ConnectFailed:
+            await self.close(graceful=False)
+            raise
+        if reason.is_failure:
+            await self.close(graceful=False)
+            text = str(reason)
+            raise ConnectFailed(
+                f"broker refused: {text}",
+                auth=reason.value in (4, 5, 0x86, 0x87, 0x8C),
+                protocol=reason.value in (1, 0x84),
+            )
+        self.session_present = bool(session_present)
+
+    async def serve(self) -> None:
+        link = self.link
+        log.info("link: connected to %s (MQTT %s, session %s)", self.broker.url, "5" if self.v5 else "3.1.1",
+                 "resumed" if self.session_present else "new")
+        if link._had_session and not self.session_present:
+            log.warning("link: the broker lost this box's session; commands sent meanwhile may be missed")
+            link.outbox.send_nowait(MsgClass.EVENT, "session_lost", {"broker": self.broker.url})
+        link._had_session = True
+        cmd_topics = [link.topics.box_cmd(link.box)] + [link.topics.group_cmd(g) for g in link.config.box.groups]
+        self.client.subscribe([(t, 1) for t in cmd_topics])
+        self.client.publish(link.topics.state(link.box), self._state_payload("online"), qos=1, retain=True)
+        link.reconnects += 1
+        link._set_state(LinkState.CONNECTED, self.broker)
+        async with asyncio.TaskGroup() as tg:
+            drain = tg.create_task(self._drain(), name="link.drain")
+            commands = tg.create_task(self._commands(), name="link.commands")
+            await self.lost.wait()
+            drain.cancel()
+            commands.cancel()
+        log.warning("link: lost connection to %s; %d messages were in flight, kept in the outbox",
+                    self.broker.url, len(self.inflight))
+
+    async def _drain(self) -> None:
+        window = self.link.config.mqtt.inflight
+        outbox = self.link.outbox
+        topics, box = self.link.topics, self.link.box
+        while True:
+            # clear before reading: a commit or PUBACK that lands meanwhile sets them again
+            outbox.available.clear()
+            self.acked.clear()
+            if len(self.inflight) < window:
+                rows = await outbox.next_batch(window - len(self.inflight))
+            else:  # window full: only alarms and receipts may use the reserve
+                rows = await outbox.next_batch(window + ALARM_RESERVE - len(self.inflight), max_cls=MsgClass.RECEIPT)
+            if not rows:
+                await _first(outbox.available, self.acked)
+                continue
+            for row in rows:
+                info = self.client.publish(topics.up(box, row.cls, row.kind), row.body, qos=1)
+                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    log.warning("link: publish failed locally: %s", mqtt.error_string(info.rc))
+                self.inflight[info.mid] = row.seq
+            self.link._statefile.published(self.link.clock.time())
+
+    async def _commands(self) -> None:
+        while True:
+            cmd, mid, qos = await self.commands.get()
+            try:
+                await self.link.sink.on_command(cmd)
+            finally:
+                if qos > 0:
+                    with contextlib.suppress(Exception):
+                        self.client.ack(mid, qos)
+
+    async def close(self, *, graceful: bool) -> None:
+        client = self.client
+        if graceful:
+            with contextlib.suppress(Exception):
+                info = client.publish(self.link.topics.state(self.link.box), self._state_payload("offline"),
+                                      qos=1, retain=True)
+                await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, STOP_BUDGET_S), STOP_BUDGET_S + 0.5)
+            with contextlib.suppress(Exception):
+                client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+        with contextlib.suppress(Exception):
+            client.socket() and client.disconnect()
+
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until any of `events` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

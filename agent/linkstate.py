@@ -1,0 +1,49 @@
+"""`state_dir/link.json`: what the link is doing, for `village agent status` to read without IPC.
+
+Written atomically (tmp + rename) on every state edge, and for the last-publish time at most once a
+minute, so a busy link costs the SD card almost nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("agent.link")
+
+PUBLISH_WRITE_EVERY_S = 60.0
+
+
+class LinkStateFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+        self._last_publish_write = float("-inf")
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self._write()
+
+    def published(self, now: float) -> None:
+        self.data["last_publish_ts"] = now
+        if now - self._last_publish_write >= PUBLISH_WRITE_EVERY_S:
+            self._last_publish_write = now
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.data, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a full disk must not take the link down
+            log.warning("link: cannot write %s: %s", self.path, exc)
+
+    @staticmethod
+    def read(path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}

@@ -1,0 +1,115 @@
+"""`village`: the one console script (contract section 1).
+
+`village agent ...` is handled here; `county`, `sim` and `keys` are dispatched lazily to their own
+modules so the agent on a box never imports the simulator or the console.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+EXIT_CONFIG = 2
+
+_DELEGATES = {
+    "county": ("county.cli", "the county console: push, cancel, fences, watch, status"),
+    "sim": ("sim.cli", "the simulator: a whole village in a box, fleet mode"),
+    "keys": ("agent.keys", "county signing keys"),
+}
+
+
+def _agent_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="village agent", description="the village box agent")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, text in (("run", "run the agent in the foreground until SIGTERM/SIGINT"),
+                       ("check", "validate the config and hardware profile, print them (secrets masked)"),
+                       ("status", "read the state directory: outbox depth, link state, seq")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("-c", "--config", required=True, metavar="FILE", help="the agent's TOML config")
+        if name != "run":
+            p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _load(path: str):
+    from agent.config import load_config
+    from agent.profile import load_profile
+
+    config = load_config(path)
+    return config, load_profile(config.box.profile)
+
+
+def agent_main(argv: Sequence[str]) -> int:
+    from agent.config import ConfigError
+    from agent.profile import ProfileError
+
+    args = _agent_parser().parse_args(argv)
+    try:
+        config, profile = _load(args.config)
+    except (ConfigError, ProfileError) as exc:
+        print(f"village: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.cmd == "check":
+        from agent.config import masked
+        from agent.schema import dump
+
+        doc = {"config": masked(config), "profile": dump(profile)}
+        if args.json:
+            print(json.dumps(doc, indent=2, ensure_ascii=False))
+        else:
+            _print_tree(doc)
+        return 0
+    if args.cmd == "status":
+        status = importlib.import_module("agent.status")
+        return int(status.main(config, as_json=args.json))
+
+    from agent.app import run_agent
+    from agent.logsetup import setup_logging
+
+    setup_logging(config.log.level)
+    try:
+        return asyncio.run(run_agent(config, profile=profile))
+    except ConfigError as exc:  # raised while building services (e.g. a bad trust key)
+        print(f"village: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _print_tree(doc: object, indent: str = "") -> None:
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
+                print(f"{indent}{key}:")
+                _print_tree(value, indent + "  ")
+            else:
+                print(f"{indent}{key} = {json.dumps(value, ensure_ascii=False)}")
+    elif isinstance(doc, list):
+        for i, item in enumerate(doc):
+            print(f"{indent}[{i}]")
+            _print_tree(item, indent + "  ")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(prog="village", description="village-edge: the village box and its tools")
+    top.add_argument("area", choices=["agent", *_DELEGATES], help="agent | county | sim | keys")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        for name, (_mod, text) in {"agent": ("", "the box agent: run, check, status"), **_DELEGATES}.items():
+            print(f"  village {name:<7} {text}")
+        return 0 if argv else EXIT_CONFIG
+    area, rest = argv[0], argv[1:]
+    if area == "agent":
+        return agent_main(rest)
+    if area in _DELEGATES:
+        module = importlib.import_module(_DELEGATES[area][0])
+        return int(module.main(rest))
+    top.parse_args(argv[:1])  # prints the usage error and exits 2
+    return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -56,6 +56,10 @@ class BandReport:
     steps: int | None = None
     kind: str = ""  # the frame type as named on the wire: "UD", "AL", "LK", "GPRP", ...
     raw: bytes = b""
+    # measurements some bands send in their own frames: ("spo2", 98.0), ("temp_c", 36.5), ("heart_rate", 72.0),
+    # ("bp_high", 120.0), ("bp_low", 79.0); informational, not alarms
+    vitals: tuple[tuple[str, float], ...] = ()
+    rssi: int | None = None  # signal strength the gateway heard the tag at (BLE), dBm
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""Twins of every driver (same Protocols, real rules), scenarios and the fleet simulator."""

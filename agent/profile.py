@@ -1,22 +1,46 @@
 """Hardware profiles (firmware_cfg/*.toml): pins, ports and devices of one box model.
 
-A profile may `extends = "base"`; tables merge key by key, the child winning. The merged document is
-validated into a frozen HardwareProfile: unknown keys are errors, like the config.
+A profile may `extends = "base"` (a name, or a path); tables merge key by key, the child winning, lists
+are replaced whole. The merged document is validated into a frozen HardwareProfile: unknown keys are
+errors, like the config. A profile's name is its file name without `.toml`.
+
+Where names are looked up, first hit wins:
+  $VILLAGE_PROFILE_DIR            tests and one-off experiments
+  /etc/village-agent/profiles     local profiles a technician adds (extend a shipped one, don't edit it)
+  /opt/village-agent/profiles     profiles shipped by scripts/install-box (overwritten on upgrade)
+  <source tree>/firmware_cfg      a development checkout
+A parent is looked up next to the child first, then by name as above.
+
+`[gateway_firmware]` holds what the agent writes to the wristband gateway on the box's serial port
+(`serial.url`) once at start, in order. Each entry of `commands` is either
+  - a text line: printable ASCII (0x20-0x7e), sent as is followed by `line_ending`, or
+  - raw bytes: "hex:" then pairs of hex digits (spaces allowed), sent exactly, no line ending.
+After each entry the writer waits up to `reply_timeout_s` for a reply line starting with `expect`
+("" = do not wait). `GatewayFirmwareProfile.frames()` gives the exact bytes to write.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from agent.schema import SchemaError, build
+from agent.schema import SchemaError, build, non_negative
 
 PROFILE_DIR_ENV = "VILLAGE_PROFILE_DIR"
 SOURCE_PROFILE_DIR = Path(__file__).resolve().parent.parent / "firmware_cfg"
 SYSTEM_PROFILE_DIR = Path("/etc/village-agent/profiles")
+INSTALLED_PROFILE_DIR = Path("/opt/village-agent/profiles")
+
+MAX_BCM_PIN = 27  # the 40-pin header exposes BCM 0..27 on every Pi model we ship
+BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+MAX_FIRMWARE_COMMANDS = 64
+MAX_FIRMWARE_COMMAND_BYTES = 256
+LINE_ENDINGS = {"crlf": b"\r\n", "lf": b"\n", "cr": b"\r", "none": b""}
+_HCI_RE = re.compile(r"^hci[0-9]{1,2}$")
 
 
 class ProfileError(ValueError):
@@ -25,9 +49,58 @@ class ProfileError(ValueError):
         super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
 
 
+def _bcm_pin(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_BCM_PIN:
+        raise ValueError(f"BCM pin must be 0..{MAX_BCM_PIN}, got {value}")
+    return value
+
+
+def _baud(value: int) -> int:
+    if value not in BAUD_RATES:
+        raise ValueError(f"must be one of {', '.join(map(str, BAUD_RATES))}, got {value}")
+    return value
+
+
+def _serial_url(value: str | None) -> str | None:
+    # pyserial URLs: a device path or scheme://... (socket://, rfc2217://, loop://, spy://)
+    if value is not None and not (value.startswith("/dev/") or re.match(r"^[a-z0-9]+://", value)):
+        raise ValueError(f"{value!r} is neither a /dev/ path nor a pyserial URL (socket://host:port, ...)")
+    return value
+
+
+def _hci(value: str | None) -> str | None:
+    if value is not None and not _HCI_RE.match(value):
+        raise ValueError(f"BLE adapter must look like 'hci0', got {value!r}")
+    return value
+
+
+def encode_firmware_command(entry: str) -> bytes:
+    """One `[gateway_firmware].commands` entry -> its bytes, without the line ending. ValueError if bad."""
+    if entry.startswith("hex:"):
+        digits = entry[4:].replace(" ", "")
+        if not digits or len(digits) % 2 or not re.fullmatch(r"[0-9A-Fa-f]+", digits):
+            raise ValueError(f"{entry!r}: after 'hex:' come pairs of hex digits")
+        data = bytes.fromhex(digits)
+    else:
+        if not entry or any(not 0x20 <= ord(c) <= 0x7E for c in entry):
+            raise ValueError(f"{entry!r}: a text command is non-empty printable ASCII (use 'hex:' for bytes)")
+        data = entry.encode("ascii")
+    if len(data) > MAX_FIRMWARE_COMMAND_BYTES:
+        raise ValueError(f"{entry[:20]!r}...: longer than {MAX_FIRMWARE_COMMAND_BYTES} bytes")
+    return data
+
+
+def _firmware_commands(value: tuple[str, ...]) -> tuple[str, ...]:
+    if len(value) > MAX_FIRMWARE_COMMANDS:
+        raise ValueError(f"at most {MAX_FIRMWARE_COMMANDS} commands, got {len(value)}")
+    for entry in value:
+        encode_firmware_command(entry)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class RelayProfile:
-    pin: int | None = None  # BCM number; None = no relay on this box
+    pin: int | None = field(default=None, metadata={"check": _bcm_pin})  # BCM number; None = no relay
     active_high: bool = True
 
 
@@ -38,24 +111,70 @@ class AudioProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class SerialProfile:
+    url: str | None = field(default=None, metadata={"check": _serial_url})  # None = no wired gateway
+    baud: int = field(default=9600, metadata={"check": _baud})
+
+
+@dataclass(frozen=True, slots=True)
+class BleProfile:
+    adapter: str | None = field(default=None, metadata={"check": _hci})  # None = no BLE radio used
+
+
+@dataclass(frozen=True, slots=True)
+class StatusLedProfile:
+    pin: int | None = field(default=None, metadata={"check": _bcm_pin})  # BCM number; None = no LED
+    active_high: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayFirmwareProfile:
+    commands: tuple[str, ...] = field(default=(), metadata={"check": _firmware_commands})
+    line_ending: Literal["crlf", "lf", "cr", "none"] = "crlf"
+    expect: str = "OK"
+    reply_timeout_s: float = field(default=2.0, metadata={"check": non_negative})
+
+    def frames(self) -> tuple[bytes, ...]:
+        """The exact bytes to write, one item per command, in order."""
+        end = LINE_ENDINGS[self.line_ending]
+        return tuple(
+            encode_firmware_command(c) + (b"" if c.startswith("hex:") else end) for c in self.commands
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class HardwareProfile:
     name: str
     description: str = ""
-    kind: str = "sim"  # "sim" builds the twins from sim/, anything else the real drivers
+    kind: Literal["pi", "sim"] = "sim"  # "sim" builds the twins from sim/, "pi" the real drivers
     relay: RelayProfile = field(default_factory=RelayProfile)
     audio: AudioProfile = field(default_factory=AudioProfile)
+    serial: SerialProfile = field(default_factory=SerialProfile)
+    ble: BleProfile = field(default_factory=BleProfile)
+    status_led: StatusLedProfile = field(default_factory=StatusLedProfile)
+    gateway_firmware: GatewayFirmwareProfile = field(default_factory=GatewayFirmwareProfile)
+
+    def __post_init__(self) -> None:
+        if self.relay.pin is not None and self.relay.pin == self.status_led.pin:
+            raise SchemaError("status_led.pin", f"BCM {self.relay.pin} is already the relay pin")
+        if self.gateway_firmware.commands and self.serial.url is None:
+            raise SchemaError("gateway_firmware", "commands need a serial gateway (serial.url is not set)")
 
 
 def profile_dirs() -> list[Path]:
     dirs = []
     if env := os.environ.get(PROFILE_DIR_ENV):
         dirs.append(Path(env))
-    dirs += [SYSTEM_PROFILE_DIR, SOURCE_PROFILE_DIR]
+    dirs += [SYSTEM_PROFILE_DIR, INSTALLED_PROFILE_DIR, SOURCE_PROFILE_DIR]
     return dirs
 
 
+def _is_path(name: str) -> bool:
+    return "/" in name or name.endswith(".toml")
+
+
 def find_profile(name: str) -> Path:
-    if "/" in name or name.endswith(".toml"):
+    if _is_path(name):
         path = Path(name)
         if path.is_file():
             return path
@@ -74,28 +193,44 @@ def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _find_parent(child: Path, parent: str) -> Path:
+    if _is_path(parent):
+        path = Path(parent) if Path(parent).is_absolute() else child.parent / parent
+        if path.is_file():
+            return path
+        raise ProfileError(child, "extends", f"parent profile file {str(path)!r} does not exist")
+    beside = child.parent / f"{parent}.toml"
+    if beside.is_file():
+        return beside
+    try:
+        return find_profile(parent)
+    except ProfileError:
+        raise ProfileError(child, "extends", f"parent profile {parent!r} not found") from None
+
+
 def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if path in seen:
-        raise ProfileError(path, "extends", "profiles extend each other in a loop")
+    real = path.resolve()
+    if real in seen:
+        chain = " -> ".join(p.stem for p in (*seen, real))
+        raise ProfileError(path, "extends", f"profiles extend each other in a loop ({chain})")
     try:
         raw = tomllib.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProfileError(path, "", f"cannot read: {exc}") from None
+    if "name" in raw:
+        raise ProfileError(path, "name", "a profile's name is its file name; remove this key")
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
-    if not isinstance(parent, str):
-        raise ProfileError(path, "extends", "must be a profile name")
-    parent_path = path.parent / f"{parent}.toml" if "/" not in parent else Path(parent)
-    if not parent_path.is_file():
-        parent_path = find_profile(parent)
-    return _merge(_load_raw(parent_path, (*seen, path)), raw)
+    if not isinstance(parent, str) or not parent:
+        raise ProfileError(path, "extends", "must be a profile name or a path to a .toml file")
+    return _merge(_load_raw(_find_parent(path, parent), (*seen, real)), raw)
 
 
 def load_profile(name: str) -> HardwareProfile:
     path = find_profile(name)
     raw = _load_raw(path)
-    raw.setdefault("name", path.stem)
+    raw["name"] = path.stem
     try:
         return build(HardwareProfile, raw)
     except SchemaError as exc:

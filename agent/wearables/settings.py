@@ -1,9 +1,33 @@
-"""`[[gateway]]`, `[[wearer]]` and `[wearables]` config sections (owned by the wearables feature)."""
+"""`[[gateway]]`, `[[wearer]]` and `[wearables]` config sections (owned by the wearables feature).
+
+Every default lives here (docs/wearables.md lists them with their reasons); call sites read attributes.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+from agent.schema import SchemaError, non_negative, positive
+
+
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
+def _percent(value: int) -> int:
+    if not 0 <= value <= 100:
+        raise ValueError(f"must be 0-100, got {value}")
+    return value
+
+
+def _factor(value: float) -> float:
+    if value < 1.0:
+        raise ValueError(f"must be >= 1 (a band is never late before its own interval), got {value}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -11,14 +35,53 @@ class GatewayConfig:
     id: str
     url: str
     codec: Literal["watch", "ingics", "nmea"]
+    # no frame at all from this gateway for this long (while its link is up) -> one `gateway` event
+    # "silent"; its bands are then not reported lost one by one
+    silent_s: float = field(default=300.0, metadata={"check": positive})
 
 
 @dataclass(frozen=True, slots=True)
 class WearerConfig:
     id: str
     device: str
+    # how often the band reports when healthy; lost contact after report_interval_s x lost_contact_factor.
+    # None = [wearables] report_interval_s
+    report_interval_s: float | None = field(default=None, metadata={"check": positive})
+    # fence ids (from fences_file or the county's geofence.set) this wearer must stay inside
+    fences: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class WearablesConfig:
-    pass
+    # geofence exit: outside by >= max(margin_m, the fix's reported accuracy) ...
+    margin_m: float = field(default=25.0, metadata={"check": non_negative})
+    # ... for this many consecutive usable fixes ...
+    exit_fixes: int = field(default=3, metadata={"check": _at_least_one})
+    # ... spanning at least this many seconds
+    exit_s: float = field(default=30.0, metadata={"check": non_negative})
+    # default expected report interval of a band (a [[wearer]] may override it)
+    report_interval_s: float = field(default=60.0, metadata={"check": positive})
+    # lost contact after report_interval_s x this factor without a frame
+    lost_contact_factor: float = field(default=3.0, metadata={"check": _factor})
+    # SOS / band removed / fall repeats within this quiet gap fold into one alarm episode
+    sos_fold_s: float = field(default=120.0, metadata={"check": positive})
+    # low battery: once per episode at or below low_battery_pct, re-armed at or above battery_rearm_pct
+    low_battery_pct: int = field(default=20, metadata={"check": _percent})
+    battery_rearm_pct: int = field(default=40, metadata={"check": _percent})
+    # position telemetry thinning: send when moved >= position_min_distance_m and at least
+    # position_min_interval_s since the last one, or after position_max_interval_s whatever the distance
+    position_min_distance_m: float = field(default=50.0, metadata={"check": non_negative})
+    position_min_interval_s: float = field(default=30.0, metadata={"check": non_negative})
+    position_max_interval_s: float = field(default=900.0, metadata={"check": positive})
+    # local fences (GeoJSON FeatureCollection) loaded at start; the county's geofence.set wins on same id
+    fences_file: Path | None = None
+    fences_crs: Literal["WGS84", "GCJ02", "BD09"] = "WGS84"
+    # how often the monitor looks for lost contact, silent gateways and closed alarm episodes
+    tick_s: float = field(default=1.0, metadata={"check": positive})
+    file: str = "wearables.db"  # in [box] state_dir
+
+    def __post_init__(self) -> None:
+        if self.battery_rearm_pct < self.low_battery_pct:
+            raise SchemaError("battery_rearm_pct", "must be >= low_battery_pct")
+        if self.position_max_interval_s < self.position_min_interval_s:
+            raise SchemaError("position_max_interval_s", "must be >= position_min_interval_s")

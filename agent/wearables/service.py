@@ -1,0 +1,201 @@
+"""The wearables feature in the running agent: gateways in, alarms/events/telemetry out through the outbox.
+
+`make_services(ctx)` returns one `WearablesCore` (name "wearables": opens state_dir/wearables.db, loads
+fences and the county's lists, ticks the monitor once a second) and one `GatewayService` per
+`[[gateway]]` (name "wearables.gateway.<id>": keeps the gateway open through `GatewayReader`, feeds every
+event to the shared engine). It registers the `geofence.set` and `wearers.set` command handlers.
+
+Everything goes out with `uplink.send_nowait`: the outbox group-commits, alarms at once, and a gateway
+with 500 bands never waits on the disk between frames. A refused message (outbox full: telemetry and
+events only) is counted and logged, never retried here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from agent.context import AgentContext
+from agent.protocol.commands import Command
+from agent.protocol.envelope import MsgClass
+from agent.service import Service
+from agent.wearables.engine import WearablesEngine
+from agent.wearables.episodes import Out
+from agent.wearables.fences import CRS_NAMES, Fence, FenceError, check_assign, load_fences, load_fences_file
+from agent.wearables.registry import RegistryError, parse_wearers
+from agent.wearables.settings import GatewayConfig
+from agent.wearables.store import StoreError, WearablesStore
+from drivers.wristband.codec import make_decoder
+from drivers.wristband.transport import GatewayReader, GatewayTransport
+
+log = logging.getLogger(__name__)
+
+GEOFENCE_DOC = "geofence"
+WEARERS_DOC = "wearers"
+
+
+class WearablesCore:
+    """Owns the engine, the state store and the monitor tick; the gateway services feed it."""
+
+    name = "wearables"
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.store = WearablesStore(cfg.box.state_dir / cfg.wearables.file)
+        self.engine = WearablesEngine(cfg.wearables, cfg.gateways, cfg.wearers, ctx.clock)
+        self.loaded = asyncio.Event()
+        self.counters = {"sent": 0, "refused": 0, "failed": 0}
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        try:
+            self._load()
+            self.loaded.set()
+            ready()
+            while True:
+                await asyncio.sleep(self.ctx.config.wearables.tick_s)
+                self.emit(self.engine.tick())
+        finally:
+            self.store.close()
+
+    # --- loading ------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        cfg = self.ctx.config.wearables
+        try:
+            self.store.open()
+            self.engine.load_tracks(self.store.load_tracks())
+            self.engine.attach_store(self.store)
+        except StoreError as exc:  # keep relaying alarms; only geofence state is not kept across restarts
+            log.error("wearables: state store unusable, running without it: %s", exc)
+        if cfg.fences_file is not None:
+            try:
+                self.engine.set_local_fences(load_fences_file(cfg.fences_file, cfg.fences_crs))
+            except FenceError as exc:
+                log.error("wearables: [wearables] fences_file not loaded: %s", exc)
+        if not self.store.is_open:
+            return
+        wearers = self.store.load_doc(WEARERS_DOC)
+        if wearers is not None:
+            try:
+                self.engine.set_county_wearers(parse_wearers(wearers))
+            except RegistryError as exc:
+                log.error("wearables: stored county wearer list unusable: %s", exc)
+        doc = self.store.load_doc(GEOFENCE_DOC)
+        if doc is not None:
+            try:
+                fences = load_fences(doc.get("fences"), str(doc.get("crs", "WGS84")))
+                self.engine.set_county_fences(fences, check_assign(doc.get("assign"), fences | self._local()))
+            except FenceError as exc:
+                log.error("wearables: stored county fences unusable: %s", exc)
+        n = len(self.engine.fences)
+        log.info("wearables: %d wearer(s), %d fence(s), %d gateway(s)", len(self.engine.registry.wearers()), n,
+                 len(self.ctx.config.gateways))
+
+    def _local(self) -> dict[str, Fence]:
+        return self.engine.local_fences
+
+    # --- sending ------------------------------------------------------------------------------------
+
+    def emit(self, outs: list[Out]) -> None:
+        for o in outs:
+            fut = self.ctx.uplink.send_nowait(o.cls, o.kind, o.data, o.ts_ms)
+            fut.add_done_callback(self._sent)
+            if o.cls is MsgClass.ALARM:
+                log.info("wearables: %s alarm for %s", o.kind, o.data.get("wearer", o.data.get("gateway")))
+
+    def _sent(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.counters["sent"] += 1
+        elif type(exc).__name__ == "OutboxRefused":  # by name: features depend on the Uplink Protocol only
+            self.counters["refused"] += 1
+            if self.counters["refused"] in (1, 10, 100) or self.counters["refused"] % 1000 == 0:
+                log.warning("wearables: outbox refused %d message(s): %s", self.counters["refused"], exc)
+        else:
+            self.counters["failed"] += 1
+            log.error("wearables: could not store an uplink message: %s", exc)
+
+    # --- commands -----------------------------------------------------------------------------------
+
+    async def on_geofence_set(self, cmd: Command) -> None:
+        await self.loaded.wait()
+        data = cmd.data if isinstance(cmd.data, dict) else {}
+        crs = data.get("crs", "WGS84")
+        try:
+            if crs not in CRS_NAMES:
+                raise FenceError("crs", f"must be one of {', '.join(CRS_NAMES)}, got {crs!r}")
+            fences = load_fences(data.get("fences"), crs)
+            assign = check_assign(data.get("assign"), fences | self._local())
+        except FenceError as exc:
+            await self.ctx.receipts.send(cmd.id, "failed", reason="invalid_fences", detail=str(exc))
+            return
+        try:
+            if self.store.is_open:
+                self.store.save_doc(GEOFENCE_DOC, {"fences": data.get("fences"), "crs": crs,
+                                                   "assign": data.get("assign") or {}}, cmd.id, self.ctx.clock.time())
+        except StoreError as exc:
+            await self.ctx.receipts.send(cmd.id, "failed", reason="store_error", detail=str(exc))
+            return
+        self.engine.set_county_fences(fences, assign)
+        log.info("wearables: geofence.set %s applied: %d fence(s), %d assignment(s)", cmd.id, len(fences),
+                 len(assign))
+        await self.ctx.receipts.send(cmd.id, "applied", fences=len(fences), wearers=len(assign))
+
+    async def on_wearers_set(self, cmd: Command) -> None:
+        await self.loaded.wait()
+        try:
+            wearers = parse_wearers(cmd.data)
+        except RegistryError as exc:
+            await self.ctx.receipts.send(cmd.id, "failed", reason="invalid_wearers", detail=str(exc))
+            return
+        try:
+            if self.store.is_open:
+                self.store.save_doc(WEARERS_DOC, cmd.data, cmd.id, self.ctx.clock.time())
+        except StoreError as exc:
+            await self.ctx.receipts.send(cmd.id, "failed", reason="store_error", detail=str(exc))
+            return
+        self.engine.set_county_wearers(wearers)
+        log.info("wearables: wearers.set %s applied: %d wearer(s)", cmd.id, len(wearers))
+        await self.ctx.receipts.send(cmd.id, "applied", wearers=len(wearers))
+
+
+class GatewayService:
+    """One `[[gateway]]`: open it (retrying with backoff), decode, hand every event to the engine."""
+
+    def __init__(self, ctx: AgentContext, core: WearablesCore, gateway: GatewayConfig) -> None:
+        self.ctx = ctx
+        self.core = core
+        self.gateway = gateway
+        self.name = f"wearables.gateway.{gateway.id}"
+        self.reader: GatewayReader | None = None
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        opener = self.ctx.hardware.gateway_opener
+        if opener is None:
+            raise RuntimeError(f"gateway {self.gateway.id}: no gateway opener in this hardware profile")
+        transport: GatewayTransport = opener(self.gateway.url)
+        self.reader = GatewayReader(transport, make_decoder(self.gateway.codec), on_state=self._on_state,
+                                    name=self.gateway.id)
+        await self.core.loaded.wait()
+        ready()
+        async with contextlib.aclosing(self.reader.events()) as events:
+            async for event in events:
+                self.core.emit(self.core.engine.on_event(self.gateway.id, event))
+
+    def _on_state(self, up: bool, reason: str) -> None:
+        self.core.emit(self.core.engine.on_gateway_state(self.gateway.id, up, reason))
+
+
+def make_services(ctx: AgentContext) -> list[Service]:
+    core = WearablesCore(ctx)
+    ctx.commands.register("geofence.set", core.on_geofence_set)
+    ctx.commands.register("wearers.set", core.on_wearers_set)
+    services: list[Service] = [core]
+    services += [GatewayService(ctx, core, g) for g in ctx.config.gateways]
+    return services

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from agent import sdnotify
 from agent.broadcast.service import make_services as broadcast_services
 from agent.cameras.service import make_services as camera_services
 from agent.clock import Clock, SystemClock
@@ -63,6 +64,8 @@ def build_agent(config: Config, *, clock: Clock | None = None, hardware: Hardwar
     services: list[Service] = [outbox, router, link, heartbeat]
     for make in (broadcast_services, wearable_services, camera_services):
         services += make(ctx)
+    if (hang := sdnotify.hang_for_tests(profile.kind)) is not None:  # sim profile + env var only
+        services.append(hang)
     return Agent(ctx, outbox, link, router, services, Supervisor(services))
 
 

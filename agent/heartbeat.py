@@ -10,6 +10,7 @@ from typing import Any
 
 from agent import __version__
 from agent.clock import Clock
+from agent.clocksanity import check_now
 from agent.outbox import Outbox, OutboxRefused
 from agent.protocol.envelope import MsgClass
 
@@ -43,14 +44,23 @@ class Heartbeat:
             },
             "disk_free_mb": free_mb,
             "version": __version__,
+            "clock": self._clock_report(),
         }
         if self.extra is not None:
             data.update(self.extra())
         return data
 
+    def _clock_report(self) -> dict[str, Any]:
+        verdict = check_now(self.clock.time())
+        return {"plausible": verdict.plausible, "synchronised": verdict.synchronised,
+                "offset_s": verdict.offset_s, "reason": verdict.reason}
+
     async def run(self, ready: Callable[[], None]) -> None:
         await self.outbox.wait_open()
         ready()
+        verdict = check_now(self.clock.time())
+        if not verdict.plausible or verdict.synchronised is False:
+            log.warning("heartbeat: wall clock not trustworthy: %s", verdict.reason)
         while True:
             try:
                 await self.outbox.send(MsgClass.TELEMETRY, "heartbeat", await self.snapshot())

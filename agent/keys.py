@@ -1,0 +1,92 @@
+"""Ed25519 key files: `village keys new NAME [--dir D]` and the loaders the box and the console use.
+
+The private key is written PKCS#8 PEM, mode 0600, opened with O_CREAT|O_EXCL so an existing key is never
+overwritten (losing a county signing key means re-provisioning every box). The public half is plain
+SubjectPublicKeyInfo PEM: that file is what goes into a box's `[trust.keys]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# the loaders live with the JWS code (agent.protocol) so the county console shares them; re-exported here
+from agent.protocol.jws import (  # noqa: F401
+    MAX_PEM_BYTES,
+    KeyExists,
+    KeyFileError,
+    KeysError,
+    load_private_key,
+    load_public_key,
+)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_keypair(name: str, directory: Path | str) -> tuple[Path, Path]:
+    """Write `D/NAME.key` (0600) and `D/NAME.pub` (0644). Never overwrites either file."""
+    if not NAME_RE.match(name):
+        raise KeyFileError(name, "key name must be [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
+    for p in (key_path, pub_path):
+        if p.exists() or p.is_symlink():
+            raise KeyExists(p)
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        _write_exclusive(key_path, private_pem, 0o600)
+    except FileExistsError:
+        raise KeyExists(key_path) from None
+    try:
+        _write_exclusive(pub_path, public_pem, 0o644)
+    except FileExistsError:
+        key_path.unlink()  # ours, just written: don't leave half a pair behind
+        raise KeyExists(pub_path) from None
+    return key_path, pub_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="village keys", description="Ed25519 signing keys for county commands")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    new = sub.add_parser("new", help="write NAME.key (private, 0600) and NAME.pub (public) into --dir")
+    new.add_argument("name")
+    new.add_argument("--dir", default=".", type=Path, help="directory for the pair (default: current)")
+    args = parser.parse_args(argv)
+    try:
+        key_path, pub_path = new_keypair(args.name, args.dir)
+    except KeysError as exc:
+        print(f"village keys: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"village keys: cannot write in {args.dir}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"private key: {key_path} (mode 0600; keep it on the county signing host only)")
+    print(f"public key:  {pub_path} (install on boxes under [trust.keys] {args.name} = \"...\")")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

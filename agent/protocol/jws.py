@@ -1,0 +1,225 @@
+"""JWS compact serialization (RFC 7515) with EdDSA over Ed25519 (RFC 8037): the signed downlink commands.
+
+Written by hand on purpose: it is ~60 lines over `cryptography`, and this way the protected header is exactly
+`{"alg":"EdDSA","kid":...}` and nothing a JOSE library might honour (`jwk`, `jku`, `x5u`, `crit`, `b64`,
+other algorithms) can ever reach the verifier. Verification is allow-list only: alg must be EdDSA, the header may
+hold only alg, kid and typ, the key is looked up by kid in the box's pinned trust keys.
+
+Every error carries a short machine `reason` that the box puts into its `rejected` receipt.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+ALG = "EdDSA"
+ALLOWED_HEADER_KEYS = frozenset({"alg", "kid", "typ"})
+# A command may carry its audio inline (2 MiB raw, base64 twice: ~1.8x); 4 MiB leaves room for the JSON around it.
+MAX_TOKEN_BYTES = 4 * 1024 * 1024
+MAX_HEADER_BYTES = 1024
+MAX_KID_CHARS = 128
+MAX_PEM_BYTES = 16 * 1024
+
+
+class JwsError(Exception):
+    """A token the box will not act on. `reason` is the machine word for the receipt."""
+
+    reason = "malformed"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class MalformedToken(JwsError):
+    reason = "malformed"
+
+
+class TokenTooLarge(MalformedToken):
+    reason = "too_large"
+
+
+class UnsupportedAlgorithm(JwsError):
+    reason = "alg_not_allowed"
+
+
+class UnknownKey(JwsError):
+    reason = "unknown_kid"
+
+
+class BadSignature(JwsError):
+    reason = "bad_signature"
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    # strict: only the URL-safe alphabet, no padding (RFC 7515 section 2)
+    if "=" in text or len(text) % 4 == 1:
+        raise MalformedToken("bad base64url segment")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedToken("bad base64url segment") from None
+
+
+def _json(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedToken(f"{what} is not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise MalformedToken(f"{what} is not a JSON object")
+    return obj
+
+
+def _compact(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def sign(payload: dict[str, Any], key: Ed25519PrivateKey, kid: str) -> str:
+    if not kid or len(kid) > MAX_KID_CHARS:
+        raise ValueError(f"kid must be 1..{MAX_KID_CHARS} characters")
+    signing_input = f"{b64url_encode(_compact({'alg': ALG, 'kid': kid}))}.{b64url_encode(_compact(payload))}"
+    token = f"{signing_input}.{b64url_encode(key.sign(signing_input.encode('ascii')))}"
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ValueError(f"signed token is {len(token)} bytes, over the {MAX_TOKEN_BYTES} byte limit")
+    return token
+
+
+def split(token: str | bytes) -> tuple[dict[str, Any], str, str, str]:
+    """Decode only the header: (header, header b64, payload b64, signature b64). Raises MalformedToken.
+
+    The header is judged before anything else is decoded, so `alg: none` with an empty signature is
+    refused as the algorithm it is, not as a formatting slip."""
+    if isinstance(token, bytes):
+        if len(token) > MAX_TOKEN_BYTES:
+            raise TokenTooLarge(f"token is {len(token)} bytes, limit {MAX_TOKEN_BYTES}")
+        try:
+            token = token.decode("ascii")
+        except UnicodeDecodeError:
+            raise MalformedToken("token is not ASCII") from None
+    if len(token) > MAX_TOKEN_BYTES:
+        raise TokenTooLarge(f"token is {len(token)} bytes, limit {MAX_TOKEN_BYTES}")
+    token = token.strip()
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise MalformedToken(f"expected 3 dot-separated parts, got {len(parts)}")
+    h64, p64, s64 = parts
+    if len(h64) > MAX_HEADER_BYTES:
+        raise MalformedToken("header too large")
+    return _json(b64url_decode(h64), "header"), h64, p64, s64
+
+
+def unverified_payload(token: str | bytes) -> dict[str, Any] | None:
+    """The payload object of a token that may not verify (for naming the command in a receipt), else None."""
+    try:
+        _h, _h64, p64, _s = split(token)
+        return _json(b64url_decode(p64), "payload")
+    except JwsError:
+        return None
+
+
+def verify(token: str | bytes, keys: Mapping[str, Ed25519PublicKey]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify `token` against the pinned `keys` (kid -> public key); returns (header, payload)."""
+    header, h64, p64, s64 = split(token)
+    extra = set(header) - ALLOWED_HEADER_KEYS
+    if extra:
+        raise UnsupportedAlgorithm(f"header field(s) not allowed: {', '.join(sorted(extra))}")
+    alg = header.get("alg")
+    if alg != ALG:
+        raise UnsupportedAlgorithm(f"alg {alg!r} is not allowed (only {ALG})")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise MalformedToken("header has no kid")
+    if "typ" in header and not isinstance(header["typ"], str):
+        raise MalformedToken("typ is not a string")
+    key = keys.get(kid)
+    if key is None:
+        raise UnknownKey(f"kid {kid[:MAX_KID_CHARS]!r} is not a trusted key")
+    signature = b64url_decode(s64)
+    payload = b64url_decode(p64)
+    if len(signature) != 64:
+        raise BadSignature("signature is not 64 bytes")
+    try:
+        key.verify(signature, f"{h64}.{p64}".encode("ascii"))
+    except InvalidSignature:
+        raise BadSignature(f"signature does not verify with key {kid!r}") from None
+    return header, _json(payload, "payload")
+
+
+# ------------------------------------------------------------------------------ key files (PEM)
+class KeysError(Exception):
+    """Base for key file problems; `str()` names the file and what is wrong."""
+
+
+class KeyFileError(KeysError):
+    def __init__(self, path: Path | str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = str(path), problem
+
+
+class KeyExists(KeysError):
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} already exists; refusing to overwrite a key")
+        self.path = str(path)
+
+
+def _read_pem(path: Path | str) -> bytes:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_PEM_BYTES:
+            raise KeyFileError(path, f"{size} bytes is too large for a PEM key")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(path, "file does not exist") from None
+    except PermissionError:
+        raise KeyFileError(path, "file is not readable") from None
+    except IsADirectoryError:
+        raise KeyFileError(path, "is a directory, not a key file") from None
+    except OSError as exc:
+        raise KeyFileError(path, f"cannot read: {exc.strerror}") from None
+
+
+def load_public_key(path: Path | str) -> Ed25519PublicKey:
+    data = _read_pem(path)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        if b"PRIVATE KEY" in data:
+            raise KeyFileError(path, "holds a PRIVATE key; a box must only be given the .pub file") from None
+        raise KeyFileError(path, "not a PEM public key") from None
+    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for odd key types; keep it one error type
+        raise KeyFileError(path, f"not a usable PEM public key ({type(exc).__name__})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(path, f"is a {type(key).__name__.lstrip('_')}, not an Ed25519 public key")
+    return key
+
+
+def load_private_key(path: Path | str) -> Ed25519PrivateKey:
+    data = _read_pem(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise KeyFileError(path, "is encrypted; village keys are unencrypted PKCS#8 (protect the file)") from None
+    except ValueError:
+        raise KeyFileError(path, "not a PEM private key") from None
+    except Exception as exc:  # see load_public_key
+        raise KeyFileError(path, f"not a usable PEM private key ({type(exc).__name__})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(path, "is not an Ed25519 private key")
+    return key
+
+

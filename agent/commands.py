@@ -1,0 +1,350 @@
+"""The command router: every signed command from the county passes here before anything on the box acts.
+
+The box acts only when all hold (contract section 5): the MQTT message is not retained; the JWS verifies
+with the key its `kid` names in `[trust.keys]`; the payload is a well-typed v1 command; it arrived on this
+box's or one of its groups' cmd topic and `to` names this box or one of its groups; it is fresh (`iat` <=
+now + 120 s, now < `exp`, or the clock policy below); its `kind` has a handler; its `id` was never seen.
+Otherwise nothing happens but one `rejected` receipt with the reason and one warning line (never the token).
+
+Accepted: the id is committed to the replay store, a `received` receipt goes out, then the handler is awaited.
+Handlers should return once the command is taken (scheduled, applied): the link acknowledges the MQTT message
+only after `on_command` returns. A handler that raises gets a `failed` receipt; it never takes the agent down.
+
+Clock policy (`check_freshness`): a box without a working RTC or NTP may boot in 1970. When the wall clock is
+before 2024-01-01, or behind the *time floor* (the newest `iat` the box has accepted, a time signed by the
+county) by more than the skew, the clock is called unsynchronised. Then `iat` cannot be checked; `exp` is
+checked against the floor instead (a command that expired before something the box already saw is expired);
+emergency `broadcast.play` and any `broadcast.cancel` are accepted with a `clock_unsynchronised` note, since
+staying silent in an emergency is worse; every other command is refused with `clock_unsynchronised` and the
+county sends it again once the box reports a good clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.clock import Clock
+from agent.config import Config, ConfigError
+from agent.context import CommandHandler
+from agent.keys import KeyFileError, load_public_key
+from agent.outbox import OutboxError
+from agent.protocol import jws
+from agent.protocol.commands import COMMAND_VERSION, Command
+from agent.protocol.topics import BOX_ID_RE, Topics
+from agent.receipts import Receipts
+from agent.replay import ReplayStore, ReplayStoreError
+from agent.service import InboundCommand
+
+log = logging.getLogger("agent.commands")
+
+MAX_SKEW_S = 120  # contract: iat <= now + 120 s
+UNSYNCHRONISED_BEFORE = 1_704_067_200  # 2024-01-01T00:00:00Z: a wall clock before this was never set
+MAX_LIFETIME_S = 31 * 86400  # exp - iat; bounds how long an id must be remembered
+MAX_ID_CHARS = 128
+MAX_TARGETS = 1000
+KIND_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces: safe in logs and receipts
+URGENT = "emergency"
+PRUNE_INTERVAL_S = 600.0
+PRUNE_GRACE_S = 3600.0  # ids stay this long past exp, for clocks that wobble
+REJECT_BURST = 60  # rejected receipts sent back-to-back before the limiter holds them back
+REJECT_PER_S = 1.0  # ...and the sustained rate: junk on a cmd topic must not flood the outbox with receipts
+SLOW_HANDLER_S = 2.0
+STATE_FILE = "commands.db"
+
+
+class CommandRejected(Exception):
+    """A command the box refuses; `reason` goes into the receipt, `detail` into the log line."""
+
+    def __init__(self, reason: str, detail: str, cmd_id: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.cmd_id = reason, detail, cmd_id
+
+
+class CommandFailed(Exception):
+    """Raised by a handler for an expected failure: a `failed` receipt with `reason`, logged without traceback."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+# ---------------------------------------------------------------------------------------- pure checks
+def _int(payload: Mapping[str, Any], name: str) -> int:
+    value = payload.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CommandRejected("malformed", f"{name} must be an integer (epoch s)")
+    return value
+
+
+def parse_command(payload: Mapping[str, Any], kid: str) -> Command:
+    """A verified JWS payload -> Command, or CommandRejected('malformed')."""
+    v = payload.get("v")
+    if isinstance(v, bool) or v != COMMAND_VERSION:
+        raise CommandRejected("malformed", f"v must be {COMMAND_VERSION}, got {v!r}"[:120])
+    cmd_id = payload.get("id")
+    if not isinstance(cmd_id, str) or not ID_RE.match(cmd_id):
+        raise CommandRejected("malformed", "id must be 1-128 printable ASCII characters")
+    kind = payload.get("kind")
+    if not isinstance(kind, str) or len(kind) > 64 or not KIND_RE.match(kind):
+        raise CommandRejected("malformed", "kind must be dotted lower-case words", cmd_id)
+    try:
+        iat, exp = _int(payload, "iat"), _int(payload, "exp")
+    except CommandRejected as exc:
+        exc.cmd_id = cmd_id
+        raise
+    if exp <= iat:
+        raise CommandRejected("malformed", "exp must be after iat", cmd_id)
+    if exp - iat > MAX_LIFETIME_S:
+        raise CommandRejected("malformed", f"lifetime exp - iat over {MAX_LIFETIME_S} s", cmd_id)
+    to = payload.get("to")
+    if not isinstance(to, list) or not to or len(to) > MAX_TARGETS:
+        raise CommandRejected("malformed", "to must be a non-empty list of box:ID / group:NAME", cmd_id)
+    for target in to:
+        if not isinstance(target, str) or not _valid_target(target):
+            raise CommandRejected("malformed", "to must be a non-empty list of box:ID / group:NAME", cmd_id)
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise CommandRejected("malformed", "data must be an object", cmd_id)
+    return Command(id=cmd_id, kind=kind, iat=iat, exp=exp, to=tuple(to), data=data, kid=kid)
+
+
+def _valid_target(target: str) -> bool:
+    scope, _, name = target.partition(":")
+    return scope in ("box", "group") and bool(BOX_ID_RE.match(name))
+
+
+def check_addressing(cmd: Command, topic: str, my_topics: Mapping[str, str], box: str,
+                     groups: tuple[str, ...]) -> None:
+    """The topic must be one of this box's cmd topics, and `to` must name this box or one of its groups."""
+    if topic not in my_topics:
+        raise CommandRejected("not_addressed", "arrived on a topic that is not this box's", cmd.id)
+    mine = {f"box:{box}", *(f"group:{g}" for g in groups)}
+    if not mine.intersection(cmd.to):
+        raise CommandRejected("not_addressed", "to names neither this box nor its groups", cmd.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    synchronised: bool
+    note: str | None  # goes into the `received` receipt when the clock policy let the command through
+
+
+def clock_synchronised(now: float, floor: float, skew: float = MAX_SKEW_S) -> bool:
+    return now >= UNSYNCHRONISED_BEFORE and now >= floor - skew
+
+
+def is_urgent(cmd: Command) -> bool:
+    """What a box with a wrong clock still obeys: emergency broadcasts, and cancels (they only stop sound)."""
+    if cmd.kind == "broadcast.cancel":
+        return True
+    return cmd.kind == "broadcast.play" and cmd.data.get("class") == URGENT
+
+
+def check_freshness(cmd: Command, now: float, floor: float, skew: float = MAX_SKEW_S) -> Freshness:
+    """The clock policy (module docstring): raise CommandRejected or say how the command passed."""
+    if clock_synchronised(now, floor, skew):
+        if cmd.iat > now + skew:
+            raise CommandRejected("not_yet_valid", f"iat is {cmd.iat - now:.0f} s in the future", cmd.id)
+        if now >= cmd.exp:
+            raise CommandRejected("expired", f"expired {now - cmd.exp:.0f} s ago", cmd.id)
+        return Freshness(True, None)
+    if cmd.exp <= floor:
+        raise CommandRejected("expired", "expired before a command this box already accepted", cmd.id)
+    if not is_urgent(cmd):
+        raise CommandRejected("clock_unsynchronised", "box clock is not set; only emergencies are obeyed", cmd.id)
+    return Freshness(False, "clock_unsynchronised")
+
+
+class RejectionLimiter:
+    """A token bucket over the monotonic clock for rejected receipts (junk can't flood the outbox)."""
+
+    def __init__(self, clock: Clock, burst: int = REJECT_BURST, per_s: float = REJECT_PER_S) -> None:
+        self._clock, self._burst, self._per_s = clock, burst, per_s
+        self._tokens = float(burst)
+        self._at = clock.monotonic()
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = self._clock.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._per_s)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.suppressed += 1
+        return False
+
+
+def load_trust_keys(config: Config) -> dict[str, Ed25519PublicKey]:
+    """`[trust.keys]` -> kid -> public key. A bad file is a ConfigError naming the key."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for kid, path in config.trust.keys.items():
+        try:
+            keys[kid] = load_public_key(path)
+        except KeyFileError as exc:
+            raise ConfigError(path, f"trust.keys.{kid}", exc.problem) from None
+    return keys
+
+
+# ---------------------------------------------------------------------------------------- the router
+class CommandRouter:
+    """CommandSink for the link, CommandRegistry for the features, and a Service owning the replay store.
+
+    Trust keys are loaded in the constructor so a bad key file fails at startup as a config error (exit 2),
+    not on the first command.
+    """
+
+    name = "commands"
+
+    def __init__(self, config: Config, receipts: Receipts, clock: Clock, state_dir: Path | None = None, *,
+                 keys: Mapping[str, Ed25519PublicKey] | None = None) -> None:
+        self._box = config.box.id
+        self._groups = config.box.groups
+        topics = Topics(config.mqtt.topic_prefix)
+        self._my_topics = {topics.box_cmd(self._box): f"box:{self._box}",
+                           **{topics.group_cmd(g): f"group:{g}" for g in self._groups}}
+        self._keys = dict(keys) if keys is not None else load_trust_keys(config)
+        self._receipts = receipts
+        self._clock = clock
+        self._handlers: dict[str, CommandHandler] = {}
+        self._store = ReplayStore(Path(state_dir or config.box.state_dir) / STATE_FILE)
+        self._opened = asyncio.Event()
+        self._limiter = RejectionLimiter(clock)
+        self.counters: Counter[str] = Counter()
+
+    # CommandRegistry -------------------------------------------------------------------
+    def register(self, kind: str, handler: CommandHandler) -> None:
+        if not KIND_RE.match(kind):
+            raise ValueError(f"not a command kind: {kind!r}")
+        if kind in self._handlers:
+            raise ValueError(f"a handler for {kind!r} is already registered")
+        self._handlers[kind] = handler
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(self._handlers)
+
+    # Service ---------------------------------------------------------------------------
+    async def run(self, ready: Callable[[], None]) -> None:
+        await self._store.open()
+        try:
+            self._opened.set()
+            if not self._keys:
+                log.warning("commands: no [trust.keys] configured: every command will be rejected (unknown_kid)")
+            log.info("commands: ready; kinds %s; trusted keys %s", ", ".join(sorted(self._handlers)) or "none",
+                     ", ".join(sorted(self._keys)) or "none")
+            ready()
+            while True:
+                await self.prune()
+                await asyncio.sleep(PRUNE_INTERVAL_S)
+        finally:
+            self._opened.clear()
+            await self._store.close()
+
+    async def prune(self) -> int:
+        now = self._clock.time()
+        if not clock_synchronised(now, self._store.floor):
+            return 0  # with a wrong clock everything would look expired, or nothing would
+        try:
+            return await self._store.prune(now - PRUNE_GRACE_S)
+        except ReplayStoreError as exc:
+            log.warning("commands: %s", exc)
+            return 0
+
+    # CommandSink -----------------------------------------------------------------------
+    async def on_command(self, msg: InboundCommand) -> None:
+        await self._opened.wait()
+        try:
+            cmd, fresh, handler = await self._admit(msg)
+        except CommandRejected as rej:
+            await self._reject(rej, msg.topic)
+            return
+        self.counters["accepted"] += 1
+        log.info("commands: %s %s accepted (kid %s, from %s)%s", cmd.kind, cmd.id, cmd.kid, msg.topic,
+                 f" [{fresh.note}]" if fresh.note else "")
+        extra = {"kind": cmd.kind}
+        if fresh.note:
+            extra["note"] = fresh.note
+        await self._receipt(cmd.id, "received", **extra)
+        await self._dispatch(cmd, handler)
+
+    async def _admit(self, msg: InboundCommand) -> tuple[Command, Freshness, CommandHandler]:
+        claimed = jws.unverified_payload(msg.payload)
+        cmd_id = claimed.get("id") if claimed else None
+        if not isinstance(cmd_id, str) or not ID_RE.match(cmd_id):
+            cmd_id = None  # unverified and unusable: the receipt says null rather than echo junk
+        if msg.retained:
+            raise CommandRejected("retained", "a retained message is never obeyed", cmd_id)
+        try:
+            header, payload = jws.verify(msg.payload, self._keys)
+        except jws.JwsError as exc:
+            raise CommandRejected(exc.reason, exc.detail, cmd_id) from None
+        try:
+            cmd = parse_command(payload, header["kid"])
+        except CommandRejected as exc:
+            exc.cmd_id = exc.cmd_id or cmd_id
+            raise
+        check_addressing(cmd, msg.topic, self._my_topics, self._box, self._groups)
+        fresh = check_freshness(cmd, self._clock.time(), self._store.floor)
+        handler = self._handlers.get(cmd.kind)
+        if handler is None:
+            raise CommandRejected("unknown_kind", f"no handler for {cmd.kind!r} on this box", cmd.id)
+        try:
+            first = await self._store.remember(cmd.id, cmd.exp, cmd.kid, self._clock.time(), float(cmd.iat))
+        except ReplayStoreError as exc:
+            # cannot promise at-most-once: refuse rather than risk playing a command twice
+            raise CommandRejected("internal_error", str(exc), cmd.id) from None
+        if not first:
+            raise CommandRejected("replay", "this command id was already received", cmd.id)
+        return cmd, fresh, handler
+
+    async def _dispatch(self, cmd: Command, handler: CommandHandler) -> None:
+        started = self._clock.monotonic()
+        try:
+            await handler(cmd)
+        except CommandFailed as exc:
+            log.warning("commands: %s %s failed: %s", cmd.kind, cmd.id, exc)
+            self.counters["failed"] += 1
+            await self._receipt(cmd.id, "failed", reason=exc.reason, **({"detail": exc.detail} if exc.detail else {}))
+            return
+        except Exception as exc:
+            # The feature boundary: a bug in one handler must not stop the command path or the agent.
+            log.exception("commands: handler for %s %s raised", cmd.kind, cmd.id)
+            self.counters["failed"] += 1
+            await self._receipt(cmd.id, "failed", reason="handler_error", detail=type(exc).__name__)
+            return
+        took = self._clock.monotonic() - started
+        if took > SLOW_HANDLER_S:
+            log.warning("commands: handler for %s took %.1f s; handlers should schedule work and return",
+                        cmd.kind, took)
+
+    async def _reject(self, rej: CommandRejected, topic: str) -> None:
+        self.counters[f"rejected.{rej.reason}"] += 1
+        if not self._limiter.allow():
+            if self._limiter.suppressed == 1:
+                log.warning("commands: too many rejected commands; holding back receipts and log lines")
+            return
+        extra: dict[str, Any] = {"detail": rej.detail}
+        if self._limiter.suppressed:
+            log.warning("commands: %d rejected commands were not reported (rate limit)", self._limiter.suppressed)
+            extra["suppressed"] = self._limiter.suppressed
+            self._limiter.suppressed = 0
+        log.warning("commands: rejected %s from %s: %s (%s)", rej.cmd_id or "<unparsed>", topic, rej.reason,
+                    rej.detail)
+        await self._receipt(rej.cmd_id, "rejected", reason=rej.reason, **extra)
+
+    async def _receipt(self, cmd_id: str | None, state: str, **extra: Any) -> None:
+        try:
+            await self._receipts.send(cmd_id, state, **extra)
+        except OutboxError as exc:
+            log.error("commands: cannot queue the %s receipt for %s: %s", state, cmd_id, exc)

@@ -1,0 +1,1 @@
+"""The county console: `village county push|cancel|fences|watch|status` (contract section 1)."""

@@ -1,0 +1,324 @@
+"""The console's side of the wire: one blocking MQTT connection per command, the receipt board, watch output.
+
+Blocking paho (its network thread plus a queue) rather than asyncio: a console command does one thing and
+exits, and the blocking calls read top to bottom. Every topic comes from agent.protocol.topics and every
+envelope is decoded by agent.protocol.envelope, so the console and the box cannot disagree about the wire.
+The broker password is never printed: the URL is shown through `redact_url`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import queue
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from agent.protocol.envelope import Envelope, EnvelopeError, MsgClass
+from agent.protocol.topics import Topics
+
+CONNECT_TIMEOUT_S = 10.0
+PUBLISH_TIMEOUT_S = 30.0
+MAX_QUEUED = 100_000
+
+
+class ConsoleError(Exception):
+    """A console command that cannot go on; `str()` is the one line shown (no secrets)."""
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    url: str
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca: Path | None = None
+    cert: Path | None = None
+    client_key: Path | None = None
+
+    @property
+    def display(self) -> str:
+        return redact_url(self.url)
+
+    @classmethod
+    def parse(cls, url: str | None, *, ca: Path | None = None, cert: Path | None = None,
+              client_key: Path | None = None) -> BrokerSpec:
+        if not url:
+            raise ConsoleError("no broker: pass --broker URL or set VILLAGE_BROKER")
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConsoleError(f"broker {redact_url(url)!r}: scheme must be mqtt:// or mqtts://")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConsoleError(f"broker {redact_url(url)!r}: bad port") from None
+        if not parts.hostname:
+            raise ConsoleError(f"broker {redact_url(url)!r}: no host")
+        if (cert is None) != (client_key is None):
+            raise ConsoleError("--cert and --client-key go together")
+        tls = parts.scheme == "mqtts"
+        if not tls and (ca or cert):
+            raise ConsoleError("--ca/--cert/--client-key need an mqtts:// broker URL")
+        for p in (ca, cert, client_key):
+            if p is not None and not p.is_file():
+                raise ConsoleError(f"{p}: file does not exist")
+        return cls(url=url, host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
+                   username=unquote(parts.username) if parts.username else None,
+                   password=unquote(parts.password) if parts.password is not None else None,
+                   ca=ca, cert=cert, client_key=client_key)
+
+
+def set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho leaves Nagle on: a small PUBLISH then waits for the peer's delayed ACK (~40 ms on Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class CountyClient:
+    """One MQTT connection (MQTT 3.1.1, clean session): subscribe, publish with PUBACK, read messages."""
+
+    def __init__(self, spec: BrokerSpec) -> None:
+        self.spec = spec
+        self.messages: queue.Queue[Message] = queue.Queue(MAX_QUEUED)
+        self._connected = threading.Event()
+        self._connect_rc: Any = None
+        self._subacks: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", clean_session=True)
+        if spec.username is not None:
+            self.client.username_pw_set(spec.username, spec.password)
+        if spec.tls:
+            ctx = ssl.create_default_context(cafile=str(spec.ca) if spec.ca else None)
+            if spec.cert and spec.client_key:
+                ctx.load_cert_chain(str(spec.cert), str(spec.client_key))
+            self.client.tls_set_context(ctx)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_socket_open = set_nodelay
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        self._connect_rc = rc
+        self._connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+        with self._lock:
+            ev = self._subacks.get(mid)
+        if ev:
+            ev.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.messages.put_nowait(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
+        except queue.Full:
+            pass  # a console that stopped reading: dropping here beats growing without bound
+
+    def __enter__(self) -> CountyClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        try:
+            self.client.connect(self.spec.host, self.spec.port, keepalive=30)
+        except ssl.SSLError as exc:
+            raise ConsoleError(f"TLS with {self.spec.display} failed: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise ConsoleError(f"cannot reach broker {self.spec.display}: {exc.strerror or exc}") from None
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            self.close()
+            raise ConsoleError(f"no answer from broker {self.spec.display} within {timeout:.0f} s")
+        if self._connect_rc is not None and getattr(self._connect_rc, "is_failure", False):
+            self.close()
+            raise ConsoleError(f"broker {self.spec.display} refused the connection: {self._connect_rc}")
+
+    def subscribe(self, topics: list[str], timeout: float = CONNECT_TIMEOUT_S) -> None:
+        ev = threading.Event()
+        with self._lock:
+            rc, mid = self.client.subscribe([(t, 1) for t in topics])
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                raise ConsoleError(f"subscribe failed: {mqtt.error_string(rc)}")
+            self._subacks[mid] = ev
+        if not ev.wait(timeout):
+            raise ConsoleError(f"broker {self.spec.display} did not confirm the subscription")
+
+    def publish(self, topic: str, payload: bytes, timeout: float = PUBLISH_TIMEOUT_S) -> None:
+        """QoS 1, never retained (mqtt-notes 7); returns once the broker acknowledged it."""
+        info = self.client.publish(topic, payload, qos=1, retain=False)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise ConsoleError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        try:
+            info.wait_for_publish(timeout)
+        except (ValueError, RuntimeError) as exc:
+            raise ConsoleError(f"publish to {topic} failed: {exc}") from None
+        if not info.is_published():
+            raise ConsoleError(f"broker {self.spec.display} did not acknowledge the publish within {timeout:.0f} s")
+
+    def get(self, timeout: float) -> Message | None:
+        try:
+            return self.messages.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+
+# ------------------------------------------------------------------------------------ receipts board
+FINAL_REPLAY = ("rejected", "replay")
+
+
+@dataclass
+class BoxRow:
+    box: str
+    state: str = "no answer"
+    reason: str | None = None
+    ts: int | None = None  # epoch ms of the receipt
+    seq: int = -1
+    answered: bool = False
+
+    def to_json(self, cmd_id: str) -> dict[str, Any]:
+        return {"box": self.box, "cmd": cmd_id, "state": self.state, "reason": self.reason, "ts": self.ts}
+
+
+class ReceiptBoard:
+    """One row per box for one command: which boxes are expected, and the last receipt state of each.
+
+    Expected boxes: every `box:ID` target, and every box whose retained `state` lists a targeted group
+    (the box publishes its `groups` there). Any other box that answers is added as it answers.
+    A `rejected`/`replay` after another state is a duplicate delivery (e.g. the command reached the box on
+    both its own and its group's topic) and does not hide the real state.
+    """
+
+    def __init__(self, cmd_id: str, targets: list[str], topics: Topics) -> None:
+        self.cmd_id = cmd_id
+        self.topics = topics
+        self.groups = {t.split(":", 1)[1] for t in targets if t.startswith("group:")}
+        self.rows: dict[str, BoxRow] = {}
+        for t in targets:
+            if t.startswith("box:"):
+                self.rows.setdefault(t.split(":", 1)[1], BoxRow(t.split(":", 1)[1]))
+
+    def feed(self, msg: Message) -> Envelope | None:
+        box = self.topics.parse_state(msg.topic)
+        if box is not None:
+            self._state(box, msg.payload)
+            return None
+        parsed = self.topics.parse_up(msg.topic)
+        if parsed is None or parsed[1] is not MsgClass.RECEIPT or parsed[2] != "cmd":
+            return None
+        try:
+            env = Envelope.decode(msg.payload)
+        except EnvelopeError:
+            return None
+        if env.data.get("cmd") != self.cmd_id:
+            return None
+        row = self.rows.setdefault(env.box, BoxRow(env.box))
+        state, reason = str(env.data.get("state")), env.data.get("reason")
+        if (state, reason) == FINAL_REPLAY and row.answered and (row.state, row.reason) != FINAL_REPLAY:
+            return env
+        if (env.ts, env.seq) >= (row.ts or 0, row.seq):
+            row.state, row.reason, row.ts, row.seq = state, reason, env.ts, env.seq
+        row.answered = True
+        return env
+
+    def _state(self, box: str, payload: bytes) -> None:
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return
+        groups = doc.get("groups") if isinstance(doc, dict) else None
+        if isinstance(groups, list) and self.groups.intersection(g for g in groups if isinstance(g, str)):
+            self.rows.setdefault(box, BoxRow(box))
+
+    def sorted_rows(self) -> list[BoxRow]:
+        return [self.rows[b] for b in sorted(self.rows)]
+
+    @property
+    def all_good(self) -> bool:
+        return all(r.answered and r.state not in ("rejected", "failed") for r in self.rows.values())
+
+
+def _local(ts_ms: int | None) -> str:
+    if ts_ms is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts_ms / 1000).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_board(board: ReceiptBoard, out: TextIO, *, as_json: bool) -> None:
+    rows = board.sorted_rows()
+    if as_json:
+        for row in rows:
+            out.write(json.dumps(row.to_json(board.cmd_id), ensure_ascii=False) + "\n")
+        return
+    width = max([len("BOX"), *(len(r.box) for r in rows)])
+    out.write(f"{'BOX':<{width}}  {'STATE':<10} {'REASON':<20} AT\n")
+    for r in rows:
+        out.write(f"{r.box:<{width}}  {r.state:<10} {r.reason or '':<20} {_local(r.ts)}\n".rstrip() + "\n")
+    if not rows:
+        out.write("(no box known for these targets: none answered and none lists the group in its state)\n")
+
+
+def collect(client: CountyClient, board: ReceiptBoard, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        msg = client.get(min(left, 0.5))
+        if msg is not None:
+            board.feed(msg)
+
+
+# ------------------------------------------------------------------------------------ watch
+def format_envelope(topic: str, payload: bytes, topics: Topics) -> str:
+    """The human line for one uplink message; anything undecodable is shown as such, never dropped."""
+    try:
+        env = Envelope.decode(payload)
+    except EnvelopeError as exc:
+        return f"{'?':<23}  {topic}  (not an envelope: {exc}) {payload[:200]!r}"
+    ts = dt.datetime.fromtimestamp(env.ts / 1000).astimezone()
+    data = json.dumps(env.data, ensure_ascii=False, separators=(",", ":"))
+    if len(data) > 400:
+        data = data[:400] + "…"
+    when = f"{ts:%Y-%m-%d %H:%M:%S}.{ts.microsecond // 1000:03d}"
+    return f"{when}  {env.box}  {env.cls.wire}/{env.kind}  #{env.seq}  {data}"
+
+
+def format_state(box: str, payload: bytes) -> str:
+    try:
+        doc = json.loads(payload)
+        state = doc.get("state", "?") if isinstance(doc, dict) else "?"
+    except ValueError:
+        state = "?"
+    return f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M:%S}.000  {box}  state  {state}"

@@ -1,0 +1,125 @@
+"""Building signed commands from console arguments: times, inline audio, targets, the command envelope.
+
+Pure functions over an explicit `now`, so tests give exact inputs; the CLI glues them to the broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.protocol import jws
+from agent.protocol.commands import COMMAND_VERSION
+from agent.protocol.topics import BOX_ID_RE, Topics
+
+# The box refuses a command whose exp - iat is over 31 days (agent.commands.MAX_LIFETIME_S); same figure here
+# so the console says so before publishing instead of every box saying `malformed`.
+MAX_TTL_S = 31 * 86400
+DEFAULT_TTL_S = 86400
+# Raw audio carried inline in the signed command; base64 twice (data, then JWS) makes it ~1.8x on the wire,
+# which keeps a command under jws.MAX_TOKEN_BYTES.
+MAX_AUDIO_BYTES = 2 * 1024 * 1024
+AUDIO_MIME = {".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".opus": "audio/opus",
+              ".wav": "audio/wav"}
+RELATIVE_RE = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class PushError(ValueError):
+    """Console input that cannot become a command; `str()` is the line shown."""
+
+
+def parse_time(text: str, now: float) -> int:
+    """ISO 8601 (a time without an offset is the console's local time), `now`, or relative `+30s/+5m/+2h/+1d`."""
+    text = text.strip()
+    if text == "now":
+        return int(now)
+    m = RELATIVE_RE.match(text)
+    if m:
+        return int(now + float(m.group(1)) * UNIT_S[m.group(2)])
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise PushError(f"{text!r} is not an ISO 8601 time, 'now' or +N[smhd]") from None
+    if t.tzinfo is None:
+        t = t.astimezone()  # naive: local time of the machine running the console
+    return int(t.timestamp())
+
+
+def parse_target(text: str) -> str:
+    scope, _, name = text.partition(":")
+    if scope not in ("box", "group") or not BOX_ID_RE.match(name):
+        raise PushError(f"target {text!r} is not box:ID or group:NAME ([A-Za-z0-9_-]{{1,64}})")
+    return f"{scope}:{name}"
+
+
+def target_topic(target: str, topics: Topics) -> str:
+    scope, name = target.split(":", 1)
+    return topics.box_cmd(name) if scope == "box" else topics.group_cmd(name)
+
+
+def audio_data(path: Path) -> dict[str, Any]:
+    """`{"mime", "sha256", "b64"}` for a local audio file; mime from the extension."""
+    mime = AUDIO_MIME.get(path.suffix.lower())
+    if mime is None:
+        raise PushError(f"{path}: unknown audio type {path.suffix!r} (mp3, ogg, opus or wav)")
+    try:
+        size = path.stat().st_size
+        if size > MAX_AUDIO_BYTES:
+            raise PushError(f"{path}: {size} bytes is over the {MAX_AUDIO_BYTES} byte limit for inline audio")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PushError(f"{path}: file does not exist") from None
+    except OSError as exc:
+        raise PushError(f"{path}: cannot read: {exc.strerror}") from None
+    if not raw:
+        raise PushError(f"{path}: file is empty")
+    return {"mime": mime, "sha256": hashlib.sha256(raw).hexdigest(), "b64": base64.b64encode(raw).decode("ascii")}
+
+
+def play_data(*, cls: str, level: int | None, title: str | None, text: str | None, audio: dict[str, Any] | None,
+              start: int | None, end: int | None, volume: int | None) -> dict[str, Any]:
+    if cls not in ("emergency", "daily", "drill"):
+        raise PushError(f"class {cls!r} is not emergency, daily or drill")
+    if level is None:
+        level = 1 if cls == "emergency" else 3
+    if not 1 <= level <= 4:
+        raise PushError(f"level {level} is not 1-4")
+    if volume is not None and not 0 <= volume <= 100:
+        raise PushError(f"volume {volume} is not 0-100")
+    if not text and audio is None:
+        raise PushError("nothing to say: give --text, --audio or --cap")
+    if start is not None and end is not None and end <= start:
+        raise PushError("--until must be after --at")
+    if title is None:
+        title = (text or "").split("\n", 1)[0][:40] or "audio"
+    return {"class": cls, "level": level, "title": title, "text": text or "", "audio": audio,
+            "start": start, "end": end, "volume": volume}
+
+
+def command(kind: str, data: dict[str, Any], targets: list[str], *, now: float, ttl_s: int = DEFAULT_TTL_S,
+            cmd_id: str | None = None) -> dict[str, Any]:
+    """The command payload (contract section 5)."""
+    if not 0 < ttl_s <= MAX_TTL_S:
+        raise PushError(f"--ttl {ttl_s} is not 1..{MAX_TTL_S} s")
+    if not targets:
+        raise PushError("no target: give --to box:ID or --to group:NAME")
+    if cmd_id is not None and not re.match(r"^[\x21-\x7e]{1,128}$", cmd_id):
+        raise PushError("--id must be 1-128 printable ASCII characters without spaces")
+    iat = int(now)
+    return {"v": COMMAND_VERSION, "id": cmd_id or str(uuid.uuid4()), "kind": kind, "iat": iat, "exp": iat + ttl_s,
+            "to": list(dict.fromkeys(targets)), "data": data}
+
+
+def sign(payload: dict[str, Any], key: Ed25519PrivateKey, kid: str) -> bytes:
+    try:
+        return jws.sign(payload, key, kid).encode("ascii")
+    except ValueError as exc:
+        raise PushError(str(exc)) from None

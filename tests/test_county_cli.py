@@ -1,0 +1,289 @@
+"""`village county ...` against a real mosquitto, with fake boxes written here that verify and answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.keys import load_public_key, new_keypair
+from agent.protocol import jws
+from agent.protocol.envelope import Envelope, MsgClass
+from agent.protocol.topics import Topics
+from county.cap import broadcast_id
+from county.cli import EXIT_ERROR, EXIT_OK, EXIT_UNANSWERED, main
+from county.console import ReceiptBoard
+from county.push import MAX_TTL_S
+from tests.support import Collector, Mosquitto, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+T = Topics()
+
+
+class FakeBox:
+    """Subscribes to its cmd topics, verifies like a box would (signature, `to`), answers with receipts."""
+
+    def __init__(self, url: str, box: str, groups: list[str], pub_key: Path, *, answer: tuple[str, ...] = (
+            "received", "scheduled")) -> None:
+        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        self.box, self.groups, self.answer = box, groups, answer
+        self.keys = {"county-2026": load_public_key(pub_key)}
+        self.got: list[tuple[str, dict[str, Any], bool]] = []  # (topic, payload, retained)
+        self.seq = 0
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fake-{box}")
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a, **k: self._subscribed.set()
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+        assert self._subscribed.wait(10)
+
+    def _on_connect(self, client: mqtt.Client, *a: Any) -> None:
+        client.publish(T.state(self.box), json.dumps({"state": "online", "ts": 0, "groups": self.groups}),
+                       qos=1, retain=True)
+        client.subscribe([(T.box_cmd(self.box), 1)] + [(T.group_cmd(g), 1) for g in self.groups])
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        _header, payload = jws.verify(bytes(msg.payload), self.keys)
+        with self._lock:
+            self.got.append((msg.topic, payload, bool(msg.retain)))
+        mine = {f"box:{self.box}", *(f"group:{g}" for g in self.groups)}
+        if not mine.intersection(payload["to"]):
+            return
+        for state in self.answer:
+            self.seq += 1
+            data: dict[str, Any] = {"cmd": payload["id"], "state": state}
+            if state == "rejected":
+                data["reason"] = "expired"
+            env = Envelope(self.box, self.seq, 1_763_900_000_000 + self.seq, MsgClass.RECEIPT, "cmd", data)
+            client.publish(T.up(self.box, MsgClass.RECEIPT, "cmd"), env.encode(), qos=1)
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    return new_keypair("county-2026", tmp_path / "keys")
+
+
+@pytest.fixture
+def village(broker: Mosquitto, keys: tuple[Path, Path], collector: Collector) -> Any:
+    boxes = [FakeBox(broker.url, "box-a", ["town-menglou"], keys[1]),
+             FakeBox(broker.url, "box-b", ["town-menglou", "zone-2"], keys[1])]
+    # a box of the town that is known (retained state) but does not answer
+    collector.publish(T.state("box-c"), json.dumps({"state": "offline", "ts": 0, "groups": ["town-menglou"]}),
+                      retain=True)
+    yield boxes
+    for b in boxes:
+        b.stop()
+
+
+def base(broker: Mosquitto, keys: tuple[Path, Path], *to: str) -> list[str]:
+    args = ["--broker", broker.url, "--key", str(keys[0]), "--kid", "county-2026"]
+    for t in to:
+        args += ["--to", t]
+    return args
+
+
+def test_push_text_wait_table(broker: Mosquitto, keys: Any, village: list[FakeBox],
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["push", *base(broker, keys, "group:town-menglou", "box:box-lonely"), "--text", "明天上午9点停水",
+               "--at", "+1h", "--volume", "60", "--id", "notice-1", "--wait", "3"])
+    out = capsys.readouterr()
+    assert rc == EXIT_UNANSWERED  # box-c and box-lonely never answered
+    lines = out.out.splitlines()
+    assert lines[0].split() == ["BOX", "STATE", "REASON", "AT"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["box-a"][0] == "scheduled" and rows["box-b"][0] == "scheduled"
+    assert rows["box-c"] == ["no", "answer"] and rows["box-lonely"] == ["no", "answer"]
+    assert set(rows) == {"box-a", "box-b", "box-c", "box-lonely"}
+    assert "published broadcast.play notice-1" in out.err
+    topic, payload, retained = village[0].got[0]
+    assert topic == T.group_cmd("town-menglou") and not retained
+    assert payload["kind"] == "broadcast.play" and payload["to"] == ["group:town-menglou", "box:box-lonely"]
+    assert payload["exp"] - payload["iat"] == 86400
+    data = payload["data"]
+    assert data["text"] == "明天上午9点停水" and data["class"] == "daily" and data["level"] == 3
+    assert data["volume"] == 60 and data["audio"] is None and data["start"] >= payload["iat"] + 3599
+
+
+def test_push_json_rows(broker: Mosquitto, keys: Any, village: list[FakeBox],
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["push", *base(broker, keys, "box:box-a"), "--text", "hi", "--class", "emergency",
+               "--json", "--wait", "2", "--id", "e-1"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == EXIT_OK
+    assert rows == [{"box": "box-a", "cmd": "e-1", "state": "scheduled", "reason": None, "ts": 1_763_900_000_002}]
+    assert village[0].got[0][1]["data"]["level"] == 1  # emergency default
+
+
+def test_push_without_wait_prints_the_command(broker: Mosquitto, keys: Any, village: list[FakeBox],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["push", *base(broker, keys, "box:box-b"), "--text", "hi", "--json"]) == EXIT_OK
+    line = json.loads(capsys.readouterr().out)
+    assert line["kind"] == "broadcast.play" and line["topics"] == [T.box_cmd("box-b")]
+    wait_until(lambda: village[1].got)
+    assert village[1].got[0][1]["id"] == line["cmd"]
+
+
+def test_push_audio_inline(broker: Mosquitto, keys: Any, village: list[FakeBox], tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    import base64
+    import hashlib
+
+    wav = tmp_path / "notice.wav"
+    wav.write_bytes(b"RIFF" + os.urandom(2000))
+    assert main(["push", *base(broker, keys, "box:box-a"), "--audio", str(wav)]) == EXIT_OK
+    wait_until(lambda: village[0].got)
+    audio = village[0].got[0][1]["data"]["audio"]
+    assert audio["mime"] == "audio/wav"
+    assert audio["sha256"] == hashlib.sha256(wav.read_bytes()).hexdigest()
+    assert base64.b64decode(audio["b64"]) == wav.read_bytes()
+    assert village[0].got[0][1]["data"]["title"] == "notice"
+
+
+def test_push_cap_update_cancels_then_plays(broker: Mosquitto, keys: Any, village: list[FakeBox], peers: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["push", *base(broker, keys, "box:box-a"), "--cap", str(peers / "cap-1.2-A3-update.xml"),
+               "--wait", "2", "--json"])
+    assert rc == EXIT_OK
+    got = [p for _t, p, _r in village[0].got]
+    assert [p["kind"] for p in got] == ["broadcast.cancel", "broadcast.play"]
+    assert got[0]["data"] == {"broadcast": broadcast_id("trinet@caltech.edu", "TRI13970876.1")}
+    assert got[1]["id"] == broadcast_id("trinet@caltech.edu", "TRI13970876.2")
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["cmd"] == got[1]["id"] and rows[0]["state"] == "scheduled"
+
+
+def test_push_expired_cap_is_refused(broker: Mosquitto, keys: Any, peers: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["push", *base(broker, keys, "box:box-a"), "--cap", str(peers / "cap-1.2-A2-alert.xml")])
+    assert rc == EXIT_ERROR
+    assert "expired already" in capsys.readouterr().err
+
+
+def test_cancel_all_and_rejections(broker: Mosquitto, keys: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    box = FakeBox(broker.url, "box-r", [], keys[1], answer=("rejected",))
+    try:
+        rc = main(["cancel", *base(broker, keys, "box:box-r"), "--all", "--wait", "2"])
+    finally:
+        box.stop()
+    assert rc == EXIT_UNANSWERED
+    assert box.got[0][1]["kind"] == "broadcast.cancel" and box.got[0][1]["data"] == {"all": True}
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[:3] == ["box-r", "rejected", "expired"]
+
+
+def test_errors_are_one_line_and_mask_the_password(keys: Any, capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path) -> None:
+    from tests.support import free_port
+
+    url = f"mqtt://admin:s3cr3t-pw@127.0.0.1:{free_port()}"
+    rc = main(["push", "--broker", url, "--key", str(keys[0]), "--kid", "k", "--to", "box:x", "--text", "t"])
+    err = capsys.readouterr().err
+    assert rc == EXIT_ERROR and "s3cr3t-pw" not in err and "admin:***@" in err
+    assert len(err.strip().splitlines()) == 1
+    # a public key given as --key
+    rc = main(["push", "--broker", url, "--key", str(keys[1]), "--kid", "k", "--to", "box:x", "--text", "t"])
+    assert rc == EXIT_ERROR and "not a PEM private key" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["push", "--broker", url, "--key", str(keys[0]), "--kid", "k", "--to", "town:x", "--text", "t"])
+    assert exit_.value.code == 2
+    rc = main(["push", "--broker", url, "--key", str(keys[0]), "--kid", "k", "--to", "box:x", "--text", "t",
+               "--ttl", str(MAX_TTL_S + 1)])
+    assert rc == EXIT_ERROR and "--ttl" in capsys.readouterr().err
+    big = tmp_path / "big.mp3"
+    big.write_bytes(b"\0" * (2 * 1024 * 1024 + 1))
+    rc = main(["push", "--broker", url, "--key", str(keys[0]), "--kid", "k", "--to", "box:x", "--audio", str(big)])
+    assert rc == EXIT_ERROR and "limit" in capsys.readouterr().err
+
+
+def test_ttl_limit_matches_the_box() -> None:
+    from agent.commands import MAX_LIFETIME_S
+
+    assert MAX_TTL_S == MAX_LIFETIME_S
+
+
+def test_board_keeps_the_real_state_over_a_duplicate_replay() -> None:
+    from county.console import Message
+
+    board = ReceiptBoard("c1", ["group:g", "box:a"], T)
+
+    def receipt(seq: int, state: str, reason: str | None = None) -> Message:
+        data = {"cmd": "c1", "state": state, **({"reason": reason} if reason else {})}
+        return Message(T.up("a", MsgClass.RECEIPT, "cmd"),
+                       Envelope("a", seq, 1000 + seq, MsgClass.RECEIPT, "cmd", data).encode(), False)
+
+    board.feed(receipt(1, "received"))
+    board.feed(receipt(2, "rejected", "replay"))  # the same command via the group topic
+    board.feed(receipt(3, "scheduled"))
+    assert (board.rows["a"].state, board.rows["a"].reason) == ("scheduled", None)
+    board.feed(receipt(4, "started"))
+    board.feed(receipt(3, "scheduled"))  # an at-least-once resend of an older receipt changes nothing
+    assert board.rows["a"].state == "started"
+    assert board.all_good
+
+
+def test_watch_json_prints_envelopes_verbatim(broker: Mosquitto, collector: Collector) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "county", "watch", "--json", "--count", "3",
+                             "--broker", broker.url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        assert b"watching" in proc.stderr.readline()  # subscribed
+        sent = [
+            Envelope("box-a", 1, 1_763_900_000_123, MsgClass.ALARM, "sos",
+                     {"wearer": "W1", "device": "8800000015", "pos": None, "pos_stale": True, "raw": "[3G*...]"}
+                     ).encode(),
+            # not compact, with unicode: still printed byte for byte
+            '{"v": 1, "id": "box-b:7", "box": "box-b", "seq": 7, "ts": 1, "class": "event", "kind": "camera", '
+            '"data": {"note": "摄像头离线"}}'.encode(),
+            b'not even json',
+        ]
+        collector.publish(T.state("box-a"), b'{"state":"online"}', retain=True)  # not an up message: not shown
+        for i, payload in enumerate(sent):
+            collector.publish(T.up("box-a", MsgClass.EVENT, f"k{i}"), payload)
+        out, _err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert out == b"".join(p + b"\n" for p in sent)
+
+
+def test_watch_human(broker: Mosquitto, collector: Collector) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "county", "watch", "--count", "1",
+                             "--broker", broker.url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        assert b"watching" in proc.stderr.readline()
+        env = Envelope("box-a", 42, 1_763_900_000_123, MsgClass.ALARM, "sos", {"wearer": "W1"})
+        collector.publish(T.up("box-a", MsgClass.ALARM, "sos"), env.encode())
+        out, _err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    line = out.decode().strip()
+    assert "box-a  alarm/sos  #42" in line and '{"wearer":"W1"}' in line
+
+
+def test_status_and_fences_are_wired(capsys: pytest.CaptureFixture[str]) -> None:
+    from county.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["status", "--broker", "mqtt://h:1"]).cmd == "status"
+    assert parser.parse_args(["fences", "--broker", "mqtt://h:1", "--key", "k", "--kid", "k", "--to", "box:a",
+                              "--file", "f.geojson", "--assign", "W1=f1,f2"]).cmd == "fences"

@@ -39,7 +39,10 @@ def _load(path: str):
     from agent.config import load_config
     from agent.profile import load_profile
 
+    from agent.commands import load_trust_keys
+
     config = load_config(path)
+    load_trust_keys(config)  # a key file that exists but is not an Ed25519 PEM is a config error too
     return config, load_profile(config.box.profile)
 
 

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -283,6 +284,7 @@ class _Connection:
             raise ConnectFailed(f"TLS handshake failed: {exc.reason or exc}", auth=True) from None
         except (OSError, TimeoutError) as exc:
             raise ConnectFailed(f"{type(exc).__name__}: {exc}") from None
+        _no_delay(self.client)
         self.client.loop_start()
         try:
             session_present, reason = await asyncio.wait_for(asyncio.shield(self.connected),
@@ -370,6 +372,15 @@ class _Connection:
         with contextlib.suppress(Exception):
             client.socket() and client.disconnect()
 
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Turn Nagle off: paho leaves it on, and every small write behind an unacknowledged one then waits
+    ~40 ms for a delayed ACK (measured: command -> receipt halves with it off)."""
+    sock = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -224,3 +224,13 @@ def test_no_secret_in_the_agent_log(tmp_path: Path) -> None:
         agent.close()
     assert "hunter2-secret" not in agent.log_text()
     assert "box-1:***@127.0.0.1" in agent.log_text()
+
+
+def test_a_trust_key_that_is_not_a_key_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "county.pub"
+    bad.write_text("-----BEGIN PUBLIC KEY-----\nnot really\n-----END PUBLIC KEY-----\n")
+    doc = agent_config_dict(tmp_path / "state", "mqtt://127.0.0.1:1883", trust={"keys": {"county-2026": str(bad)}})
+    for verb in ("check", "run"):
+        result = run_cli("agent", verb, "-c", str(_write(tmp_path, doc)))
+        assert result.returncode == 2, result.stderr
+        assert "trust.keys.county-2026" in result.stderr and len(result.stderr.strip().splitlines()) == 1

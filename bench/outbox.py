@@ -1,0 +1,203 @@
+"""Outbox and link figures against one local mosquitto, with raw paho as the baseline of the same run.
+
+    python -m bench.outbox [--n 50000] [--rss-rows 1000000]
+
+(a) raw paho: N QoS 1 publishes with a full in-flight window (the baseline)
+(b) our outbox: enqueue rate of a telemetry burst (send_nowait, group commit)
+(c) our drain: a backlog of N rows from the outbox through the link until every PUBACK, and (c)/(a)
+(d) alarm send() -> PUBACK latency p50/p99 while telemetry flows
+(e) agent RSS with a 1M-row backlog (a child process: the outbox and the link draining it)
+Goals (issue 2): (c)/(a) >= 0.5, (b) >= 20k msg/s, (d) p99 <= 25 ms, (e) <= 60 MB. Figures, not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import parse_config
+from agent.link import Link
+from agent.outbox import Outbox
+from agent.protocol.envelope import MsgClass
+from agent.service import InboundCommand
+from tests.support import Mosquitto, agent_config_dict
+
+PAYLOAD = {"wearer": "W123", "device": "8800000015",
+           "pos": {"lat": 30.523456, "lon": 114.312345, "fix_ts": 1763900000, "acc_m": 8.0}}
+
+
+class _NoCommands:
+    async def on_command(self, msg: InboundCommand) -> None:
+        return None
+
+
+def raw_paho(url_port: int, n: int, window: int) -> float:
+    body = json.dumps({"v": 1, "id": "bench:1", "box": "bench", "seq": 1, "ts": 0, "class": "telemetry",
+                       "kind": "position", "data": PAYLOAD}).encode()
+    done = threading.Event()
+    acked = 0
+
+    def on_publish(client: mqtt.Client, userdata: object, mid: int, rc: object, props: object) -> None:
+        nonlocal acked
+        acked += 1
+        if acked == n:
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw")
+    c.max_inflight_messages_set(window)
+    c.max_queued_messages_set(0)
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", url_port)
+    c.loop_start()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        c.publish("vc/v1/box/bench/up/telemetry/position", body, qos=1)
+    done.wait(300)
+    elapsed = time.perf_counter() - t0
+    c.loop_stop()
+    c.disconnect()
+    return n / elapsed
+
+
+class _AckTimes(Outbox):
+    acked_at: dict[int, float]
+
+    def ack(self, seq: int) -> None:
+        self.acked_at[seq] = time.perf_counter()
+        super().ack(seq)
+
+
+async def ours(broker: Mosquitto, workdir: Path, n: int) -> dict[str, float]:
+    config = parse_config(agent_config_dict(workdir, broker.url, box="bench"))
+    outbox = _AckTimes(workdir / "bench.db", "bench", max_bytes=10**9, telemetry_ttl_s=10**6,
+                       commit_interval_s=config.outbox.commit_interval_ms / 1000)
+    outbox.acked_at = {}
+    link = Link(config, outbox, _NoCommands())
+    out: dict[str, float] = {}
+    async with asyncio.TaskGroup() as tg:
+        ob_task = tg.create_task(outbox.run(lambda: None), name="outbox.run")
+        await outbox.wait_open()
+        # (b) enqueue burst, link not running yet: the backlog for (c)
+        t0 = time.perf_counter()
+        futures = [outbox.send_nowait(MsgClass.TELEMETRY, "position", PAYLOAD) for _ in range(n)]
+        await asyncio.gather(*futures)
+        out["enqueue_per_s"] = n / (time.perf_counter() - t0)
+        out["enqueue_commits"] = outbox.commits
+        # (c) drain
+        t0 = time.perf_counter()
+        link_task = tg.create_task(link.run(lambda: None), name="link.run")
+        while link.published < n:
+            await asyncio.sleep(0.01)
+        out["drain_per_s"] = n / (time.perf_counter() - t0)
+        # (d) alarm latency under a telemetry flow of ~2000 msg/s
+        stop = asyncio.Event()
+
+        async def telemetry_flow() -> None:
+            while not stop.is_set():
+                for _ in range(20):
+                    outbox.send_nowait(MsgClass.TELEMETRY, "position", PAYLOAD)
+                await asyncio.sleep(0.01)
+
+        flow = tg.create_task(telemetry_flow(), name="bench.flow")
+        lat = []
+        for _ in range(300):
+            t = time.perf_counter()
+            env = await outbox.send(MsgClass.ALARM, "sos", PAYLOAD)
+            while env.seq not in outbox.acked_at:
+                await asyncio.sleep(0.0005)
+            lat.append((outbox.acked_at[env.seq] - t) * 1000)
+            await asyncio.sleep(0.01)
+        stop.set()
+        await flow
+        lat.sort()
+        out["alarm_p50_ms"] = statistics.median(lat)
+        out["alarm_p99_ms"] = lat[int(len(lat) * 0.99) - 1]
+        link_task.cancel()
+        ob_task.cancel()
+    return out
+
+
+async def rss_child(broker_url: str, workdir: Path, rows: int) -> None:
+    """Run in a child: fill `rows`, restart the outbox, start the link, report RSS while it drains."""
+    config = parse_config(agent_config_dict(workdir, broker_url, box="rss"))
+    path = workdir / "rss.db"
+    if not path.exists():
+        filler = Outbox(path, "rss", max_bytes=10**10, telemetry_ttl_s=10**7)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(filler.run(lambda: None))
+            await filler.wait_open()
+            for _ in range(rows // 50_000):
+                await asyncio.gather(*[filler.send_nowait(MsgClass.TELEMETRY, "position", PAYLOAD)
+                                       for _ in range(50_000)])
+            task.cancel()
+    proc = psutil.Process()
+    outbox = Outbox(path, "rss", max_bytes=10**10, telemetry_ttl_s=10**7)
+    link = Link(config, outbox, _NoCommands())
+    peak = 0
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(outbox.run(lambda: None)), tg.create_task(link.run(lambda: None))]
+        await outbox.wait_open()
+        depth0 = sum(outbox.depth().values())
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 20:
+            peak = max(peak, proc.memory_info().rss)
+            await asyncio.sleep(0.2)
+        for t in tasks:
+            t.cancel()
+    print(json.dumps({"backlog_rows": depth0, "published_in_20s": link.published, "rss_peak_mb": peak / 2**20}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--rss-rows", type=int, default=1_000_000)
+    ap.add_argument("--rss-child", nargs=2, metavar=("BROKER", "DIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        asyncio.run(rss_child(args.rss_child[0], Path(args.rss_child[1]), args.rss_rows))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "broker").mkdir()
+        broker = Mosquitto(work / "broker", persistence=False).start()
+        try:
+            window = parse_config(agent_config_dict(work, broker.url)).mqtt.inflight
+            raw = raw_paho(broker.port, args.n, window)
+            res = asyncio.run(ours(broker, work, args.n))
+            rss = {}
+            if args.rss_rows:
+                child = subprocess.run([sys.executable, "-m", "bench.outbox", "--rss-rows", str(args.rss_rows),
+                                        "--rss-child", broker.url, str(work)], capture_output=True, text=True)
+                with contextlib.suppress(ValueError, IndexError):
+                    rss = json.loads(child.stdout.strip().splitlines()[-1])
+                if not rss:
+                    print(child.stderr[-2000:], file=sys.stderr)
+        finally:
+            broker.stop()
+    print(f"(a) raw paho, {args.n} QoS 1, window {window}: {raw:10.0f} msg/s   (baseline)")
+    print(f"(b) outbox enqueue, telemetry burst:     {res['enqueue_per_s']:10.0f} msg/s   "
+          f"({res['enqueue_commits']:.0f} commits)   goal >= 20000")
+    print(f"(c) outbox -> link drain of {args.n}:      {res['drain_per_s']:10.0f} msg/s   "
+          f"(c)/(a) = {res['drain_per_s'] / raw:.2f}   goal >= 0.5")
+    print(f"(d) alarm send -> PUBACK under telemetry:  p50 {res['alarm_p50_ms']:.1f} ms  "
+          f"p99 {res['alarm_p99_ms']:.1f} ms   goal p99 <= 25 ms")
+    if rss:
+        print(f"(e) RSS with a {rss['backlog_rows']}-row backlog, draining: {rss['rss_peak_mb']:.1f} MB peak "
+              f"({rss['published_in_20s']} published in 20 s)   goal <= 60 MB")
+
+
+if __name__ == "__main__":
+    main()

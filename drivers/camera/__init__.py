@@ -1,0 +1,1 @@
+"""Surveillance cameras: RTSP probe (sans-I/O codec + asyncio prober), ONVIF, frame grab, redaction."""

@@ -1,0 +1,134 @@
+"""What the camera feature remembers across restarts: a small JSON file in the state directory.
+
+It holds, per camera, the last reported state and the last device information (serial, firmware,
+uptime), plus `reported_until` (end of the last `cameras` telemetry period) and `saved_at` (the
+last moment the agent was watching). On start, the time between `reported_until` and now is
+accounted as `unknown` and every camera is announced `unknown` since `saved_at`: the county never
+gets time the agent did not see counted as online or offline.
+
+Written atomically (temp file, fsync, rename) and only on a state change, a device change, a
+telemetry period and at shutdown, to spare the SD card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+@dataclass(slots=True)
+class DeviceRecord:
+    serial: str = ""
+    firmware: str = ""
+    model: str = ""
+    uptime_s: float | None = None
+    seen_at: float = 0.0  # wall clock when read
+
+
+@dataclass(slots=True)
+class CameraRecord:
+    state: str = "unknown"
+    reason: str = ""
+    since: float = 0.0
+    device: DeviceRecord | None = None
+
+
+@dataclass(slots=True)
+class Snapshot:
+    reported_until: float | None = None
+    saved_at: float | None = None
+    cameras: dict[str, CameraRecord] = field(default_factory=dict)
+
+
+class StateStoreError(Exception):
+    """The state file cannot be written (read problems only log: the agent starts fresh)."""
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Snapshot:
+        try:
+            raw = json.loads(self.path.read_text("utf-8"))
+        except FileNotFoundError:
+            return Snapshot()
+        except (OSError, ValueError) as exc:
+            log.warning("cameras: state file %s unreadable (%s); starting fresh", self.path, type(exc).__name__)
+            return Snapshot()
+        try:
+            if raw.get("v") != FORMAT:
+                raise ValueError(f"format {raw.get('v')!r}")
+            cams = {}
+            for cid, c in raw.get("cameras", {}).items():
+                dev = c.get("device")
+                cams[str(cid)] = CameraRecord(
+                    state=str(c.get("state", "unknown")), reason=str(c.get("reason", "")),
+                    since=float(c.get("since", 0.0)),
+                    device=DeviceRecord(**dev) if isinstance(dev, dict) else None,
+                )
+            return Snapshot(_opt_float(raw.get("reported_until")), _opt_float(raw.get("saved_at")), cams)
+        except (TypeError, ValueError, AttributeError) as exc:
+            log.warning("cameras: state file %s not understood (%s); starting fresh", self.path, exc)
+            return Snapshot()
+
+    def save(self, snap: Snapshot) -> None:
+        doc: dict[str, Any] = {
+            "v": FORMAT,
+            "reported_until": snap.reported_until,
+            "saved_at": snap.saved_at,
+            "cameras": {cid: asdict(rec) for cid, rec in snap.cameras.items()},
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(doc, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise StateStoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+# ----------------------------------------------------------------------------- device changes
+
+REBOOT_TOLERANCE_S = 120.0
+
+
+def device_changes(prev: DeviceRecord | None, new: DeviceRecord, max_gap_s: float) -> list[dict[str, Any]]:
+    """`camera_device` event bodies (without `camera`) for what changed between two readings.
+
+    replaced: the serial number changed. rebooted: the uptime went back, or is shorter than the time
+    since the last reading (only judged when that gap is sane: wall clocks on boxes without an RTC jump).
+    firmware_changed: same serial, other firmware.
+    """
+    if prev is None:
+        return []
+    out: list[dict[str, Any]] = []
+    if prev.serial and new.serial and prev.serial != new.serial:
+        out.append({"change": "replaced", "old_serial": prev.serial, "serial": new.serial,
+                    "model": new.model, "firmware": new.firmware})
+        return out
+    if prev.firmware and new.firmware and prev.firmware != new.firmware:
+        out.append({"change": "firmware_changed", "old_firmware": prev.firmware, "firmware": new.firmware})
+    if prev.uptime_s is not None and new.uptime_s is not None:
+        gap = new.seen_at - prev.seen_at
+        went_back = new.uptime_s + REBOOT_TOLERANCE_S < prev.uptime_s
+        too_short = 0 <= gap <= max_gap_s and new.uptime_s + REBOOT_TOLERANCE_S < prev.uptime_s + gap
+        if went_back or too_short:
+            out.append({"change": "rebooted", "uptime_s": new.uptime_s,
+                        "booted_at": int((new.seen_at - new.uptime_s) * 1000)})
+    return out

@@ -41,8 +41,9 @@ pytestmark = [
 
 # ---------------------------------------------------------------- fixtures: wheelhouse, installed root
 @pytest.fixture(scope="session")
-def wheelhouse(request: pytest.FixtureRequest) -> Path:
-    wh = Path(request.config.cache.mkdir("village-wheelhouse"))
+def wheelhouse(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider: build afresh
+    wh = Path(cache.mkdir("village-wheelhouse")) if cache is not None else tmp_path_factory.mktemp("wheelhouse")
     deps = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
     marker = wh / f"deps-{deps}"
     pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "-w", str(wh)]

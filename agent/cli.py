@@ -51,6 +51,16 @@ def agent_main(argv: Sequence[str]) -> int:
     from agent.profile import ProfileError
 
     args = _agent_parser().parse_args(argv)
+    if args.cmd == "status":  # reads the state directory only: no profile, no keys needed
+        from agent.config import load_config
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"village: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        status = importlib.import_module("agent.status")
+        return int(status.main(config, as_json=args.json))
     try:
         config, profile = _load(args.config)
     except (ConfigError, ProfileError) as exc:
@@ -66,10 +76,6 @@ def agent_main(argv: Sequence[str]) -> int:
         else:
             _print_tree(doc)
         return 0
-    if args.cmd == "status":
-        status = importlib.import_module("agent.status")
-        return int(status.main(config, as_json=args.json))
-
     from agent.app import run_agent
     from agent.logsetup import setup_logging
 

@@ -25,6 +25,7 @@ _DELEGATES = {
 def _agent_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="village agent", description="the village box agent")
     sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("identity", help="make the box key pair (once) and a CSR for the county CA", add_help=False)
     for name, text in (("run", "run the agent in the foreground until SIGTERM/SIGINT"),
                        ("check", "validate the config and hardware profile, print them (secrets masked)"),
                        ("status", "read the state directory: outbox depth, link state, seq")):
@@ -50,6 +51,8 @@ def agent_main(argv: Sequence[str]) -> int:
     from agent.config import ConfigError
     from agent.profile import ProfileError
 
+    if argv[:1] == ["identity"]:  # its own flags: the box key pair and CSR (agent/identity.py)
+        return int(importlib.import_module("agent.identity").main(list(argv[1:])))
     args = _agent_parser().parse_args(argv)
     if args.cmd == "status":  # reads the state directory only: no profile, no keys needed
         from agent.config import load_config

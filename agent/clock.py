@@ -49,3 +49,20 @@ class ManualClock:
 
 def now_ms(clock: Clock) -> int:
     return int(clock.time() * 1000)
+
+
+class OffsetClock:
+    """The system clock with the wall clock `offset_s` off (the monotonic clock untouched).
+
+    Only for the simulator: a box whose RTC drifted or booted in the past, without faketime. The composition
+    root builds one only for profile kind "sim" (agent.hardware.build_clock).
+    """
+
+    def __init__(self, offset_s: float) -> None:
+        self.offset_s = offset_s
+
+    def time(self) -> float:
+        return time.time() + self.offset_s
+
+    def monotonic(self) -> float:
+        return time.monotonic()

@@ -9,7 +9,9 @@ which has no radio to talk to in sim.
 from __future__ import annotations
 
 import functools
+import os
 
+from agent.clock import Clock, OffsetClock, SystemClock
 from agent.config import Config
 from agent.context import Hardware
 from agent.profile import HardwareProfile
@@ -23,9 +25,25 @@ def build_hardware(profile: HardwareProfile, config: Config) -> Hardware:
     else:
         from drivers.audio.hardware import build_real_broadcast_hardware as _real
 
-        def build_broadcast_hardware(profile: HardwareProfile, sim: bool, *, voice: str):  # noqa: ANN202
+        def build_broadcast_hardware(profile: HardwareProfile, sim: bool, *, voice: str):
             return _real(profile, voice=voice)
 
     broadcast = build_broadcast_hardware(profile, sim, voice=config.broadcast.tts_voice)
     opener = functools.partial(open_gateway, baudrate=profile.serial.baud, ble_adapter=profile.ble.adapter)
     return Hardware(gateway_opener=opener, relay=broadcast.relay, player=broadcast.player, tts=broadcast.tts)
+
+
+CLOCK_OFFSET_ENV = "VILLAGE_CLOCK_OFFSET_S"
+
+
+def build_clock(profile: HardwareProfile) -> Clock:
+    """The system clock; in sim only, offset by VILLAGE_CLOCK_OFFSET_S seconds (the simulator's clock skew).
+
+    Read only for profile kind "sim", so a stray variable on a real box changes nothing.
+    """
+    if profile.kind == "sim" and (raw := os.environ.get(CLOCK_OFFSET_ENV)):
+        try:
+            return OffsetClock(float(raw))
+        except ValueError:
+            raise ValueError(f"{CLOCK_OFFSET_ENV}={raw!r} is not a number of seconds") from None
+    return SystemClock()

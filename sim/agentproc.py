@@ -1,0 +1,210 @@
+"""The real agent as a child process, the way a box runs it: `python -m agent.cli agent run -c FILE`.
+
+Same code path as on a box (profile "sim" only swaps the relay and the speaker for their twins), so the
+simulator can SIGKILL it for a power cut and start it again on the same state directory.
+
+The simulator learns what the box *did* (as opposed to what the county saw) from the agent's own log on
+stderr, which it tails line by line: "amplifier relay on/off" (written by drivers/amp/relay.py on every
+change, so every click is there) and "link: connected to ... (MQTT 5|3.1.1 ...)". Nothing in the agent
+exists for the simulator's sake; the log is what a technician would read with journalctl too.
+
+The generated config scales the agent's timers by the run's speed (docs/simulator.md, "What scales").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.hardware import CLOCK_OFFSET_ENV
+from sim.scenario import Scenario
+
+RELAY_RE = re.compile(r"amplifier relay (on|off)")
+LINK_RE = re.compile(r"link: connected to \S+ \(MQTT ([0-9.]+)")
+LOST_RE = re.compile(r"link: lost connection")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class AgentProcessError(Exception):
+    """The agent child process did not start or did not connect."""
+
+
+def toml_dumps(doc: dict[str, Any]) -> str:
+    """Just enough TOML for the generated agent config: tables, arrays of tables and plain values.
+
+    Written by hand because tomllib only reads, and these configs are a handful of flat tables.
+    """
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    lines: list[str] = []
+    for name, body in doc.items():
+        items = body if isinstance(body, list) else [body]
+        for item in items:
+            lines.append(f"[[{name}]]" if isinstance(body, list) else f"[{name}]")
+            for k, v in item.items():
+                if isinstance(v, dict):
+                    continue
+                lines.append(f"{k} = {value(v)}")
+            for k, v in item.items():
+                if isinstance(v, dict):
+                    lines.append(f"[{name}.{k}]")
+                    lines.extend(f"{json.dumps(kk)} = {value(vv)}" for kk, vv in v.items())
+            lines.append("")
+    return "\n".join(lines)
+
+
+def agent_config(scenario: Scenario, *, speed: float, state_dir: Path, broker_url: str, gateway_url: str,
+                 fences_file: Path | None, trust: dict[str, str], cameras: list[dict[str, Any]],
+                 mqtt_protocol: str = "auto") -> dict[str, Any]:
+    """The agent config for this scenario at this speed. Scenario seconds / speed = the agent's seconds."""
+    box, meta = scenario.box, scenario.scenario
+
+    def s(seconds: float, floor: float = 0.05) -> float:
+        return round(max(floor, seconds / speed), 3)
+
+    interval = s(box.camera_interval_s, 0.5)
+    wearables: dict[str, Any] = {
+        "exit_s": s(box.exit_s, 0.0), "report_interval_s": s(meta.tick_s),
+        "lost_contact_factor": max(1.0, box.lost_contact_factor), "sos_fold_s": s(120),
+        "position_min_interval_s": s(30, 0.0), "position_max_interval_s": s(900),
+        "tick_s": min(1.0, s(meta.tick_s) / 4),
+    }
+    if fences_file is not None:
+        wearables["fences_file"] = str(fences_file)
+    doc: dict[str, Any] = {
+        "box": {"id": box.id, "groups": list(box.groups), "profile": "sim", "state_dir": str(state_dir),
+                "heartbeat_s": s(box.heartbeat_s, 0.5)},
+        "mqtt": {"url": broker_url, "protocol": mqtt_protocol, "backoff_min_s": 0.2, "backoff_max_s": s(60, 1.0),
+                 "keepalive_s": max(2, int(30 / speed)), "connect_timeout_s": max(2.0, s(10))},
+        "log": {"level": box.log_level},
+        "broadcast": {"warmup_s": s(1.5, 0.0), "tail_s": s(0.5, 0.0), "off_delay_s": s(10, 0.0),
+                      "quiet_hours": list(box.quiet_hours)},
+        "wearables": wearables,
+        "cameras": {"interval_s": interval, "connect_timeout_s": min(3.0, interval / 2),
+                    "step_timeout_s": min(5.0, interval / 2), "telemetry_s": s(900, 1.0)},
+        "gateway": [{"id": "gw1", "url": gateway_url, "codec": scenario.gateway.codec, "silent_s": s(300)}],
+        "wearer": [{"id": w.id, "device": w.device, "fences": list(w.fences)} for w in scenario.wearers],
+    }
+    if trust:
+        doc["trust"] = {"keys": trust}
+    if cameras:
+        doc["camera"] = cameras
+    return doc
+
+
+@dataclass
+class AgentWatch:
+    """What the box did, read from its log."""
+
+    relay: str = "off"
+    relay_clicks: list[tuple[float, str]] = field(default_factory=list)  # (scenario t, "on"/"off")
+    mqtt_version: str | None = None
+    connects: int = 0
+    link_up: bool = False
+    errors: list[str] = field(default_factory=list)  # ERROR/CRITICAL lines, for the summary
+
+
+class SimAgent:
+    """The agent child process: start, SIGKILL (power cut), start again, SIGTERM at the end."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], scenario_time: Callable[[], float],
+                 *, clock_offset_s: float = 0.0, on_line: Callable[[str], None] | None = None) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "agent.toml"
+        self.config_path.write_text(toml_dumps(config))
+        self.log_path = workdir / "agent.log"
+        self.scenario_time = scenario_time
+        self.clock_offset_s = clock_offset_s
+        self.on_line = on_line
+        self.watch = AgentWatch()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.runs = 0
+        self.exit_codes: list[int] = []
+        self._connected = asyncio.Event()
+        self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)  # closed in close()
+
+    def close(self) -> None:
+        self._log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def run(self, started: asyncio.Event) -> None:
+        """Own the child for one run: start it, tail its log until it exits. Cancel = SIGKILL."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("NOTIFY_SOCKET", None)  # not systemd here
+        if self.clock_offset_s:
+            env[CLOCK_OFFSET_ENV] = str(self.clock_offset_s)
+        self.runs += 1
+        self._connected.clear()
+        self.watch.link_up = False
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "agent", "run", "-c", str(self.config_path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+            start_new_session=True, cwd=str(PROJECT_ROOT),
+        )
+        started.set()
+        assert self.proc.stderr is not None
+        self._log.write(f"--- run {self.runs} ---\n")
+        try:
+            while raw := await self.proc.stderr.readline():
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self._log.write(line + "\n")  # a local file, line-buffered: the agent's own pace
+                self._seen(line)
+            self.exit_codes.append(await self.proc.wait())
+        finally:
+            if self.proc.returncode is None:  # cancelled: the power goes
+                self.kill()
+                self.exit_codes.append(await self.proc.wait())
+            self.watch.link_up = False
+
+    def _seen(self, line: str) -> None:
+        if m := RELAY_RE.search(line):
+            self.watch.relay = m.group(1)
+            self.watch.relay_clicks.append((round(self.scenario_time(), 2), m.group(1)))
+        elif m := LINK_RE.search(line):
+            self.watch.mqtt_version = m.group(1)
+            self.watch.connects += 1
+            self.watch.link_up = True
+            self._connected.set()
+        elif LOST_RE.search(line):
+            self.watch.link_up = False
+        elif " ERROR " in line or " CRITICAL " in line:
+            self.watch.errors.append(line)
+        if self.on_line is not None:
+            self.on_line(line)
+
+    async def connected(self, timeout_s: float = 30.0) -> None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            raise AgentProcessError(f"the agent did not connect within {timeout_s:g} s; its log ends:\n{tail}") \
+                from None
+
+    def kill(self) -> None:
+        """kill -9, as a power cut: no shutdown code runs."""
+        if self.proc is not None and self.proc.returncode is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)

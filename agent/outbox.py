@@ -141,6 +141,7 @@ class Outbox:
         self._hwm = 0
         self._last_ttl_sweep = float("-inf")
         self._disk_full_since: float | None = None
+        self._unsaved: dict[str, int] = {}  # counted while the store could not take it; saved by the next commit
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self.reset_reason: str | None = None  # set when a bad database was moved aside at open
@@ -374,12 +375,7 @@ class Outbox:
             if inserts:
                 await db.executemany(
                     "INSERT INTO outbox (seq, cls, ts, kind, body) VALUES (?, ?, ?, ?, ?)", inserts)
-            if delta.counters:
-                await db.executemany(
-                    "INSERT INTO counters (name, value) VALUES (?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    list(delta.counters.items()),
-                )
+            await _save_counters(db, delta.counters, self._unsaved)
             if next_seq > self._hwm:
                 hwm = next_seq + SEQ_RESERVE
                 await asyncio.to_thread(_write_hwm, self._hwm_path, hwm)
@@ -391,6 +387,7 @@ class Outbox:
                 await db.rollback()
             raise
         self._next_seq = next_seq
+        self._unsaved = {}
         for cls in MsgClass:
             self._count[cls] += delta.count[cls]
             self._size[cls] += delta.size[cls]
@@ -465,8 +462,9 @@ class Outbox:
         urgent = [p for p in batch if p.cls in _URGENT]
         for pending in batch:
             if pending.cls not in _URGENT:
-                self._counters[f"refused.{pending.cls.wire}"] = self._counters.get(
-                    f"refused.{pending.cls.wire}", 0) + 1
+                name = f"refused.{pending.cls.wire}"
+                self._counters[name] = self._counters.get(name, 0) + 1
+                self._unsaved[name] = self._unsaved.get(name, 0) + 1
                 if not pending.future.done():
                     pending.future.set_exception(OutboxRefused("store full" if full else f"store error: {exc}"))
         self._acks = acks + self._acks  # deletes are retried with the next commit
@@ -491,6 +489,7 @@ class Outbox:
             delta = _Delta()
             try:
                 await self._evict_oldest(db, cls, max(1, self._size[cls] // 10), delta, "evicted")
+                await _save_counters(db, delta.counters)  # in the same transaction as the evictions
                 await db.commit()
             except sqlite3.Error as exc:
                 with contextlib.suppress(Exception):
@@ -507,6 +506,19 @@ class Outbox:
 
 class _SchemaTooNew(Exception):
     pass
+
+
+async def _save_counters(db: aiosqlite.Connection, *deltas: dict[str, int]) -> None:
+    total: dict[str, int] = {}
+    for delta in deltas:
+        for name, n in delta.items():
+            total[name] = total.get(name, 0) + n
+    if total:
+        await db.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            list(total.items()),
+        )
 
 
 def _read_hwm(path: Path) -> int:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from agent import sdnotify
 from agent.broadcast.service import make_services as broadcast_services
 from agent.cameras.service import make_services as camera_services
-from agent.clock import Clock, SystemClock
+from agent.clock import Clock
 from agent.commands import CommandRouter
 from agent.config import Config
 from agent.context import AgentContext, Hardware
-from agent.hardware import build_hardware
+from agent.hardware import build_clock, build_hardware
 from agent.heartbeat import Heartbeat
 from agent.link import Link
 from agent.outbox import Outbox
@@ -42,8 +42,8 @@ class Agent:
 
 def build_agent(config: Config, *, clock: Clock | None = None, hardware: Hardware | None = None,
                 profile: HardwareProfile | None = None) -> Agent:
-    clock = clock or SystemClock()
     profile = profile or load_profile(config.box.profile)
+    clock = clock or build_clock(profile)  # SystemClock; offset only in sim (VILLAGE_CLOCK_OFFSET_S)
     config.box.state_dir.mkdir(parents=True, exist_ok=True)
     outbox = Outbox(
         config.outbox_path, config.box.id,
@@ -60,7 +60,8 @@ def build_agent(config: Config, *, clock: Clock | None = None, hardware: Hardwar
                        commands=router, hardware=hardware)
     link = Link(config, outbox, router, clock=clock)
     heartbeat = Heartbeat(outbox, clock, interval_s=config.box.heartbeat_s,
-                          extra=lambda: {"link": {"state": link.state.value, "connects": link.reconnects}})
+                          extra=lambda: {"link": {"state": link.state.value, "connects": link.reconnects,
+                                                  "refused": link.refused}})
     services: list[Service] = [outbox, router, link, heartbeat]
     for make in (broadcast_services, wearable_services, camera_services):
         services += make(ctx)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import random
@@ -40,9 +41,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import __version__
 from agent.clock import Clock, SystemClock
+from agent.clocksanity import EPOCH_FLOOR
 from agent.config import Config, redact_url
 from agent.linkstate import LinkStateFile
 from agent.outbox import Outbox
@@ -52,6 +55,7 @@ from agent.service import CommandSink, InboundCommand
 
 log = logging.getLogger("agent.link")
 
+X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL >= 1.1.0; the ssl module has no name for it
 ALARM_RESERVE = 64  # publishes beyond the window that only alarms and receipts may use
 COMMAND_QUEUE = 256
 STOP_BUDGET_S = 2.0
@@ -118,6 +122,8 @@ class Link:
         self.state = LinkState.DISCONNECTED
         self.reconnects = 0
         self.published = 0
+        self.tls_time_unchecked = False  # the last TLS connection skipped certificate dates (clock unset)
+        self.refused = 0  # publishes the broker refused (v5 PUBACK >= 0x80, e.g. ACL): rows kept, counted
         self._v311: set[str] = set()  # URLs that answered MQTT 5 with "unsupported protocol"
         self._statefile = LinkStateFile(config.box.state_dir / "link.json")
         self._had_session = False
@@ -192,6 +198,7 @@ class _Connection:
         self.inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self.commands: asyncio.Queue[tuple[InboundCommand, int, int]] = asyncio.Queue(COMMAND_QUEUE)
         self.refused_by_broker = 0
+        self.socket_error: str | None = None  # paho's last socket error before CONNACK (TLS refusals)
         cfg = link.config.mqtt
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -208,6 +215,18 @@ class _Connection:
             self.client.username_pw_set(broker.username, broker.password)
         if broker.tls:
             ctx = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca else None)
+            if link.clock.time() < EPOCH_FLOOR:
+                # A box without RTC boots in 1970: every certificate is "not yet valid" and the box could
+                # never connect, not even to hear an emergency. With a clock that is certainly wrong, check
+                # the chain to the county CA and the host name but not the validity dates (the broker
+                # still checks the box's certificate with its own clock). Back to full checks once set.
+                ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
+                if not link.tls_time_unchecked:
+                    log.warning("link: wall clock is not set (before %s): TLS certificate dates are not checked "
+                                "until it is", dt.datetime.fromtimestamp(EPOCH_FLOOR, dt.UTC).date())
+                link.tls_time_unchecked = True
+            else:
+                link.tls_time_unchecked = False
             if cfg.cert is not None and cfg.key is not None:
                 ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
             self.client.tls_set_context(ctx)
@@ -216,6 +235,7 @@ class _Connection:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self.client.on_log = self._on_log  # only until CONNACK: see _on_log
 
     def _state_payload(self, state: str) -> bytes:
         return json.dumps({
@@ -224,10 +244,19 @@ class _Connection:
         }).encode()
 
     # paho thread -> event loop ------------------------------------------------
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
+        # A broker that refuses the client certificate (missing, expired, another CA) closes the TLS
+        # session after the handshake looks complete to the client (TLS 1.3): paho only logs the socket
+        # error and reports a bare disconnect. Keep that error line (paho's error lines carry no
+        # credentials) to name the cause; the hook is removed at CONNACK so it costs nothing after.
+        if level == mqtt.MQTT_LOG_ERR and buf.startswith("failed to receive on socket"):
+            self.socket_error = buf.removeprefix("failed to receive on socket: ")
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.loop.call_soon_threadsafe(self._connack, flags.session_present, reason)
 
     def _connack(self, session_present: bool, reason: Any) -> None:
+        self.client.on_log = None
         if not self.connected.done():
             self.connected.set_result((session_present, reason))
 
@@ -236,7 +265,16 @@ class _Connection:
 
     def _disconnected(self, reason: Any) -> None:
         if not self.connected.done():
-            self.connected.set_exception(ConnectFailed(f"closed before CONNACK ({reason})", protocol=True))
+            if self.broker.tls and self.socket_error is not None:
+                # not a protocol-version problem: never fall back to 3.1.1 for it; longest backoff. The
+                # reason stays the same from attempt to attempt (one log line per edge): the SSL detail
+                # differs by a race (alert or bare EOF), so it goes to debug only.
+                log.debug("link: TLS socket error before CONNACK: %s", self.socket_error)
+                self.connected.set_exception(ConnectFailed(
+                    "the broker closed the TLS connection before CONNACK: client certificate missing, expired,"
+                    " revoked or not issued by the county CA (the broker's log says which)", auth=True))
+            else:
+                self.connected.set_exception(ConnectFailed(f"closed before CONNACK ({reason})", protocol=True))
         self.lost.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
@@ -250,6 +288,7 @@ class _Connection:
             # the broker refused it (v5 PUBACK >= 0x80, e.g. not authorized): keep the row for the next
             # connection and count it; it is not lost, and the operator sees it in the heartbeat
             self.refused_by_broker += 1
+            self.link.refused += 1
             if self.refused_by_broker == 1:
                 log.warning("link: broker refused a publish (%s); kept for retry", reason)
         else:
@@ -314,7 +353,13 @@ class _Connection:
             link.outbox.send_nowait(MsgClass.EVENT, "session_lost", {"broker": self.broker.url})
         link._had_session = True
         cmd_topics = [link.topics.box_cmd(link.box)] + [link.topics.group_cmd(g) for g in link.config.box.groups]
-        self.client.subscribe([(t, 1) for t in cmd_topics])
+        if self.v5:
+            # Retain As Published: without it a retained command published while we are subscribed
+            # arrives with the retain flag cleared, and could not be refused (mqtt-notes 7)
+            opts = SubscribeOptions(qos=1, retainAsPublished=True)
+            self.client.subscribe([(t, opts) for t in cmd_topics])
+        else:  # 3.1.1 cannot tell; the replay store still refuses the copy a later subscription brings
+            self.client.subscribe([(t, 1) for t in cmd_topics])
         self.client.publish(link.topics.state(link.box), self._state_payload("online"), qos=1, retain=True)
         link.reconnects += 1
         link._set_state(LinkState.CONNECTED, self.broker)

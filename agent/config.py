@@ -79,7 +79,11 @@ def redact_url(url: str) -> str:
 
 
 def readable_file(value: Path) -> Path:
-    if not value.is_file():
+    try:
+        exists = value.is_file()
+    except OSError as exc:  # a name too long for the filesystem, ...
+        raise ValueError(f"file {str(value)[:80]!r}: {exc.strerror}") from None
+    if not exists:
         raise ValueError(f"file {str(value)!r} does not exist")
     if not os.access(value, os.R_OK):
         raise ValueError(f"file {str(value)!r} is not readable")
@@ -193,6 +197,8 @@ def load_config(path: Path | str) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level: "a = [[[[..."
+        raise ConfigError(path, "", "not valid TOML: nested too deeply") from None
     return parse_config(raw, path)
 
 

@@ -169,6 +169,13 @@ def profile_dirs() -> list[Path]:
     return dirs
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the filesystem: no such profile
+        return False
+
+
 def _is_path(name: str) -> bool:
     return "/" in name or name.endswith(".toml")
 
@@ -176,12 +183,12 @@ def _is_path(name: str) -> bool:
 def find_profile(name: str) -> Path:
     if _is_path(name):
         path = Path(name)
-        if path.is_file():
+        if _is_file(path):
             return path
         raise ProfileError(name, "", "profile file does not exist")
     for d in profile_dirs():
         path = d / f"{name}.toml"
-        if path.is_file():
+        if _is_file(path):
             return path
     raise ProfileError(name, "", f"no profile named {name!r} in {', '.join(map(str, profile_dirs()))}")
 
@@ -196,11 +203,11 @@ def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 def _find_parent(child: Path, parent: str) -> Path:
     if _is_path(parent):
         path = Path(parent) if Path(parent).is_absolute() else child.parent / parent
-        if path.is_file():
+        if _is_file(path):
             return path
         raise ProfileError(child, "extends", f"parent profile file {str(path)!r} does not exist")
     beside = child.parent / f"{parent}.toml"
-    if beside.is_file():
+    if _is_file(beside):
         return beside
     try:
         return find_profile(parent)
@@ -217,6 +224,8 @@ def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProfileError(path, "", f"cannot read: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level
+        raise ProfileError(path, "", "cannot read: TOML nested too deeply") from None
     if "name" in raw:
         raise ProfileError(path, "name", "a profile's name is its file name; remove this key")
     parent = raw.pop("extends", None)

@@ -10,6 +10,8 @@ where ``fn(value) -> value`` raises ValueError; ``metadata={"secret": True}`` ma
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -27,9 +29,14 @@ class SchemaError(ValueError):
         self.problem = problem
 
 
+_ODD_KEY = re.compile(r'[\s"\x00-\x1f\x7f]|^$')  # whitespace, quotes, control characters, empty
+
+
 def _join(path: str, name: str | int) -> str:
     if isinstance(name, int):
         return f"{path}[{name}]"
+    if _ODD_KEY.search(name):  # TOML's quoted-key form: a key holding "\n" must not break the line
+        name = json.dumps(name, ensure_ascii=False)
     return f"{path}.{name}" if path else name
 
 

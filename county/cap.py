@@ -107,6 +107,8 @@ def _refuse_dtd(data: bytes) -> None:
         parser.Parse(data, True)
     except expat.ExpatError as exc:
         raise CapError(f"not well-formed XML: {exc}") from None
+    except (LookupError, ValueError) as exc:  # <?xml encoding="..."?> naming an unknown or unusable codec
+        raise CapError(f"unusable XML encoding declaration: {exc}") from None
 
 
 def _time(text: str | None, what: str) -> int | None:

@@ -258,7 +258,7 @@ class ReceiptBoard:
     def _state(self, box: str, payload: bytes) -> None:
         try:
             doc = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # a box's payload: "[[[[..." must not stop the console
             return
         groups = doc.get("groups") if isinstance(doc, dict) else None
         if isinstance(groups, list) and self.groups.intersection(g for g in groups if isinstance(g, str)):
@@ -319,6 +319,6 @@ def format_state(box: str, payload: bytes) -> str:
     try:
         doc = json.loads(payload)
         state = doc.get("state", "?") if isinstance(doc, dict) else "?"
-    except ValueError:
+    except (ValueError, RecursionError):
         state = "?"
     return f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M:%S}.000  {box}  state  {state}"

@@ -95,6 +95,8 @@ def build_geofence_command_data(path: Path | str, crs: str = "WGS84",
         doc = json.loads(raw.decode("utf-8-sig"))  # editors on Windows write a BOM
     except (UnicodeDecodeError, ValueError) as exc:
         raise FenceFileError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise FenceFileError("not JSON: nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
         raise FenceFileError("expected a GeoJSON FeatureCollection")
     features = doc.get("features")

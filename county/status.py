@@ -270,7 +270,7 @@ def ingest(history: History, topics: Topics, items: queue.Queue[Any]) -> int:
             return n
         n += 1
         if (box := topics.parse_state(topic)) is not None:
-            with contextlib.suppress(ValueError, AttributeError):
+            with contextlib.suppress(ValueError, AttributeError, RecursionError):
                 obj = json.loads(payload)
                 if isinstance(obj, dict):
                     history.on_state(box, obj)

@@ -68,6 +68,8 @@ class Envelope:
             obj = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise EnvelopeError(f"not JSON: {exc}") from exc
+        except RecursionError:
+            raise EnvelopeError("JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise EnvelopeError("envelope is not a JSON object")
         try:
@@ -83,7 +85,7 @@ class Envelope:
             )
         except KeyError as exc:
             raise EnvelopeError(f"missing field {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(1e999)
             raise EnvelopeError(str(exc)) from exc
         if obj.get("id") != env.id:
             raise EnvelopeError(f"id {obj.get('id')!r} is not box:seq")

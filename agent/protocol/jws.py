@@ -79,6 +79,8 @@ def _json(raw: bytes, what: str) -> dict[str, Any]:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise MalformedToken(f"{what} is not UTF-8 JSON") from None
+    except RecursionError:  # "[[[[..." past the recursion limit: decoded before the signature is checked
+        raise MalformedToken(f"{what} JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise MalformedToken(f"{what} is not a JSON object")
     return obj

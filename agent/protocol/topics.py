@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from agent.protocol.envelope import MsgClass
 
 DEFAULT_PREFIX = "vc/v1"
-BOX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+BOX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z, not $: "$" also matches before a trailing newline
 
 
 @dataclass(frozen=True, slots=True)

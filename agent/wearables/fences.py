@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +40,7 @@ INSIDE, BAND, OUTSIDE = -1, 0, 1  # Fence.classify results: inside / outside by 
 DEFAULT_TZ = "Asia/Shanghai"
 MAX_FENCES = 1000
 MAX_VERTICES = 10_000  # per fence; a village fence has tens
+_HHMM_RE = re.compile(r"[0-9]{1,2}:[0-9]{2}")
 
 
 class FenceError(ValueError):
@@ -130,7 +132,8 @@ class Fence:
 
 
 def _hhmm(value: Any, where: str) -> int:
-    if not isinstance(value, str) or len(value.split(":")) != 2:
+    # ASCII digits only: str.isdigit() is also true for "²", which int() refuses with a bare ValueError
+    if not isinstance(value, str) or not _HHMM_RE.fullmatch(value):
         raise FenceError(where, f"expected \"HH:MM\", got {value!r}")
     h, m = value.split(":")
     if not (h.isdigit() and m.isdigit() and 0 <= int(h) <= 24 and 0 <= int(m) < 60) or int(h) * 60 + int(m) > 1440:
@@ -171,10 +174,10 @@ def _position(value: Any, where: str, crs: str) -> tuple[float, float]:
     if (not isinstance(value, list) or len(value) < 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value[:2])):
         raise FenceError(where, f"expected a position [lon, lat], got {value!r}")
-    lon, lat = float(value[0]), float(value[1])
     try:
+        lon, lat = float(value[0]), float(value[1])  # OverflowError: a JSON integer with 400 digits
         check_lat_lon(lat, lon)
-    except GeoError as exc:
+    except (GeoError, OverflowError) as exc:
         raise FenceError(where, str(exc)) from None
     return to_wgs84(crs, lat, lon)
 
@@ -275,7 +278,7 @@ def load_fences_file(path: Path, crs: str = "WGS84") -> dict[str, Fence]:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FenceError(str(path), "file does not exist") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FenceError(str(path), f"not a readable GeoJSON file: {exc}") from None
     try:
         return load_fences(doc, crs)

@@ -16,7 +16,9 @@ county) by more than the skew, the clock is called unsynchronised. Then `iat` ca
 checked against the floor instead (a command that expired before something the box already saw is expired);
 emergency `broadcast.play` and any `broadcast.cancel` are accepted with a `clock_unsynchronised` note, since
 staying silent in an emergency is worse; every other command is refused with `clock_unsynchronised` and the
-county sends it again once the box reports a good clock.
+county sends it again once the box reports a good clock. A plausible clock that is behind (restored from a
+file, NTP unreachable) shows itself when a command's signed `iat` is ahead of it by more than the skew: an
+urgent one is then accepted with a `clock_behind` note (and raises the floor), anything else is `not_yet_valid`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ log = logging.getLogger("agent.commands")
 MAX_SKEW_S = 120  # contract: iat <= now + 120 s
 UNSYNCHRONISED_BEFORE = 1_704_067_200  # 2024-01-01T00:00:00Z: a wall clock before this was never set
 MAX_LIFETIME_S = 31 * 86400  # exp - iat; bounds how long an id must be remembered
+MAX_EPOCH_S = 4_102_444_800  # 2100-01-01: iat/exp beyond are a county bug (and would overflow SQLite, or
+#                              raise the time floor for good and make every later command look early)
 MAX_ID_CHARS = 128
 MAX_TARGETS = 1000
 KIND_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
@@ -102,6 +106,8 @@ def parse_command(payload: Mapping[str, Any], kid: str) -> Command:
     except CommandRejected as exc:
         exc.cmd_id = cmd_id
         raise
+    if not 0 <= iat < MAX_EPOCH_S or not 0 < exp <= MAX_EPOCH_S:
+        raise CommandRejected("malformed", "iat and exp must be epoch seconds before 2100", cmd_id)
     if exp <= iat:
         raise CommandRejected("malformed", "exp must be after iat", cmd_id)
     if exp - iat > MAX_LIFETIME_S:
@@ -154,7 +160,13 @@ def check_freshness(cmd: Command, now: float, floor: float, skew: float = MAX_SK
     """The clock policy (module docstring): raise CommandRejected or say how the command passed."""
     if clock_synchronised(now, floor, skew):
         if cmd.iat > now + skew:
-            raise CommandRejected("not_yet_valid", f"iat is {cmd.iat - now:.0f} s in the future", cmd.id)
+            if is_urgent(cmd):
+                # Signed county time ahead of the box clock: the box clock is behind (restored from a file,
+                # no NTP). Same policy as an unset clock; accepting raises the floor, so what follows is
+                # judged as unsynchronised too until the clock catches up.
+                return Freshness(False, "clock_behind")
+            raise CommandRejected("not_yet_valid", f"iat is {cmd.iat - now:.0f} s ahead of this box's clock "
+                                  "(or the box clock is behind)", cmd.id)
         if now >= cmd.exp:
             raise CommandRejected("expired", f"expired {now - cmd.exp:.0f} s ago", cmd.id)
         return Freshness(True, None)

@@ -29,7 +29,8 @@ class LinkStateFile:
 
     def published(self, now: float) -> None:
         self.data["last_publish_ts"] = now
-        if now - self._last_publish_write >= PUBLISH_WRITE_EVERY_S:
+        # `now` is wall time (it is what gets written); a clock stepped back must not freeze the file
+        if now - self._last_publish_write >= PUBLISH_WRITE_EVERY_S or now < self._last_publish_write:
             self._last_publish_write = now
             self._write()
 

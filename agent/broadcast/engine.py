@@ -17,7 +17,8 @@ Rules (docs/broadcast.md has the reasoning):
   The preempted item goes back to the queue and is played again from the start if still in its window.
 - Quiet hours hold back daily and drill, never emergency; the first hold of each occurrence is reported
   as a `scheduled` receipt with reason `quiet_hours` and `until`.
-- Before the wall clock is synchronised (earlier than 2024) nothing with a time plays and nothing
+- Before the wall clock is synchronised (earlier than 2024, or behind `time_floor`, the newest signed
+  county time the service has seen, by more than FLOOR_SKEW_S) nothing with a time plays and nothing
   expires; only emergencies with start null play (the only thing that needs no clock).
 - A play that runs past max_play_s is stopped (`failed`, reason `max_play_s`).
 """
@@ -33,6 +34,7 @@ from agent.broadcast.items import Item, Klass, QuietHours
 from agent.broadcast.settings import BroadcastConfig
 
 SYNC_EPOCH = 1_704_067_200.0  # 2024-01-01T00:00:00Z: a wall clock before this has not been set
+FLOOR_SKEW_S = 120.0  # the command router's skew: a clock this far behind signed county time is wrong
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class Engine:
         self.playing: Playing | None = None
         self._token = 0
         self._dirty: set[str] = set()
+        self.time_floor = 0.0  # newest signed county time seen (a command's iat); the service keeps it
         self.next_seq = max((i.seq for i in self.items.values()), default=0) + 1
 
     # -- events --------------------------------------------------------------------------------------
@@ -118,7 +121,7 @@ class Engine:
         effects = self.step(now, mono)
         told = any((e.item.id if isinstance(e, Start) else getattr(e, "cmd", None)) == item.id for e in effects)
         if not told and item.id in self.items:
-            window = self.window(item) if now >= SYNC_EPOCH else None
+            window = self.window(item) if self.synced(now) else None
             at = window[0] if window else item.start
             effects.insert(0, Notify(item.id, "scheduled", extra={"at": at}))
         return effects
@@ -156,7 +159,7 @@ class Engine:
     # -- decisions -----------------------------------------------------------------------------------
     def step(self, now: float, mono: float) -> list[Effect]:
         effects: list[Effect] = []
-        synced = now >= SYNC_EPOCH
+        synced = self.synced(now)
         if self.playing is not None and mono - self.playing.started_mono >= self.rules.max_play_s:
             p, self.playing = self.playing, None
             effects += [Stop(p.token, p.item_id, "max_play_s"),
@@ -213,7 +216,7 @@ class Engine:
         waits: list[float] = []
         if self.playing is not None:
             waits.append(self.playing.started_mono + self.rules.max_play_s - mono)
-        if now >= SYNC_EPOCH:
+        if self.synced(now):
             for item in self.items.values():
                 if self.playing is not None and item.id == self.playing.item_id:
                     continue
@@ -227,6 +230,10 @@ class Engine:
                     quiet_end = self.rules.quiet.until(now)
                     waits.append(0.0 if quiet_end is None else quiet_end - now)
         return max(0.0, min(waits)) if waits else None
+
+    def synced(self, now: float) -> bool:
+        """Can the wall clock `now` be believed for schedules? Set since boot, and not behind signed time."""
+        return now >= SYNC_EPOCH and now >= self.time_floor - FLOOR_SKEW_S
 
     def window(self, item: Item) -> tuple[float, float] | None:
         """The current [start, end) of an item: its own, or its next occurrence's. None: no more."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.broadcast.engine import Effect, Engine, Notify, Rules, Start, Stop
+from agent.broadcast.engine import SYNC_EPOCH, Effect, Engine, Notify, Rules, Start, Stop
 from agent.broadcast.items import BadBroadcast, BroadcastError, Item, PlayRequest, parse_cancel, parse_play
 from agent.broadcast.settings import BroadcastConfig
 from agent.broadcast.store import BroadcastStore
@@ -73,13 +73,20 @@ class BroadcastService:
         self._off_at: float | None = None  # monotonic time to switch the relay off, when idle
         self._chime: Path | None = None
         self._pending_media: set[str] = set()  # written by a handler, not yet handed to the engine
+        self._time_floor = 0.0  # newest signed county time (command iat) seen this run; see engine.synced
 
     @property
     def engine(self) -> Engine | None:
         return self._engine
 
     # -- command handlers (called by the command router, possibly before run() starts) ---------------
+    def _saw_signed_time(self, cmd: Command) -> None:
+        """A verified command's `iat` is county time the box clock must have reached (engine.time_floor)."""
+        if cmd.iat > self._time_floor:
+            self._time_floor = float(cmd.iat)
+
     async def on_play(self, cmd: Command) -> None:
+        self._saw_signed_time(cmd)
         received = self._ctx.clock.time()
         try:
             req = parse_play(cmd.data, default_tz=self._cfg.timezone, max_text_chars=self._cfg.max_text_chars)
@@ -98,6 +105,7 @@ class BroadcastService:
         self._inbox.put_nowait(("add", item))
 
     async def on_cancel(self, cmd: Command) -> None:
+        self._saw_signed_time(cmd)
         try:
             target = parse_cancel(cmd.data)
         except BadBroadcast as exc:
@@ -147,6 +155,7 @@ class BroadcastService:
         assert engine is not None
         clock = self._ctx.clock
         while True:
+            self._update_floor(engine)
             await self._apply(engine.step(clock.time(), clock.monotonic()), tg)
             await store.save(engine.items, self._forget(engine.take_dirty()))
             mono = clock.monotonic()
@@ -167,8 +176,17 @@ class BroadcastService:
                 except asyncio.QueueEmpty:
                     break
 
+    def _update_floor(self, engine: Engine) -> None:
+        if self._time_floor > engine.time_floor:
+            engine.time_floor = self._time_floor
+            now = self._ctx.clock.time()
+            if not engine.synced(now) and now >= SYNC_EPOCH:
+                log.warning("broadcast: the wall clock is %.0f s behind signed county time; timed items wait "
+                            "until it is right (emergencies still play)", engine.time_floor - now)
+
     def _handle(self, engine: Engine, msg: tuple[Any, ...]) -> list[Effect]:
         clock = self._ctx.clock
+        self._update_floor(engine)
         match msg:
             case ("add", Item() as item):
                 self._pending_media.discard(item.media or "")

@@ -246,10 +246,11 @@ class Outbox:
             await asyncio.shield(self._close())
 
     async def _close(self) -> None:
-        if self._db is not None:
-            with contextlib.suppress(Exception):
-                if self._pending or self._acks:
-                    await self._commit_pending(final=True)
+        if self._db is not None and (self._pending or self._acks):
+            try:
+                await self._commit_pending(final=True)
+            except (sqlite3.Error, OSError) as exc:
+                log.error("outbox: the last commit before closing failed: %s", exc)
         for pending in self._pending:
             if not pending.future.done():
                 pending.future.set_exception(OutboxError("outbox closed before the message was stored"))
@@ -265,17 +266,24 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             await self._open_db()
-        except (sqlite3.DatabaseError, _SchemaTooNew) as exc:
+        except sqlite3.DatabaseError as exc:
+            # only a damaged file is moved aside; "locked", "read-only", I/O errors and a schema from a
+            # newer agent are raised (the agent exits, systemd retries) so no queued alarm is sidelined
+            if not _is_corruption(exc):
+                await self._close_conns()
+                raise
             await self._close_conns()
             moved = self._move_aside()
-            self.reset_reason = f"database unusable ({exc}); moved aside to {moved.name}"
+            salvaged = await asyncio.to_thread(_salvage, moved)
+            self.reset_reason = (f"database unusable ({exc}); moved aside to {moved.name}; "
+                                 f"{len(salvaged)} rows salvaged")
             log.error("outbox: %s; starting a fresh one", self.reset_reason)
-            await self._open_db()
+            await self._open_db(salvaged=salvaged)
         self._opened.set()
         if any(self._count.values()):
             self.available.set()
 
-    async def _open_db(self) -> None:
+    async def _open_db(self, salvaged: list[tuple[int, int, int, str, bytes]] | None = None) -> None:
         db = self._db = await aiosqlite.connect(self.path)
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
@@ -286,13 +294,18 @@ class Outbox:
         cur = await db.execute("PRAGMA quick_check")
         result = [r[0] for r in await cur.fetchall()]
         if result != ["ok"]:
-            raise sqlite3.DatabaseError(f"quick_check: {'; '.join(result[:3])}")
+            raise _Corrupt(f"quick_check: {' '.join(result[:2])}"[:200].replace("\n", " "))
         cur = await db.execute("PRAGMA user_version")
         (version,) = await cur.fetchone()  # type: ignore[misc]
         if version > SCHEMA_VERSION:
-            raise _SchemaTooNew(f"schema v{version} is newer than this agent's v{SCHEMA_VERSION}")
+            raise OutboxError(f"{self.path}: schema v{version} is newer than this agent's v{SCHEMA_VERSION}: "
+                              "install the newer agent again (the queued messages are kept)")
         for v in range(version, SCHEMA_VERSION):
             await db.executescript(f"BEGIN;\n{MIGRATIONS[v]}\nPRAGMA user_version={v + 1};\nCOMMIT;")
+        if salvaged:
+            await db.executemany("INSERT OR IGNORE INTO outbox (seq, cls, ts, kind, body) VALUES (?, ?, ?, ?, ?)",
+                                 salvaged)
+            await db.commit()
         cur = await db.execute("SELECT cls, count(*), coalesce(sum(length(body)), 0) FROM outbox GROUP BY cls")
         for cls, n, size in await cur.fetchall():
             self._count[MsgClass(cls)] = n
@@ -303,8 +316,9 @@ class Outbox:
         row = await cur.fetchone()
         db_max = row[0] if row else 0
         self._hwm = await asyncio.to_thread(_read_hwm, self._hwm_path)
-        # an intact database knows its last seq; a fresh one starts above everything ever reserved
-        self._next_seq = db_max + 1 if db_max else max(1, self._hwm)
+        # an intact database knows its last seq; a fresh or rebuilt one starts above everything ever reserved
+        self._next_seq = max(db_max + 1, self._hwm) if salvaged is not None else (db_max + 1 if db_max
+                                                                                    else max(1, self._hwm))
         self._reader = await aiosqlite.connect(self.path)
         await self._reader.execute("PRAGMA query_only=ON")
 
@@ -320,7 +334,7 @@ class Outbox:
         return self.path.with_name(self.path.name + ".seq")
 
     def _move_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}"
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(self.path) + suffix)
@@ -335,11 +349,26 @@ class Outbox:
         batch = list(self._pending)
         self._pending.clear()
         acks, self._acks = self._acks, []
+        # shielded and awaited on every path: a stop (cancellation) never cuts a commit in half, and
+        # the callers of the messages in it get their answer before the outbox closes
+        commit = asyncio.ensure_future(self._commit(batch, acks))
         try:
-            stored = await self._commit(batch, acks)
+            stored = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            try:
+                stored = await commit
+            except sqlite3.Error:
+                self._pending.extendleft(reversed([p for p in batch if not p.future.done()]))
+                self._acks = acks + self._acks
+                raise asyncio.CancelledError from None
+            self._settle(stored, acks)
+            raise
         except sqlite3.Error as exc:
             await self._after_failed_commit(exc, batch, acks, final)
             return
+        self._settle(stored, acks)
+
+    def _settle(self, stored: list[tuple[_Pending, Envelope]], acks: list[int]) -> None:
         self._disk_full_since = None
         for pending, env in stored:
             if not pending.future.done():
@@ -504,8 +533,32 @@ class Outbox:
             return
 
 
-class _SchemaTooNew(Exception):
-    pass
+class _Corrupt(sqlite3.DatabaseError):
+    """PRAGMA quick_check found damage."""
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    return isinstance(exc, _Corrupt) or getattr(exc, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _salvage(path: Path) -> list[tuple[int, int, int, str, bytes]]:
+    """Whatever rows can still be read from a damaged outbox, so a moved-aside file loses as little as it can."""
+    rows: list[tuple[int, int, int, str, bytes]] = []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return rows
+    try:
+        for row in db.execute("SELECT seq, cls, ts, kind, body FROM outbox ORDER BY seq"):
+            seq, cls, ts, kind, body = row
+            if isinstance(seq, int) and cls in (0, 1, 2, 3) and isinstance(body, (bytes, str)):
+                rows.append((seq, cls, int(ts), str(kind), bytes(body, "utf-8") if isinstance(body, str) else body))
+    except (sqlite3.Error, ValueError, TypeError):
+        pass  # read up to the damage: every row before it is kept
+    finally:
+        db.close()
+    return rows
 
 
 async def _save_counters(db: aiosqlite.Connection, *deltas: dict[str, int]) -> None:

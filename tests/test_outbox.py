@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.clock import ManualClock
-from agent.outbox import Outbox, OutboxRefused
+from agent.outbox import Outbox, OutboxError, OutboxRefused
 from agent.protocol.envelope import Envelope, MsgClass
 
 A, R, E, T = MsgClass.ALARM, MsgClass.RECEIPT, MsgClass.EVENT, MsgClass.TELEMETRY
@@ -222,3 +222,74 @@ async def test_envelope_bodies_are_contract_json(tmp_path: Path) -> None:
     doc = json.loads(row.body)
     assert doc == {"v": 1, "id": "box-1:1", "box": "box-1", "seq": 1, "ts": 1763900000123, "class": "alarm",
                    "kind": "sos", "data": {"wearer": "W1", "note": "救命"}}
+
+
+async def test_a_stop_during_a_commit_still_stores_the_alarm(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    ob = make(path)
+    task = asyncio.create_task(ob.run(lambda: None), name="outbox.run")
+    await ob.wait_open()
+    slow = ob._commit
+
+    async def slow_commit(*args: object) -> object:  # hold the commit in flight while the stop arrives
+        await asyncio.sleep(0.2)
+        return await slow(*args)  # type: ignore[arg-type]
+
+    ob._commit = slow_commit  # type: ignore[method-assign]
+    future = ob.send_nowait(A, "sos", {"wearer": "W1"})
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    env = await asyncio.wait_for(future, 5)
+    assert rows_in_file(path) == [(env.seq, int(A), "sos")]
+
+
+async def test_a_newer_schema_is_refused_and_the_rows_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with running(make(path)) as ob:
+        await ob.send(A, "sos", {})
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    ob = make(path)
+    with pytest.raises(OutboxError, match="newer than this agent"):
+        await ob.run(lambda: None)
+    assert rows_in_file(path) == [(1, int(A), "sos")] and not list(tmp_path.glob("o.db.corrupt-*"))
+
+
+async def test_a_locked_database_is_not_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with running(make(path)) as ob:
+        await ob.send(A, "sos", {})
+    holder = sqlite3.connect(path, timeout=0)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            await make(path).run(lambda: None)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert not list(tmp_path.glob("o.db.corrupt-*")), "a busy file is not a corrupt file"
+    assert rows_in_file(path) == [(1, int(A), "sos")]
+
+
+async def test_rows_before_the_damage_are_salvaged_with_their_seq(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with running(make(path, commit_interval_s=0.001)) as ob:
+        envs = await asyncio.gather(*[ob.send_nowait(A, "sos", {"i": i, "pad": "z" * 300}) for i in range(400)])
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    data[-3000:] = b"\xff" * 3000  # damage the last pages only
+    path.write_bytes(bytes(data))
+    async with running(make(path)) as ob:
+        await asyncio.wait_for(ob.send(E, "after", {}), 5)  # commits after the outbox_reset event
+        got = await drain_all(ob)
+    assert ob.reset_reason is not None and "salvaged" in ob.reset_reason
+    kept = [e for e in got if e.kind == "sos"]
+    assert 0 < len(kept) < 400
+    by_seq = {e.seq: e for e in envs}
+    assert all(e.to_json() == by_seq[e.seq].to_json() for e in kept), "salvaged rows keep their id and content"
+    reset = next(e for e in got if e.kind == "outbox_reset")
+    assert reset.seq > max(by_seq), "new seqs start above every seq used before"

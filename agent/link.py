@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -59,6 +59,7 @@ X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL >= 1.1.0; the ssl module has no 
 ALARM_RESERVE = 64  # publishes beyond the window that only alarms and receipts may use
 COMMAND_QUEUE = 256
 STOP_BUDGET_S = 2.0
+FALLBACK_HOLD_S = 3600.0  # after an ambiguous MQTT 5 failure that 3.1.1 survived: stay on 3.1.1 this long
 
 
 class LinkState(Enum):
@@ -70,9 +71,9 @@ class LinkState(Enum):
 class ConnectFailed(Exception):
     """A connection attempt that did not reach CONNACK success."""
 
-    def __init__(self, reason: str, *, auth: bool = False, protocol: bool = False) -> None:
+    def __init__(self, reason: str, *, auth: bool = False, protocol: bool = False, ambiguous: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.auth, self.protocol = reason, auth, protocol
+        self.reason, self.auth, self.protocol, self.ambiguous = reason, auth, protocol, ambiguous
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +94,9 @@ class Broker:
             host=parts.hostname or "localhost",
             port=parts.port or (8883 if tls else 1883),
             tls=tls,
-            username=parts.username or username,
-            password=parts.password or password,
+            # percent-encoded in the URL ("p%40ss" is "p@ss"), as the county console reads it too
+            username=unquote(parts.username) if parts.username else username,
+            password=unquote(parts.password) if parts.password is not None else password,
         )
 
 
@@ -115,21 +117,22 @@ class Link:
         self.rng = rng or random.Random()
         self.topics = Topics(config.mqtt.topic_prefix)
         self.box = config.box.id
-        password = None
-        if config.mqtt.password_file is not None:
-            password = config.mqtt.password_file.read_text().strip()
-        self.brokers = [Broker.parse(u, config.mqtt.username, password) for u in config.mqtt.url]
+        self.brokers: list[Broker] = []  # parsed in run(): reading the password file is work
         self.state = LinkState.DISCONNECTED
         self.reconnects = 0
         self.published = 0
         self.tls_time_unchecked = False  # the last TLS connection skipped certificate dates (clock unset)
         self.refused = 0  # publishes the broker refused (v5 PUBACK >= 0x80, e.g. ACL): rows kept, counted
-        self._v311: set[str] = set()  # URLs that answered MQTT 5 with "unsupported protocol"
+        self._v311: dict[str, float] = {}  # URL -> monotonic time until which it gets MQTT 3.1.1
         self._statefile = LinkStateFile(config.box.state_dir / "link.json")
         self._had_session = False
 
     # ------------------------------------------------------------------ service
     async def run(self, ready: Callable[[], None]) -> None:
+        password = None
+        if self.config.mqtt.password_file is not None:
+            password = (await asyncio.to_thread(self.config.mqtt.password_file.read_text)).strip()
+        self.brokers = [Broker.parse(u, self.config.mqtt.username, password) for u in self.config.mqtt.url]
         ready()  # serving means trying; the outbox holds everything until a broker answers
         await self.outbox.wait_open()
         attempt = 0
@@ -164,16 +167,20 @@ class Link:
 
     # ------------------------------------------------------------------ one connection
     async def _session(self, broker: Broker) -> None:
-        v5 = self.config.mqtt.protocol == "5" or (
-            self.config.mqtt.protocol == "auto" and broker.url not in self._v311)
+        mode = self.config.mqtt.protocol
+        v5 = mode == "5" or (mode == "auto" and self.clock.monotonic() >= self._v311.get(broker.url, 0.0))
         try:
             conn = await self._connect(broker, v5)
         except ConnectFailed as exc:
-            if not (exc.protocol and v5 and self.config.mqtt.protocol == "auto"):
+            if not (v5 and mode == "auto" and (exc.protocol or exc.ambiguous)):
                 raise
-            log.info("link: %s does not speak MQTT 5, using 3.1.1", broker.url)
-            self._v311.add(broker.url)
+            # A refusal that names the protocol is final for this URL. A connection closed or silent before
+            # CONNACK is ambiguous: a 4G reset looks the same as a broker that can't read MQTT 5 (amqtt
+            # never answers one). Try 3.1.1 now; only if that works, stay on it for a while, then retry 5.
             conn = await self._connect(broker, False)
+            hold = float("inf") if exc.protocol else FALLBACK_HOLD_S
+            self._v311[broker.url] = self.clock.monotonic() + hold
+            log.info("link: %s did not take MQTT 5 (%s), using 3.1.1", broker.url, exc.reason)
         try:
             await conn.serve()
         finally:
@@ -181,7 +188,12 @@ class Link:
             self.outbox.rewind()
 
     async def _connect(self, broker: Broker, v5: bool) -> _Connection:
-        conn = _Connection(self, broker, v5)
+        try:
+            conn = _Connection(self, broker, v5)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            # CA, certificate or key unreadable or not matching (rotated, replaced by hand): a setup fault
+            # the operator must fix, not a crash loop; the longest backoff, and one log line per edge
+            raise ConnectFailed(f"TLS setup failed: {type(exc).__name__}: {exc}", auth=True) from None
         await conn.open()
         return conn
 
@@ -274,7 +286,7 @@ class _Connection:
                     "the broker closed the TLS connection before CONNACK: client certificate missing, expired,"
                     " revoked or not issued by the county CA (the broker's log says which)", auth=True))
             else:
-                self.connected.set_exception(ConnectFailed(f"closed before CONNACK ({reason})", protocol=True))
+                self.connected.set_exception(ConnectFailed(f"closed before CONNACK ({reason})", ambiguous=True))
         self.lost.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
@@ -294,6 +306,8 @@ class _Connection:
         else:
             self.link.outbox.ack(seq)
             self.link.published += 1
+            # "last publish" means the broker took it: status must not look healthy while nothing is acked
+            self.link._statefile.published(self.link.clock.time())
         self.acked.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -330,7 +344,7 @@ class _Connection:
                                                              cfg.connect_timeout_s)
         except TimeoutError:
             await self.close(graceful=False)
-            raise ConnectFailed("no CONNACK within the connect timeout") from None
+            raise ConnectFailed("no CONNACK within the connect timeout", ambiguous=True) from None
         except ConnectFailed:
             await self.close(graceful=False)
             raise
@@ -392,7 +406,6 @@ class _Connection:
                 if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                     log.warning("link: publish failed locally: %s", mqtt.error_string(info.rc))
                 self.inflight[info.mid] = row.seq
-            self.link._statefile.published(self.link.clock.time())
 
     async def _commands(self) -> None:
         while True:
@@ -429,10 +442,15 @@ def _no_delay(client: mqtt.Client) -> None:
 
 
 async def _first(*events: asyncio.Event) -> None:
-    """Wait until any of `events` is set."""
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
+    """Wait until any of `events` is set, inside a TaskGroup so no waiter outlives the call."""
+    done = asyncio.Event()
+
+    async def wait_one(event: asyncio.Event) -> None:
+        await event.wait()
+        done.set()
+
+    async with asyncio.TaskGroup() as tg:
+        waiters = [tg.create_task(wait_one(e), name="link.wait") for e in events]
+        await done.wait()
+        for w in waiters:
             w.cancel()

@@ -174,9 +174,10 @@ class Link:
         except ConnectFailed as exc:
             if not (v5 and mode == "auto" and (exc.protocol or exc.ambiguous)):
                 raise
-            # A refusal that names the protocol is final for this URL. A connection closed or silent before
-            # CONNACK is ambiguous: a 4G reset looks the same as a broker that can't read MQTT 5 (amqtt
-            # never answers one). Try 3.1.1 now; only if that works, stay on it for a while, then retry 5.
+            # A refusal that names the protocol is final for this URL. Silence until the connect timeout is
+            # ambiguous: a black-holed 4G link looks like a broker that cannot read MQTT 5 (amqtt 0.12 never
+            # answers one). Try 3.1.1 now; only if that works, stay on it for a while, then retry 5. A
+            # connection closed before CONNACK is the network (a 4G reset): no fallback for that.
             conn = await self._connect(broker, False)
             hold = float("inf") if exc.protocol else FALLBACK_HOLD_S
             self._v311[broker.url] = self.clock.monotonic() + hold
@@ -286,7 +287,7 @@ class _Connection:
                     "the broker closed the TLS connection before CONNACK: client certificate missing, expired,"
                     " revoked or not issued by the county CA (the broker's log says which)", auth=True))
             else:
-                self.connected.set_exception(ConnectFailed(f"closed before CONNACK ({reason})", ambiguous=True))
+                self.connected.set_exception(ConnectFailed(f"closed before CONNACK ({reason})"))
         self.lost.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from drivers.wristband.watch import encode_alarm, encode_position, status_bits
 from drivers.wristband.events import BandAlarm
+from drivers.wristband.watch import encode_alarm, encode_position, status_bits
 from tests.agentproc import AgentProcess, run_cli
 from tests.support import Collector, Mosquitto, agent_config_dict, free_port, toml_dumps, wait_until
 
@@ -33,16 +33,21 @@ class FrameServer:
         self.conn: socket.socket | None = None
         self.sent = 0
         self._stop = threading.Event()
+        self.release = threading.Event()
         self._thread: threading.Thread | None = None
 
     def accept(self, timeout: float = 30.0) -> None:
         self.sock.settimeout(timeout)
         self.conn, _ = self.sock.accept()
 
-    def burst(self, frames: list[bytes], pause_s: float = 0.0005) -> None:
+    def burst(self, frames: list[bytes], pause_s: float = 0.0005, hold_after: int | None = None) -> None:
+        """Write `frames`; with `hold_after`, stop after that many until `release` is set (a burst that is
+        certainly still going when the test acts)."""
         def run() -> None:
             assert self.conn is not None
-            for frame in frames:
+            for i, frame in enumerate(frames):
+                if i == hold_after:
+                    self.release.wait(60)
                 if self._stop.is_set():
                     return
                 try:
@@ -56,6 +61,7 @@ class FrameServer:
 
     def close(self) -> None:
         self._stop.set()
+        self.release.set()
         if self._thread:
             self._thread.join(5)
         for s in (self.conn, self.sock):
@@ -103,10 +109,10 @@ def test_sigkill_mid_burst_loses_nothing_committed_and_seq_continues(tmp_path: P
     try:
         agent.start()  # the broker is down: everything stays in the outbox
         frame_server.accept()
-        frame_server.burst(sos_frames(n))
+        frame_server.burst(sos_frames(n), hold_after=n)  # half the burst now, the rest after the kill
         wait_until(lambda: len(committed_rows(state / "outbox.db")) >= 150, timeout=60)
         agent.kill()
-        assert frame_server.sent < 2 * n, "the kill must land mid-burst"
+        frame_server.release.set()
         before = committed_rows(state / "outbox.db")
         assert sum(1 for e in before.values() if e["kind"] == "sos") >= 50
         max_before = max(e["seq"] for e in before.values())

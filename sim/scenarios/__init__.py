@@ -1,0 +1,1 @@
+"""Bundled simulator scenarios (TOML files shipped as package data)."""

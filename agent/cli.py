@@ -28,19 +28,19 @@ def _agent_parser() -> argparse.ArgumentParser:
     sub.add_parser("identity", help="make the box key pair (once) and a CSR for the county CA", add_help=False)
     for name, text in (("run", "run the agent in the foreground until SIGTERM/SIGINT"),
                        ("check", "validate the config and hardware profile, print them (secrets masked)"),
-                       ("status", "read the state directory: outbox depth, link state, seq")):
+                       ("status", "read the state directory: outbox depth, link state, seq"),
+                       ("relay-off", "drive the amplifier relay pin off and exit (systemd ExecStopPost)")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("-c", "--config", required=True, metavar="FILE", help="the agent's TOML config")
-        if name != "run":
+        if name not in ("run", "relay-off"):
             p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
 def _load(path: str):
+    from agent.commands import load_trust_keys
     from agent.config import load_config
     from agent.profile import load_profile
-
-    from agent.commands import load_trust_keys
 
     config = load_config(path)
     load_trust_keys(config)  # a key file that exists but is not an Ed25519 PEM is a config error too
@@ -64,6 +64,15 @@ def agent_main(argv: Sequence[str]) -> int:
             return EXIT_CONFIG
         status = importlib.import_module("agent.status")
         return int(status.main(config, as_json=args.json))
+    if args.cmd == "relay-off":  # the profile only: no keys, no event loop (agent/relayoff.py)
+        from agent.config import load_config
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"village: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        return int(importlib.import_module("agent.relayoff").main(config))
     try:
         config, profile = _load(args.config)
     except (ConfigError, ProfileError) as exc:

@@ -15,6 +15,10 @@ class Receipts:
         self._uplink = uplink
         self._clock = clock
 
+    @property
+    def uplink(self) -> Uplink:
+        return self._uplink
+
     async def send(self, cmd_id: str | None, state: str, *, reason: str | None = None,
                    **extra: Any) -> Envelope:
         if state not in RECEIPT_STATES:

@@ -111,26 +111,35 @@ async def _sleep_or_cancel(seconds: float, cancel: asyncio.Event | None) -> bool
 
 
 class SilentTts:
-    """TTS twin for machines without espeak-ng: a silent WAV, 0.25 s per character (about speech pace)."""
+    """TTS twin for machines without espeak-ng: a silent WAV, 0.25 s per character (about speech pace).
 
-    def __init__(self, voice: str = "cmn") -> None:
+    `delay_s` makes every synthesis take that long first (a slow SD card, a long text on a Pi Zero), for
+    tests of what must not wait behind it; `started` counts the syntheses begun.
+    """
+
+    def __init__(self, voice: str = "cmn", *, delay_s: float = 0.0) -> None:
         self.voice = voice
+        self.delay_s = delay_s
+        self.started = 0
 
     async def synth(self, text: str, out: Path) -> Path:
+        self.started += 1
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
         await asyncio.to_thread(out.write_bytes, silence_wav(min(0.25 * len(text), 60.0)))
         return out
 
 
 def build_broadcast_hardware(profile: Any, sim: bool, *, voice: str = "cmn", speed: float = 1.0,
-                             **real: Any) -> BroadcastHardware:
+                             hang_slack_s: float = 10.0, **real: Any) -> BroadcastHardware:
     """Relay, player and TTS for the broadcast feature: twins when `sim`, else the real drivers.
 
     For the composition root: `sim.audio.build_broadcast_hardware(profile, sim=profile.kind == "sim")`.
     The sim TTS is the real espeak-ng when installed (it runs anywhere), else a silent twin.
     """
     if not sim:
-        return build_real_broadcast_hardware(profile, voice=voice, **real)
+        return build_real_broadcast_hardware(profile, voice=voice, hang_slack_s=hang_slack_s, **real)
     relay = TwinAmpRelay(profile.relay.pin if profile.relay.pin is not None else 17,
                          active_high=profile.relay.active_high)
     tts = EspeakTts(voice) if shutil.which("espeak-ng") else SilentTts(voice)
-    return BroadcastHardware(relay=relay, player=TwinPlayer(speed=speed), tts=tts)
+    return BroadcastHardware(relay=relay, player=TwinPlayer(speed=speed, hang_slack_s=hang_slack_s), tts=tts)

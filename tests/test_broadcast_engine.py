@@ -370,3 +370,35 @@ def test_config_validation() -> None:
                 {"max_volume": 101}, {"max_volume": 90, "emergency_volume": 80}, {"warmup_s": -1}):
         with pytest.raises(SchemaError):
             build(BroadcastConfig, raw)
+
+
+def _item(item_id: str, text: str) -> Item:
+    return Item(item_id, Klass.DAILY, 3, "", text, f"{item_id}.wav", "audio/wav", 70, None, None, None, 0, NOW)
+
+
+async def _fill_disk(store: BroadcastStore) -> None:
+    """A real SQLITE_FULL: the database may not grow past the pages it has now."""
+    db = store._db
+    (pages,) = await (await db.execute("PRAGMA page_count")).fetchone()
+    await db.execute(f"PRAGMA max_page_count = {max(pages, 1)}")
+
+
+async def test_a_full_disk_keeps_the_schedule_in_memory_and_saves_it_later(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "broadcast.db"
+    store = await BroadcastStore.open(db)
+    await store.save({"a": _item("a", "x")}, {"a"})
+    await store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    await _fill_disk(store)
+    big = {"a": _item("a", "x"), "b": _item("b", "明" * 5000), "c": _item("c", "停" * 5000)}
+    caplog.set_level("ERROR", logger="agent.broadcast.store")
+    assert await store.save(big, {"b"}) is False  # no exception: the caller's loop goes on
+    assert await store.save(big, {"c"}) is False
+    assert store.unsaved == {"b", "c"}
+    assert len([r for r in caplog.records if "cannot save" in r.message]) == 1  # once per episode
+    await store._db.execute("PRAGMA max_page_count = 1073741823")  # space again
+    assert await store.save(big, set()) is True and store.unsaved == set()
+    await store.close()
+    store = await BroadcastStore.open(db)
+    assert sorted(i.id for i in await store.load()) == ["a", "b", "c"]
+    await store.close()

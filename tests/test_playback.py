@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent.broadcast.service import BroadcastService, make_services
+from agent.broadcast.store import BroadcastStore
 from agent.clock import SystemClock
 from agent.config import Config, parse_config
 from agent.context import AgentContext, Hardware
@@ -66,17 +67,19 @@ def audio(data: bytes, mime: str = "audio/wav", sha: str | None = None) -> dict[
 
 
 class Rig:
-    def __init__(self, state_dir: Path, *, speed: float = 4.0, **broadcast: Any) -> None:
+    def __init__(self, state_dir: Path, *, speed: float = 4.0, tts: Any = None, player: Any = None,
+                 **broadcast: Any) -> None:
         cfg = {"warmup_s": 0.05, "tail_s": 0.0, "off_delay_s": 0.1, "chime": "builtin", **broadcast}
         self.config: Config = parse_config({"box": {"id": "b1", "state_dir": str(state_dir)},
                                             "mqtt": {"url": "mqtt://127.0.0.1:1"}, "broadcast": cfg})
         self.relay = TwinAmpRelay(17)
-        self.player = TwinPlayer(speed=speed, hang_slack_s=0.05)
+        self.player = player or TwinPlayer(speed=speed, hang_slack_s=0.05)
+        self.tts = tts or SilentTts()
         self.uplink = RecordingUplink()
         self.registry = Registry()
         clock = SystemClock()
         self.ctx = AgentContext(self.config, load_profile("sim"), self.uplink, Receipts(self.uplink, clock), clock,
-                                self.registry, Hardware(relay=self.relay, player=self.player, tts=SilentTts()))
+                                self.registry, Hardware(relay=self.relay, player=self.player, tts=self.tts))
         (self.service,) = make_services(self.ctx)
         assert isinstance(self.service, BroadcastService)
         self.n = 0
@@ -247,8 +250,105 @@ async def test_shutdown_mid_play_switches_off(tmp_path: Path) -> None:
     assert rig.relay.events() == ["off", "on", "off"]
 
 
+class CleanupHangsPlayer(TwinPlayer):
+    """A player whose cleanup after a cancellation takes long (a child that will not die, a slow card)."""
+
+    def __init__(self) -> None:
+        super().__init__(speed=1)
+        self.release = asyncio.Event()
+
+    async def play(self, source: Any, mime: str, volume: int, cancel: asyncio.Event | None = None,
+                   *, timeout_s: float = 900.0) -> Any:
+        try:
+            return await super().play(source, mime, volume, None, timeout_s=timeout_s)
+        except asyncio.CancelledError:
+            await self.release.wait()
+            raise
+
+
+async def test_relay_goes_off_before_any_cleanup_await(tmp_path: Path) -> None:
+    # The supervisor's overrun exit, systemd's SIGKILL or the watchdog may end the process while the play
+    # task or the store is still cleaning up: the relay must already be off by then.
+    player = CleanupHangsPlayer()
+    rig = Rig(tmp_path, chime="", player=player)
+    ready = asyncio.Event()
+    task = asyncio.create_task(rig.service.run(ready.set), name="test.broadcast")
+    await asyncio.wait_for(ready.wait(), 10)
+    await rig.play("d1", audio=audio(DAILY))
+    await rig.until(lambda: rig.player.playing == "d1.wav" and rig.relay.is_on)
+    task.cancel()
+    await rig.until(lambda: not rig.relay.is_on)
+    assert not task.done()  # the play task is still in its cleanup, and the relay is off anyway
+    player.release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert rig.relay.events() == ["off", "on", "off"] and rig.relay._dev.closed
+
+
+async def test_slow_speech_does_not_hold_up_a_cancel_or_an_emergency(tmp_path: Path) -> None:
+    tts = SilentTts(delay_s=3600)  # never finishes within the test
+    async with running(Rig(tmp_path, chime="", tts=tts)) as rig:
+        await rig.play("d1", text="今天下午三点在村委会开会")
+        await rig.play("d2", text="明天停水")
+        await rig.until(lambda: tts.started == 1)
+        await rig.cancel("c1", broadcast="d1")  # still being spoken: cancelled, not unknown_broadcast
+        await rig.play("e1", **{"class": "emergency"}, level=1, audio=audio(SOS))
+        await rig.until(lambda: rig.states("e1")[-1:] == ["finished"] and "applied" in rig.states("c1"))
+        assert tts.started == 2  # d2's turn came once d1 was cancelled
+        await rig.cancel("c2", all=True)
+        await rig.until(lambda: "applied" in rig.states("c2"))
+    assert rig.states("d1") == ["cancelled"] and rig.receipt("d1", "cancelled")["by"] == "c1"
+    assert rig.receipt("c1", "applied")["cancelled"] == ["d1"]
+    assert rig.states("d2") == ["cancelled"] and rig.receipt("c2", "applied")["cancelled"] == ["d2"]
+    assert [e for e in rig.player.events() if e[0] == "play"] == [("play", "e1.wav", 100)]
+    assert sorted(p.name for p in (tmp_path / "broadcast-audio").iterdir()) == []
+
+
+async def test_emergency_text_is_spoken_by_its_own_worker_and_played(tmp_path: Path) -> None:
+    async with running(Rig(tmp_path, chime="")) as rig:
+        await rig.play("e1", **{"class": "emergency"}, level=1, text="山洪预警")
+        await rig.until(lambda: rig.states("e1")[-1:] == ["finished"])
+    assert rig.states("e1") == ["started", "finished"]
+
+
+async def test_a_full_disk_does_not_stop_broadcasts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    opened: list[BroadcastStore] = []
+    real_open = BroadcastStore.open.__func__  # type: ignore[attr-defined]
+
+    async def open_on_a_full_disk(cls: type[BroadcastStore], path: Path) -> BroadcastStore:
+        store = await real_open(cls, path)
+        (pages,) = await (await store._db.execute("PRAGMA page_count")).fetchone()
+        await store._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL on the next growth
+        opened.append(store)
+        return store
+
+    monkeypatch.setattr(BroadcastStore, "open", classmethod(open_on_a_full_disk))
+    async with running(Rig(tmp_path, chime="")) as rig:
+        await rig.play("d1", audio=audio(SOS), text="停" * 2000)  # 6 kB: needs pages the disk has not
+        await rig.until(lambda: rig.states("d1")[-1:] == ["finished"])
+        # the write was refused for real (and saved once d1 was gone), and the service went on
+        assert [r.message.split(": ")[-1] for r in caplog.records if r.name == "agent.broadcast.store"] == [
+            "cannot save (database or disk is full); the schedule is kept in memory and saved again when the disk "
+            "allows", "saving works again"]
+        await rig.play("d2", audio=audio(SOS))
+        await rig.until(lambda: rig.states("d2")[-1:] == ["finished"])
+
+
 def test_builder_gives_twins_for_the_sim_profile() -> None:
     hw = build_broadcast_hardware(load_profile("sim"), sim=True)
     assert isinstance(hw.relay, TwinAmpRelay) and isinstance(hw.player, TwinPlayer)
     assert hw.relay.pin == 17 and not hw.relay.is_on
+    hw.relay.close()
+    slack = build_broadcast_hardware(load_profile("sim"), sim=True, hang_slack_s=2.5)
+    assert slack.player.hang_slack_s == 2.5  # [broadcast] hang_slack_s reaches the twin player too
+    slack.relay.close()
+
+
+def test_real_builder_passes_hang_slack_to_the_player() -> None:
+    from gpiozero.pins.mock import MockFactory
+
+    hw = build_broadcast_hardware(load_profile("pi4-relayhat"), sim=False, hang_slack_s=2.5,
+                                  pin_factory=MockFactory())
+    assert hw.player.hang_slack_s == 2.5
     hw.relay.close()

@@ -128,3 +128,22 @@ def test_tmpfiles_make_the_directories_with_modes(tmp_path: Path) -> None:
         st = (tmp_path / rel).stat()
         assert stat.S_IMODE(st.st_mode) == mode, rel
         assert st.st_gid == gid and (st.st_uid == 0) == uid_is_root, rel
+
+
+def test_the_stop_budget_is_stated_the_same_everywhere() -> None:
+    # the unit's comment and docs/deployment.md once said 5 s while the supervisor used 10 s
+    from agent.supervisor import Supervisor
+
+    budget = Supervisor([]).shutdown_budget_s
+    stop_s = seconds(unit_settings(UNIT)["Service"]["TimeoutStopSec"][-1])
+    comments = "\n".join(line for line in UNIT.read_text().splitlines() if line.startswith("#"))
+    stated = {float(n) for n in re.findall(r"budget[^.\n]*?\(?[^()\n]*?(\d+) s\)", comments)}
+    assert stated == {budget}, comments
+    doc = (REPO / "docs" / "deployment.md").read_text()
+    assert f"`TimeoutStopSec={stop_s:.0f}s`" in doc and f"supervisor default {budget:.0f} s" in doc
+
+
+def test_relay_is_switched_off_after_any_stop() -> None:
+    post = unit_settings(UNIT)["Service"]["ExecStopPost"]
+    # "-": a failing relay-off must neither mark the stop failed nor hold up Restart=
+    assert post == ["-/opt/village-agent/venv/bin/village agent relay-off -c /etc/village-agent/agent.toml"]

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.broadcast.engine import SYNC_EPOCH, Effect, Engine, Notify, Rules, Start, Stop
-from agent.broadcast.items import BadBroadcast, BroadcastError, Item, PlayRequest, parse_cancel, parse_play
+from agent.broadcast.items import BadBroadcast, BroadcastError, Item, Klass, PlayRequest, parse_cancel, parse_play
 from agent.broadcast.settings import BroadcastConfig
 from agent.broadcast.store import BroadcastStore
 from agent.context import AgentContext
 from agent.protocol.commands import Command
 from agent.service import Service
-from drivers.amp.relay import AmpRelay
+from drivers.amp.relay import AmpError, AmpRelay
 from drivers.audio.base import AudioPlayer, MediaError, PlaybackError, Tts, TtsError
 from drivers.audio.media import chime_wav, decode_audio
 
@@ -56,6 +56,17 @@ class _Play:
     task: asyncio.Task[None]
 
 
+@dataclass
+class _Job:
+    """A play whose text is waiting to be spoken (`broadcast.prepare`)."""
+
+    cmd_id: str
+    req: PlayRequest
+    received: float
+    cancelled: bool = False
+    task: asyncio.Task[TtsError | None] | None = None
+
+
 class BroadcastService:
     name = "broadcast"
 
@@ -74,6 +85,9 @@ class BroadcastService:
         self._chime: Path | None = None
         self._pending_media: set[str] = set()  # written by a handler, not yet handed to the engine
         self._time_floor = 0.0  # newest signed county time (command iat) seen this run; see engine.synced
+        self._preparing: dict[str, _Job] = {}  # plays waiting for text to speech, by id
+        self._urgent: asyncio.Queue[_Job] = asyncio.Queue()  # emergencies
+        self._routine: asyncio.Queue[_Job] = asyncio.Queue()  # daily, drill
 
     @property
     def engine(self) -> Engine | None:
@@ -86,21 +100,30 @@ class BroadcastService:
             self._time_floor = float(cmd.iat)
 
     async def on_play(self, cmd: Command) -> None:
+        """Validate and store inline audio here (fast); text waits for `broadcast.prepare` (TTS is slow).
+
+        The link hands commands over one at a time, so nothing slow may run in a handler: a cancel or an
+        emergency must never wait behind a 30 s synthesis.
+        """
         self._saw_signed_time(cmd)
         received = self._ctx.clock.time()
         try:
             req = parse_play(cmd.data, default_tz=self._cfg.timezone, max_text_chars=self._cfg.max_text_chars)
-            media, mime = await self._prepare_media(cmd.id, req)
+            if req.audio is None:
+                job = _Job(cmd.id, req, received)
+                self._preparing[cmd.id] = job
+                (self._urgent if req.cls is Klass.EMERGENCY else self._routine).put_nowait(job)
+                return
+            media, mime = await self._store_audio(cmd.id, req)
         except (BadBroadcast, MediaError) as exc:
             log.warning("broadcast %s rejected: %s", cmd.id, exc.reason)
             await self._ctx.receipts.send(cmd.id, "rejected", reason=exc.reason, detail=exc.detail)
             return
-        except TtsError as exc:
-            log.warning("broadcast %s: text to speech failed: %s", cmd.id, exc)
-            await self._ctx.receipts.send(cmd.id, "failed", reason="tts_failed")
-            return
+        self._add(cmd.id, req, media, mime, received)
+
+    def _add(self, cmd_id: str, req: PlayRequest, media: str, mime: str, received: float) -> None:
         self._pending_media.add(media)
-        item = Item(cmd.id, req.cls, req.level, req.title, req.text, media, mime, req.volume, req.start,
+        item = Item(cmd_id, req.cls, req.level, req.title, req.text, media, mime, req.volume, req.start,
                     req.end, req.repeat, 0, received)
         self._inbox.put_nowait(("add", item))
 
@@ -113,19 +136,58 @@ class BroadcastService:
             return
         self._inbox.put_nowait(("cancel", cmd.id, target))
 
-    async def _prepare_media(self, item_id: str, req: PlayRequest) -> tuple[str, str]:
-        """Check and store the audio, or speak the text: nothing is scheduled that cannot be played."""
+    async def _store_audio(self, item_id: str, req: PlayRequest) -> tuple[str, str]:
+        """Check and store inline audio: nothing is scheduled that cannot be played."""
+        assert req.audio is not None
         await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
-        stem = media_stem(item_id)
-        if req.audio is not None:
-            a = req.audio
-            media = await asyncio.to_thread(decode_audio, a["mime"], a["sha256"], a["b64"], self._cfg.max_audio_bytes)
-            name = f"{stem}.{media.ext}"
-            await asyncio.to_thread(_write_atomic, self._dir / name, media.data)
-            return name, media.mime
-        name = f"{stem}.wav"
-        await self._tts.synth(req.text, self._dir / name)
-        return name, "audio/wav"
+        a = req.audio
+        media = await asyncio.to_thread(decode_audio, a["mime"], a["sha256"], a["b64"], self._cfg.max_audio_bytes)
+        name = f"{media_stem(item_id)}.{media.ext}"
+        await asyncio.to_thread(_write_atomic, self._dir / name, media.data)
+        return name, media.mime
+
+    async def _prepare_loop(self) -> None:
+        """`broadcast.prepare`: speak queued texts; emergencies have their own worker so they never wait."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._prepare_worker(self._urgent), name="broadcast.prepare.emergency")
+            tg.create_task(self._prepare_worker(self._routine), name="broadcast.prepare.routine")
+
+    async def _prepare_worker(self, queue: asyncio.Queue[_Job]) -> None:
+        while True:
+            job = await queue.get()
+            if job.cancelled:
+                continue
+            name = f"{media_stem(job.cmd_id)}.wav"
+            async with asyncio.TaskGroup() as tg:  # a cancel ends the synthesis (job.task.cancel())
+                job.task = tg.create_task(self._synth(job.req.text, self._dir / name), name="broadcast.tts")
+            failure = None if job.task.cancelled() else job.task.result()
+            job.task = None
+            if self._preparing.pop(job.cmd_id, None) is None or job.cancelled:
+                await asyncio.to_thread((self._dir / name).unlink, missing_ok=True)
+            elif failure is not None:
+                log.warning("broadcast %s: text to speech failed: %s", job.cmd_id, failure)
+                self._receipts.put_nowait(Notify(job.cmd_id, "failed", "tts_failed"))
+            else:
+                self._add(job.cmd_id, job.req, name, "audio/wav", job.received)
+
+    async def _synth(self, text: str, out: Path) -> TtsError | None:
+        await asyncio.to_thread(self._dir.mkdir, parents=True, exist_ok=True)
+        try:
+            await self._tts.synth(text, out)
+        except TtsError as exc:
+            return exc
+        return None
+
+    def _cancel_preparing(self, cmd_id: str, target: str | None) -> list[str]:
+        """Drop jobs still waiting for speech that `target` names (None = all); their ids."""
+        ids = list(self._preparing) if target is None else [target] if target in self._preparing else []
+        for item_id in ids:
+            job = self._preparing.pop(item_id)
+            job.cancelled = True
+            if job.task is not None:
+                job.task.cancel()
+            self._receipts.put_nowait(Notify(item_id, "cancelled", extra={"by": cmd_id}))
+        return ids
 
     # -- the service ---------------------------------------------------------------------------------
     async def run(self, ready: Callable[[], None]) -> None:
@@ -142,13 +204,34 @@ class BroadcastService:
                 if items:
                     log.info("broadcast schedule resumed: %d item(s)", len(items))
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._send_receipts(), name="broadcast.receipts")
-                    ready()
-                    await self._loop(tg, store)
+                    try:
+                        tg.create_task(self._send_receipts(), name="broadcast.receipts")
+                        tg.create_task(self._prepare_loop(), name="broadcast.prepare")
+                        ready()
+                        await self._loop(tg, store)
+                    except BaseException:
+                        # Off FIRST, synchronously, before any await: the TaskGroup still waits for the play
+                        # task and the store still closes after this, and the supervisor's overrun exit,
+                        # systemd's SIGKILL or the watchdog's SIGABRT may end the process before they finish.
+                        # A Pi GPIO keeps its last level after the process dies.
+                        self._relay_off_now()
+                        raise
             finally:
+                self._relay_off_now()
                 await store.close()
         finally:
+            self._relay_off_now()
+            try:
+                self._relay.close()
+            except AmpError as exc:
+                log.error("broadcast: closing the amplifier relay: %s", exc)
+
+    def _relay_off_now(self) -> None:
+        """Switch the amplifier off on an exit path; never raises (the exit path must go on)."""
+        try:
             self._relay.off()
+        except AmpError as exc:
+            log.error("broadcast: cannot switch the amplifier relay off: %s", exc)
 
     async def _loop(self, tg: asyncio.TaskGroup, store: BroadcastStore) -> None:
         engine = self._engine
@@ -192,7 +275,15 @@ class BroadcastService:
                 self._pending_media.discard(item.media or "")
                 return engine.add(item, clock.time(), clock.monotonic())
             case ("cancel", str(cmd_id), target):
-                return engine.cancel(cmd_id, target)
+                dropped = self._cancel_preparing(cmd_id, target)
+                if dropped and target is not None:
+                    return [Notify(cmd_id, "applied", extra={"cancelled": dropped})]
+                effects = engine.cancel(cmd_id, target)
+                if dropped:  # cancel all: one "applied" naming both the prepared and the scheduled items
+                    effects = [Notify(e.cmd, e.state, e.reason, {"cancelled": dropped + e.extra["cancelled"]})
+                               if isinstance(e, Notify) and e.cmd == cmd_id and e.state == "applied" else e
+                               for e in effects]
+                return effects
             case ("ended", int(token), bool(ok), reason, dict(extra)):
                 if self._play is not None and self._play.token == token:
                     self._play = None
@@ -271,6 +362,9 @@ class BroadcastService:
             self._relay.off()
             ok, reason = False, "tts_failed"
             log.warning("broadcast %s: drill marker failed: %s", item.id, exc)
+        except BaseException:  # cancelled (shutdown, or a player that ignored `cancel`): off before anything
+            self._relay_off_now()
+            raise
         self._inbox.put_nowait(("ended", s.token, ok, reason, extra))
 
     async def _clip(self, path: Path, volume: int, cancel: asyncio.Event) -> bool:

@@ -34,6 +34,7 @@ class BroadcastStore:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        self._unsaved: set[str] = set()  # ids a refused save left unwritten; retried with the next save
 
     @classmethod
     async def open(cls, path: Path) -> BroadcastStore:
@@ -69,32 +70,70 @@ class BroadcastStore:
         return cls(db, path)
 
     async def load(self) -> list[Item]:
+        """The saved items; an unreadable table is logged and the schedule starts empty (never a crash)."""
         items = []
-        async with self._db.execute("SELECT id, body FROM items") as cur:
-            async for item_id, body in cur:
-                try:
-                    items.append(Item.from_json(body))
-                except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
-                    log.error("broadcast item %s unreadable, dropped: %s", item_id, exc)
-                    await self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
-        await self._db.commit()
+        try:
+            async with self._db.execute("SELECT id, body FROM items") as cur:
+                async for item_id, body in cur:
+                    try:
+                        items.append(Item.from_json(body))
+                    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+                        log.error("broadcast item %s unreadable, dropped: %s", item_id, exc)
+                        await self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+            await self._db.commit()
+        except sqlite3.Error as exc:
+            await self._rollback()
+            log.error("broadcast database %s unreadable (%s); %d item(s) read, the rest lost", self.path, exc,
+                      len(items))
         return items
 
-    async def save(self, items: dict[str, Item], ids: set[str]) -> None:
-        """Write the items named in `ids` as they are now in `items` (absent = deleted), atomically."""
+    async def save(self, items: dict[str, Item], ids: set[str]) -> bool:
+        """Write the items named in `ids` as they are now in `items` (absent = deleted), atomically.
+
+        A write the disk refuses (full, read-only, I/O error) is logged once per episode and kept: the
+        engine's state stays in memory and the same ids are written again with the next save. False then.
+        """
+        ids = ids | self._unsaved
         if not ids:
-            return
-        for item_id in ids:
-            item = items.get(item_id)
-            if item is None:
-                await self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
-            else:
-                await self._db.execute("INSERT OR REPLACE INTO items (id, body) VALUES (?, ?)",
-                                       (item_id, item.to_json()))
-        await self._db.commit()
+            return True
+        try:
+            for item_id in ids:
+                item = items.get(item_id)
+                if item is None:
+                    await self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                else:
+                    await self._db.execute("INSERT OR REPLACE INTO items (id, body) VALUES (?, ?)",
+                                           (item_id, item.to_json()))
+            await self._db.commit()
+        except sqlite3.Error as exc:
+            await self._rollback()
+            if not self._unsaved:
+                log.error("broadcast database %s: cannot save (%s); the schedule is kept in memory and saved "
+                          "again when the disk allows", self.path, exc)
+            self._unsaved = ids
+            return False
+        if self._unsaved:
+            log.warning("broadcast database %s: saving works again", self.path)
+            self._unsaved = set()
+        return True
+
+    @property
+    def unsaved(self) -> set[str]:
+        """Ids whose latest state is not on disk yet (a failed save)."""
+        return set(self._unsaved)
+
+    async def _rollback(self) -> None:
+        try:
+            if self._db.in_transaction:
+                await self._db.rollback()
+        except sqlite3.Error as exc:
+            log.warning("broadcast database %s: rollback failed: %s", self.path, exc)
 
     async def close(self) -> None:
-        await self._db.close()
+        try:
+            await self._db.close()
+        except sqlite3.Error as exc:
+            log.warning("broadcast database %s: closing: %s", self.path, exc)
 
 
 def _move_aside(path: Path, aside: Path) -> None:

@@ -9,6 +9,7 @@ drives the pin high for "off". The twin in sim/amp.py is this same class on gpio
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger("drivers.amp")
@@ -104,7 +105,13 @@ class NoRelay:
 
 
 def default_pin_factory() -> Any:
-    """The pin factory for a real Pi: lgpio (works on Pi 5 and Bookworm), else gpiozero's own choice."""
+    """The pin factory for a real Pi: lgpio (works on Pi 5 and Bookworm), else gpiozero's own choice.
+
+    GPIOZERO_PIN_FACTORY in the environment wins (None = let gpiozero read it): `mock` for tests of the
+    real code paths in a subprocess, or another backend chosen by a technician.
+    """
+    if os.environ.get("GPIOZERO_PIN_FACTORY"):
+        return None
     try:
         import lgpio
         from gpiozero.pins.lgpio import LGPIOFactory

@@ -34,6 +34,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent import clocksanity
 from agent.clock import Clock
 from agent.config import Config, ConfigError
 from agent.context import CommandHandler
@@ -41,16 +42,18 @@ from agent.keys import KeyFileError, load_public_key
 from agent.outbox import OutboxError
 from agent.protocol import jws
 from agent.protocol.commands import COMMAND_VERSION, Command
+from agent.protocol.envelope import MsgClass
 from agent.protocol.topics import BOX_ID_RE, Topics
 from agent.receipts import Receipts
 from agent.replay import ReplayStore, ReplayStoreError
-from agent.service import InboundCommand
+from agent.service import InboundCommand, Uplink
 
 log = logging.getLogger("agent.commands")
 
 MAX_SKEW_S = 120  # contract: iat <= now + 120 s
 UNSYNCHRONISED_BEFORE = 1_704_067_200  # 2024-01-01T00:00:00Z: a wall clock before this was never set
 MAX_LIFETIME_S = 31 * 86400  # exp - iat; bounds how long an id must be remembered
+PENDING_RESET_FLOOR = 0.0  # replay store reset while the clock was implausible: the floor is set later
 MAX_EPOCH_S = 4_102_444_800  # 2100-01-01: iat/exp beyond are a county bug (and would overflow SQLite, or
 #                              raise the time floor for good and make every later command look early)
 MAX_ID_CHARS = 128
@@ -219,7 +222,7 @@ class CommandRouter:
     name = "commands"
 
     def __init__(self, config: Config, receipts: Receipts, clock: Clock, state_dir: Path | None = None, *,
-                 keys: Mapping[str, Ed25519PublicKey] | None = None) -> None:
+                 keys: Mapping[str, Ed25519PublicKey] | None = None, uplink: Uplink | None = None) -> None:
         self._box = config.box.id
         self._groups = config.box.groups
         topics = Topics(config.mqtt.topic_prefix)
@@ -227,7 +230,10 @@ class CommandRouter:
                            **{topics.group_cmd(g): f"group:{g}" for g in self._groups}}
         self._keys = dict(keys) if keys is not None else load_trust_keys(config)
         self._receipts = receipts
+        # for the `replay_reset` event; the receipts' own uplink unless given (the same outbox in the agent)
+        self._uplink: Uplink = uplink if uplink is not None else receipts.uplink
         self._clock = clock
+        self._reset_reported = False
         self._handlers: dict[str, CommandHandler] = {}
         self._store = ReplayStore(Path(state_dir or config.box.state_dir) / STATE_FILE)
         self._opened = asyncio.Event()
@@ -250,12 +256,14 @@ class CommandRouter:
     async def run(self, ready: Callable[[], None]) -> None:
         await self._store.open()
         try:
+            await self._after_reset()
             self._opened.set()
             if not self._keys:
                 log.warning("commands: no [trust.keys] configured: every command will be rejected (unknown_kid)")
             log.info("commands: ready; kinds %s; trusted keys %s", ", ".join(sorted(self._handlers)) or "none",
                      ", ".join(sorted(self._keys)) or "none")
             ready()
+            await self._report_reset()
             while True:
                 await self.prune()
                 await asyncio.sleep(PRUNE_INTERVAL_S)
@@ -263,10 +271,57 @@ class CommandRouter:
             self._opened.clear()
             await self._store.close()
 
+    async def _after_reset(self) -> None:
+        """A replaced replay store forgets which ids were obeyed: refuse what was issued before now.
+
+        The floor is `now` only once the wall clock is plausible (agent.clocksanity); until then a pending
+        floor (PENDING_RESET_FLOOR, kept across restarts) is recorded and the real one is set on the first
+        command that finds the clock plausible. The reset is reported once as an `event` `replay_reset`.
+        """
+        store = self._store
+        if (store.reset_reason is not None and store.reset_floor is None) or store.reset_floor == PENDING_RESET_FLOOR:
+            now = self._clock.time()
+            plausible = clocksanity.assess(now).plausible
+            try:
+                await store.set_reset_floor(now if plausible else PENDING_RESET_FLOOR)
+            except ReplayStoreError as exc:
+                log.error("commands: %s", exc)
+            else:
+                if plausible:
+                    log.warning("commands: replay store was reset; commands issued before %.0f are refused "
+                                "(replay_unknown) until %.0f, except broadcast.cancel", now, now + MAX_LIFETIME_S)
+
+    async def _report_reset(self) -> None:
+        store = self._store
+        if store.reset_reason is not None and not self._reset_reported:
+            self._reset_reported = True
+            floor = None if store.reset_floor in (None, PENDING_RESET_FLOOR) else store.reset_floor
+            data = {"reason": store.reset_reason, "floor": floor,
+                    "until": None if floor is None else floor + MAX_LIFETIME_S}
+            try:
+                await self._uplink.send(MsgClass.EVENT, "replay_reset", data, int(self._clock.time() * 1000))
+            except OutboxError as exc:
+                log.error("commands: cannot queue the replay_reset event: %s", exc)
+
+    def _check_reset_floor(self, cmd: Command) -> None:
+        floor = self._store.reset_floor
+        if floor is None or cmd.kind == "broadcast.cancel":  # cancelling is always safe
+            return
+        if cmd.iat < floor and self._clock.time() < floor + MAX_LIFETIME_S:
+            raise CommandRejected("replay_unknown", "issued before the replay store was reset; it may have been "
+                                  "obeyed already", cmd.id)
+
     async def prune(self) -> int:
         now = self._clock.time()
         if not clock_synchronised(now, self._store.floor):
             return 0  # with a wrong clock everything would look expired, or nothing would
+        floor = self._store.reset_floor
+        # every command issued before the reset has expired: the floor has done its work
+        if floor is not None and floor != PENDING_RESET_FLOOR and now >= floor + MAX_LIFETIME_S:
+            try:
+                await self._store.set_reset_floor(None)
+            except ReplayStoreError as exc:
+                log.warning("commands: %s", exc)
         try:
             return await self._store.prune(now - PRUNE_GRACE_S)
         except ReplayStoreError as exc:
@@ -308,6 +363,9 @@ class CommandRouter:
             raise
         check_addressing(cmd, msg.topic, self._my_topics, self._box, self._groups)
         fresh = check_freshness(cmd, self._clock.time(), self._store.floor)
+        if self._store.reset_floor == PENDING_RESET_FLOOR:
+            await self._after_reset()  # the clock may have become plausible since the reset
+        self._check_reset_floor(cmd)
         handler = self._handlers.get(cmd.kind)
         if handler is None:
             raise CommandRejected("unknown_kind", f"no handler for {cmd.kind!r} on this box", cmd.id)

@@ -55,7 +55,10 @@ class ReplayStore:
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self.floor = 0.0
-        self.reset_reason: str | None = None
+        self.reset_reason: str | None = None  # set when this open() replaced an unusable store
+        # After a reset: commands issued (iat) before this may have been obeyed already and the ids are lost;
+        # they are refused until every one of them has expired (agent.commands). Kept in `meta` across restarts.
+        self.reset_floor: float | None = None
 
     @property
     def is_open(self) -> bool:
@@ -91,6 +94,25 @@ class ReplayStore:
         cur = await db.execute("SELECT value FROM meta WHERE name = 'floor'")
         row = await cur.fetchone()
         self.floor = float(row[0]) if row else 0.0
+        cur = await db.execute("SELECT value FROM meta WHERE name = 'reset_floor'")
+        row = await cur.fetchone()
+        self.reset_floor = float(row[0]) if row else None
+
+    async def set_reset_floor(self, value: float | None) -> None:
+        """Record (or, with None, clear) the reset floor, committed before it is relied on."""
+        db = self._conn()
+        try:
+            if value is None:
+                await db.execute("DELETE FROM meta WHERE name = 'reset_floor'")
+            else:
+                await db.execute("INSERT INTO meta (name, value) VALUES ('reset_floor', ?) "
+                                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (value,))
+            await db.commit()
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                await db.rollback()
+            raise ReplayStoreError(f"cannot record the reset floor: {exc}") from exc
+        self.reset_floor = value
 
     async def close(self) -> None:
         db, self._db = self._db, None

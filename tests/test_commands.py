@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.clock import ManualClock
 from agent.commands import (
+    MAX_LIFETIME_S,
     UNSYNCHRONISED_BEFORE,
     CommandFailed,
     CommandRouter,
@@ -337,6 +338,35 @@ async def test_corrupt_store_is_moved_aside(rig: Rig) -> None:
     assert list(state.glob("commands.db.corrupt-*"))
 
 
+async def test_after_a_reset_older_commands_are_refused_until_they_all_expired(rig: Rig) -> None:
+    state = rig.tmp / "state"
+    state.mkdir()
+    (state / "commands.db").write_bytes(b"this is not sqlite" * 100)
+    async with running(rig.router()) as router:
+        # captured before the reset and still valid: it may have been obeyed already
+        await router.on_command(msg(rig.token(id="old", iat=NOW - 60, exp=NOW + 20 * 86400)))
+        # cancelling is always safe
+        await router.on_command(msg(rig.token(id="c1", kind="broadcast.cancel", iat=NOW - 60,
+                                              data={"broadcast": "old"})))
+        await router.on_command(msg(rig.token(id="new", iat=NOW)))
+    events = [e for e in rig.uplink.sent if e.cls is MsgClass.EVENT]
+    assert [e.kind for e in events] == ["replay_reset"]
+    assert events[0].data["floor"] == NOW and "moved aside" in events[0].data["reason"]
+    assert [(r["cmd"], r["state"], r.get("reason")) for r in rig.uplink.receipts()] == [
+        ("old", "rejected", "replay_unknown"), ("c1", "received", None), ("new", "received", None)]
+    # the floor survives a restart, and is reported only in the run that reset the store
+    rig.uplink.sent.clear()
+    async with running(rig.router()) as router:
+        await router.on_command(msg(rig.token(id="old2", iat=NOW - 1, exp=NOW + 3600)))
+    assert [(r["state"], r.get("reason")) for r in rig.uplink.receipts()] == [("rejected", "replay_unknown")]
+    assert not [e for e in rig.uplink.sent if e.cls is MsgClass.EVENT]
+    # once every command from before the reset has expired, the floor is gone
+    rig.clock.set_wall(NOW + MAX_LIFETIME_S + 1)
+    async with running(rig.router()) as router:
+        await router.prune()
+        assert router._store.reset_floor is None
+
+
 def test_bad_trust_key_is_a_config_error(rig: Rig) -> None:
     (rig.tmp / "keys" / "county-2027.pub").write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     with pytest.raises(ConfigError) as err:
@@ -438,3 +468,20 @@ class TestThroughTheBroker:
             ("ret-1", "rejected", "retained"), ("ok-1", "received", None), ("ok-1", "scheduled", None),
             ("ok-1", "rejected", "replay"), ("mis-1", "rejected", "not_addressed")])
         assert [c.id for c in calls] == ["ok-1"]
+
+
+async def test_a_reset_on_an_unset_clock_sets_the_floor_once_the_clock_is_plausible(rig: Rig) -> None:
+    state = rig.tmp / "state"
+    state.mkdir()
+    (state / "commands.db").write_bytes(b"this is not sqlite" * 100)
+    rig.clock.set_wall(86400.0)  # a Pi without RTC, 1970, NTP not answered yet
+    async with running(rig.router()):
+        pass
+    (event,) = [e for e in rig.uplink.sent if e.cls is MsgClass.EVENT]
+    assert event.kind == "replay_reset" and event.data["floor"] is None
+    rig.clock.set_wall(NOW)  # NTP answered; a restart in between keeps the pending reset
+    async with running(rig.router()) as router:
+        await router.on_command(msg(rig.token(id="old", iat=NOW - 60, exp=NOW + 3600)))
+        assert router._store.reset_floor == NOW
+    assert [(r["cmd"], r["state"], r.get("reason")) for r in rig.uplink.receipts()] == [
+        ("old", "rejected", "replay_unknown")]

@@ -36,6 +36,8 @@ class Hardware:
 
     # wristbands: url -> a drivers.wristband.transport.GatewayTransport (serial, socket://, pty, ble:)
     gateway_opener: Callable[[str], Any] | None = None
+    # wristbands: `[[gateway]] codec` name -> a drivers.wristband.codec.GatewayCodec (make_decoder on a box)
+    decoder_factory: Callable[[str], Any] | None = None
     # broadcast: the amplifier relay, audio player and TTS (drivers/amp, drivers/audio Protocols)
     relay: Any = None
     player: Any = None

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.cameras.service import CameraService, real_probes
+from agent.cameras.service import CameraService
 from agent.cameras.settings import CameraConfig, CamerasConfig
 from agent.clock import ManualClock
+from agent.hardware import build_camera_probes as real_probes
 from drivers.camera.base import Credentials, ProbeOutcome
 from drivers.camera.grab import FfmpegGrabber, Verdict, judge
 from drivers.camera.probe import TcpRtspProber

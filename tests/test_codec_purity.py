@@ -1,4 +1,8 @@
-"""Codec modules are sans-I/O: importing them pulls in no asyncio, serial, bleak or gpiozero; drivers/ never agent/."""
+"""Codec modules are sans-I/O: importing them pulls in no asyncio, serial, bleak or gpiozero; drivers/ never agent/.
+
+The gateway reader may use asyncio (it is the I/O loop) but must not pull in pyserial or bleak: the agent
+imports it, and the concrete transports are chosen by the composition root (agent/hardware.py).
+"""
 
 from __future__ import annotations
 
@@ -10,23 +14,36 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-CODECS = ["events", "codec", "watch", "ingics", "nmea", "bleadv", "tags"]
 FORBIDDEN = ("asyncio", "serial", "serial_asyncio", "bleak", "gpiozero")
+NO_DEVICE_IO = ("serial", "serial_asyncio", "bleak", "gpiozero")
+# module -> what importing it must not pull in
+MODULES = {
+    **{f"drivers.wristband.{m}": FORBIDDEN for m in ("events", "codec", "watch", "ingics", "nmea", "bleadv", "tags")},
+    "drivers.wristband.reader": NO_DEVICE_IO,
+    "drivers.camera.rtsp": FORBIDDEN,  # the sans-I/O RTSP client state machine
+}
 
 
-@pytest.mark.parametrize("module", CODECS)
+def _path(module: str) -> Path:
+    return REPO / (module.replace(".", "/") + ".py")
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
 def test_codec_imports_nothing_with_io(module: str) -> None:
+    forbidden = MODULES[module]
     code = (
         "import sys\n"
-        f"import drivers.wristband.{module}\n"
-        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
+        f"import {module}\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r})\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"drivers.wristband.{module} imports {out.stdout.strip()}"
+    assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"
 
 
 def test_codec_sources_name_no_io_library_and_drivers_never_import_agent() -> None:
+    checked = {_path(m): f for m, f in MODULES.items()}
+    assert all(p.is_file() for p in checked), "a module listed here was moved or renamed"
     for path in sorted((REPO / "drivers").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
@@ -36,5 +53,17 @@ def test_codec_sources_name_no_io_library_and_drivers_never_import_agent() -> No
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] != "agent", f"{path} imports {name}"
-                if path.parent.name == "wristband" and path.stem in CODECS:
-                    assert name.split(".")[0] not in FORBIDDEN, f"{path} imports {name}"
+                if path in checked:
+                    assert name.split(".")[0] not in checked[path], f"{path} imports {name}"
+
+
+def test_agent_wearables_imports_no_device_library() -> None:
+    """The feature reads gateways through drivers.wristband.reader only; pyserial/bleak come via agent.hardware."""
+    code = (
+        "import sys\n"
+        "import agent.wearables.service\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {NO_DEVICE_IO!r})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"agent.wearables.service imports {out.stdout.strip()}"

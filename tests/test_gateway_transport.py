@@ -13,15 +13,9 @@ from drivers.wristband.ble import BleGatewayTransport, advert_line
 from drivers.wristband.codec import make_decoder
 from drivers.wristband.events import BandAlarm, BandReport, GatewayFix, WristbandEvent
 from drivers.wristband.ingics import IngicsDecoder
-from drivers.wristband.transport import (
-    Backoff,
-    GatewayConfigError,
-    GatewayGone,
-    GatewayReader,
-    SerialGatewayTransport,
-    open_gateway,
-)
-from drivers.wristband.watch import WatchDecoder
+from drivers.wristband.reader import Backoff, GatewayReader
+from drivers.wristband.transport import GatewayConfigError, GatewayGone, SerialGatewayTransport, open_gateway
+from drivers.wristband.watch import WatchDecoder, encode_alarm, encode_lk, status_bits
 from sim.wristband import GatewayTwin, SimAdvertSource, SimWearer
 
 FAST = Backoff(initial_s=0.01, max_s=0.05)  # reopen quickly; no test asserts on how long anything took
@@ -66,7 +60,7 @@ class Consumer:
 async def until(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
     """Wait for a condition on real I/O; the timeout only turns a hang into a failure."""
     async with asyncio.timeout(timeout_s):
-        while not cond():  # noqa: ASYNC110 - polling state that real I/O changes; no event to wait on
+        while not cond():  # polling state that real I/O changes; there is no event to wait on
             await asyncio.sleep(0.005)
 
 
@@ -231,3 +225,68 @@ def test_advert_line_and_opener() -> None:
     assert open_gateway("ble:", ble_adapter="hci2").adapter == "hci2"  # type: ignore[attr-defined]
     s = open_gateway("socket://127.0.0.1:9", baudrate=9600)
     assert isinstance(s, SerialGatewayTransport) and s.baudrate == 9600
+
+
+class VanishingTransport:
+    """A gateway that delivers one chunk and is gone before the ack can be written.
+
+    Written by hand (not a twin in sim/) because it is an exact fault, not a device: a real pty or socket
+    cannot be made to fail precisely between the read and the write of the reply.
+    """
+
+    url = "vanishing"
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunks = [chunk]
+        self.writes: list[bytes] = []
+        self.opens = 0
+
+    async def open(self) -> None:
+        self.opens += 1
+        if self.opens > 1:
+            raise GatewayGone("unplugged")
+
+    async def read(self) -> bytes:
+        if not self.chunks:
+            raise GatewayGone("unplugged")
+        return self.chunks.pop(0)
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        raise GatewayGone("unplugged while writing the ack")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_gateway_that_vanishes_after_an_sos_frame_still_yields_the_sos_and_the_rest() -> None:
+    sos = encode_alarm("8800000001", ts=1_800_000_000, lat=22.5, lon=113.9, status=status_bits(BandAlarm.SOS))
+    transport = VanishingTransport(sos + encode_lk("8800000002", battery_pct=70))
+    edges = Edges()
+    reader = GatewayReader(transport, WatchDecoder(), on_state=edges, backoff=FAST)
+    async with Consumer(reader) as c:
+        first, second = await c.take(2)
+        await until(lambda: reader.stats.open_failures >= 1)
+    assert isinstance(first, BandReport) and first.alarms == {BandAlarm.SOS}
+    assert isinstance(second, BandReport) and second.kind == "LK"  # the rest of the chunk is not lost either
+    assert transport.writes == [b"[3G*8800000001*0002*AL]"]  # one attempt; no ack written after the failure
+    assert reader.stats.reply_failures == 1
+    assert [up for up, _ in edges.calls] == [False] and "writing the ack" in edges.calls[0][1]
+
+
+async def test_the_ack_waits_until_the_consumer_is_done_with_the_event() -> None:
+    wearer = SimWearer("8800000015", PATH)
+    async with GatewayTwin("watch", [wearer], seed=7) as twin:
+        reader = GatewayReader(open_gateway(twin.url), WatchDecoder(), backoff=FAST)
+        async with contextlib.aclosing(reader.events()) as events:
+            twin.press_sos(wearer.device)
+            next_event = asyncio.ensure_future(anext(events))
+            await until(lambda: reader.stats.opens == 1)
+            await twin.send(twin.frame_for(wearer) + twin.heartbeat(wearer.device))
+            sos = await next_event
+            assert isinstance(sos, BandReport) and sos.alarms == {BandAlarm.SOS}
+            assert reader.codec.stats.replies == 0  # the consumer still holds the SOS: no ack computed or sent
+            lk = await anext(events)  # done with the SOS: now its ack goes out
+            assert isinstance(lk, BandReport) and lk.kind == "LK"
+            await until(lambda: twin.reply_frames() == [b"[3G*8800000015*0002*AL]"])
+            assert reader.codec.stats.replies == 1

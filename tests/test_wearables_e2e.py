@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ from agent.context import AgentContext, Hardware
 from agent.link import Link
 from agent.outbox import Outbox
 from agent.profile import HardwareProfile
+from agent.protocol.envelope import MsgClass
 from agent.receipts import Receipts
 from agent.service import InboundCommand
 from agent.wearables.service import GatewayService, make_services
+from drivers.wristband.codec import make_decoder
 from drivers.wristband.transport import open_gateway
 from sim.wristband import GatewayTwin, SimWearer
 from tests.support import Collector, Mosquitto
@@ -56,7 +59,7 @@ async def agent(cfg: Config, clock: ManualClock) -> AsyncIterator[GatewayService
     link = Link(cfg, outbox, NoCommands(), clock=SystemClock())
     ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim"), uplink=outbox,
                        receipts=Receipts(outbox, clock), clock=clock, commands=Handlers(),
-                       hardware=Hardware(gateway_opener=open_gateway))
+                       hardware=Hardware(gateway_opener=open_gateway, decoder_factory=make_decoder))
     services = [outbox, link, *make_services(ctx)]
     gw = services[-1]
     assert isinstance(gw, GatewayService)
@@ -123,14 +126,18 @@ async def test_sos_exit_lost_contact_and_unplug_over_a_real_pty(tmp_path: Path, 
                                                                    alarms(collector, "gateway")] == ["down"])
             for _ in range(60):
                 clock.advance(60)
-                await asyncio.sleep(0.03)  # let the monitor run over the outage (it is what is under test)
+                await gw.core.wait_ticks(1)  # the monitor looks at every minute of the outage (under test)
             await twin.replug()
             await asyncio.to_thread(collector.wait_for, lambda _: [e["data"]["state"] for e in
                                                                    alarms(collector, "gateway")] == ["down", "up"],
                                     30)
             for _ in range(10):
                 await step(twin, gw, clock)
-            await asyncio.sleep(0.3)  # nothing more is expected; give a stray alarm the chance to show up
+            # nothing more is expected: let the monitor look at least twice, then push a marker through the
+            # same outbox and link; once the county has it, any stray alarm raised before it is there too
+            await gw.core.wait_ticks(2)
+            gw.ctx.uplink.send_nowait(MsgClass.EVENT, "test_marker", {})
+            await asyncio.to_thread(collector.wait_for, lambda _: alarms(collector, "test_marker"))
 
     assert [e["data"]["wearer"] for e in alarms(collector, "sos")] == ["W1"]
     assert [e["data"]["wearer"] for e in alarms(collector, "geofence_exit")] == ["W2"]
@@ -138,3 +145,54 @@ async def test_sos_exit_lost_contact_and_unplug_over_a_real_pty(tmp_path: Path, 
     every_alarm = [e["kind"] for e in collector.envelopes() if e["class"] == "alarm"]
     assert sorted(every_alarm) == ["geofence_exit", "lost_contact", "sos"]
     assert [e["data"]["state"] for e in alarms(collector, "gateway")] == ["down", "up"]
+
+
+class AckWatch(list[bytes]):
+    """The twin's record of what the agent wrote back; each ack is checked against the outbox file as it lands."""
+
+    def __init__(self, outbox_path: Path) -> None:
+        super().__init__()
+        self.outbox_path = outbox_path
+        self.sos_rows_at_ack: list[int] = []
+
+    def append(self, chunk: bytes) -> None:
+        if b"*AL]" in chunk:
+            with contextlib.closing(sqlite3.connect(f"file:{self.outbox_path}?mode=ro", uri=True)) as db:
+                (n,) = db.execute("SELECT count(*) FROM outbox WHERE kind = 'sos'").fetchone()
+            self.sos_rows_at_ack.append(n)
+        super().append(chunk)
+
+
+async def test_the_sos_ack_reaches_the_band_only_after_the_alarm_is_in_the_outbox_file(tmp_path: Path) -> None:
+    """No link here, so the alarm row stays in the outbox file for the test to find."""
+    clock = ManualClock()
+    band = SimWearer("8800000001", [(LAT0, LON0)])
+    async with GatewayTwin("watch", [band], link="pty", seed=3, clock=clock) as twin:
+        cfg = parse_config({
+            "box": {"id": "box-e2e", "state_dir": str(tmp_path / "state")},
+            "mqtt": {"url": "mqtt://127.0.0.1:1883"},
+            "gateway": [{"id": "gw1", "url": twin.url, "codec": "watch"}],
+            "wearer": [{"id": "W1", "device": band.device}],
+        })
+        watch = twin.replies = AckWatch(cfg.outbox_path)
+        outbox = Outbox(cfg.outbox_path, cfg.box.id, max_bytes=cfg.outbox.max_bytes,
+                        telemetry_ttl_s=cfg.outbox.telemetry_ttl_s, commit_interval_s=0.01, clock=SystemClock())
+        ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim"), uplink=outbox,
+                           receipts=Receipts(outbox, clock), clock=clock, commands=Handlers(),
+                           hardware=Hardware(gateway_opener=open_gateway, decoder_factory=make_decoder))
+        services = [outbox, *make_services(ctx)]
+        gw = services[-1]
+        assert isinstance(gw, GatewayService)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(s.run(lambda: None), name=f"{s.name}.run") for s in services]
+            try:
+                await until(lambda: gw.reader is not None and gw.reader.stats.opens >= 1)
+                for n in range(3):  # three presses, three frames: every ack must find its alarm stored
+                    clock.advance(600)  # past sos_fold_s: each press is a new alarm, not a repeat
+                    twin.press_sos(band.device)
+                    await twin.send(twin.frame_for(band))
+                    await until(lambda n=n: len(watch.sos_rows_at_ack) > n)
+            finally:
+                for t in tasks:
+                    t.cancel()
+    assert watch.sos_rows_at_ack == [1, 2, 3]

@@ -19,8 +19,10 @@ from agent.config import Config, parse_config
 from agent.context import AgentContext, Hardware
 from agent.profile import HardwareProfile
 from agent.protocol.commands import Command
+from agent.protocol.envelope import Envelope, MsgClass
 from agent.receipts import Receipts
 from agent.wearables.service import GatewayService, WearablesCore, make_services
+from drivers.wristband.codec import make_decoder
 from drivers.wristband.events import BandAlarm
 from drivers.wristband.transport import open_gateway
 from drivers.wristband.watch import encode_alarm, encode_lk, encode_position, status_bits
@@ -37,12 +39,27 @@ def make_config(tmp_path: Path, gateway_url: str = "/dev/null", **wearables: Any
     })
 
 
-def context(cfg: Config, clock: ManualClock) -> tuple[AgentContext, RecordingUplink, Handlers]:
-    uplink, handlers = RecordingUplink(), Handlers()
+def context(cfg: Config, clock: ManualClock,
+            uplink: RecordingUplink | None = None) -> tuple[AgentContext, RecordingUplink, Handlers]:
+    uplink, handlers = uplink or RecordingUplink(), Handlers()
     ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim"), uplink=uplink,
                        receipts=Receipts(uplink, clock), clock=clock, commands=handlers,
-                       hardware=Hardware(gateway_opener=open_gateway))
+                       hardware=Hardware(gateway_opener=open_gateway, decoder_factory=make_decoder))
     return ctx, uplink, handlers
+
+
+class GatedUplink(RecordingUplink):
+    """A recorder whose durable `send` completes only when the test opens the gate (a slow disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting: list[str] = []
+
+    async def send(self, cls: MsgClass, kind: str, data: dict[str, Any], ts_ms: int | None = None) -> Envelope:
+        self.waiting.append(kind)
+        await self.gate.wait()
+        return await super().send(cls, kind, data, ts_ms)
 
 
 @contextlib.asynccontextmanager
@@ -225,9 +242,55 @@ async def test_unplugged_gateway_is_one_down_event_and_replug_one_up(tmp_path: P
             os.close(slave)
             await until(lambda: [e.data["state"] for e in uplink.sent if e.kind == "gateway"] == ["down"])
             clock.advance(3600)  # an hour unplugged: the monitor must not call the bands lost
-            await asyncio.sleep(0.1)  # let the monitor tick a few times (it is the thing under test)
+            await services[0].wait_ticks(3)  # the monitor has looked (it is the thing under test)
             assert "lost_contact" not in uplink.kinds()
     finally:
         for fd in (master, slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+async def test_the_band_is_acked_only_after_its_sos_is_stored(tmp_path: Path, pty: Any) -> None:
+    master, path = pty
+    clock = ManualClock()
+    uplink = GatedUplink()
+    ctx, _, _ = context(make_config(tmp_path, path), clock, uplink)
+    lat, lon = latlon(0, 0)
+    async with running(ctx):
+        os.write(master, encode_alarm("8800000001", ts=clock.time(), lat=lat, lon=lon,
+                                      status=status_bits(BandAlarm.SOS)))
+        await until(lambda: uplink.waiting == ["sos"])  # the alarm is on its way to the disk, not there yet
+        assert read_all(master) == b""  # so the band has no ack: were we to die now, it would send again
+        assert "sos" not in uplink.kinds()
+        uplink.gate.set()
+        assert await until(lambda: read_all(master)) == b"[3G*8800000001*0002*AL]"
+        assert uplink.kinds()[0] == "sos"
+
+
+async def test_an_sos_the_outbox_cannot_store_is_not_acked(tmp_path: Path, pty: Any) -> None:
+    from agent.outbox import OutboxError
+
+    class BrokenDisk(RecordingUplink):
+        broken = True
+
+        async def send(self, cls: MsgClass, kind: str, data: dict[str, Any], ts_ms: int | None = None) -> Envelope:
+            if self.broken:
+                raise OutboxError("disk I/O error")
+            return await super().send(cls, kind, data, ts_ms)
+
+    master, path = pty
+    clock = ManualClock()
+    ctx, uplink, _ = context(make_config(tmp_path, path), clock, BrokenDisk())
+    lat, lon = latlon(0, 0)
+    async with running(ctx) as services:
+        os.write(master, encode_alarm("8800000001", ts=clock.time(), lat=lat, lon=lon,
+                                      status=status_bits(BandAlarm.SOS)))
+        os.write(master, encode_lk("8800000002", battery_pct=90))
+        assert await until(lambda: read_all(master)) == b"[3G*8800000002*0002*LK]"  # the LK after it is answered
+        assert services[0].counters["failed"] == 1  # the SOS is counted and logged, and not acked
+        # the disk recovers; the band, unanswered, resends: a new alarm, not a repeat folded into a lost one
+        uplink.broken = False  # type: ignore[attr-defined]
+        os.write(master, encode_alarm("8800000001", ts=clock.time(), lat=lat, lon=lon,
+                                      status=status_bits(BandAlarm.SOS)))
+        assert await until(lambda: read_all(master)) == b"[3G*8800000001*0002*AL]"
+        assert uplink.kinds().count("sos") == 1

@@ -339,27 +339,13 @@ class CameraService:
             log.error("cameras: %s", exc)
 
 
-def real_probes(settings: CamerasConfig) -> CameraProbes:
-    """The plain network probes from drivers/camera (also right in sim: cameras there are on loopback)."""
-    from drivers.camera.grab import FfmpegGrabber
-    from drivers.camera.link import SysfsLinkCheck
-    from drivers.camera.onvif import HttpOnvifClient
-    from drivers.camera.probe import TcpRtspProber
-
-    return CameraProbes(
-        rtsp=TcpRtspProber(connect_timeout_s=settings.connect_timeout_s, step_timeout_s=settings.step_timeout_s),
-        onvif=HttpOnvifClient(timeout_s=settings.onvif_timeout_s),
-        grabber=FfmpegGrabber(timeout_s=settings.grab_timeout_s, concurrency=settings.grab_concurrency,
-                              crop_top=settings.crop_top, crop_bottom=settings.crop_bottom),
-        link=SysfsLinkCheck(),
-    )
-
-
 def make_services(ctx: AgentContext) -> list[Service]:
     cfg = ctx.config
     if not cfg.camera_list:
         return []
-    probes = ctx.hardware.camera_probes or real_probes(cfg.cameras)
+    probes = ctx.hardware.camera_probes
+    if probes is None:
+        raise RuntimeError("cameras are configured but the hardware has no camera probes (agent/hardware.py)")
     log.info("cameras: watching %d: %s", len(cfg.camera_list),
              ", ".join(f"{c.id}={redact_url(c.rtsp)}" for c in cfg.camera_list))
     return [CameraService(cfg.camera_list, cfg.cameras, probes, ctx.uplink, ctx.clock,

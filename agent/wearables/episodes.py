@@ -134,6 +134,16 @@ class Episodes:
             else:
                 band.wearer = w
 
+    def forget_alarm(self, wearer_id: str, kind: str) -> None:
+        """The `kind` alarm just raised for this wearer could not be stored: drop its episode so the
+        band's resend (it got no ack) raises the alarm again instead of folding into a lost one."""
+        band = self._bands.get(wearer_id)
+        if band is None:
+            return
+        for alarm, (_cls, k) in ALARM_KINDS.items():
+            if k == kind:
+                band.episodes.pop(alarm, None)
+
     def _band(self, wearer: Wearer) -> _Band:
         band = self._bands.get(wearer.id)
         if band is None:

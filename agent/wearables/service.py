@@ -3,11 +3,16 @@
 `make_services(ctx)` returns one `WearablesCore` (name "wearables": opens state_dir/wearables.db, loads
 fences and the county's lists, ticks the monitor once a second) and one `GatewayService` per
 `[[gateway]]` (name "wearables.gateway.<id>": keeps the gateway open through `GatewayReader`, feeds every
-event to the shared engine). It registers the `geofence.set` and `wearers.set` command handlers.
+event to the shared engine). It registers the `geofence.set` and `wearers.set` command handlers. The
+decoder for a gateway comes from `ctx.hardware.decoder_factory(codec)` (the composition root picks it).
 
-Everything goes out with `uplink.send_nowait`: the outbox group-commits, alarms at once, and a gateway
-with 500 bands never waits on the disk between frames. A refused message (outbox full: telemetry and
-events only) is counted and logged, never retried here.
+Ack after durable: an alarm a band raised (SOS, fall, band removed) is sent with `await uplink.send(...)`
+inside the gateway loop, so the reader writes the band's `AL` ack only once the alarm is in the outbox
+file (drivers/wristband/reader.py writes a reply when the loop comes back for the next event). If the
+outbox cannot store it, no ack is written and the band keeps resending. Everything else (positions,
+events, the monitor's own alarms) goes out with `uplink.send_nowait`: the outbox group-commits and a
+gateway with 500 bands never waits on the disk between position frames. A refused message (outbox full:
+telemetry and events only) is counted and logged, never retried here.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.context import AgentContext
+from agent.outbox import OutboxError
 from agent.protocol.commands import Command
 from agent.protocol.envelope import MsgClass
 from agent.service import Service
@@ -28,8 +34,7 @@ from agent.wearables.fences import CRS_NAMES, Fence, FenceError, check_assign, l
 from agent.wearables.registry import RegistryError, parse_wearers
 from agent.wearables.settings import GatewayConfig
 from agent.wearables.store import StoreError, WearablesStore
-from drivers.wristband.codec import make_decoder
-from drivers.wristband.transport import GatewayReader, GatewayTransport
+from drivers.wristband.reader import GatewayReader, GatewayTransport
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ class WearablesCore:
         self.engine = WearablesEngine(cfg.wearables, cfg.gateways, cfg.wearers, ctx.clock)
         self.loaded = asyncio.Event()
         self.counters = {"sent": 0, "refused": 0, "failed": 0}
+        self.ticks = 0  # monitor ticks done; tests wait on it (never on wall time) before asserting absence
+        self.ticked = asyncio.Condition()
 
     async def run(self, ready: Callable[[], None]) -> None:
         try:
@@ -58,6 +65,9 @@ class WearablesCore:
             while True:
                 await asyncio.sleep(self.ctx.config.wearables.tick_s)
                 self.emit(self.engine.tick())
+                self.ticks += 1
+                async with self.ticked:
+                    self.ticked.notify_all()
         finally:
             self.store.close()
 
@@ -106,6 +116,36 @@ class WearablesCore:
             fut.add_done_callback(self._sent)
             if o.cls is MsgClass.ALARM:
                 log.info("wearables: %s alarm for %s", o.kind, o.data.get("wearer", o.data.get("gateway")))
+
+    async def wait_ticks(self, n: int) -> None:
+        """Return once the monitor has ticked `n` more times than now (an observation, not a timing)."""
+        target = self.ticks + n
+        async with self.ticked:
+            await self.ticked.wait_for(lambda: self.ticks >= target)
+
+    async def emit_durable(self, outs: list[Out]) -> bool:
+        """`emit`, but await the outbox's commit of every alarm; False when one could not be stored.
+
+        Used for what a band sent: its ack follows only what this stored. Order is kept (telemetry queued
+        before an alarm is committed with it or earlier).
+        """
+        stored = True
+        for o in outs:
+            if o.cls is not MsgClass.ALARM:
+                self.emit([o])
+                continue
+            log.info("wearables: %s alarm for %s", o.kind, o.data.get("wearer", o.data.get("gateway")))
+            try:
+                await self.ctx.uplink.send(o.cls, o.kind, o.data, o.ts_ms)
+            except OutboxError as exc:  # what the Uplink Protocol documents send() raising
+                self.counters["failed"] += 1
+                log.error("wearables: could not store a %s alarm, the band is not acknowledged: %s", o.kind, exc)
+                if "wearer" in o.data:
+                    self.engine.episodes.forget_alarm(o.data["wearer"], o.kind)
+                stored = False
+            else:
+                self.counters["sent"] += 1
+        return stored
 
     def _sent(self, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
@@ -177,16 +217,19 @@ class GatewayService:
 
     async def run(self, ready: Callable[[], None]) -> None:
         opener = self.ctx.hardware.gateway_opener
-        if opener is None:
-            raise RuntimeError(f"gateway {self.gateway.id}: no gateway opener in this hardware profile")
+        decoders = self.ctx.hardware.decoder_factory
+        if opener is None or decoders is None:
+            raise RuntimeError(f"gateway {self.gateway.id}: this hardware profile has no gateway opener/decoders")
         transport: GatewayTransport = opener(self.gateway.url)
-        self.reader = GatewayReader(transport, make_decoder(self.gateway.codec), on_state=self._on_state,
+        self.reader = GatewayReader(transport, decoders(self.gateway.codec), on_state=self._on_state,
                                     name=self.gateway.id)
         await self.core.loaded.wait()
         ready()
         async with contextlib.aclosing(self.reader.events()) as events:
             async for event in events:
-                self.core.emit(self.core.engine.on_event(self.gateway.id, event))
+                # the reader acks `event` when this body is done: alarms are in the outbox file by then
+                if not await self.core.emit_durable(self.core.engine.on_event(self.gateway.id, event)):
+                    self.reader.withhold_reply()  # not stored: no ack, so the band sends it again
 
     def _on_state(self, up: bool, reason: str) -> None:
         self.core.emit(self.core.engine.on_gateway_state(self.gateway.id, up, reason))

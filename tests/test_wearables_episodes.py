@@ -143,7 +143,7 @@ def test_lost_contact_once_and_cleared_by_the_next_frame() -> None:
 def test_lost_contact_uses_the_wearers_own_interval() -> None:
     clock = ManualClock()
     bands = [WearerConfig("W1", "1", report_interval_s=600.0), WearerConfig("W2", "2")]
-    e = WearablesEngine(CFG, [GatewayConfig("gw1", "x", "watch")], bands, clock)
+    e = WearablesEngine(CFG, [GatewayConfig("gw1", "/dev/null", "watch")], bands, clock)
     out: list[Out] = []
     for _ in range(100):  # W2 talks every 10 s; W1 said nothing for 1000 s, but its interval x 3 is 1800 s
         clock.advance(10)

@@ -5,11 +5,45 @@ Every default lives here (docs/wearables.md lists them with their reasons); call
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from agent.schema import SchemaError, non_negative, positive
+
+_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_BLE = re.compile(r"ble(:hci[0-9]{1,3})?")
+# the URL handlers pyserial's serial_for_url knows (serial/urlhandler/protocol_*.py)
+SERIAL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "hwgrep", "alt", "cp2110")
+_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*)://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_id(value: str) -> str:
+    """Gateway and wearer ids travel in topics, logs and file names: 1-64 of A-Z a-z 0-9 _ . -"""
+    if not _ID.fullmatch(value):
+        raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 _ . - (got {value!r})")
+    return value
+
+
+def check_gateway_url(url: str) -> str:
+    """`ble` / `ble:hciN`, a device path (`/dev/ttyUSB0`) or a pyserial URL (`socket://host:port`, ...)."""
+    if _BLE.fullmatch(url):
+        return url
+    if not url.strip():
+        raise ValueError("is empty: give a device path (/dev/ttyUSB0), a pyserial URL (socket://host:port) or ble")
+    if _CONTROL.search(url) or url != url.strip():
+        raise ValueError(f"has spaces or control characters around or in it: {url!r}")
+    if url.startswith("/"):
+        return url
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        raise ValueError(f"{url!r} is neither a device path starting with / nor a URL like socket://host:port"
+                         " nor ble / ble:hciN")
+    if scheme.group(1) not in SERIAL_SCHEMES:
+        raise ValueError(f"unknown scheme {scheme.group(1)!r} in {url!r}: one of {', '.join(SERIAL_SCHEMES)}")
+    return url
 
 
 def _at_least_one(value: int) -> int:
@@ -32,17 +66,29 @@ def _factor(value: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    id: str
+    id: str = field(metadata={"check": check_id})
+    # a device path, a pyserial URL (socket://, rfc2217://, loop://, spy://...) or ble / ble:hciN (the box's
+    # own radio, which yields Ingics $GPRP lines: codec must be "ingics"); checked in __post_init__ so that a
+    # bad codec is reported as such first
     url: str
     codec: Literal["watch", "ingics", "nmea"]
     # no frame at all from this gateway for this long (while its link is up) -> one `gateway` event
     # "silent"; its bands are then not reported lost one by one
     silent_s: float = field(default=300.0, metadata={"check": positive})
 
+    def __post_init__(self) -> None:
+        try:
+            check_gateway_url(self.url)
+        except ValueError as exc:
+            raise SchemaError("url", str(exc)) from None
+        if _BLE.fullmatch(self.url) and self.codec != "ingics":
+            raise SchemaError("codec", f"a {self.url!r} gateway yields Ingics $GPRP lines: codec must be"
+                                       f" \"ingics\", got {self.codec!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class WearerConfig:
-    id: str
+    id: str = field(metadata={"check": check_id})
     device: str
     # how often the band reports when healthy; lost contact after report_interval_s x lost_contact_factor.
     # None = [wearables] report_interval_s

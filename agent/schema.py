@@ -186,5 +186,17 @@ def non_negative(value: float) -> float:
     return value
 
 
+def at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
+def percent(value: int) -> int:
+    if not 0 <= value <= 100:
+        raise ValueError(f"must be 0..100, got {value}")
+    return value
+
+
 def secret_field(**kw: Any) -> Any:
     return dataclasses.field(metadata={"secret": True}, **kw)

@@ -324,8 +324,14 @@ def test_make_services(tmp_path):
 
     cfg = _cfg(tmp_path, {"id": "c1", "rtsp": "rtsp://10.0.0.2/x"})
     uplink, clock = RecordingUplink(), ManualClock()
+    from agent.hardware import build_camera_probes
+
+    bare = AgentContext(cfg, HardwareProfile("sim"), uplink, Receipts(uplink, clock), clock, None,  # type: ignore[arg-type]
+                        Hardware())
+    with pytest.raises(RuntimeError, match="no camera probes"):
+        make_services(bare)  # the composition root must choose the probes
     ctx = AgentContext(cfg, HardwareProfile("sim"), uplink, Receipts(uplink, clock), clock, None,  # type: ignore[arg-type]
-                       Hardware())
+                       Hardware(camera_probes=build_camera_probes(cfg.cameras)))
     (svc,) = make_services(ctx)
     assert svc.name == "cameras"
     no_cams = parse_config({"box": {"id": "b1"}, "mqtt": {"url": "mqtt://127.0.0.1:1"}})

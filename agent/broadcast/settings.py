@@ -6,7 +6,7 @@ import re
 import zoneinfo
 from dataclasses import dataclass, field
 
-from agent.schema import non_negative, positive
+from agent.schema import non_negative, percent, positive
 
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 
@@ -36,11 +36,6 @@ def timezone_name(value: str) -> str:
     return value
 
 
-def _percent(value: int) -> int:
-    if not 0 <= value <= 100:
-        raise ValueError(f"must be 0..100, got {value}")
-    return value
-
 
 @dataclass(frozen=True, slots=True)
 class BroadcastConfig:
@@ -49,9 +44,9 @@ class BroadcastConfig:
     timezone: str = field(default="Asia/Shanghai", metadata={"check": timezone_name})
     # volume, percent: a daily/drill command's `volume` (or default_volume) is capped at max_volume;
     # emergencies always play at emergency_volume. A drill never reaches emergency_volume.
-    default_volume: int = field(default=70, metadata={"check": _percent})
-    max_volume: int = field(default=80, metadata={"check": _percent})
-    emergency_volume: int = field(default=100, metadata={"check": _percent})
+    default_volume: int = field(default=70, metadata={"check": percent})
+    max_volume: int = field(default=80, metadata={"check": percent})
+    emergency_volume: int = field(default=100, metadata={"check": percent})
     # the playback chain: relay on -> warmup_s -> chime -> content -> tail_s -> relay off after off_delay_s
     warmup_s: float = field(default=1.5, metadata={"check": non_negative})
     tail_s: float = field(default=0.5, metadata={"check": non_negative})

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from agent.schema import SchemaError, non_negative, positive
+from agent.schema import SchemaError, at_least_one, non_negative, positive
 
 CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -57,11 +57,6 @@ def _grab_concurrency(value: int) -> int:
     return value
 
 
-def _at_least_one(value: int) -> int:
-    if value < 1:
-        raise ValueError(f"must be >= 1, got {value}")
-    return value
-
 
 def secret_file(value: Path) -> Path:
     """A credentials file: exists, readable, mode 0600 or stricter, one line "user:password"."""
@@ -89,11 +84,11 @@ def secret_file(value: Path) -> Path:
 class CamerasConfig:
     interval_s: float = field(default=60.0, metadata={"check": positive})  # probe cycle
     spread: float = field(default=0.8, metadata={"check": _fraction})  # share of the cycle probes spread over
-    concurrency: int = field(default=8, metadata={"check": _at_least_one})  # RTSP probes at once
+    concurrency: int = field(default=8, metadata={"check": at_least_one})  # RTSP probes at once
     connect_timeout_s: float = field(default=3.0, metadata={"check": positive})
     step_timeout_s: float = field(default=5.0, metadata={"check": positive})  # per RTSP request
-    offline_after: int = field(default=3, metadata={"check": _at_least_one})  # failed cycles (+1 confirm)
-    online_after: int = field(default=2, metadata={"check": _at_least_one})  # good cycles
+    offline_after: int = field(default=3, metadata={"check": at_least_one})  # failed cycles (+1 confirm)
+    online_after: int = field(default=2, metadata={"check": at_least_one})  # good cycles
     auth_holdoff_s: float = field(default=3600.0, metadata={"check": non_negative})  # after a 401
     onvif_interval_s: float = field(default=720.0, metadata={"check": positive})  # clock skew
     device_info_interval_s: float = field(default=3600.0, metadata={"check": positive})  # serial/firmware
@@ -101,7 +96,7 @@ class CamerasConfig:
     frame_interval_s: float = field(default=1200.0, metadata={"check": positive})  # routine frame grab
     grab_timeout_s: float = field(default=15.0, metadata={"check": positive})
     grab_concurrency: int = field(default=1, metadata={"check": _grab_concurrency})
-    grabs_per_cycle: int = field(default=10, metadata={"check": _at_least_one})  # frame grabs started per cycle
+    grabs_per_cycle: int = field(default=10, metadata={"check": at_least_one})  # frame grabs started per cycle
     crop_top: float = field(default=0.12, metadata={"check": _fraction})  # burned-in clock band
     crop_bottom: float = field(default=0.12, metadata={"check": _fraction})  # channel name band
     black_luma: float = field(default=24.0, metadata={"check": non_negative})

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from agent.schema import SchemaError, non_negative, positive
+from agent.schema import SchemaError, at_least_one, non_negative, percent, positive
 
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _BLE = re.compile(r"ble(:hci[0-9]{1,3})?")
@@ -46,16 +46,6 @@ def check_gateway_url(url: str) -> str:
     return url
 
 
-def _at_least_one(value: int) -> int:
-    if value < 1:
-        raise ValueError(f"must be >= 1, got {value}")
-    return value
-
-
-def _percent(value: int) -> int:
-    if not 0 <= value <= 100:
-        raise ValueError(f"must be 0-100, got {value}")
-    return value
 
 
 def _factor(value: float) -> float:
@@ -102,7 +92,7 @@ class WearablesConfig:
     # geofence exit: outside by >= max(margin_m, the fix's reported accuracy) ...
     margin_m: float = field(default=25.0, metadata={"check": non_negative})
     # ... for this many consecutive usable fixes ...
-    exit_fixes: int = field(default=3, metadata={"check": _at_least_one})
+    exit_fixes: int = field(default=3, metadata={"check": at_least_one})
     # ... spanning at least this many seconds
     exit_s: float = field(default=30.0, metadata={"check": non_negative})
     # default expected report interval of a band (a [[wearer]] may override it)
@@ -112,8 +102,8 @@ class WearablesConfig:
     # SOS / band removed / fall repeats within this quiet gap fold into one alarm episode
     sos_fold_s: float = field(default=120.0, metadata={"check": positive})
     # low battery: once per episode at or below low_battery_pct, re-armed at or above battery_rearm_pct
-    low_battery_pct: int = field(default=20, metadata={"check": _percent})
-    battery_rearm_pct: int = field(default=40, metadata={"check": _percent})
+    low_battery_pct: int = field(default=20, metadata={"check": percent})
+    battery_rearm_pct: int = field(default=40, metadata={"check": percent})
     # position telemetry thinning: send when moved >= position_min_distance_m and at least
     # position_min_interval_s since the last one, or after position_max_interval_s whatever the distance
     position_min_distance_m: float = field(default=50.0, metadata={"check": non_negative})

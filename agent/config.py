@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from agent.broadcast.settings import BroadcastConfig
 from agent.cameras.settings import CameraConfig, CamerasConfig
+from agent.protocol.broker import parse_broker_url, redact_url
 from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX
 from agent.schema import SchemaError, build, dump, positive
 from agent.wearables.settings import GatewayConfig, WearablesConfig, WearerConfig
@@ -43,19 +43,7 @@ def _groups(value: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _broker_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"{redact_url(value)!r}: scheme must be mqtt:// or mqtts://")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{redact_url(value)!r}: bad port") from None
-    if not parts.hostname:
-        raise ValueError(f"{redact_url(value)!r}: no host")
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"{redact_url(value)!r}: bad port")
-    if parts.path not in ("", "/"):
-        raise ValueError(f"{redact_url(value)!r}: a broker URL has no path")
+    parse_broker_url(value)
     return value
 
 
@@ -64,18 +52,6 @@ def _broker_urls(value: str | tuple[str, ...]) -> tuple[str, ...]:
     if not urls:
         raise ValueError("needs at least one broker URL")
     return tuple(_broker_url(u) for u in urls)
-
-
-def redact_url(url: str) -> str:
-    """`scheme://user:secret@host` -> `scheme://user:***@host`; anything else unchanged."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    user = parts.username or ""
-    netloc = f"{user}:***@{parts.hostname or ''}" if parts.password is not None else f"{user}@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return parts._replace(netloc=netloc).geturl()
 
 
 def readable_file(value: Path) -> Path:

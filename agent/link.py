@@ -35,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -46,9 +45,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent import __version__
 from agent.clock import Clock, SystemClock
 from agent.clocksanity import EPOCH_FLOOR
-from agent.config import Config, redact_url
+from agent.config import Config
 from agent.linkstate import LinkStateFile
 from agent.outbox import Outbox
+from agent.protocol.broker import parse_broker_url
 from agent.protocol.envelope import MsgClass
 from agent.protocol.topics import Topics
 from agent.service import CommandSink, InboundCommand
@@ -87,17 +87,10 @@ class Broker:
 
     @classmethod
     def parse(cls, url: str, username: str | None, password: str | None) -> Broker:
-        parts = urlsplit(url)
-        tls = parts.scheme == "mqtts"
-        return cls(
-            url=redact_url(url),
-            host=parts.hostname or "localhost",
-            port=parts.port or (8883 if tls else 1883),
-            tls=tls,
-            # percent-encoded in the URL ("p%40ss" is "p@ss"), as the county console reads it too
-            username=unquote(parts.username) if parts.username else username,
-            password=unquote(parts.password) if parts.password is not None else password,
-        )
+        """Credentials in the URL win over [mqtt] username/password_file."""
+        u = parse_broker_url(url)
+        return cls(url=u.display, host=u.host, port=u.port, tls=u.tls, username=u.username or username,
+                   password=u.password if u.password is not None else password)
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from agent.protocol.broker import parse_broker_url, redact_url
 from agent.protocol.envelope import Envelope, EnvelopeError, MsgClass
 from agent.protocol.topics import Topics
 
@@ -34,14 +34,6 @@ MAX_QUEUED = 100_000
 
 class ConsoleError(Exception):
     """A console command that cannot go on; `str()` is the one line shown (no secrets)."""
-
-
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 @dataclass(frozen=True)
@@ -65,26 +57,19 @@ class BrokerSpec:
               client_key: Path | None = None) -> BrokerSpec:
         if not url:
             raise ConsoleError("no broker: pass --broker URL or set VILLAGE_BROKER")
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ConsoleError(f"broker {redact_url(url)!r}: scheme must be mqtt:// or mqtts://")
         try:
-            port = parts.port
-        except ValueError:
-            raise ConsoleError(f"broker {redact_url(url)!r}: bad port") from None
-        if not parts.hostname:
-            raise ConsoleError(f"broker {redact_url(url)!r}: no host")
+            u = parse_broker_url(url)
+        except ValueError as exc:
+            raise ConsoleError(f"broker {exc}") from None
         if (cert is None) != (client_key is None):
             raise ConsoleError("--cert and --client-key go together")
-        tls = parts.scheme == "mqtts"
+        tls = u.tls
         if not tls and (ca or cert):
             raise ConsoleError("--ca/--cert/--client-key need an mqtts:// broker URL")
         for p in (ca, cert, client_key):
             if p is not None and not p.is_file():
                 raise ConsoleError(f"{p}: file does not exist")
-        return cls(url=url, host=parts.hostname, port=port or (8883 if tls else 1883), tls=tls,
-                   username=unquote(parts.username) if parts.username else None,
-                   password=unquote(parts.password) if parts.password is not None else None,
+        return cls(url=url, host=u.host, port=u.port, tls=tls, username=u.username, password=u.password,
                    ca=ca, cert=cert, client_key=client_key)
 
 

@@ -64,3 +64,14 @@ def test_secrets_masked() -> None:
 def test_configuration_reference_is_current() -> None:
     committed = (REPO / "docs" / "configuration.md").read_text()
     assert committed == render(), "docs/configuration.md is stale: python -m agent.configdoc > docs/configuration.md"
+
+
+def test_agent_and_console_read_a_broker_url_the_same_way() -> None:
+    from agent.link import Broker
+    from county.console import BrokerSpec
+
+    url = "mqtts://box%2D1:p%40ss%3Aword@county.example:8883"
+    box, console = Broker.parse(url, None, None), BrokerSpec.parse(url)
+    assert (box.username, box.password) == (console.username, console.password) == ("box-1", "p@ss:word")
+    assert (box.host, box.port, box.tls) == (console.host, console.port, console.tls) == ("county.example", 8883, True)
+    assert "p%40ss" not in box.url and "***" in box.url

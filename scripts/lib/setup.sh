@@ -54,7 +54,9 @@ ensure_venv() {
   fi
   stamp="$VENV/.village-installed"
   want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)-$1"
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  local have; have="$(cat "$stamp" 2>/dev/null || true)"
+  # a venv installed with the test extras also serves the demo (no reinstall when switching)
+  if [ "$have" != "$want" ] && ! { [ -z "$1" ] && [ "$have" = "${want}[test]" ]; }; then
     say "installing village-edge and its packages into the venv"
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     "$VENV/bin/python" -m pip install -q -e ".$1" || die "pip install failed"

@@ -30,9 +30,11 @@ from county.console import (
     CountyClient,
     ReceiptBoard,
     collect,
+    dropped_line,
     format_envelope,
     format_state,
     print_board,
+    state_json_line,
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNANSWERED = 0, 1, 2, 3
@@ -108,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="print every uplink message as it arrives")
     _broker_args(p)
     p.add_argument("--json", action="store_true", help="each envelope exactly as received, one per line")
-    p.add_argument("--state", action="store_true", help="also print box state (online/offline) messages")
+    p.add_argument("--state", action="store_true",
+                   help='also print box state (online/offline) messages; with --json as {"state_topic", "state"}')
     p.add_argument("--count", type=int, metavar="N", help="stop after N messages")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
 
@@ -247,32 +250,49 @@ def cmd_fences(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    """Print uplink messages; with --json each envelope byte for byte and --state lines wrapped (never mixed up).
+
+    Messages lost to the client's full queue are counted: the human form says so in the stream when it
+    notices, and the total goes to stderr on exit in both forms (stdout stays parseable with --json).
+    """
     topics = Topics(args.prefix)
     out = sys.stdout.buffer
     subs = [topics.all_up()] + ([topics.all_state()] if args.state else [])
     deadline = time.monotonic() + args.duration if args.duration else None
-    seen = 0
+    seen = reported = 0
     with CountyClient(_spec(args)) as client:
-        client.subscribe(subs)
-        print(f"watching {client.spec.display} ({args.prefix})", file=sys.stderr, flush=True)
-        while args.count is None or seen < args.count:
-            left = deadline - time.monotonic() if deadline is not None else 0.5
-            if left <= 0:
-                break
-            msg = client.get(min(left, 0.5))
-            if msg is None:
-                continue
-            box = topics.parse_state(msg.topic)
-            if box is None and topics.parse_up(msg.topic) is None:
-                continue
-            if args.json:
-                out.write(msg.payload + b"\n")  # verbatim: the county's own tools parse it
-            elif box is not None:
-                out.write((format_state(box, msg.payload) + "\n").encode())
-            else:
-                out.write((format_envelope(msg.topic, msg.payload, topics) + "\n").encode())
-            out.flush()
-            seen += 1
+        held = client.messages.maxsize
+        try:
+            client.subscribe(subs)
+            print(f"watching {client.spec.display} ({args.prefix})", file=sys.stderr, flush=True)
+            while args.count is None or seen < args.count:
+                left = deadline - time.monotonic() if deadline is not None else 0.5
+                if left <= 0:
+                    break
+                msg = client.get(min(left, 0.5))
+                if not args.json and client.dropped > reported:
+                    reported = client.dropped
+                    out.write((dropped_line(reported, held) + "\n").encode())
+                    out.flush()
+                if msg is None:
+                    continue
+                box = topics.parse_state(msg.topic)
+                if box is None and topics.parse_up(msg.topic) is None:
+                    continue
+                if args.json and box is not None:
+                    out.write(state_json_line(msg.topic, msg.payload) + b"\n")
+                elif args.json:
+                    out.write(msg.payload + b"\n")  # verbatim: the county's own tools parse it
+                elif box is not None:
+                    out.write((format_state(box, msg.payload) + "\n").encode())
+                else:
+                    out.write((format_envelope(msg.topic, msg.payload, topics) + "\n").encode())
+                out.flush()
+                seen += 1
+        finally:  # also on Ctrl-C/SIGTERM (KeyboardInterrupt passes through here)
+            if client.dropped:
+                print(f"village county watch: {client.dropped} message(s) dropped in all (the queue holds {held})",
+                      file=sys.stderr)
     return EXIT_OK
 
 

@@ -89,9 +89,10 @@ class Message:
 class CountyClient:
     """One MQTT connection (MQTT 3.1.1, clean session): subscribe, publish with PUBACK, read messages."""
 
-    def __init__(self, spec: BrokerSpec) -> None:
+    def __init__(self, spec: BrokerSpec, *, max_queued: int | None = None) -> None:
         self.spec = spec
-        self.messages: queue.Queue[Message] = queue.Queue(MAX_QUEUED)
+        self.messages: queue.Queue[Message] = queue.Queue(MAX_QUEUED if max_queued is None else max_queued)
+        self.dropped = 0  # messages lost to a full queue; written by paho's network thread only
         self._connected = threading.Event()
         self._connect_rc: Any = None
         self._subacks: dict[int, threading.Event] = {}
@@ -122,8 +123,8 @@ class CountyClient:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             self.messages.put_nowait(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
-        except queue.Full:
-            pass  # a console that stopped reading: dropping here beats growing without bound
+        except queue.Full:  # a console that stopped reading: dropping here beats growing without bound,
+            self.dropped += 1  # and the reader reports the count (`watch` prints it)
 
     def __enter__(self) -> CountyClient:
         self.connect()
@@ -298,6 +299,28 @@ def format_envelope(topic: str, payload: bytes, topics: Topics) -> str:
         data = data[:400] + "…"
     when = f"{ts:%Y-%m-%d %H:%M:%S}.{ts.microsecond // 1000:03d}"
     return f"{when}  {env.box}  {env.cls.wire}/{env.kind}  #{env.seq}  {data}"
+
+
+def state_json_line(topic: str, payload: bytes) -> bytes:
+    """`watch --json --state`: a retained state payload is not an envelope, so it is wrapped.
+
+    `{"state_topic": topic, "state": <the payload as JSON>}`; a payload that is not JSON (or empty: a box's
+    retained state was cleared) gives `"state": null` and `"raw"` (the text, undecodable bytes replaced).
+    """
+    line: dict[str, Any] = {"state_topic": topic}
+    try:
+        line["state"] = json.loads(payload)
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    except (ValueError, RecursionError):  # a box's payload ("[[[[...", NaN) must not stop the console or the JSON
+        line["state"] = None
+        line["raw"] = payload[:4096].decode("utf-8", "replace")
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def dropped_line(dropped: int, held: int) -> str:
+    """What `watch` says about messages lost to a full queue (`held` = the queue's size)."""
+    return (f"(console: {dropped} message(s) dropped so far: they arrived faster than this output was read; "
+            f"at most {held} are held)")
 
 
 def format_state(box: str, payload: bytes) -> str:

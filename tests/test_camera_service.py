@@ -97,7 +97,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 async def test_healthy_camera_goes_online_and_reports_seconds(rig):
-    _, cfg = await rig.camera("42068200001320000001")
+    lag_s = 0.05  # the twin answers every RTSP request this late: a known latency, well inside step_timeout_s
+    _, cfg = await rig.camera("42068200001320000001", mode=Mode.SLOW, delay_s=lag_s)
     svc = rig.service([cfg])
     t0 = rig.clock.time()
     await svc.start()
@@ -113,7 +114,8 @@ async def test_healthy_camera_goes_online_and_reports_seconds(rig):
     assert entry["seconds"]["unknown"] == 2 * CYCLE and entry["seconds"]["online"] == 900 - 2 * CYCLE
     assert data["summary"]["online"] == 1 and data["summary"]["total"] == 1
     assert (data["from"], data["to"]) == (round(t0 * 1000), round((t0 + 900) * 1000))
-    assert entry["latency_ms"] >= 0
+    # the probe's wall time: at least one delayed answer (a lower bound only: a busy machine is only slower)
+    assert entry["latency_ms"] >= lag_s * 1000
     # the next period starts where this one ended
     rig.clock.advance(60)
     assert (await svc.report())["cameras"][0]["seconds"]["online"] == 60

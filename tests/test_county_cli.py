@@ -287,3 +287,96 @@ def test_status_and_fences_are_wired(capsys: pytest.CaptureFixture[str]) -> None
     assert parser.parse_args(["status", "--broker", "mqtt://h:1"]).cmd == "status"
     assert parser.parse_args(["fences", "--broker", "mqtt://h:1", "--key", "k", "--kid", "k", "--to", "box:a",
                               "--file", "f.geojson", "--assign", "W1=f1,f2"]).cmd == "fences"
+
+
+def test_watch_json_with_state_wraps_state_lines(broker: Mosquitto, collector: Collector) -> None:
+    """--json stays one JSON document per line: envelopes byte for byte, state payloads wrapped (not envelopes)."""
+    online = b'{"state":"online","ts":1763900000,"version":"1.0","groups":["town-menglou"]}'
+    collector.publish(T.state("box-a"), online, retain=True)
+    collector.publish(T.state("box-z"), b"\xffnot json", retain=True)
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "county", "watch", "--json", "--state",
+                             "--count", "3", "--broker", broker.url], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        assert b"watching" in proc.stderr.readline()
+        env = Envelope("box-a", 1, 1_763_900_000_123, MsgClass.ALARM, "sos", {"wearer": "W1"}).encode()
+        collector.publish(T.up("box-a", MsgClass.ALARM, "sos"), env)
+        out, _err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    lines = out.splitlines()
+    assert env in lines  # the envelope exactly as received
+    states = sorted((json.loads(line) for line in lines if line != env), key=lambda d: d["state_topic"])
+    assert states == [
+        {"state_topic": T.state("box-a"), "state": json.loads(online)},
+        {"state_topic": T.state("box-z"), "state": None, "raw": "\ufffdnot json"},
+    ]
+
+
+class GatedStdout:
+    """A stdout whose writes block until the test opens the gate: a terminal that stopped reading."""
+
+    def __init__(self) -> None:
+        self.buffer = self
+        self.data = bytearray()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def write(self, b: bytes) -> int:
+        self.entered.set()
+        assert self.gate.wait(20)
+        self.data += b
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_watch_counts_and_reports_what_a_full_queue_drops(broker: Mosquitto, collector: Collector, as_json: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from county import cli
+    from county.console import CountyClient
+
+    clients: list[CountyClient] = []
+
+    class TinyQueueClient(CountyClient):  # the real client, holding 2 messages instead of 100,000
+        def __init__(self, spec: Any) -> None:
+            super().__init__(spec, max_queued=2)
+            clients.append(self)
+
+    monkeypatch.setattr(cli, "CountyClient", TinyQueueClient)
+    out, err = GatedStdout(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    rc: list[int] = []
+    argv = ["watch", "--count", "3", "--broker", broker.url] + (["--json"] if as_json else [])
+    watcher = threading.Thread(target=lambda: rc.append(main(argv)), name="county.watch")
+    watcher.start()
+    try:
+        wait_until(lambda: "watching" in err.getvalue())
+        envs = [Envelope("box-a", i, 1_763_900_000_000 + i, MsgClass.EVENT, "k", {"i": i}).encode()
+                for i in range(1, 11)]
+        collector.publish(T.up("box-a", MsgClass.EVENT, "k"), envs[0])
+        assert out.entered.wait(10)  # the watcher is stuck writing message 1
+        for payload in envs[1:]:
+            collector.publish(T.up("box-a", MsgClass.EVENT, "k"), payload)
+        wait_until(lambda: clients[0].dropped == 7)  # 2 and 3 are held, 4..10 are dropped (one publisher: in order)
+    finally:
+        out.gate.set()
+        watcher.join(20)
+    assert not watcher.is_alive() and rc == [EXIT_OK]
+    lines = bytes(out.data).splitlines()
+    if as_json:  # stdout stays envelopes only
+        assert lines == envs[:3]
+    else:
+        assert [b"#1 " in lines[0], b"#2 " in lines[2], b"#3 " in lines[3]] == [True, True, True]
+        assert lines[1].startswith(b"(console: 7 message(s) dropped")
+        assert len(lines) == 4
+    assert "7 message(s) dropped in all (the queue holds 2)" in err.getvalue()

@@ -174,8 +174,8 @@ async def test_geofence_set_applies_persists_and_drives_exits(tmp_path: Path, pt
     ({"fences": collection(square()), "crs": "EPSG:3857", "assign": {}}, "crs"),
     ({"fences": collection(square()), "crs": "GCJ02", "assign": {"W1": ["school"]}}, "unknown fence"),
 ])
-async def test_geofence_set_failures_are_failed_receipts_and_change_nothing(tmp_path: Path, data: dict[str, Any],
-                                                                           detail: str) -> None:
+async def test_invalid_geofence_set_is_rejected_and_changes_nothing(tmp_path: Path, data: dict[str, Any],
+                                                                    detail: str) -> None:
     clock = ManualClock()
     cfg = make_config(tmp_path)
     ctx, uplink, handlers = context(cfg, clock)
@@ -185,9 +185,36 @@ async def test_geofence_set_failures_are_failed_receipts_and_change_nothing(tmp_
     try:
         await handlers.handlers["geofence.set"](cmd("geofence.set", data))
         receipt = uplink.sent[-1]
-        assert receipt.data["state"] == "failed" and receipt.data["reason"] == "invalid_fences"
+        assert receipt.data["state"] == "rejected" and receipt.data["reason"] == "invalid_fences"
         assert detail in receipt.data["detail"]
         assert core.engine.fences == {}
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_valid_commands_the_store_cannot_keep_are_failed_and_change_nothing(tmp_path: Path) -> None:
+    """Valid data, but wearables.db refuses the write (a real SQLite refusal): `failed` store_error, not applied."""
+    clock = ManualClock()
+    cfg = make_config(tmp_path)
+    ctx, uplink, handlers = context(cfg, clock)
+    core = make_services(ctx)[0]
+    assert isinstance(core, WearablesCore)
+    task = asyncio.create_task(core.run(lambda: None), name="wearables.run")
+    try:
+        await core.loaded.wait()
+        core.store.db.execute("PRAGMA query_only = ON")  # every write now fails inside SQLite
+        await handlers.handlers["geofence.set"](cmd("geofence.set", {"fences": collection(square()), "crs": "WGS84",
+                                                                     "assign": {"W1": ["home"]}}))
+        receipt = uplink.sent[-1].data
+        assert (receipt["state"], receipt["reason"]) == ("failed", "store_error") and receipt["detail"]
+        assert core.engine.fences == {}
+        await handlers.handlers["wearers.set"](cmd("wearers.set", {"wearers": [
+            {"id": "T7", "device": "ac:23:3f:a0:00:07"}]}, "c2"))
+        receipt = uplink.sent[-1].data
+        assert (receipt["cmd"], receipt["state"], receipt["reason"]) == ("c2", "failed", "store_error")
+        assert core.engine.registry.lookup("AC233FA00007") is None
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -207,7 +234,8 @@ async def test_wearers_set_registers_new_bands_and_survives_restart(tmp_path: Pa
         assert uplink.sent[-1].data == {"cmd": "c1", "state": "applied", "wearers": 1}
         assert core.engine.registry.lookup("AC233FA00007") is not None
         await handlers.handlers["wearers.set"](cmd("wearers.set", {"wearers": [{"id": "T 8"}]}, "c2"))
-        assert uplink.sent[-1].data["state"] == "failed" and uplink.sent[-1].data["reason"] == "invalid_wearers"
+        assert uplink.sent[-1].data["state"] == "rejected" and uplink.sent[-1].data["reason"] == "invalid_wearers"
+        assert "T 8" in uplink.sent[-1].data["detail"] or "id" in uplink.sent[-1].data["detail"]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

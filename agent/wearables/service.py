@@ -3,7 +3,9 @@
 `make_services(ctx)` returns one `WearablesCore` (name "wearables": opens state_dir/wearables.db, loads
 fences and the county's lists, ticks the monitor once a second) and one `GatewayService` per
 `[[gateway]]` (name "wearables.gateway.<id>": keeps the gateway open through `GatewayReader`, feeds every
-event to the shared engine). It registers the `geofence.set` and `wearers.set` command handlers. The
+event to the shared engine). It registers the `geofence.set` and `wearers.set` command handlers: invalid
+data is answered `rejected` (invalid_fences / invalid_wearers, with `detail`), like a bad `broadcast.play`;
+`failed` (store_error) is kept for a valid command that could not be carried out. The
 decoder for a gateway comes from `ctx.hardware.decoder_factory(codec)` (the composition root picks it).
 
 Ack after durable: an alarm a band raised (SOS, fall, band removed) is sent with `await uplink.send(...)`
@@ -173,7 +175,7 @@ class WearablesCore:
             fences = load_fences(data.get("fences"), crs)
             assign = check_assign(data.get("assign"), fences | self._local())
         except FenceError as exc:
-            await self.ctx.receipts.send(cmd.id, "failed", reason="invalid_fences", detail=str(exc))
+            await self.ctx.receipts.send(cmd.id, "rejected", reason="invalid_fences", detail=str(exc))
             return
         try:
             if self.store.is_open:
@@ -192,7 +194,7 @@ class WearablesCore:
         try:
             wearers = parse_wearers(cmd.data)
         except RegistryError as exc:
-            await self.ctx.receipts.send(cmd.id, "failed", reason="invalid_wearers", detail=str(exc))
+            await self.ctx.receipts.send(cmd.id, "rejected", reason="invalid_wearers", detail=str(exc))
             return
         try:
             if self.store.is_open:

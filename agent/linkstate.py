@@ -1,16 +1,17 @@
 """`state_dir/link.json`: what the link is doing, for `village agent status` to read without IPC.
 
-Written atomically (tmp + rename) on every state edge, and for the last-publish time at most once a
-minute, so a busy link costs the SD card almost nothing.
+Written atomically (tmp + rename, no fsync: agent.fsutil.write_atomic durable=False) on every state edge,
+and for the last-publish time at most once a minute, so a busy link costs the SD card almost nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
+
+from agent.fsutil import write_atomic
 
 log = logging.getLogger("agent.link")
 
@@ -35,10 +36,10 @@ class LinkStateFile:
             self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(self.data, sort_keys=True))
-            os.replace(tmp, self.path)
+            # durable=False: a status file for `village agent status`, rewritten on every link edge; fsyncs
+            # would wear the SD card, and after a power cut the previous content (or none) is fine
+            write_atomic(self.path, json.dumps(self.data, sort_keys=True).encode(), durable=False)
         except OSError as exc:  # a full disk must not take the link down
             log.warning("link: cannot write %s: %s", self.path, exc)
 

@@ -18,7 +18,7 @@ SQLite in WAL mode (schema in agent/outbox_schema.py), one writer task, `synchro
 - A full disk (SQLITE_FULL, also raised by `max_file_bytes`): telemetry and events in the failed batch are
   refused, old telemetry is evicted to make room, and alarms and receipts wait in memory and are retried
   every second: their `send()` does not return until they are durable.
-- A database that cannot be opened or fails `PRAGMA quick_check` is moved aside with a timestamp and a
+- A damaged database (agent.sqlite_store.is_corruption) is moved aside (with its -wal and -shm) and a
   fresh one is created; an `event` of kind `outbox_reset` reports it. Never a crash loop.
 """
 
@@ -27,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,8 +37,10 @@ from typing import Any
 import aiosqlite
 
 from agent.clock import Clock, SystemClock
-from agent.outbox_schema import MIGRATIONS, SCHEMA_VERSION
+from agent.fsutil import write_atomic
+from agent.outbox_schema import MIGRATIONS
 from agent.protocol.envelope import Envelope, MsgClass
+from agent.sqlite_store import SchemaTooNew, is_corruption, move_aside, open_sqlite
 
 log = logging.getLogger("agent.outbox")
 
@@ -269,11 +269,11 @@ class Outbox:
         except sqlite3.DatabaseError as exc:
             # only a damaged file is moved aside; "locked", "read-only", I/O errors and a schema from a
             # newer agent are raised (the agent exits, systemd retries) so no queued alarm is sidelined
-            if not _is_corruption(exc):
+            if not is_corruption(exc):
                 await self._close_conns()
                 raise
             await self._close_conns()
-            moved = self._move_aside()
+            moved = move_aside(self.path)
             salvaged = await asyncio.to_thread(_salvage, moved)
             self.reset_reason = (f"database unusable ({exc}); moved aside to {moved.name}; "
                                  f"{len(salvaged)} rows salvaged")
@@ -284,24 +284,10 @@ class Outbox:
             self.available.set()
 
     async def _open_db(self, salvaged: list[tuple[int, int, int, str, bytes]] | None = None) -> None:
-        db = self._db = await aiosqlite.connect(self.path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        if self.max_file_bytes:
-            cur = await db.execute("PRAGMA page_size")
-            (page_size,) = await cur.fetchone()  # type: ignore[misc]
-            await db.execute(f"PRAGMA max_page_count={max(16, self.max_file_bytes // page_size)}")
-        cur = await db.execute("PRAGMA quick_check")
-        result = [r[0] for r in await cur.fetchall()]
-        if result != ["ok"]:
-            raise _Corrupt(f"quick_check: {' '.join(result[:2])}"[:200].replace("\n", " "))
-        cur = await db.execute("PRAGMA user_version")
-        (version,) = await cur.fetchone()  # type: ignore[misc]
-        if version > SCHEMA_VERSION:
-            raise OutboxError(f"{self.path}: schema v{version} is newer than this agent's v{SCHEMA_VERSION}: "
-                              "install the newer agent again (the queued messages are kept)")
-        for v in range(version, SCHEMA_VERSION):
-            await db.executescript(f"BEGIN;\n{MIGRATIONS[v]}\nPRAGMA user_version={v + 1};\nCOMMIT;")
+        try:
+            db = self._db = await open_sqlite(self.path, migrations=MIGRATIONS, max_file_bytes=self.max_file_bytes)
+        except SchemaTooNew as exc:
+            raise OutboxError(f"{exc} (the queued messages are kept)") from exc
         if salvaged:
             await db.executemany("INSERT OR IGNORE INTO outbox (seq, cls, ts, kind, body) VALUES (?, ?, ?, ?, ?)",
                                  salvaged)
@@ -332,15 +318,6 @@ class Outbox:
     @property
     def _hwm_path(self) -> Path:
         return self.path.with_name(self.path.name + ".seq")
-
-    def _move_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}"
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                os.replace(src, Path(str(target) + suffix))
-        return target
 
     # ---------------------------------------------------------------- the writer
     async def _commit_pending(self, *, final: bool = False) -> None:
@@ -533,15 +510,6 @@ class Outbox:
             return
 
 
-class _Corrupt(sqlite3.DatabaseError):
-    """PRAGMA quick_check found damage."""
-
-
-def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    return isinstance(exc, _Corrupt) or getattr(exc, "sqlite_errorcode", None) in (
-        sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-
 def _salvage(path: Path) -> list[tuple[int, int, int, str, bytes]]:
     """Whatever rows can still be read from a damaged outbox, so a moved-aside file loses as little as it can."""
     rows: list[tuple[int, int, int, str, bytes]] = []
@@ -582,15 +550,4 @@ def _read_hwm(path: Path) -> int:
 
 
 def _write_hwm(path: Path, value: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"{value}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
+    write_atomic(path, f"{value}\n".encode())

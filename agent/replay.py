@@ -12,17 +12,20 @@ agent.commands uses it when the wall clock is obviously wrong (see docs/commands
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
-import time
 from pathlib import Path
 
 import aiosqlite
 
+from agent.sqlite_store import SchemaTooNew, is_corruption, move_aside, open_sqlite
+
 log = logging.getLogger("agent.replay")
 
-SCHEMA_VERSION = 1
-SCHEMA = """
+MIGRATIONS = (
+    # v1
+    """
 CREATE TABLE IF NOT EXISTS seen (
     id TEXT PRIMARY KEY,
     exp INTEGER NOT NULL,
@@ -34,20 +37,12 @@ CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value REAL NOT NULL
 ) WITHOUT ROWID;
-"""
-
-
-def _move_aside(path: Path) -> Path:
-    moved = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            src.replace(Path(f"{moved}{suffix}"))
-    return moved
+""",
+)
 
 
 class ReplayStoreError(Exception):
-    """The replay store cannot be used (not open, or the disk refused a write)."""
+    """The replay store cannot be used (not open, locked or unwritable at open, or the disk refused a write)."""
 
 
 class ReplayStore:
@@ -65,32 +60,29 @@ class ReplayStore:
         return self._db is not None
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Open the store. A damaged file, or one from a newer agent, is moved aside and a fresh one begins:
+        losing the store forgets which ids were used (agent.commands refuses older commands until they have
+        expired), while refusing to start would silence emergency broadcasts. A locked, read-only or
+        failing file is not moved aside (that would forget the ids for nothing): ReplayStoreError.
+        """
+        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
         try:
             await self._open_db()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.Error, SchemaTooNew) as exc:
             await self.close()
-            moved = _move_aside(self.path)
-            # Losing the store forgets which ids were used: a still-valid command could be replayed until it
-            # expires. Refusing to start would silence emergency broadcasts instead; we log loudly and go on.
+            if not (is_corruption(exc) or isinstance(exc, SchemaTooNew)):
+                raise ReplayStoreError(f"cannot open the replay store {self.path}: {exc}") from exc
+            moved = move_aside(self.path, "corrupt" if is_corruption(exc) else "newer")
             self.reset_reason = f"replay store unusable ({exc}); moved aside to {moved.name}"
             log.error("commands: %s; starting a fresh one", self.reset_reason)
-            await self._open_db()
+            try:
+                await self._open_db()
+            except (sqlite3.Error, SchemaTooNew) as exc2:
+                await self.close()
+                raise ReplayStoreError(f"cannot create the replay store {self.path}: {exc2}") from exc2
 
     async def _open_db(self) -> None:
-        db = self._db = await aiosqlite.connect(self.path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        cur = await db.execute("PRAGMA quick_check")
-        result = [r[0] for r in await cur.fetchall()]
-        if result != ["ok"]:
-            raise sqlite3.DatabaseError(f"quick_check: {'; '.join(result[:3])}")
-        cur = await db.execute("PRAGMA user_version")
-        (version,) = await cur.fetchone()  # type: ignore[misc]
-        if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"schema v{version} is newer than this agent's v{SCHEMA_VERSION}")
-        if version < SCHEMA_VERSION:
-            await db.executescript(f"BEGIN;\n{SCHEMA}\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;")
+        db = self._db = await open_sqlite(self.path, migrations=MIGRATIONS)
         cur = await db.execute("SELECT value FROM meta WHERE name = 'floor'")
         row = await cur.fetchone()
         self.floor = float(row[0]) if row else 0.0

@@ -26,6 +26,7 @@ from agent.broadcast.items import BadBroadcast, BroadcastError, Item, Klass, Pla
 from agent.broadcast.settings import BroadcastConfig
 from agent.broadcast.store import BroadcastStore
 from agent.context import AgentContext
+from agent.fsutil import write_atomic
 from agent.protocol.commands import Command
 from agent.service import Service
 from drivers.amp.relay import AmpError, AmpRelay
@@ -143,7 +144,7 @@ class BroadcastService:
         a = req.audio
         media = await asyncio.to_thread(decode_audio, a["mime"], a["sha256"], a["b64"], self._cfg.max_audio_bytes)
         name = f"{media_stem(item_id)}.{media.ext}"
-        await asyncio.to_thread(_write_atomic, self._dir / name, media.data)
+        await asyncio.to_thread(write_atomic, self._dir / name, media.data)
         return name, media.mime
 
     async def _prepare_loop(self) -> None:
@@ -385,7 +386,7 @@ class BroadcastService:
         if chime != "builtin":
             return Path(chime)
         path = self._dir / CHIME_FILE
-        await asyncio.to_thread(_write_atomic, path, chime_wav())
+        await asyncio.to_thread(write_atomic, path, chime_wav())
         return path
 
     async def _send_receipts(self) -> None:
@@ -420,12 +421,6 @@ async def _pause(seconds: float, cancel: asyncio.Event) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def make_services(ctx: AgentContext) -> list[Service]:

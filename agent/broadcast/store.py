@@ -1,9 +1,10 @@
 """The broadcast engine's state on disk: state_dir/broadcast.db (SQLite), one row per item, as JSON.
 
 Small and boring on purpose: the engine's state is a handful of items, written after each change in one
-transaction (WAL, synchronous=FULL), read once at start so a reboot resumes the schedule. A database
-that cannot be opened or read is moved aside with a timestamp and a fresh one begins (logged): a broken
-file must never keep the loudspeakers from working.
+transaction (WAL, synchronous=FULL), read once at start so a reboot resumes the schedule. A damaged
+database is moved aside with a timestamp and a fresh one begins (logged); a locked or unwritable one is
+left alone and the schedule lives in memory (see `open`): a broken file must never keep the loudspeakers
+from working.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from pathlib import Path
 
 import aiosqlite
 
 from agent.broadcast.items import BroadcastError, Item
+from agent.sqlite_store import SchemaTooNew, is_corruption, move_aside, open_sqlite
 
 log = logging.getLogger("agent.broadcast.store")
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, body TEXT NOT NULL);
-"""
+MIGRATIONS = (
+    # v1
+    "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY, body TEXT NOT NULL);",
+)
 
 
 class StoreError(BroadcastError):
@@ -38,36 +39,26 @@ class BroadcastStore:
 
     @classmethod
     async def open(cls, path: Path) -> BroadcastStore:
-        try:
-            return await cls._open(path)
-        except sqlite3.DatabaseError as exc:
-            aside = path.with_name(f"{path.name}.broken-{int(time.time())}")
-            log.error("broadcast database %s unusable (%s); moved to %s, starting empty", path, exc, aside.name)
-            _move_aside(path, aside)
-            try:
-                return await cls._open(path)
-            except sqlite3.DatabaseError as exc2:
-                raise StoreError(f"cannot create {path}: {exc2}") from exc2
+        """Open (or create) the database. Never keeps the loudspeakers from working:
 
-    @classmethod
-    async def _open(cls, path: Path) -> BroadcastStore:
-        db = await aiosqlite.connect(path)
+        - damaged: moved aside (`.broken-<UTC stamp>`, with its -wal and -shm) and a fresh one begins;
+        - written by a newer agent: moved aside (`.newer-<stamp>`, kept for the upgrade) likewise;
+        - locked, read-only or failing: left alone, and the schedule is kept in memory only (logged).
+        StoreError only if not even that works.
+        """
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            row = await (await db.execute("PRAGMA quick_check")).fetchone()
-            if row is None or row[0] != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {row[0] if row else 'no answer'}")
-            version = (await (await db.execute("PRAGMA user_version")).fetchone() or (0,))[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"schema version {version} is newer than this agent")
-            await db.executescript(SCHEMA)
-            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            await db.commit()
-        except BaseException:
-            await db.close()
-            raise
-        return cls(db, path)
+            return cls(await open_sqlite(path, migrations=MIGRATIONS), path)
+        except (sqlite3.Error, SchemaTooNew) as exc:
+            if not (is_corruption(exc) or isinstance(exc, SchemaTooNew)):
+                log.error("broadcast database %s unusable (%s); left as it is, the schedule is kept in memory "
+                          "only until a restart", path, exc)
+                return cls(await _in_memory(), path)
+            aside = move_aside(path, "broken" if is_corruption(exc) else "newer")
+            log.error("broadcast database %s unusable (%s); moved to %s, starting empty", path, exc, aside.name)
+        try:
+            return cls(await open_sqlite(path, migrations=MIGRATIONS), path)
+        except (sqlite3.Error, SchemaTooNew) as exc2:
+            raise StoreError(f"cannot create {path}: {exc2}") from exc2
 
     async def load(self) -> list[Item]:
         """The saved items; an unreadable table is logged and the schedule starts empty (never a crash)."""
@@ -136,7 +127,11 @@ class BroadcastStore:
             log.warning("broadcast database %s: closing: %s", self.path, exc)
 
 
-def _move_aside(path: Path, aside: Path) -> None:
-    path.rename(aside)
-    for suffix in ("-wal", "-shm"):
-        path.with_name(path.name + suffix).unlink(missing_ok=True)
+async def _in_memory() -> aiosqlite.Connection:
+    db = await aiosqlite.connect(":memory:")
+    try:
+        await db.executescript(MIGRATIONS[-1])
+    except sqlite3.Error as exc:
+        await db.close()
+        raise StoreError(f"cannot create an in-memory schedule: {exc}") from exc
+    return db

@@ -6,18 +6,19 @@ last moment the agent was watching). On start, the time between `reported_until`
 accounted as `unknown` and every camera is announced `unknown` since `saved_at`: the county never
 gets time the agent did not see counted as online or offline.
 
-Written atomically (temp file, fsync, rename) and only on a state change, a device change, a
-telemetry period and at shutdown, to spare the SD card.
+Written atomically (agent.fsutil.write_atomic: temp file, fsync, rename, directory fsync) and only on a
+state change, a device change, a telemetry period and at shutdown, to spare the SD card.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from agent.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,9 @@ class StateStore:
             "saved_at": snap.saved_at,
             "cameras": {cid: asdict(rec) for cid, rec in snap.cameras.items()},
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(doc, separators=(",", ":")).encode("utf-8"))
         except OSError as exc:
             raise StateStoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 

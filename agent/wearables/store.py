@@ -5,9 +5,10 @@ wearer), each a single small transaction in WAL mode that takes well under a mil
 thread hop (aiosqlite) would cost more than it saves. `synchronous=FULL` because a geofence edge or a
 county command that was acknowledged must survive a power cut.
 
-Schema versions follow PRAGMA user_version; a file that fails the integrity check at open is moved
-aside (`wearables.db.corrupt-<epoch>`) and a fresh one started, with an error in the log: the agent
-keeps relaying SOS alarms rather than refusing to start.
+Opened through agent.sqlite_store (schema versions follow PRAGMA user_version). A damaged file is moved
+aside (`wearables.db.corrupt-<UTC stamp>`, with its -wal and -shm) and a fresh one started, with an error
+in the log; a locked or unwritable one raises StoreError and the service runs without stored state: the
+agent keeps relaying SOS alarms rather than refusing to start.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from agent.sqlite_store import SchemaTooNew, is_corruption, move_aside, open_sqlite_sync
 from agent.wearables.geofence import FenceState, Track
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-_SCHEMA_V1 = """
+MIGRATIONS = (
+    # v1
+    """
 CREATE TABLE fence_track (
     wearer TEXT NOT NULL,
     fence TEXT NOT NULL,
@@ -41,7 +43,8 @@ CREATE TABLE county_doc (
     cmd TEXT,                   -- the command id that set it
     ts REAL NOT NULL
 );
-"""
+""",
+)
 
 
 class StoreError(Exception):
@@ -56,43 +59,24 @@ class WearablesStore:
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def open(self) -> WearablesStore:
+        """Open (or create) the file. Damaged, or from a newer agent: moved aside (with its -wal and -shm)
+        and a fresh one begins. Locked, read-only or failing: StoreError (the service runs without it)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._connect()
-        except sqlite3.DatabaseError as exc:
-            if not self.path.exists():
+            self._db = open_sqlite_sync(self.path, migrations=MIGRATIONS)
+        except (sqlite3.Error, SchemaTooNew) as exc:
+            if not (is_corruption(exc) or isinstance(exc, SchemaTooNew)):
                 raise StoreError(f"{self.path}: {exc}") from exc
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("%s is damaged (%s); moved aside to %s, geofence state starts afresh", self.path, exc, aside)
-            self.path.rename(aside)
-            for suffix in ("-wal", "-shm"):
-                Path(str(self.path) + suffix).unlink(missing_ok=True)
             try:
-                self._db = self._connect()
-            except sqlite3.DatabaseError as exc2:
+                aside = move_aside(self.path, "corrupt" if is_corruption(exc) else "newer")
+                log.error("%s is unusable (%s); moved aside to %s, geofence state starts afresh",
+                          self.path, exc, aside)
+                self._db = open_sqlite_sync(self.path, migrations=MIGRATIONS)
+            except (sqlite3.Error, SchemaTooNew, OSError) as exc2:
                 raise StoreError(f"{self.path}: {exc2}") from exc2
         except OSError as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
         return self
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            ok = db.execute("PRAGMA quick_check").fetchone()
-            if ok is None or ok[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check: {ok[0] if ok else 'no answer'}")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"schema version {version} is newer than this agent ({SCHEMA_VERSION})")
-            if version < 1:
-                # one transaction: a power cut leaves either no schema or all of it
-                db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA_V1}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
-        except BaseException:
-            db.close()
-            raise
-        return db
 
     def close(self) -> None:
         if self._db is not None:

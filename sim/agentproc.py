@@ -38,9 +38,9 @@ class AgentProcessError(Exception):
 
 
 def toml_dumps(doc: dict[str, Any]) -> str:
-    """Just enough TOML for the generated agent config: tables, arrays of tables and plain values.
+    """Enough TOML for generated configs: nested tables, arrays of tables, strings, numbers, bools, lists.
 
-    Written by hand because tomllib only reads, and these configs are a handful of flat tables.
+    Written by hand because tomllib only reads, and these configs are a handful of plain tables.
     """
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -51,23 +51,36 @@ def toml_dumps(doc: dict[str, Any]) -> str:
             return json.dumps(v, ensure_ascii=False)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(str(k))} = {value(x)}" for k, x in v.items()) + "}"
+        raise TypeError(type(v))
 
     lines: list[str] = []
-    for name, body in doc.items():
-        items = body if isinstance(body, list) else [body]
-        for item in items:
-            lines.append(f"[[{name}]]" if isinstance(body, list) else f"[{name}]")
-            for k, v in item.items():
-                if isinstance(v, dict):
-                    continue
-                lines.append(f"{k} = {value(v)}")
-            for k, v in item.items():
-                if isinstance(v, dict):
-                    lines.append(f"[{name}.{k}]")
-                    lines.extend(f"{json.dumps(kk)} = {value(vv)}" for kk, vv in v.items())
-            lines.append("")
-    return "\n".join(lines)
+
+    def table(prefix: str, body: dict[str, Any], header: str) -> None:
+        scalars = {k: v for k, v in body.items() if not isinstance(v, dict) and not _is_aot(v)}
+        lines.append(header)
+        lines.extend(f"{json.dumps(str(k))} = {value(v)}" for k, v in scalars.items())
+        for k, v in body.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}", v, f"[{prefix}.{json.dumps(str(k))}]")
+            elif _is_aot(v):
+                for item in v:
+                    table(f"{prefix}.{k}", item, f"[[{prefix}.{json.dumps(str(k))}]]")
+
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            table(k, v, f"[{k}]")
+        elif _is_aot(v):
+            for item in v:
+                table(k, item, f"[[{k}]]")
+        else:
+            lines.insert(0, f"{k} = {value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _is_aot(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
 def agent_config(scenario: Scenario, *, speed: float, state_dir: Path, broker_url: str, gateway_url: str,

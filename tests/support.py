@@ -18,6 +18,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from sim.agentproc import toml_dumps  # noqa: F401 - one TOML writer for tests and the simulator
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
@@ -193,45 +195,3 @@ def agent_config_dict(state_dir: Path, broker_url: str, box: str = "box-1", **se
             raw[name] = value
     return raw
 
-
-def toml_dumps(doc: dict[str, Any]) -> str:
-    """Enough TOML for test configs: tables, arrays of tables, strings, numbers, bools, lists."""
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v, ensure_ascii=False)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{json.dumps(str(k))} = {value(x)}" for k, x in v.items()) + "}"
-        raise TypeError(type(v))
-
-    lines: list[str] = []
-
-    def table(prefix: str, body: dict[str, Any], header: str) -> None:
-        scalars = {k: v for k, v in body.items() if not isinstance(v, dict) and not _is_aot(v)}
-        lines.append(header)
-        lines.extend(f"{json.dumps(str(k))} = {value(v)}" for k, v in scalars.items())
-        for k, v in body.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}", v, f"[{prefix}.{json.dumps(str(k))}]")
-            elif _is_aot(v):
-                for item in v:
-                    table(f"{prefix}.{k}", item, f"[[{prefix}.{json.dumps(str(k))}]]")
-
-    for k, v in doc.items():
-        if isinstance(v, dict):
-            table(k, v, f"[{k}]")
-        elif _is_aot(v):
-            for item in v:
-                table(k, item, f"[[{k}]]")
-        else:
-            lines.insert(0, f"{k} = {value(v)}")
-    return "\n".join(lines) + "\n"
-
-
-def _is_aot(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)

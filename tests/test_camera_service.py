@@ -40,7 +40,7 @@ class RecordingUplink:
         return Envelope("box", self.seq, ts_ms or 0, cls, kind, data)
 
     def send_nowait(self, cls: MsgClass, kind: str, data: dict[str, Any], ts_ms: int | None = None) -> Any:
-        raise NotImplementedError
+        return asyncio.ensure_future(self.send(cls, kind, data, ts_ms))
 
     def events(self, kind: str = "camera") -> list[dict[str, Any]]:
         return [d for c, k, d, _ in self.sent if k == kind and c is MsgClass.EVENT]

@@ -51,7 +51,7 @@ class RecordingUplink:
 
     def send_nowait(self, cls: MsgClass, kind: str, data: dict[str, Any],
                     ts_ms: int | None = None) -> asyncio.Future[Envelope]:
-        raise NotImplementedError
+        return asyncio.ensure_future(self.send(cls, kind, data, ts_ms))
 
     def receipts(self) -> list[dict[str, Any]]:
         return [e.data for e in self.sent if e.cls is MsgClass.RECEIPT and e.kind == "cmd"]

@@ -46,7 +46,7 @@ class RecordingUplink:
 
     def send_nowait(self, cls: MsgClass, kind: str, data: dict[str, Any],
                     ts_ms: int | None = None) -> asyncio.Future[Envelope]:
-        raise NotImplementedError
+        return asyncio.ensure_future(self.send(cls, kind, data, ts_ms))
 
 
 @dataclass

@@ -36,7 +36,6 @@ def timezone_name(value: str) -> str:
     return value
 
 
-
 @dataclass(frozen=True, slots=True)
 class BroadcastConfig:
     # quiet hours as local "HH:MM" start and end (may wrap midnight); empty = none. Hold back daily and drill.

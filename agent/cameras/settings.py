@@ -57,7 +57,6 @@ def _grab_concurrency(value: int) -> int:
     return value
 
 
-
 def secret_file(value: Path) -> Path:
     """A credentials file: exists, readable, mode 0600 or stricter, one line "user:password"."""
     try:

@@ -46,8 +46,6 @@ def check_gateway_url(url: str) -> str:
     return url
 
 
-
-
 def _factor(value: float) -> float:
     if value < 1.0:
         raise ValueError(f"must be >= 1 (a band is never late before its own interval), got {value}")

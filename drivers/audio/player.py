@@ -116,9 +116,9 @@ class AlsaPlayer:
                 last = i == len(cmds) - 1
                 stdin = read_fd if (last and len(cmds) == 2) else asyncio.subprocess.DEVNULL
                 stdout = asyncio.subprocess.DEVNULL if last else write_fd
-                group = {"process_group": 0 if i == 0 else procs[0].pid}  # one new group for the pipeline
+                group = 0 if i == 0 else procs[0].pid  # one new process group for the pipeline
                 procs.append(await asyncio.create_subprocess_exec(
-                    *cmd, stdin=stdin, stdout=stdout, stderr=asyncio.subprocess.PIPE, **group))
+                    *cmd, stdin=stdin, stdout=stdout, stderr=asyncio.subprocess.PIPE, process_group=group))
         except OSError as exc:
             self._kill(procs, signal.SIGKILL)
             raise PlaybackError("player_missing", str(exc)) from exc
@@ -139,7 +139,7 @@ class AlsaPlayer:
                 for p, buf in zip(procs, errs, strict=True):
                     tg.create_task(_drain(p, buf), name="player.stderr")
                 done = tg.create_task(_wait_all(procs), name="player.wait")
-                watch = {done}
+                watch: set[asyncio.Task[object]] = {done}
                 stop = tg.create_task(cancel.wait(), name="player.cancel") if cancel is not None else None
                 if stop is not None:
                     watch.add(stop)

@@ -40,7 +40,7 @@ class EspeakTts:
             proc.kill()
             await proc.wait()
             raise TtsError(f"{self.binary} --voices did not answer") from None
-        names = set()
+        names: set[str] = set()
         for line in out.decode("utf-8", "replace").splitlines()[1:]:
             cols = line.split()
             if len(cols) >= 5:

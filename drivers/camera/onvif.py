@@ -94,9 +94,9 @@ def parse_system_time(body: bytes) -> float:
         raise OnvifFault("no UTCDateTime in the answer (camera keeps only local time)")
     date, time_ = _find(utc, "Date"), _find(utc, "Time")
     try:
-        parts = [int(_text(date, k)) for k in ("Year", "Month", "Day")]
-        parts += [int(_text(time_, k)) for k in ("Hour", "Minute", "Second")]
-        return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[misc]
+        year, month, day = (int(_text(date, k)) for k in ("Year", "Month", "Day"))
+        hour, minute, second = (int(_text(time_, k)) for k in ("Hour", "Minute", "Second"))
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
     except (ValueError, TypeError) as exc:
         raise OnvifFault(f"bad UTCDateTime: {exc}") from None
 

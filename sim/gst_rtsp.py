@@ -8,6 +8,11 @@ Run with Debian's own python3 (python3-gi and gir1.2-gst-rtsp-server-1.0), not t
 Each mount serves a videotestsrc pattern: `ball` moves (animated on the wall clock, so two grabs a
 few seconds apart differ), `black` is a black picture, `smpte` is a still test card (a frozen camera).
 
+The H.264 encoder is the first one installed of ENCODERS: x264enc (Debian: gstreamer1.0-plugins-ugly) or
+openh264enc (gstreamer1.0-plugins-bad); `--encoder NAME` picks one. `--check` prints the elements a
+server would need that are missing (one per line, with the Debian package that has them) and exits 1 if
+any is, 0 if none: the tests skip with that text instead of failing against a server that cannot stream.
+
 Prints "READY <port>" on stdout once listening, then serves until SIGTERM. The password is read from
 a file so it never appears in a process listing. Stand-alone on purpose: it imports nothing from the
 project, so it runs under any python3 that has GObject introspection.
@@ -18,6 +23,26 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import Any
+
+# H.264 encoders in order of preference, with their low-latency settings (one key frame a second at 10 fps)
+ENCODERS = {
+    "x264enc": ("gstreamer1.0-plugins-ugly", "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10"),
+    "openh264enc": ("gstreamer1.0-plugins-bad", "openh264enc complexity=low gop-size=10"),
+}
+# the other elements every mount uses, with the Debian package that has them
+ELEMENTS = {"videotestsrc": "gstreamer1.0-plugins-base", "rtph264pay": "gstreamer1.0-plugins-good"}
+
+
+def missing_elements(gst: Any, encoder: str | None) -> tuple[list[str], str | None]:
+    """(what is missing as "element (package)", the encoder to use) for an initialised Gst module."""
+    find = gst.ElementFactory.find
+    missing = [f"{name} ({pkg})" for name, pkg in ELEMENTS.items() if find(name) is None]
+    candidates = [encoder] if encoder else list(ENCODERS)
+    chosen = next((name for name in candidates if find(name) is not None), None)
+    if chosen is None:
+        missing.append(" or ".join(f"{name} ({ENCODERS.get(name, ('?',))[0]})" for name in candidates))
+    return missing, chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--user", default="")
     ap.add_argument("--password-file", default="")
     ap.add_argument("--auth", choices=("digest", "basic", "none"), default="digest")
+    ap.add_argument("--encoder", choices=tuple(ENCODERS), help="the H.264 encoder (default: the first installed)")
+    ap.add_argument("--check", action="store_true", help="print the missing elements and exit (1 if any)")
     args = ap.parse_args(argv)
 
     import gi
@@ -38,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     from gi.repository import GLib, Gst, GstRtsp, GstRtspServer
 
     Gst.init(None)
+    missing, encoder = missing_elements(Gst, args.encoder)
+    if args.check or missing:
+        for line in missing:
+            print(f"missing GStreamer element: {line}", file=sys.stdout if args.check else sys.stderr)
+        return 1 if missing else 0
+    assert encoder is not None
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
@@ -66,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         factory.set_launch(
             f"( videotestsrc is-live=true animation-mode=wall-time pattern={pattern or 'ball'} "
             "! video/x-raw,width=320,height=180,framerate=10/1 "
-            "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )"
+            f"! {ENCODERS[encoder][1]} ! rtph264pay name=pay0 pt=96 )"
         )
         factory.set_shared(True)
         if perms is not None:

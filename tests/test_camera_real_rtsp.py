@@ -1,7 +1,8 @@
 """Against a REAL RTSP server: GStreamer's gst-rtsp-server (sim/gst_rtsp.py) under Debian's python3.
 
 Digest auth, 401 and 404 answered by a real implementation, and real H.264 frames through ffmpeg for the
-black / frozen / moving checks. Skipped, with the reason, where GStreamer's RTSP server is not installed.
+black / frozen / moving checks. Skipped, with the reason, where GStreamer's RTSP server or an element it
+needs (an H.264 encoder: x264enc or openh264enc) is not installed; ./scripts/test installs them on Debian.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from agent.cameras.settings import CameraConfig, CamerasConfig
 from agent.clock import ManualClock
 from agent.hardware import build_camera_probes as real_probes
 from drivers.camera.base import Credentials, ProbeOutcome
-from drivers.camera.grab import FfmpegGrabber, Verdict, judge
+from drivers.camera.grab import FfmpegGrabber, Frame, Verdict, judge
 from drivers.camera.probe import TcpRtspProber
+from sim.gst_rtsp import missing_elements
 from tests.support import free_port, wait_port
 from tests.test_camera_service import RecordingUplink
 
@@ -37,9 +39,33 @@ def _gst_missing() -> str | None:
         [SYSTEM_PY, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
                           "from gi.repository import GstRtspServer"], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
-        return ("GStreamer RTSP server not installable here (apt install python3-gi gir1.2-gst-rtsp-server-1.0 "
-                f"gstreamer1.0-plugins-ugly): {probe.stderr.strip().splitlines()[-1:]}")
+        return ("GStreamer RTSP server not installable here (apt install python3-gi gir1.2-gst-rtsp-server-1.0): "
+                f"{probe.stderr.strip().splitlines()[-1:]}")
+    check = subprocess.run([SYSTEM_PY, str(SERVER), "--port", "0", "--check"], capture_output=True, text=True,
+                           timeout=30)
+    if check.returncode != 0:
+        return "; ".join(check.stdout.split("\n")).strip("; ") or f"gst_rtsp.py --check: {check.stderr[-300:]}"
     return None
+
+
+class FakeGst:
+    """Gst with only the elements named installed (what `missing_elements` asks of it)."""
+
+    def __init__(self, *installed: str) -> None:
+        self.ElementFactory = self
+        self.installed = set(installed)
+
+    def find(self, name: str) -> object | None:
+        return object() if name in self.installed else None
+
+
+def test_a_missing_element_is_named_with_its_package() -> None:
+    assert missing_elements(FakeGst("videotestsrc", "rtph264pay", "x264enc", "openh264enc"), None) == ([], "x264enc")
+    assert missing_elements(FakeGst("videotestsrc", "rtph264pay", "openh264enc"), None) == ([], "openh264enc")
+    assert missing_elements(FakeGst("videotestsrc", "rtph264pay"), None) == (
+        ["x264enc (gstreamer1.0-plugins-ugly) or openh264enc (gstreamer1.0-plugins-bad)"], None)
+    assert missing_elements(FakeGst("videotestsrc", "openh264enc"), "x264enc") == (
+        ["rtph264pay (gstreamer1.0-plugins-good)", "x264enc (gstreamer1.0-plugins-ugly)"], None)
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +110,15 @@ async def test_probe_against_real_server(gst_server):
 
 async def test_grab_real_frames(gst_server):
     grabber = FfmpegGrabber(timeout_s=20, concurrency=2)
-    a, black, s1 = await asyncio.gather(*(grabber.grab(f"{gst_server}/{p}", GOOD) for p in ("cam", "black", "still")))
-    b, s2 = await asyncio.gather(*(grabber.grab(f"{gst_server}/{p}", GOOD) for p in ("cam", "still")))
+
+    async def grab_all(*paths: str) -> list[Frame]:
+        # a TaskGroup, not gather: one failed grab cancels the others instead of leaving them running
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(grabber.grab(f"{gst_server}/{p}", GOOD), name=f"grab.{p}") for p in paths]
+        return [t.result() for t in tasks]
+
+    a, black, s1 = await grab_all("cam", "black", "still")
+    b, s2 = await grab_all("cam", "still")
     assert grabber.peak == 2
     assert judge(a, None) is Verdict.OK and judge(b, a) is Verdict.OK  # the ball moved
     assert judge(black, None) is Verdict.BLACK

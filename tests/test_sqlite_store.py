@@ -204,7 +204,7 @@ async def test_stores_never_move_a_locked_file_aside(tmp_path: Path) -> None:
     await replay.open()
     await replay.close()
     await (await BroadcastStore.open(paths["broadcast.db"])).close()
-    WearablesStore(paths["wearables.db"]).open().close()
+    await (await WearablesStore(paths["wearables.db"]).open()).close()
     holders = [_hold_exclusive(p) for p in paths.values()]
     try:
         with pytest.raises(ReplayStoreError, match="cannot open"):
@@ -213,7 +213,7 @@ async def test_stores_never_move_a_locked_file_aside(tmp_path: Path) -> None:
         assert await broadcast.load() == []
         await broadcast.close()
         with pytest.raises(StoreError):  # the wearables service runs without stored geofence state
-            WearablesStore(paths["wearables.db"]).open()
+            await WearablesStore(paths["wearables.db"]).open()
     finally:
         for holder in holders:
             holder.rollback()

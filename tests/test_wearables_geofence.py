@@ -186,30 +186,30 @@ def test_enter_after_an_unsent_exit_is_not_sent() -> None:
     assert kinds(out) == ["enter:inside"] and not out[0].send
 
 
-def test_restart_keeps_state(tmp_path: Path) -> None:
+async def test_restart_keeps_state(tmp_path: Path) -> None:
     clock = ManualClock()
-    store = WearablesStore(tmp_path / "wearables.db").open()
+    store = await WearablesStore(tmp_path / "wearables.db").open()
     t = tracker(clock)
     out = feed(t, clock, [gps(0, 0)] + [gps(HALF + 100, 0)] * 4)
-    store.save_tracks(tr.track for tr in out)
-    store.close()
+    assert await store.save_tracks(tr.track for tr in out)
+    await store.close()
 
     # a new process: same file, same fences
-    store = WearablesStore(tmp_path / "wearables.db").open()
+    store = await WearablesStore(tmp_path / "wearables.db").open()
     t2 = GeofenceTracker(RULES, clock)
-    t2.load(store.load_tracks())
+    t2.load(await store.load_tracks())
     assert t2.set_fences(load_fences(collection(square())), {"W1": ["home"]}) == []
     assert t2.state("W1", "home") is FenceState.OUTSIDE
     # still outside: no state report, no second exit; coming back is an enter, not a "new fence" report
     assert feed(t2, clock, [gps(HALF + 100, 0)] * 5) == []
     assert kinds(feed(t2, clock, [gps(0, 0)])) == ["enter:inside"]
-    store.close()
+    await store.close()
 
 
-def test_store_moves_a_damaged_file_aside(tmp_path: Path) -> None:
+async def test_store_moves_a_damaged_file_aside(tmp_path: Path) -> None:
     path = tmp_path / "wearables.db"
     path.write_bytes(b"this is not a database" * 100)
-    store = WearablesStore(path).open()
-    assert store.load_tracks() == []
+    store = await WearablesStore(path).open()
+    assert await store.load_tracks() == []
     assert list(tmp_path.glob("wearables.db.corrupt-*"))
-    store.close()
+    await store.close()

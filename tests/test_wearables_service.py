@@ -204,7 +204,7 @@ async def test_valid_commands_the_store_cannot_keep_are_failed_and_change_nothin
     task = asyncio.create_task(core.run(lambda: None), name="wearables.run")
     try:
         await core.loaded.wait()
-        core.store.db.execute("PRAGMA query_only = ON")  # every write now fails inside SQLite
+        await core.store.db.execute("PRAGMA query_only = ON")  # every write now fails inside SQLite
         await handlers.handlers["geofence.set"](cmd("geofence.set", {"fences": collection(square()), "crs": "WGS84",
                                                                      "assign": {"W1": ["home"]}}))
         receipt = uplink.sent[-1].data

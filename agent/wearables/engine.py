@@ -1,16 +1,17 @@
-"""The wearables logic as one object: codec events in, uplink messages out. No I/O but the state store.
+"""The wearables logic as one object: codec events in, uplink messages out. No I/O at all.
 
 Ties the registry (device -> wearer), the geofence tracker and the episode rules together, for every
 gateway at once: a BLE tag heard by two gateways is one wearer with one alarm episode. The service
 (service.py) feeds it events and gateway states, calls `tick()` about once a second and sends what
-comes back.
+comes back. Geofence state changes are collected, not written: the service takes them with
+`take_track_changes()` once the messages they caused are queued, and hands them to the store.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from agent.clock import Clock
 from agent.protocol.envelope import MsgClass
@@ -19,15 +20,10 @@ from agent.wearables.fences import Fence
 from agent.wearables.geofence import GeofenceRules, GeofenceTracker, Track, Transition
 from agent.wearables.registry import Registry, Wearer, normalize_device
 from agent.wearables.settings import GatewayConfig, WearablesConfig, WearerConfig
-from agent.wearables.store import StoreError
+from agent.wearables.store import TrackChange, TrackKey
 from drivers.wristband.events import BandReport, GatewayHeartbeat, WristbandEvent
 
 log = logging.getLogger(__name__)
-
-
-class TrackStore(Protocol):
-    def save_tracks(self, tracks: Iterable[Track]) -> None: ...
-    def delete_tracks(self, keys: Iterable[tuple[str, str]]) -> None: ...
 
 
 def wearer_from_config(w: WearerConfig) -> Wearer:
@@ -44,9 +40,9 @@ def episode_rules(cfg: WearablesConfig) -> EpisodeRules:
 
 class WearablesEngine:
     def __init__(self, cfg: WearablesConfig, gateways: Iterable[GatewayConfig], wearers: Iterable[WearerConfig],
-                 clock: Clock, store: TrackStore | None = None) -> None:
+                 clock: Clock) -> None:
         self._clock = clock
-        self._store = store
+        self._track_changes: dict[TrackKey, Track | None] = {}  # not yet handed to the store
         self.registry = Registry(wearer_from_config(w) for w in wearers)
         self.geofences = GeofenceTracker(GeofenceRules(cfg.margin_m, cfg.exit_fixes, cfg.exit_s), clock)
         self.episodes = Episodes(episode_rules(cfg), clock)
@@ -59,8 +55,10 @@ class WearablesEngine:
 
     # --- configuration ------------------------------------------------------------------------------
 
-    def attach_store(self, store: TrackStore) -> None:
-        self._store = store
+    def take_track_changes(self) -> list[TrackChange]:
+        """The geofence states changed (None: dropped) since the last call, for the store."""
+        out, self._track_changes = list(self._track_changes.items()), {}
+        return out
 
     def load_tracks(self, tracks: Iterable[Track]) -> None:
         self.geofences.load(tracks)
@@ -102,12 +100,8 @@ class WearablesEngine:
             missing = [f for f in ids if f not in fences]
             if missing:
                 log.warning("wearer %s is assigned unknown fence(s) %s; ignoring them", wearer, missing)
-        dropped = self.geofences.set_fences(fences, assign)
-        if dropped and self._store is not None:
-            try:
-                self._store.delete_tracks(dropped)
-            except StoreError as exc:  # the state is right in memory; only a restart would forget it
-                log.error("wearables: could not persist geofence state: %s", exc)
+        for key in self.geofences.set_fences(fences, assign):
+            self._track_changes[key] = None
 
     # --- inputs -------------------------------------------------------------------------------------
 
@@ -132,11 +126,8 @@ class WearablesEngine:
     def _geofence(self, wearer: Wearer, transitions: list[Transition]) -> list[Out]:
         if not transitions:
             return []
-        if self._store is not None:
-            try:
-                self._store.save_tracks(t.track for t in transitions)
-            except StoreError as exc:  # an alarm must not wait on, or die with, the state file
-                log.error("wearables: could not persist geofence state: %s", exc)
+        for t in transitions:  # written by the service after the messages below are queued
+            self._track_changes[(t.track.wearer, t.track.fence)] = t.track
         ts_ms = int(self._clock.time() * 1000)
         out = []
         fences = self.fences

@@ -15,6 +15,10 @@ outbox cannot store it, no ack is written and the band keeps resending. Everythi
 events, the monitor's own alarms) goes out with `uplink.send_nowait`: the outbox group-commits and a
 gateway with 500 bands never waits on the disk between position frames. A refused message (outbox full:
 telemetry and events only) is counted and logged, never retried here.
+
+Message first, state second: the geofence state a frame changed is handed to wearables.db (write-behind,
+aiosqlite: nothing here waits on that disk) only after every message it caused is in the outbox's queue,
+so a `geofence_exit` never waits on, or dies with, the state file.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ class WearablesCore:
 
     async def run(self, ready: Callable[[], None]) -> None:
         try:
-            self._load()
+            await self._load()
             self.loaded.set()
             ready()
             while True:
@@ -71,41 +75,49 @@ class WearablesCore:
                 async with self.ticked:
                     self.ticked.notify_all()
         finally:
-            self.store.close()
+            await self.store.close()
 
     # --- loading ------------------------------------------------------------------------------------
 
-    def _load(self) -> None:
+    async def _load(self) -> None:
         cfg = self.ctx.config.wearables
         try:
-            self.store.open()
-            self.engine.load_tracks(self.store.load_tracks())
-            self.engine.attach_store(self.store)
+            await self.store.open()
+            self.engine.load_tracks(await self.store.load_tracks())
         except StoreError as exc:  # keep relaying alarms; only geofence state is not kept across restarts
             log.error("wearables: state store unusable, running without it: %s", exc)
+            await self.store.close()
         if cfg.fences_file is not None:
-            try:
-                self.engine.set_local_fences(load_fences_file(cfg.fences_file, cfg.fences_crs))
+            try:  # a file read: off the event loop like every other disk access here
+                self.engine.set_local_fences(await asyncio.to_thread(load_fences_file, cfg.fences_file,
+                                                                     cfg.fences_crs))
             except FenceError as exc:
                 log.error("wearables: [wearables] fences_file not loaded: %s", exc)
+        try:
+            await self._load_docs()
+        except StoreError as exc:
+            log.error("wearables: stored county lists unreadable, running without them: %s", exc)
+        self.persist()
+        n = len(self.engine.fences)
+        log.info("wearables: %d wearer(s), %d fence(s), %d gateway(s)", len(self.engine.registry.wearers()), n,
+                 len(self.ctx.config.gateways))
+
+    async def _load_docs(self) -> None:
         if not self.store.is_open:
             return
-        wearers = self.store.load_doc(WEARERS_DOC)
+        wearers = await self.store.load_doc(WEARERS_DOC)
         if wearers is not None:
             try:
                 self.engine.set_county_wearers(parse_wearers(wearers))
             except RegistryError as exc:
                 log.error("wearables: stored county wearer list unusable: %s", exc)
-        doc = self.store.load_doc(GEOFENCE_DOC)
+        doc = await self.store.load_doc(GEOFENCE_DOC)
         if doc is not None:
             try:
                 fences = load_fences(doc.get("fences"), str(doc.get("crs", "WGS84")))
                 self.engine.set_county_fences(fences, check_assign(doc.get("assign"), fences | self._local()))
             except FenceError as exc:
                 log.error("wearables: stored county fences unusable: %s", exc)
-        n = len(self.engine.fences)
-        log.info("wearables: %d wearer(s), %d fence(s), %d gateway(s)", len(self.engine.registry.wearers()), n,
-                 len(self.ctx.config.gateways))
 
     def _local(self) -> dict[str, Fence]:
         return self.engine.local_fences
@@ -114,10 +126,23 @@ class WearablesCore:
 
     def emit(self, outs: list[Out]) -> None:
         for o in outs:
-            fut = self.ctx.uplink.send_nowait(o.cls, o.kind, o.data, o.ts_ms)
-            fut.add_done_callback(self._sent)
-            if o.cls is MsgClass.ALARM:
-                log.info("wearables: %s alarm for %s", o.kind, o.data.get("wearer", o.data.get("gateway")))
+            self._queue(o)
+        self.persist()
+
+    def _queue(self, o: Out) -> None:
+        fut = self.ctx.uplink.send_nowait(o.cls, o.kind, o.data, o.ts_ms)
+        fut.add_done_callback(self._sent)
+        if o.cls is MsgClass.ALARM:
+            log.info("wearables: %s alarm for %s", o.kind, o.data.get("wearer", o.data.get("gateway")))
+
+    def persist(self) -> None:
+        """Hand the engine's geofence state changes to the store (write-behind; never waits).
+
+        Called only after the messages those changes caused are queued in the outbox.
+        """
+        changes = self.engine.take_track_changes()
+        if changes:
+            self.store.queue_tracks(changes)
 
     async def wait_ticks(self, n: int) -> None:
         """Return once the monitor has ticked `n` more times than now (an observation, not a timing)."""
@@ -129,12 +154,12 @@ class WearablesCore:
         """`emit`, but await the outbox's commit of every alarm; False when one could not be stored.
 
         Used for what a band sent: its ack follows only what this stored. Order is kept (telemetry queued
-        before an alarm is committed with it or earlier).
+        before an alarm is committed with it or earlier). The geofence state goes to the store after.
         """
         stored = True
         for o in outs:
             if o.cls is not MsgClass.ALARM:
-                self.emit([o])
+                self._queue(o)
                 continue
             log.info("wearables: %s alarm for %s", o.kind, o.data.get("wearer", o.data.get("gateway")))
             try:
@@ -147,6 +172,7 @@ class WearablesCore:
                 stored = False
             else:
                 self.counters["sent"] += 1
+        self.persist()
         return stored
 
     def _sent(self, fut: asyncio.Future[Any]) -> None:
@@ -179,12 +205,14 @@ class WearablesCore:
             return
         try:
             if self.store.is_open:
-                self.store.save_doc(GEOFENCE_DOC, {"fences": data.get("fences"), "crs": crs,
-                                                   "assign": data.get("assign") or {}}, cmd.id, self.ctx.clock.time())
+                await self.store.save_doc(GEOFENCE_DOC, {"fences": data.get("fences"), "crs": crs,
+                                                         "assign": data.get("assign") or {}}, cmd.id,
+                                          self.ctx.clock.time())
         except StoreError as exc:
             await self.ctx.receipts.send(cmd.id, "failed", reason="store_error", detail=str(exc))
             return
         self.engine.set_county_fences(fences, assign)
+        self.persist()
         log.info("wearables: geofence.set %s applied: %d fence(s), %d assignment(s)", cmd.id, len(fences),
                  len(assign))
         await self.ctx.receipts.send(cmd.id, "applied", fences=len(fences), wearers=len(assign))
@@ -198,11 +226,12 @@ class WearablesCore:
             return
         try:
             if self.store.is_open:
-                self.store.save_doc(WEARERS_DOC, cmd.data, cmd.id, self.ctx.clock.time())
+                await self.store.save_doc(WEARERS_DOC, cmd.data, cmd.id, self.ctx.clock.time())
         except StoreError as exc:
             await self.ctx.receipts.send(cmd.id, "failed", reason="store_error", detail=str(exc))
             return
         self.engine.set_county_wearers(wearers)
+        self.persist()
         log.info("wearables: wearers.set %s applied: %d wearer(s)", cmd.id, len(wearers))
         await self.ctx.receipts.send(cmd.id, "applied", wearers=len(wearers))
 

@@ -1,9 +1,16 @@
 """state_dir/wearables.db: geofence state per (wearer, fence) and the county's last fence and wearer lists.
 
-Plain sqlite3, synchronously, on purpose: writes happen on state edges and commands (a few a day per
-wearer), each a single small transaction in WAL mode that takes well under a millisecond, so a
-thread hop (aiosqlite) would cost more than it saves. `synchronous=FULL` because a geofence edge or a
-county command that was acknowledged must survive a power cut.
+aiosqlite, like every other store on the box: no SQLite call runs on the event loop (a `synchronous=FULL`
+commit on an SD card takes 10-100 ms, which would stall PUBACKs, the broadcast loop and the watchdog).
+`synchronous=FULL` because a county command that was acknowledged must survive a power cut.
+
+Two ways in:
+- county documents (`save_doc`) are awaited: the command's `applied` receipt follows the commit.
+- geofence state is write-behind: `queue_tracks()` never waits; a writer task commits what is queued
+  (coalesced per (wearer, fence), the newest state wins) in one transaction. The service queues a state
+  change only after the message it caused is in the outbox's queue, so an alarm never waits on this
+  file (a power cut in between can repeat an exit after the restart, never lose one). A failed write is
+  logged and kept queued for the next change; the state is right in memory meanwhile.
 
 Opened through agent.sqlite_store (schema versions follow PRAGMA user_version). A damaged file is moved
 aside (`wearables.db.corrupt-<UTC stamp>`, with its -wal and -shm) and a fresh one started, with an error
@@ -13,6 +20,8 @@ agent keeps relaying SOS alarms rather than refusing to start.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -20,7 +29,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.sqlite_store import SchemaTooNew, is_corruption, move_aside, open_sqlite_sync
+import aiosqlite
+
+from agent.sqlite_store import SchemaTooNew, is_corruption, move_aside, open_sqlite
 from agent.wearables.geofence import FenceState, Track
 
 log = logging.getLogger(__name__)
@@ -46,6 +57,12 @@ CREATE TABLE county_doc (
 """,
 )
 
+TrackKey = tuple[str, str]  # (wearer, fence)
+TrackChange = tuple[TrackKey, Track | None]  # None: the track is gone (fence dropped or unassigned)
+
+_UPSERT = "INSERT OR REPLACE INTO fence_track VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM fence_track WHERE wearer = ? AND fence = ?"
+
 
 class StoreError(Exception):
     """wearables.db cannot be opened or written."""
@@ -54,49 +71,75 @@ class StoreError(Exception):
 class WearablesStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._db: sqlite3.Connection | None = None
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # one transaction at a time on the one connection
+        self._pending: dict[TrackKey, Track | None] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._writer: asyncio.Task[None] | None = None
+        self.track_writes = 0  # committed write-behind batches
+        self.write_failures = 0
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
-    def open(self) -> WearablesStore:
+    async def open(self) -> WearablesStore:
         """Open (or create) the file. Damaged, or from a newer agent: moved aside (with its -wal and -shm)
         and a fresh one begins. Locked, read-only or failing: StoreError (the service runs without it)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = open_sqlite_sync(self.path, migrations=MIGRATIONS)
+            await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+            self._db = await open_sqlite(self.path, migrations=MIGRATIONS)
         except (sqlite3.Error, SchemaTooNew) as exc:
             if not (is_corruption(exc) or isinstance(exc, SchemaTooNew)):
                 raise StoreError(f"{self.path}: {exc}") from exc
             try:
-                aside = move_aside(self.path, "corrupt" if is_corruption(exc) else "newer")
+                aside = await asyncio.to_thread(move_aside, self.path,
+                                                "corrupt" if is_corruption(exc) else "newer")
                 log.error("%s is unusable (%s); moved aside to %s, geofence state starts afresh",
                           self.path, exc, aside)
-                self._db = open_sqlite_sync(self.path, migrations=MIGRATIONS)
+                self._db = await open_sqlite(self.path, migrations=MIGRATIONS)
             except (sqlite3.Error, SchemaTooNew, OSError) as exc2:
                 raise StoreError(f"{self.path}: {exc2}") from exc2
         except OSError as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
+        self._writer = asyncio.create_task(self._write_behind(), name="wearables.store.writer")
         return self
 
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+    async def close(self) -> None:
+        """Write what is queued (one attempt), then close. Idempotent."""
+        if self._db is None:
+            return
+        try:
+            if self._writer is not None and not self._writer.done():
+                await self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._writer
+                self._writer = None
+            db, self._db = self._db, None
+            await db.close()
 
     @property
     def is_open(self) -> bool:
         return self._db is not None
 
     @property
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> aiosqlite.Connection:
         if self._db is None:
             raise StoreError("wearables store is not open")
         return self._db
 
     # --- geofence tracks ----------------------------------------------------------------------------
 
-    def load_tracks(self) -> list[Track]:
-        rows = self.db.execute("SELECT wearer, fence, fingerprint, state, notified, since_ts FROM fence_track")
+    async def load_tracks(self) -> list[Track]:
+        try:
+            async with self.db.execute(
+                    "SELECT wearer, fence, fingerprint, state, notified, since_ts FROM fence_track") as cur:
+                rows = await cur.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
         out = []
         for wearer, fence, fp, state, notified, since in rows:
             try:
@@ -105,21 +148,60 @@ class WearablesStore:
                 log.warning("ignoring a stored geofence state %r for %s/%s", state, wearer, fence)
         return out
 
-    def save_tracks(self, tracks: Iterable[Track]) -> None:
-        rows = [(t.wearer, t.fence, t.fingerprint, t.state.value, int(t.notified), t.since_ts) for t in tracks]
-        if not rows:
+    def queue_tracks(self, changes: Iterable[TrackChange]) -> None:
+        """Write these states (None: delete) soon, in the writer task. Never waits; never raises."""
+        if self._db is None:
             return
-        self._write("INSERT OR REPLACE INTO fence_track VALUES (?, ?, ?, ?, ?, ?)", rows)
+        for key, track in changes:
+            self._pending[key] = track
+        if self._pending:
+            self._idle.clear()
+            self._wake.set()
 
-    def delete_tracks(self, keys: Iterable[tuple[str, str]]) -> None:
-        rows = list(keys)
-        if rows:
-            self._write("DELETE FROM fence_track WHERE wearer = ? AND fence = ?", rows)
+    @property
+    def unsaved(self) -> int:
+        """States queued and not yet committed (a failed write keeps them here)."""
+        return len(self._pending)
+
+    async def flush(self) -> bool:
+        """Wait until the writer has tried everything queued; True when nothing is left unsaved."""
+        await self._idle.wait()
+        return not self._pending
+
+    async def save_tracks(self, tracks: Iterable[Track]) -> bool:
+        """Queue these states and wait for the writer (tests, tools)."""
+        self.queue_tracks(((t.wearer, t.fence), t) for t in tracks)
+        return await self.flush()
+
+    async def _write_behind(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, {}
+            up = [(t.wearer, t.fence, t.fingerprint, t.state.value, int(t.notified), t.since_ts)
+                  for t in batch.values() if t is not None]
+            down = [key for key, t in batch.items() if t is None]
+            try:
+                await self._write(((_UPSERT, up), (_DELETE, down)))
+            except StoreError as exc:  # the state is right in memory; only a restart would forget it
+                self.write_failures += 1
+                log.error("wearables: could not persist geofence state (%d change(s) kept for the next "
+                          "write): %s", len(batch), exc)
+                for key, track in batch.items():
+                    self._pending.setdefault(key, track)  # a newer state queued meanwhile wins
+            else:
+                self.track_writes += 1
+            if not self._wake.is_set():
+                self._idle.set()
 
     # --- county documents ---------------------------------------------------------------------------
 
-    def load_doc(self, name: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT body FROM county_doc WHERE name = ?", (name,)).fetchone()
+    async def load_doc(self, name: str) -> dict[str, Any] | None:
+        try:
+            async with self.db.execute("SELECT body FROM county_doc WHERE name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
         if row is None:
             return None
         try:
@@ -129,17 +211,19 @@ class WearablesStore:
             return None
         return body if isinstance(body, dict) else None
 
-    def save_doc(self, name: str, body: dict[str, Any], cmd: str | None, ts: float) -> None:
-        self._write("INSERT OR REPLACE INTO county_doc VALUES (?, ?, ?, ?)",
-                    [(name, json.dumps(body, ensure_ascii=False, separators=(",", ":")), cmd, ts)])
+    async def save_doc(self, name: str, body: dict[str, Any], cmd: str | None, ts: float) -> None:
+        await self._write((("INSERT OR REPLACE INTO county_doc VALUES (?, ?, ?, ?)",
+                            [(name, json.dumps(body, ensure_ascii=False, separators=(",", ":")), cmd, ts)]),))
 
-    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    async def _write(self, steps: Iterable[tuple[str, list[tuple[Any, ...]]]]) -> None:
         db = self.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(sql, rows)
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: {exc}") from exc
+        async with self._lock:
+            try:
+                for sql, rows in steps:
+                    if rows:
+                        await db.executemany(sql, rows)
+                await db.commit()
+            except (sqlite3.Error, UnicodeEncodeError) as exc:  # a lone surrogate cannot be bound
+                with contextlib.suppress(sqlite3.Error):
+                    await db.rollback()
+                raise StoreError(f"{self.path}: {exc}") from exc

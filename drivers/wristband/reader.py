@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -129,7 +129,7 @@ class GatewayReader:
         """Send no reply for the event being handled now (the consumer could not keep it)."""
         self._withhold = True
 
-    async def events(self) -> AsyncIterator[WristbandEvent]:
+    async def events(self) -> AsyncGenerator[WristbandEvent, None]:
         attempt = 0
         try:
             while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ _DELEGATES = {
     "sim": ("sim.cli", "the simulator: a whole village in a box, fleet mode"),
     "keys": ("agent.keys", "county signing keys"),
 }
+# what each delegate needs beyond the box's own packages: pyproject.toml's extra of that name, by module
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {"sim": ("rich", "amqtt"), "county": ()}
 
 
 def _agent_parser() -> argparse.ArgumentParser:
@@ -40,11 +43,14 @@ def _agent_parser() -> argparse.ArgumentParser:
 def _load(path: str):
     from agent.commands import load_trust_keys
     from agent.config import load_config
+    from agent.hardware import hardware_builder
     from agent.profile import load_profile
 
     config = load_config(path)
     load_trust_keys(config)  # a key file that exists but is not an Ed25519 PEM is a config error too
-    return config, load_profile(config.box.profile)
+    profile = load_profile(config.box.profile)
+    hardware_builder(profile.kind, profile.name)  # kind "sim" needs the simulator installed: say so now
+    return config, profile
 
 
 def agent_main(argv: Sequence[str]) -> int:
@@ -94,7 +100,7 @@ def agent_main(argv: Sequence[str]) -> int:
     setup_logging(config.log.level)
     try:
         return asyncio.run(run_agent(config, profile=profile))
-    except ConfigError as exc:  # raised while building services (e.g. a bad trust key)
+    except (ConfigError, ProfileError) as exc:  # raised while building services (e.g. a bad trust key)
         print(f"village: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
@@ -126,7 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if area == "agent":
         return agent_main(rest)
     if area in _DELEGATES:
-        module = importlib.import_module(_DELEGATES[area][0])
+        missing = next((m for m in EXTRA_MODULES.get(area, ()) if importlib.util.find_spec(m) is None), None)
+        module = None
+        try:
+            module = None if missing else importlib.import_module(_DELEGATES[area][0])
+        except ModuleNotFoundError as exc:  # a box install: the extra's packages (or the package) are not there
+            if area not in EXTRA_MODULES:
+                raise
+            missing = exc.name
+        if module is None:
+            print(f"village {area}: needs the [{area}] extra ({missing} is not installed): "
+                  f"pip install 'village-edge[{area}]'", file=sys.stderr)
+            return EXIT_CONFIG
         return int(module.main(rest))
     top.parse_args(argv[:1])  # prints the usage error and exits 2
     return EXIT_CONFIG

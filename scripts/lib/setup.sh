@@ -8,7 +8,8 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 find_python() {
   for py in python3.13 python3.12 python3.11 python3; do
-    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    # (2>/dev/null: a pyenv shim for a version not selected is found by command -v but fails, loudly)
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
       echo "$py"; return 0
     fi
   done
@@ -23,11 +24,12 @@ as_root() {
 }
 
 # ensure_debs REQUIRED_CMD:PACKAGE ... : install the packages whose command is missing
+# (a REQUIRED_CMD starting with / is a file that package installs; it may hold a glob, e.g. /usr/lib/*/...)
 ensure_debs() {
   local missing=() pair cmd pkg
   for pair in "$@"; do
     cmd="${pair%%:*}"; pkg="${pair#*:}"
-    if [[ "$cmd" == /* ]]; then [ -e "$cmd" ] || missing+=("$pkg")
+    if [[ "$cmd" == /* ]]; then compgen -G "$cmd" >/dev/null || missing+=("$pkg")
     else command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("$pkg"); fi
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -42,6 +44,8 @@ ensure_debs() {
   fi
 }
 
+# ensure_venv EXTRAS : the project installed (editable) into $VENV with EXTRAS: "" (the box's own packages),
+# "[sim]" (./scripts/demo) or "[test]" (./scripts/test: sim, county, the test tools and mypy; serves all)
 ensure_venv() {
   local py stamp want
   py="$(find_python)"
@@ -55,8 +59,8 @@ ensure_venv() {
   stamp="$VENV/.village-installed"
   want="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)-$1"
   local have; have="$(cat "$stamp" 2>/dev/null || true)"
-  # a venv installed with the test extras also serves the demo (no reinstall when switching)
-  if [ "$have" != "$want" ] && ! { [ -z "$1" ] && [ "$have" = "${want}[test]" ]; }; then
+  # a venv installed with the test extras also serves the demo and the box (no reinstall when switching)
+  if [ "$have" != "$want" ] && ! { [ "$1" != "[test]" ] && [ "$have" = "${want%-*}-[test]" ]; }; then
     say "installing village-edge and its packages into the venv"
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     "$VENV/bin/python" -m pip install -q -e ".$1" || die "pip install failed"

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -323,16 +324,30 @@ async def test_a_full_disk_does_not_stop_broadcasts(tmp_path: Path, monkeypatch:
         opened.append(store)
         return store
 
+    saved_again = asyncio.Event()
+
+    class SavedAgain(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().endswith("saving works again"):
+                saved_again.set()
+
+    # the receipt task may send "finished" before the loop saves again: wait for the save itself
+    watch = SavedAgain()
+    logging.getLogger("agent.broadcast.store").addHandler(watch)
     monkeypatch.setattr(BroadcastStore, "open", classmethod(open_on_a_full_disk))
-    async with running(Rig(tmp_path, chime="")) as rig:
-        await rig.play("d1", audio=audio(SOS), text="停" * 2000)  # 6 kB: needs pages the disk has not
-        await rig.until(lambda: rig.states("d1")[-1:] == ["finished"])
-        # the write was refused for real (and saved once d1 was gone), and the service went on
-        assert [r.message.split(": ")[-1] for r in caplog.records if r.name == "agent.broadcast.store"] == [
-            "cannot save (database or disk is full); the schedule is kept in memory and saved again when the disk "
-            "allows", "saving works again"]
-        await rig.play("d2", audio=audio(SOS))
-        await rig.until(lambda: rig.states("d2")[-1:] == ["finished"])
+    try:
+        async with running(Rig(tmp_path, chime="")) as rig:
+            await rig.play("d1", audio=audio(SOS), text="停" * 2000)  # 6 kB: needs pages the disk has not
+            await rig.until(lambda: rig.states("d1")[-1:] == ["finished"])
+            await asyncio.wait_for(saved_again.wait(), 10)
+            # the write was refused for real (and saved once d1 was gone), and the service went on
+            assert [r.message.split(": ")[-1] for r in caplog.records if r.name == "agent.broadcast.store"] == [
+                "cannot save (database or disk is full); the schedule is kept in memory and saved again when the "
+                "disk allows", "saving works again"]
+            await rig.play("d2", audio=audio(SOS))
+            await rig.until(lambda: rig.states("d2")[-1:] == ["finished"])
+    finally:
+        logging.getLogger("agent.broadcast.store").removeHandler(watch)
 
 
 def test_builder_gives_twins_for_the_sim_profile() -> None:

@@ -56,10 +56,11 @@ class Mosquitto:
     """A real mosquitto on 127.0.0.1:port. Same port across restarts; optional persistence."""
 
     def __init__(self, workdir: Path, port: int | None = None, *, persistence: bool = True,
-                 extra_conf: str = "") -> None:
+                 extra_conf: str = "", tcp_nodelay: bool = True) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.persistence = persistence
+        self.tcp_nodelay = tcp_nodelay  # as the county broker (docs/county/mosquitto.conf); False only for benches
         self.extra_conf = extra_conf
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "mosquitto.log"
@@ -73,6 +74,8 @@ class Mosquitto:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
+            # else each small write waits behind the peer's delayed ACK (~40 ms): PUBACKs, receipts
+            f"set_tcp_nodelay {'true' if self.tcp_nodelay else 'false'}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",

@@ -28,11 +28,21 @@ CHALLENGE = rtsp.response(401, "Unauthorized", 3, [
 
 
 def test_codec_imports_no_io():
-    for name in ("rtsp.py",):
+    for name in ("rtsp.py", "redact.py", "base.py"):
         tree = ast.parse((REPO / "drivers" / "camera" / name).read_text())
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not imported & {"asyncio", "socket", "serial", "bleak", "gpiozero", "subprocess"}, name
+
+
+def test_the_probe_io_layer_holds_no_protocol():
+    """probe.py writes what the session says and feeds it what it reads: it uses no framing or auth of its own."""
+    tree = ast.parse((REPO / "drivers" / "camera" / "probe.py").read_text())
+    used = {n.attr for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "rtsp"}
+    assert used == {"split_url", "ProbeSession", "SessionResult"}
+    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str | bytes)}
+    assert not {"OPTIONS", "DESCRIBE", b"\r\n", "Authorization", "CSeq"} & strings
 
 
 def test_drivers_never_import_agent():
@@ -87,6 +97,45 @@ def test_head_size_limit():
         parser.feed(b"RTSP/1.0 200 OK\r\nX: " + b"a" * (rtsp.MAX_HEAD_BYTES + 10))
 
 
+@pytest.mark.parametrize(("head", "length"), [
+    (b"Content-Length: 3\r\nContent-Length: 3\r\n", 3),  # identical duplicates are read as one (RFC 7230 3.3.2)
+    (b"Content-Length: 3, 3\r\n", 3),
+    (b"content-length: 03\r\nCONTENT-LENGTH: 3\r\n", 3),  # the same decimal value
+    (b"Content-Length: 3\r\nContent-Length: 4\r\n", None),  # conflicting: unrecoverable (RFC 7230 3.3.3)
+    (b"Content-Length: 3, 4\r\n", None),
+    (b"Content-Length: 3\r\nContent-Length: x\r\n", None),
+    (b"Content-Length: \xc2\xb2\r\n", None),  # a superscript two is a digit to str.isdigit(), not to int()
+    (b"Content-Length: " + b"9" * 5000 + b"\r\n", None),  # over int()'s digit limit: an error, not a ValueError
+])
+def test_content_length_duplicates(head, length):
+    raw = b"RTSP/1.0 200 OK\r\nCSeq: 1\r\n" + head + b"\r\nabcd"
+    if length is None:
+        with pytest.raises(rtsp.RtspProtocolError):
+            rtsp.MessageParser().feed(raw)
+        return
+    parser = rtsp.MessageParser()
+    (msg,) = parser.feed(raw)
+    assert msg.body == b"abc" and parser.buffered == 1
+
+
+@pytest.mark.parametrize("start", [b"RTSP/1.0 \xc2\xb2\xc2\xb2\xc2\xb2 OK", b"RTSP/1.0 20 OK", b"RTSP/1.0 2000 OK"])
+def test_status_code_is_three_ascii_digits(start):
+    (msg,) = rtsp.MessageParser().feed(start + b"\r\n\r\n")
+    with pytest.raises(rtsp.RtspProtocolError):
+        rtsp.parse_response(msg)
+
+
+def test_header_lines_are_checked():
+    for bad in (b"RTSP/1.0 200 OK\r\nX\x00: 1\r\n\r\n", b"RTSP/1.0 200 OK\r\nX: a\rb\r\n\r\n",
+                b"RTSP/1.0 200 OK\r\n folded: first\r\n\r\n", b"RTSP/1.0 200 OK\r\nBad Name: 1\r\n\r\n"):
+        with pytest.raises(rtsp.RtspProtocolError):
+            rtsp.MessageParser().feed(bad)
+    (msg,) = rtsp.MessageParser().feed(b"RTSP/1.0 200 OK\r\nServer: a\r\n  b\r\nX :\tv\t\r\n\r\n")
+    assert msg.headers == (("Server", "a b"), ("X", "v"))
+    (msg,) = rtsp.MessageParser().feed(b"RTSP/1.0 200 OK\r\nServer: \xba\xa3\xbf\xb5\r\n\r\n")  # GBK
+    assert msg.header("server") == "\xba\xa3\xbf\xb5"  # read as Latin-1 rather than refused
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=200), max_size=20))
 def test_no_input_crashes_or_grows_the_buffer(chunks):
@@ -100,7 +149,7 @@ def test_no_input_crashes_or_grows_the_buffer(chunks):
                     pass
         except rtsp.RtspProtocolError:
             parser = rtsp.MessageParser()
-        assert len(parser._buf) <= rtsp.MAX_HEAD_BYTES + rtsp.MAX_BODY_BYTES + 200
+        assert parser.buffered <= rtsp.MAX_HEAD_BYTES + rtsp.MAX_BODY_BYTES + 200
 
 
 def test_digest_rfc2617_vector():

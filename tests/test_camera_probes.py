@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
+from drivers.camera import rtsp
 from drivers.camera.base import Credentials, GrabError, OnvifAuthError, OnvifUnreachable, ProbeOutcome
 from drivers.camera.grab import FfmpegGrabber, Verdict, judge
 from drivers.camera.link import SysfsLinkCheck
 from drivers.camera.onvif import HttpOnvifClient
 from drivers.camera.probe import TcpRtspProber
 from sim.cameras import Mode, SimCamera, SimGrabber, _closed_port
+from tests.test_rtsp_session import PASSWORD, USER, PaperCamera
 
 STEP = 1.0  # per-step timeout, far above a loopback answer so a loaded machine does not flake (no duration asserted)
 PROBER = TcpRtspProber(connect_timeout_s=1.0, step_timeout_s=STEP)
@@ -107,6 +110,76 @@ async def test_probe_leaves_no_connection_open(cam):
                    and c.status == psutil.CONN_ESTABLISHED]
     assert open_to_cam == []
     assert cam.connections == 5
+
+
+# ------------------------------------------- odd firmware over real TCP (the session's rules, end to end)
+@contextlib.asynccontextmanager
+async def scripted(answer: Callable[[rtsp.Request], bytes]) -> AsyncIterator[str]:
+    """A loopback RTSP peer that answers each request with `answer(request)` and keeps the connection."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        parser = rtsp.MessageParser()
+        try:
+            while data := await reader.read(4096):
+                for msg in parser.feed(data):
+                    writer.write(answer(rtsp.parse_request(msg)))
+                    await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"rtsp://127.0.0.1:{server.sockets[0].getsockname()[1]}/Streaming/Channels/102"
+    finally:
+        server.close()
+        for t in handlers:
+            t.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
+def _then(first: Callable[[rtsp.Request], bytes], describe: bytes) -> Callable[[rtsp.Request], bytes]:
+    """OPTIONS answered by `first`'s camera, every DESCRIBE with the fixed bytes `describe`."""
+    return lambda req: first(req) if req.method == "OPTIONS" else describe
+
+
+async def test_a_stale_nonce_is_answered_once_over_tcp():
+    cam = PaperCamera(stale_times=1)
+    async with scripted(cam.answer) as url:
+        r = await PROBER.probe(url, Credentials(USER, PASSWORD))
+    assert (r.outcome, r.step, cam.password_attempts) == (ProbeOutcome.OK, "auth", 2)
+
+
+@pytest.mark.parametrize(("describe", "detail"), [
+    (b"RTSP/1.0 200 OK\r\nCSeq: 9\r\n\r\n", "wrong CSeq: answer has 9, request had 2"),
+    (b"RTSP/1.0 200 OK\r\nCSeq: \xc2\xb2\r\n\r\n", "wrong CSeq: answer has \u00b2, request had 2"),
+    (b"RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Length: 3\r\nContent-Length: 300\r\n\r\nabc",
+     "conflicting Content-Length values [3, 300]"),
+    (b"RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Length: \xc2\xb2\r\n\r\nab", "bad Content-Length '\u00b2'"),
+    (b"RTSP/1.0 \xc2\xb2\xc2\xb2\xc2\xb2 OK\r\nCSeq: 2\r\n\r\n", "not a status line: 'RTSP/1.0 \u00b2\u00b2\u00b2 OK'"),
+])
+async def test_odd_answers_are_protocol_errors_not_hangs_or_crashes(describe, detail):
+    async with scripted(_then(PaperCamera(scheme="none").answer, describe)) as url:
+        r = await PROBER.probe(url, None)
+    assert (r.outcome, r.step, r.detail) == (ProbeOutcome.PROTOCOL_ERROR, "describe", detail)
+
+
+async def test_a_request_from_the_camera_is_ignored_and_peer_text_is_escaped():
+    cam = PaperCamera(scheme="none", status=503, reason="Busy\u2028fake line", body=b"")
+
+    def answer(req: rtsp.Request) -> bytes:
+        ping = b"GET_PARAMETER * RTSP/1.0\r\nCSeq: 1\r\n\r\n" if req.method == "OPTIONS" else b""
+        return ping + cam.answer(req)
+
+    async with scripted(answer) as url:
+        r = await PROBER.probe(url, None)
+    assert (r.outcome, r.step, r.status, r.detail) == (ProbeOutcome.ERROR, "describe", 503,
+                                                       "503 Busy\\u2028fake line")
 
 
 # ------------------------------------------------------------------------------------------- ONVIF

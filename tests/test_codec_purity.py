@@ -20,7 +20,8 @@ NO_DEVICE_IO = ("serial", "serial_asyncio", "bleak", "gpiozero")
 MODULES = {
     **{f"drivers.wristband.{m}": FORBIDDEN for m in ("events", "codec", "watch", "ingics", "nmea", "bleadv", "tags")},
     "drivers.wristband.reader": NO_DEVICE_IO,
-    "drivers.camera.rtsp": FORBIDDEN,  # the sans-I/O RTSP client state machine
+    # the sans-I/O RTSP codec and probe session: probe.py owns the socket
+    "drivers.camera.rtsp": (*FORBIDDEN, "socket", "ssl", "selectors", "subprocess"),
 }
 
 

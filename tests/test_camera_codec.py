@@ -249,6 +249,24 @@ def test_redaction():
     assert "p%40ss" not in redact_text(url, ["p@ss:/w"])
 
 
+def test_redaction_of_auth_tokens_without_their_header():
+    token = base64.b64encode(b"admin:Pa55-Secret-77").decode()
+    for text in (f'request had "Basic {token}"', f"Proxy-Authorization: Basic {token}", f"basic\t{token}."):
+        out = redact_text(text)
+        assert token not in out and "***" in out, out
+    # a challenge is not a secret and stays readable
+    assert redact_text('WWW-Authenticate: Basic realm="cam", charset="UTF-8"') == (
+        'WWW-Authenticate: Basic realm="cam", charset="UTF-8"')
+    # everything one probe session can hand to a log: the requests it writes, redacted, keep no secret
+    session = rtsp.ProbeSession("rtsp://h/p", Credentials("admin", "Pa55-Secret-77"), cnonce="c")
+    session.next_request()
+    session.receive(rtsp.response(200, "OK", 1))
+    session.next_request()
+    session.receive(rtsp.response(401, "Unauthorized", 2, [("WWW-Authenticate", 'Basic realm="cam"')]))
+    sent = (session.next_request() or b"").decode()
+    assert token in sent and token not in redact_text(sent) and "Pa55-Secret-77" not in repr(session)
+
+
 def test_credentials_repr_hides_the_password():
     c = Credentials.parse("admin:se:cret\n")
     assert (c.user, c.password) == ("admin", "se:cret")

@@ -15,7 +15,10 @@ MASK = "***"
 
 # scheme://userinfo@  (userinfo up to the first '@' that precedes the host; no '/' inside)
 _USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]*)@")
-_AUTH_HEADER_RE = re.compile(r"(?i)(authorization:\s*)(basic|digest)\s+[^\r\n]*")
+_AUTH_HEADER_RE = re.compile(r"(?i)((?:proxy-)?authorization:\s*)(basic|digest)\s+[^\r\n]*")
+# a Basic token without its header name (e.g. quoted in an error): base64 of "user:password"
+# (not a challenge's `Basic realm="..."`, not one already masked)
+_BASIC_TOKEN_RE = re.compile(r"(?i)\b(basic)\s+(?!(?:realm|charset)\s*=)(?!\*\*\*)[A-Za-z0-9+/]{4,}={0,2}")
 
 
 def redact_url(url: str) -> str:
@@ -24,9 +27,11 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """Redact URL userinfo, Authorization headers and every given secret (raw and percent-encoded)."""
+    """Redact URL userinfo, (Proxy-)Authorization values, bare Basic tokens and every given secret (raw and
+    percent-encoded)."""
     text = _USERINFO_RE.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
     text = _AUTH_HEADER_RE.sub(lambda m: f"{m.group(1)}{m.group(2)} {MASK}", text)
+    text = _BASIC_TOKEN_RE.sub(lambda m: f"{m.group(1)} {MASK}", text)
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         for form in {secret, quote(secret, safe="")}:
             text = text.replace(form, MASK)

@@ -12,8 +12,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime as dt
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from agent.clock import OffsetClock, SystemClock
 
 # No box can truthfully be earlier than this: the project did not exist before it.
 EPOCH_FLOOR = dt.datetime(2025, 1, 1, tzinfo=dt.UTC).timestamp()
@@ -96,10 +101,21 @@ class _Timex(ctypes.Structure):
     ]
 
 
+@functools.cache
+def _libc() -> Any:
+    """libc, loaded once (find_library runs ldconfig: about 1.5 ms, too slow for every command)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def read_kernel() -> KernelSync | None:
     """adjtimex(2) with modes=0 (read only; needs no privilege). None where it is unavailable."""
+    libc = _libc()
+    if libc is None:
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         tx = _Timex()
         state = libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):
@@ -110,6 +126,29 @@ def read_kernel() -> KernelSync | None:
     return KernelSync(
         synchronised=state != _TIME_ERROR and not tx.status & _STA_UNSYNC,
         offset_s=tx.offset * unit, esterror_s=tx.esterror * 1e-6, maxerror_s=tx.maxerror * 1e-6)
+
+
+def _unknown() -> KernelSync | None:
+    return None
+
+
+def _offset_unsynchronised() -> KernelSync | None:
+    return KernelSync(synchronised=False, offset_s=0.0, esterror_s=0.0, maxerror_s=0.0)
+
+
+def kernel_reader(clock: object) -> Callable[[], KernelSync | None]:
+    """Where to read what the kernel says about `clock`'s NTP discipline (agent.commands trusts a
+    synchronised clock, see docs/commands-and-keys.md "Clock policy").
+
+    adjtimex describes the system clock only: for SystemClock it is read each time; the simulator's
+    OffsetClock is a box clock that is off by construction, so it is never synchronised (unless the
+    offset is 0); any other clock (a test's ManualClock) has no kernel verdict (None) unless one is
+    injected."""
+    if isinstance(clock, SystemClock):
+        return read_kernel
+    if isinstance(clock, OffsetClock):
+        return read_kernel if clock.offset_s == 0 else _offset_unsynchronised
+    return _unknown
 
 
 def check_now(now: float, build_ts: float | None = None) -> ClockVerdict:

@@ -10,15 +10,18 @@ Accepted: the id is committed to the replay store, a `received` receipt goes out
 Handlers should return once the command is taken (scheduled, applied): the link acknowledges the MQTT message
 only after `on_command` returns. A handler that raises gets a `failed` receipt; it never takes the agent down.
 
-Clock policy (`check_freshness`): a box without a working RTC or NTP may boot in 1970. When the wall clock is
-before 2024-01-01, or behind the *time floor* (the newest `iat` the box has accepted, a time signed by the
-county) by more than the skew, the clock is called unsynchronised. Then `iat` cannot be checked; `exp` is
-checked against the floor instead (a command that expired before something the box already saw is expired);
-emergency `broadcast.play` and any `broadcast.cancel` are accepted with a `clock_unsynchronised` note, since
-staying silent in an emergency is worse; every other command is refused with `clock_unsynchronised` and the
-county sends it again once the box reports a good clock. A plausible clock that is behind (restored from a
-file, NTP unreachable) shows itself when a command's signed `iat` is ahead of it by more than the skew: an
-urgent one is then accepted with a `clock_behind` note (and raises the floor), anything else is `not_yet_valid`.
+Clock policy (`check_freshness`, docs/commands-and-keys.md): a box without a working RTC or NTP may boot in
+1970. A clock is *trusted* when it is plausible (after 2024-01-01) and the kernel says NTP disciplines it (or,
+where the kernel cannot say, it is not behind the *time floor*, the newest signed county time the box accepted
+by more than the skew): then the contract holds for every command, emergencies included (`iat` <= now + 120 s,
+now < `exp`). A plausible clock the kernel calls unsynchronised may be behind: an emergency signed ahead of it
+is accepted with a `clock_behind` note, anything else signed ahead is `not_yet_valid`. A clock before 2024, or
+behind the floor, is unsynchronised: `exp` is checked against the floor; emergency `broadcast.play` and any
+`broadcast.cancel` are accepted with a `clock_unsynchronised` note (silence in an emergency is worse); the rest
+is refused `clock_unsynchronised` and the county sends it again once the box reports a good clock. Signed
+time moves the floor a bounded step only (`next_floor`: never past a plausible clock, at most a day at a
+time in 1970), an NTP-synchronised clock lowers a floor that got ahead of it, and no accepted token is valid
+for more than 31 days on the box's own clock.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent import clocksanity
 from agent.clock import Clock
+from agent.clocksanity import KernelSync
 from agent.config import Config, ConfigError
 from agent.context import CommandHandler
 from agent.keys import KeyFileError, load_public_key
@@ -43,6 +47,7 @@ from agent.outbox import OutboxError
 from agent.protocol import jws
 from agent.protocol.commands import COMMAND_VERSION, Command
 from agent.protocol.envelope import MsgClass
+from agent.protocol.text import escape
 from agent.protocol.topics import BOX_ID_RE, Topics
 from agent.receipts import Receipts
 from agent.replay import ReplayStore, ReplayStoreError
@@ -52,14 +57,16 @@ log = logging.getLogger("agent.commands")
 
 MAX_SKEW_S = 120  # contract: iat <= now + 120 s
 UNSYNCHRONISED_BEFORE = 1_704_067_200  # 2024-01-01T00:00:00Z: a wall clock before this was never set
-MAX_LIFETIME_S = 31 * 86400  # exp - iat; bounds how long an id must be remembered
+MAX_LIFETIME_S = 31 * 86400  # exp - iat, and exp - now: bounds how long an id must be remembered
+MAX_FLOOR_STEP_S = 86400  # how far one command may raise the time floor while the clock reads 1970
 PENDING_RESET_FLOOR = 0.0  # replay store reset while the clock was implausible: the floor is set later
 MAX_EPOCH_S = 4_102_444_800  # 2100-01-01: iat/exp beyond are a county bug (and would overflow SQLite, or
 #                              raise the time floor for good and make every later command look early)
 MAX_ID_CHARS = 128
 MAX_TARGETS = 1000
-KIND_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
-ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces: safe in logs and receipts
+# Always .fullmatch: "$" (and .match with "$") also accepts a trailing newline ("cmd-1\n").
+KIND_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\Z")
+ID_RE = re.compile(r"[\x21-\x7e]{1,128}\Z")  # printable ASCII, no spaces: safe in logs and receipts
 URGENT = "emergency"
 PRUNE_INTERVAL_S = 600.0
 PRUNE_GRACE_S = 3600.0  # ids stay this long past exp, for clocks that wobble
@@ -73,6 +80,7 @@ class CommandRejected(Exception):
     """A command the box refuses; `reason` goes into the receipt, `detail` into the log line."""
 
     def __init__(self, reason: str, detail: str, cmd_id: str | None = None) -> None:
+        detail = escape(detail)  # may quote wire text: printable and bounded before any log line or receipt
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail, self.cmd_id = reason, detail, cmd_id
 
@@ -81,6 +89,7 @@ class CommandFailed(Exception):
     """Raised by a handler for an expected failure: a `failed` receipt with `reason`, logged without traceback."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
+        reason, detail = escape(reason, 64), escape(detail)
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
 
@@ -99,10 +108,10 @@ def parse_command(payload: Mapping[str, Any], kid: str) -> Command:
     if isinstance(v, bool) or v != COMMAND_VERSION:
         raise CommandRejected("malformed", f"v must be {COMMAND_VERSION}, got {v!r}"[:120])
     cmd_id = payload.get("id")
-    if not isinstance(cmd_id, str) or not ID_RE.match(cmd_id):
+    if not isinstance(cmd_id, str) or not ID_RE.fullmatch(cmd_id):
         raise CommandRejected("malformed", "id must be 1-128 printable ASCII characters")
     kind = payload.get("kind")
-    if not isinstance(kind, str) or len(kind) > 64 or not KIND_RE.match(kind):
+    if not isinstance(kind, str) or len(kind) > 64 or not KIND_RE.fullmatch(kind):
         raise CommandRejected("malformed", "kind must be dotted lower-case words", cmd_id)
     try:
         iat, exp = _int(payload, "iat"), _int(payload, "exp")
@@ -129,7 +138,7 @@ def parse_command(payload: Mapping[str, Any], kid: str) -> Command:
 
 def _valid_target(target: str) -> bool:
     scope, _, name = target.partition(":")
-    return scope in ("box", "group") and bool(BOX_ID_RE.match(name))
+    return scope in ("box", "group") and bool(BOX_ID_RE.fullmatch(name))
 
 
 def check_addressing(cmd: Command, topic: str, my_topics: Mapping[str, str], box: str,
@@ -146,10 +155,44 @@ def check_addressing(cmd: Command, topic: str, my_topics: Mapping[str, str], box
 class Freshness:
     synchronised: bool
     note: str | None  # goes into the `received` receipt when the clock policy let the command through
+    floor: float = 0.0  # the time floor once this command is accepted (next_floor)
 
 
 def clock_synchronised(now: float, floor: float, skew: float = MAX_SKEW_S) -> bool:
+    """Plausible and not behind signed county time: good enough to prune by, and to judge a command by when
+    the kernel does not say (see clock_trusted)."""
     return now >= UNSYNCHRONISED_BEFORE and now >= floor - skew
+
+
+def clock_trusted(now: float, floor: float, kernel_synced: bool | None, skew: float = MAX_SKEW_S) -> bool:
+    """May the contract's `iat <= now + skew` be enforced for every command, emergencies included?
+
+    Yes when the clock is plausible and the kernel says NTP disciplines it; when the kernel does not say
+    (None: no adjtimex), when it is plausible and not behind the floor. A clock the kernel calls
+    unsynchronised (restored from a file, NTP unreachable) may be behind: an emergency signed ahead of it
+    may still play (`clock_behind`)."""
+    if now < UNSYNCHRONISED_BEFORE:
+        return False
+    if kernel_synced is None:
+        return now >= floor - skew
+    return kernel_synced
+
+
+def next_floor(floor: float, iat: float, now: float, skew: float = MAX_SKEW_S, *,
+               known: float = clocksanity.EPOCH_FLOOR) -> float:
+    """The time floor after accepting a command signed at `iat`: signed time moves it a bounded step only.
+
+    A plausible clock caps it at now + skew: a token signed ahead (a console with a wrong clock, one
+    stockpiled for later) can then never make a later command that is valid by this clock look early or
+    expired. A clock still in 1970 cannot cap anything: there the floor rises at most MAX_FLOOR_STEP_S past
+    what the box already knew (the old floor, or `known`: clocksanity.known_floor, the last NTP sync that
+    systemd-timesyncd recorded), so one bad token holds back at most a day of commands, until the clock
+    is set."""
+    if now >= UNSYNCHRONISED_BEFORE:
+        cap = now + skew
+    else:
+        cap = max(floor, known) + MAX_FLOOR_STEP_S
+    return max(floor, min(float(iat), cap))
 
 
 def is_urgent(cmd: Command) -> bool:
@@ -159,25 +202,36 @@ def is_urgent(cmd: Command) -> bool:
     return cmd.kind == "broadcast.play" and cmd.data.get("class") == URGENT
 
 
-def check_freshness(cmd: Command, now: float, floor: float, skew: float = MAX_SKEW_S) -> Freshness:
-    """The clock policy (module docstring): raise CommandRejected or say how the command passed."""
-    if clock_synchronised(now, floor, skew):
+def check_freshness(cmd: Command, now: float, floor: float, skew: float = MAX_SKEW_S, *,
+                    kernel_synced: bool | None = None, known: float = clocksanity.EPOCH_FLOOR) -> Freshness:
+    """The clock policy (module docstring, docs/commands-and-keys.md): raise CommandRejected or say how the
+    command passed and what the floor becomes. `kernel_synced`: the kernel's NTP verdict (clocksanity)."""
+    plausible = now >= UNSYNCHRONISED_BEFORE
+    trusted = clock_trusted(now, floor, kernel_synced, skew)
+    floor_after = next_floor(floor, cmd.iat, now, skew, known=known)
+    if plausible and cmd.exp - now > MAX_LIFETIME_S + skew:
+        # however the clock is judged: an accepted token is never valid for more than 31 days by this clock
+        # (give or take the contract's skew: a 31-day token from a console a few seconds ahead is fine)
+        raise CommandRejected("not_yet_valid", f"valid for {(cmd.exp - now) / 86400:.1f} days on this box's clock "
+                              f"(at most {MAX_LIFETIME_S // 86400})", cmd.id)
+    if trusted or clock_synchronised(now, floor, skew):
         if cmd.iat > now + skew:
-            if is_urgent(cmd):
-                # Signed county time ahead of the box clock: the box clock is behind (restored from a file,
-                # no NTP). Same policy as an unset clock; accepting raises the floor, so what follows is
-                # judged as unsynchronised too until the clock catches up.
-                return Freshness(False, "clock_behind")
-            raise CommandRejected("not_yet_valid", f"iat is {cmd.iat - now:.0f} s ahead of this box's clock "
-                                  "(or the box clock is behind)", cmd.id)
+            if trusted or not is_urgent(cmd):
+                why = "NTP-synchronised" if kernel_synced else "or the box clock is behind"
+                raise CommandRejected("not_yet_valid", f"iat is {cmd.iat - now:.0f} s ahead of this box's clock "
+                                      f"({why})", cmd.id)
+            # Signed county time ahead of a clock the kernel does not vouch for: it may be behind (restored
+            # from a file, no NTP). An emergency is obeyed rather than left silent; the floor does not follow
+            # the signed time past this clock (next_floor), so nothing later is refused because of it.
+            return Freshness(False, "clock_behind", floor_after)
         if now >= cmd.exp:
             raise CommandRejected("expired", f"expired {now - cmd.exp:.0f} s ago", cmd.id)
-        return Freshness(True, None)
+        return Freshness(True, None, floor_after)
     if cmd.exp <= floor:
         raise CommandRejected("expired", "expired before a command this box already accepted", cmd.id)
     if not is_urgent(cmd):
         raise CommandRejected("clock_unsynchronised", "box clock is not set; only emergencies are obeyed", cmd.id)
-    return Freshness(False, "clock_unsynchronised")
+    return Freshness(False, "clock_unsynchronised", floor_after)
 
 
 class RejectionLimiter:
@@ -222,7 +276,9 @@ class CommandRouter:
     name = "commands"
 
     def __init__(self, config: Config, receipts: Receipts, clock: Clock, state_dir: Path | None = None, *,
-                 keys: Mapping[str, Ed25519PublicKey] | None = None, uplink: Uplink | None = None) -> None:
+                 keys: Mapping[str, Ed25519PublicKey] | None = None, uplink: Uplink | None = None,
+                 clock_sync: Callable[[], KernelSync | None] | None = None,
+                 known_floor: float | None = None) -> None:
         self._box = config.box.id
         self._groups = config.box.groups
         topics = Topics(config.mqtt.topic_prefix)
@@ -233,6 +289,10 @@ class CommandRouter:
         # for the `replay_reset` event; the receipts' own uplink unless given (the same outbox in the agent)
         self._uplink: Uplink = uplink if uplink is not None else receipts.uplink
         self._clock = clock
+        # what the kernel says about NTP discipline of `clock` (tests inject a synchronised or not one)
+        self._clock_sync = clock_sync if clock_sync is not None else clocksanity.kernel_reader(clock)
+        # a time the clock has certainly reached (last NTP sync on record): where a 1970 floor steps from
+        self._known_floor = known_floor if known_floor is not None else clocksanity.known_floor()
         self._reset_reported = False
         self._handlers: dict[str, CommandHandler] = {}
         self._store = ReplayStore(Path(state_dir or config.box.state_dir) / STATE_FILE)
@@ -242,7 +302,7 @@ class CommandRouter:
 
     # CommandRegistry -------------------------------------------------------------------
     def register(self, kind: str, handler: CommandHandler) -> None:
-        if not KIND_RE.match(kind):
+        if not KIND_RE.fullmatch(kind):
             raise ValueError(f"not a command kind: {kind!r}")
         if kind in self._handlers:
             raise ValueError(f"a handler for {kind!r} is already registered")
@@ -311,6 +371,18 @@ class CommandRouter:
             raise CommandRejected("replay_unknown", "issued before the replay store was reset; it may have been "
                                   "obeyed already", cmd.id)
 
+    async def _lower_floor(self, now: float) -> None:
+        """The NTP-synchronised clock is behind the time floor: the floor was raised by a token signed ahead
+        while the clock could not be trusted. The clock wins; the floor comes down to it."""
+        old = self._store.floor
+        try:
+            await self._store.lower_floor(now)
+        except ReplayStoreError as exc:
+            log.warning("commands: %s", exc)
+            return
+        log.warning("commands: the time floor %.0f was %.0f s ahead of the NTP-synchronised clock; lowered to %.0f",
+                    old, old - now, now)
+
     async def prune(self) -> int:
         now = self._clock.time()
         if not clock_synchronised(now, self._store.floor):
@@ -337,7 +409,7 @@ class CommandRouter:
             await self._reject(rej, msg.topic)
             return
         self.counters["accepted"] += 1
-        log.info("commands: %s %s accepted (kid %s, from %s)%s", cmd.kind, cmd.id, cmd.kid, msg.topic,
+        log.info("commands: %s %s accepted (kid %s, from %s)%s", cmd.kind, cmd.id, escape(cmd.kid), escape(msg.topic),
                  f" [{fresh.note}]" if fresh.note else "")
         extra = {"kind": cmd.kind}
         if fresh.note:
@@ -348,7 +420,7 @@ class CommandRouter:
     async def _admit(self, msg: InboundCommand) -> tuple[Command, Freshness, CommandHandler]:
         claimed = jws.unverified_payload(msg.payload)
         cmd_id = claimed.get("id") if claimed else None
-        if not isinstance(cmd_id, str) or not ID_RE.match(cmd_id):
+        if not isinstance(cmd_id, str) or not ID_RE.fullmatch(cmd_id):
             cmd_id = None  # unverified and unusable: the receipt says null rather than echo junk
         if msg.retained:
             raise CommandRejected("retained", "a retained message is never obeyed", cmd_id)
@@ -362,7 +434,12 @@ class CommandRouter:
             exc.cmd_id = exc.cmd_id or cmd_id
             raise
         check_addressing(cmd, msg.topic, self._my_topics, self._box, self._groups)
-        fresh = check_freshness(cmd, self._clock.time(), self._store.floor)
+        now = self._clock.time()
+        kernel = self._clock_sync()
+        synced = None if kernel is None else kernel.synchronised
+        if synced and self._store.floor > now + MAX_SKEW_S:
+            await self._lower_floor(now)
+        fresh = check_freshness(cmd, now, self._store.floor, kernel_synced=synced, known=self._known_floor)
         if self._store.reset_floor == PENDING_RESET_FLOOR:
             await self._after_reset()  # the clock may have become plausible since the reset
         self._check_reset_floor(cmd)
@@ -370,7 +447,7 @@ class CommandRouter:
         if handler is None:
             raise CommandRejected("unknown_kind", f"no handler for {cmd.kind!r} on this box", cmd.id)
         try:
-            first = await self._store.remember(cmd.id, cmd.exp, cmd.kid, self._clock.time(), float(cmd.iat))
+            first = await self._store.remember(cmd.id, cmd.exp, cmd.kid, self._clock.time(), fresh.floor)
         except ReplayStoreError as exc:
             # cannot promise at-most-once: refuse rather than risk playing a command twice
             raise CommandRejected("internal_error", str(exc), cmd.id) from None
@@ -409,7 +486,8 @@ class CommandRouter:
             log.warning("commands: %d rejected commands were not reported (rate limit)", self._limiter.suppressed)
             extra["suppressed"] = self._limiter.suppressed
             self._limiter.suppressed = 0
-        log.warning("commands: rejected %s from %s: %s (%s)", rej.cmd_id or "<unparsed>", topic, rej.reason,
+        # id: ID_RE or None; reason: our word; detail: escaped by CommandRejected; the topic came off the wire
+        log.warning("commands: rejected %s from %s: %s (%s)", rej.cmd_id or "<unparsed>", escape(topic), rej.reason,
                     rej.detail)
         await self._receipt(rej.cmd_id, "rejected", reason=rej.reason, **extra)
 

@@ -1,4 +1,7 @@
-"""`cmd` receipts (contract section 4): one helper so every feature words them the same way."""
+"""`cmd` receipts (contract section 4): one helper so every feature words them the same way.
+
+A receipt's `detail` is a human sentence that may quote text from the wire; it is always escaped and
+bounded here (agent.protocol.text.escape), whichever feature wrote it."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Any
 from agent.clock import Clock, now_ms
 from agent.protocol.commands import RECEIPT_STATES
 from agent.protocol.envelope import Envelope, MsgClass
+from agent.protocol.text import escape
 from agent.service import Uplink
 
 
@@ -27,4 +31,6 @@ class Receipts:
         if reason is not None:
             data["reason"] = reason
         data.update(extra)
+        if isinstance(data.get("detail"), str):
+            data["detail"] = escape(data["detail"])  # details may quote wire text: printable and bounded
         return await self._uplink.send(MsgClass.RECEIPT, "cmd", data, now_ms(self._clock))

@@ -140,6 +140,19 @@ class ReplayStore:
         self.floor = max(self.floor, floor)
         return True
 
+    async def lower_floor(self, value: float) -> None:
+        """Set the time floor to `value` even if it is lower (an NTP-synchronised clock overrules it)."""
+        db = self._conn()
+        try:
+            await db.execute("INSERT INTO meta (name, value) VALUES ('floor', ?) "
+                             "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (value,))
+            await db.commit()
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                await db.rollback()
+            raise ReplayStoreError(f"cannot lower the time floor: {exc}") from exc
+        self.floor = value
+
     async def seen(self, cmd_id: str) -> bool:
         cur = await self._conn().execute("SELECT 1 FROM seen WHERE id = ?", (cmd_id,))
         return await cur.fetchone() is not None

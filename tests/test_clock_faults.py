@@ -20,11 +20,13 @@ from typing import Any
 
 import pytest
 
+from agent import clocksanity
 from agent.broadcast.engine import Engine, Notify, Rules, Start
 from agent.broadcast.items import Item, Klass
 from agent.broadcast.service import BroadcastService, make_services
 from agent.clock import ManualClock
-from agent.commands import CommandRouter
+from agent.clocksanity import KernelSync
+from agent.commands import MAX_FLOOR_STEP_S, MAX_SKEW_S, CommandRouter
 from agent.config import parse_config
 from agent.context import AgentContext, Hardware
 from agent.heartbeat import Heartbeat
@@ -49,21 +51,39 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------------------------------ the router
-def token(cmd_id: str, iat: float, cls: str = "daily", kind: str = "broadcast.play") -> bytes:
+def token(cmd_id: str, iat: float, cls: str = "daily", kind: str = "broadcast.play", ttl: float = HOUR) -> bytes:
     data = {"class": cls, "level": 1 if cls == "emergency" else 3, "text": "x"} if kind == "broadcast.play" \
         else {"all": True}
-    payload = {"v": 1, "id": cmd_id, "kind": kind, "iat": int(iat), "exp": int(iat + HOUR), "to": [f"group:{GROUP}"],
+    payload = {"v": 1, "id": cmd_id, "kind": kind, "iat": int(iat), "exp": int(iat + ttl), "to": [f"group:{GROUP}"],
                "data": data}
     return jws.sign(payload, KEY, "county-2026").encode()
 
 
+# what the kernel says about NTP discipline (agent.clocksanity.read_kernel), injected into the router
+NTP_SYNCED = KernelSync(synchronised=True, offset_s=0.001, esterror_s=0.002, maxerror_s=0.01)
+NTP_UNSYNCED = KernelSync(synchronised=False, offset_s=0.0, esterror_s=16.0, maxerror_s=16.0)
+
+
+class Kernel:
+    """A settable kernel NTP reading: what adjtimex would say now."""
+
+    def __init__(self, sync: KernelSync | None) -> None:
+        self.sync = sync
+
+    def __call__(self) -> KernelSync | None:
+        return self.sync
+
+
 @contextlib.asynccontextmanager
-async def router(tmp_path: Path, clock: ManualClock) -> AsyncIterator[tuple[CommandRouter, RecordingUplink,
-                                                                              list[Command]]]:
-    config = parse_config({"box": {"id": BOX, "groups": [GROUP], "state_dir": str(tmp_path)},
+async def router(tmp_path: Path, clock: ManualClock, kernel: KernelSync | Kernel | None = None,
+                 known_floor: float | None = None, uplink: RecordingUplink | None = None,
+                 ) -> AsyncIterator[tuple[CommandRouter, RecordingUplink, list[Command]]]:
+    config = parse_config({"box": {"id": BOX, "profile": "sim", "groups": [GROUP], "state_dir": str(tmp_path)},
                            "mqtt": {"url": "mqtt://127.0.0.1:1883"}})
-    uplink, calls = RecordingUplink(), []
-    r = CommandRouter(config, Receipts(uplink, clock), clock, tmp_path, keys=KEYS)
+    uplink, calls = uplink or RecordingUplink(), []
+    reading = kernel if isinstance(kernel, Kernel) else Kernel(kernel)
+    r = CommandRouter(config, Receipts(uplink, clock), clock, tmp_path, keys=KEYS, clock_sync=reading,
+                      known_floor=known_floor if known_floor is not None else clocksanity.EPOCH_FLOOR)
 
     async def handler(cmd: Command) -> None:
         calls.append(cmd)
@@ -103,21 +123,109 @@ async def test_box_in_1970_obeys_emergencies_and_cancels_then_everything_once_th
 
 
 async def test_box_an_hour_behind_obeys_an_emergency_signed_ahead_of_its_clock(tmp_path: Path) -> None:
-    """The clock was restored from a file and NTP is unreachable: an hour behind, but plausible. A signed
-    emergency whose iat is ahead of the box clock used to be rejected `not_yet_valid`: silence in an
-    emergency. Signed county time proves the box clock is behind; the unset-clock policy applies."""
+    """The clock was restored from a file and NTP is unreachable (the kernel says: not synchronised): an
+    hour behind, but plausible. A signed emergency whose iat is ahead of the box clock used to be rejected
+    `not_yet_valid`: silence in an emergency. The kernel does not vouch for the clock, so it may be behind:
+    the emergency plays (`clock_behind`); the floor does not follow the signed time past the clock."""
     clock = ManualClock(wall=NOW - HOUR)
-    async with router(tmp_path, clock) as (r, uplink, calls):
+    async with router(tmp_path, clock, NTP_UNSYNCED) as (r, uplink, calls):
         await r.on_command(InboundCommand(TOPIC, token("daily-1", NOW), False, NOW - HOUR))
         await r.on_command(InboundCommand(TOPIC, token("sos", NOW, "emergency"), False, NOW - HOUR))
         await r.on_command(InboundCommand(TOPIC, token("daily-2", NOW + 5), False, NOW - HOUR))
         assert outcome(uplink, "daily-1")[0] == "rejected"  # iat ahead by an hour: not acted on
         assert outcome(uplink, "sos") == ("received", "clock_behind")
-        assert outcome(uplink, "daily-2") == ("rejected", "clock_unsynchronised")  # now known to be behind
+        assert outcome(uplink, "daily-2") == ("rejected", "not_yet_valid")
         clock.set_wall(NOW + 30)  # the clock is put right
         await r.on_command(InboundCommand(TOPIC, token("daily-3", NOW + 20), False, NOW + 30))
         assert outcome(uplink, "daily-3") == ("received", None)
     assert [c.id for c in calls] == ["sos", "daily-3"]
+
+
+async def send(r: CommandRouter, tok: bytes, at: float) -> None:
+    await r.on_command(InboundCommand(TOPIC, tok, False, at))
+
+
+YEAR_2099 = 4_070_908_800  # 2099-01-01T00:00:00Z
+
+
+async def test_ntp_synchronised_box_holds_the_contract_for_an_emergency_signed_an_hour_ahead(
+        tmp_path: Path) -> None:
+    """The kernel says NTP disciplines the clock: `iat <= now + 120 s` holds for every command. An emergency
+    signed an hour ahead (a console with a wrong clock) used to play with `clock_behind`."""
+    clock = ManualClock(wall=NOW)
+    async with router(tmp_path, clock, NTP_SYNCED) as (r, uplink, calls):
+        await send(r, token("sos-ahead", NOW + HOUR, "emergency"), NOW)
+        await send(r, token("stop-ahead", NOW + HOUR, kind="broadcast.cancel"), NOW)
+        await send(r, token("sos-skew", NOW + MAX_SKEW_S - 1, "emergency"), NOW)  # inside the skew: fine
+        assert outcome(uplink, "sos-ahead") == ("rejected", "not_yet_valid")
+        assert outcome(uplink, "stop-ahead") == ("rejected", "not_yet_valid")
+        assert outcome(uplink, "sos-skew") == ("received", None)
+    assert [c.id for c in calls] == ["sos-skew"]
+
+
+@pytest.mark.parametrize("kernel", [NTP_SYNCED, NTP_UNSYNCED, None], ids=["ntp-synced", "ntp-unsynced", "no-kernel"])
+async def test_a_token_signed_in_2099_never_disables_the_box(tmp_path: Path, kernel: KernelSync | None) -> None:
+    """An emergency signed for 2099 used to be played and to raise the stored floor to 2099: every later
+    command, emergencies and cancels included, was refused, across restarts. On any plausible clock it is
+    now refused (valid for more than 31 days on the box's clock), and everything later is obeyed."""
+    clock = ManualClock(wall=NOW)
+    async with router(tmp_path, clock, kernel) as (r, uplink, calls):
+        await send(r, token("from-2099", YEAR_2099, "emergency"), NOW)
+        assert outcome(uplink, "from-2099") == ("rejected", "not_yet_valid")
+        clock.advance(60)
+        await send(r, token("daily", NOW + 30), NOW + 60)
+        assert outcome(uplink, "daily") == ("received", None)
+    clock.advance(60)
+    async with router(tmp_path, clock, kernel) as (r, uplink, calls2):  # restarted: the floor was not poisoned
+        await send(r, token("sos", NOW + 100, "emergency"), NOW + 120)
+        await send(r, token("stop", NOW + 110, kind="broadcast.cancel"), NOW + 120)
+        await send(r, token("daily-2", NOW + 115), NOW + 120)
+        assert [outcome(uplink, c) for c in ("sos", "stop", "daily-2")] == [("received", None)] * 3
+    assert [c.id for c in calls + calls2] == ["daily", "sos", "stop", "daily-2"]
+
+
+async def test_unsynchronised_box_obeys_a_stockpiled_emergency_without_refusing_what_follows(
+        tmp_path: Path) -> None:
+    """The kernel does not vouch for the clock: an emergency signed ten days ahead may mean the clock is
+    ten days behind, so it plays (`clock_behind`). If the clock was right after all (the token was
+    stockpiled), nothing later that is valid by this clock is refused because of it: the floor stays."""
+    clock = ManualClock(wall=NOW)
+    async with router(tmp_path, clock, NTP_UNSYNCED) as (r, uplink, calls):
+        await send(r, token("stockpiled", NOW + 10 * 86400, "emergency"), NOW)
+        assert outcome(uplink, "stockpiled") == ("received", "clock_behind")
+        assert r._store.floor <= NOW + MAX_SKEW_S
+        await send(r, token("daily", NOW + 10), NOW)
+        await send(r, token("news", NOW - 600), NOW)
+        assert outcome(uplink, "daily") == ("received", None)
+        assert outcome(uplink, "news") == ("received", None)
+        # a token valid longer than 31 days by this clock is never accepted, however urgent
+        await send(r, token("far", NOW + 30 * 86400, "emergency", ttl=2 * 86400), NOW)
+        assert outcome(uplink, "far") == ("rejected", "not_yet_valid")
+        assert "31" in next(x for x in uplink.receipts() if x["cmd"] == "far")["detail"]
+    assert [c.id for c in calls] == ["stockpiled", "daily", "news"]
+
+
+async def test_box_in_1970_moves_the_floor_one_bounded_step_and_ntp_puts_it_right(tmp_path: Path) -> None:
+    """In 1970 the box cannot judge a signed time, and an emergency still plays. The 2099 token moves the
+    floor at most MAX_FLOOR_STEP_S past what the box knew (here the last NTP sync), and once the kernel
+    reports a synchronised clock the floor comes down to it: later commands are all obeyed, also after a
+    restart."""
+    synced_at = NOW - 2 * HOUR
+    clock, kernel = ManualClock(wall=40.0), Kernel(NTP_UNSYNCED)
+    async with router(tmp_path, clock, kernel, known_floor=synced_at) as (r, uplink, calls):
+        await send(r, token("from-2099", YEAR_2099, "emergency"), 40.0)
+        assert outcome(uplink, "from-2099") == ("received", "clock_unsynchronised")
+        assert r._store.floor == synced_at + MAX_FLOOR_STEP_S, "one bounded step, not 2099"
+        clock.set_wall(NOW + 60)  # NTP answers
+        kernel.sync = NTP_SYNCED
+        await send(r, token("daily", NOW + 30), NOW + 60)
+        assert outcome(uplink, "daily") == ("received", None)
+        assert r._store.floor <= NOW + 60
+    async with router(tmp_path, clock, kernel, known_floor=synced_at) as (r, uplink, calls2):
+        assert r._store.floor <= NOW + 60, "the lowered floor was committed"
+        await send(r, token("news", NOW + 50), NOW + 60)
+        assert outcome(uplink, "news") == ("received", None)
+    assert [c.id for c in calls + calls2] == ["from-2099", "daily", "news"]
 
 
 # ------------------------------------------------------------------------------------------ the engine
@@ -176,7 +284,7 @@ def test_engine_an_hour_behind_holds_timed_items_once_signed_time_shows_it() -> 
 
 async def test_broadcast_service_learns_signed_time_and_holds_the_daily(tmp_path: Path) -> None:
     clock = ManualClock(wall=NOW - HOUR)
-    config = parse_config({"box": {"id": BOX, "state_dir": str(tmp_path)}, "mqtt": {"url": "mqtt://127.0.0.1:1"},
+    config = parse_config({"box": {"id": BOX, "profile": "sim", "state_dir": str(tmp_path)}, "mqtt": {"url": "mqtt://127.0.0.1:1"},
                            "broadcast": {"warmup_s": 0.0, "tail_s": 0.0, "off_delay_s": 0.0, "chime": ""}})
     uplink, registry = RecordingUplink(), Registry()
     relay, player = TwinAmpRelay(17), TwinPlayer(speed=20.0, hang_slack_s=0.05)
@@ -204,6 +312,46 @@ async def test_broadcast_service_learns_signed_time_and_holds_the_daily(tmp_path
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    assert not relay.is_on
+
+
+async def test_broadcast_service_is_held_back_a_bounded_step_by_signed_time_far_ahead(tmp_path: Path) -> None:
+    """The service learns signed time from what it is handed (a box in 1970 accepts a 2099 emergency).
+    It used to take the 2099 iat as its floor: every timed item on this box then waited for 2099. Now signed
+    time moves the floor at most a day past the wall clock: a daily due a day and a bit later plays."""
+    clock = ManualClock(wall=NOW)
+    config = parse_config({"box": {"id": BOX, "profile": "sim", "state_dir": str(tmp_path)},
+                           "mqtt": {"url": "mqtt://127.0.0.1:1"},
+                           "broadcast": {"warmup_s": 0.0, "tail_s": 0.0, "off_delay_s": 0.0, "chime": ""}})
+    uplink, registry = RecordingUplink(), Registry()
+    relay, player = TwinAmpRelay(17), TwinPlayer(speed=20.0, hang_slack_s=0.05)
+    ctx = AgentContext(config, load_profile("sim"), uplink, Receipts(uplink, clock), clock, registry,
+                       Hardware(relay=relay, player=player, tts=SilentTts()))
+    (service,) = make_services(ctx)
+    assert isinstance(service, BroadcastService)
+    ready = asyncio.Event()
+    task = asyncio.create_task(service.run(ready.set), name="test.broadcast")
+    play, cancel = registry.handlers["broadcast.play"], registry.handlers["broadcast.cancel"]
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        sos = {"class": "emergency", "level": 1, "audio": audio(wav(0.5, 880))}
+        await play(Command("sos", "broadcast.play", YEAR_2099, YEAR_2099 + 3600, (f"box:{BOX}",), sos, "k"))
+        await until(lambda: ("sos", "finished") in receipts(uplink))
+        assert service.engine is not None and service.engine.time_floor <= NOW + 86400
+        later = NOW + 86400 + 2 * MAX_SKEW_S  # past the bounded floor
+        clock.set_wall(later)
+        daily = {"class": "daily", "level": 3, "audio": audio(wav(0.5)), "start": int(later + 5), "end": None}
+        await play(Command("daily", "broadcast.play", int(later), int(later + HOUR), (f"box:{BOX}",), daily, "k"))
+        await until(lambda: ("daily", "scheduled") in receipts(uplink))
+        clock.advance(10)  # the daily's start passes
+        await cancel(Command("nudge", "broadcast.cancel", int(later), int(later + HOUR), (f"box:{BOX}",),
+                             {"broadcast": "none"}, "k"))
+        await until(lambda: ("daily", "finished") in receipts(uplink))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [e[1] for e in player.events() if e[0] == "play"] == ["sos.wav", "daily.wav"]
     assert not relay.is_on
 
 

@@ -72,13 +72,14 @@ class Rig:
 
     def config(self, kids: tuple[str, ...] = ("county-2026", "county-2027")) -> Any:
         return parse_config({
-            "box": {"id": BOX, "groups": [GROUP], "state_dir": str(self.tmp / "state")},
+            "box": {"id": BOX, "profile": "sim", "groups": [GROUP], "state_dir": str(self.tmp / "state")},
             "mqtt": {"url": "mqtt://127.0.0.1:1883"},
             "trust": {"keys": {k: str(self.tmp / "keys" / f"{k}.pub") for k in kids}},
         })
 
-    def router(self, **kw: Any) -> CommandRouter:
-        router = CommandRouter(self.config(**kw), Receipts(self.uplink, self.clock), self.clock, self.tmp / "state")
+    def router(self, kids: tuple[str, ...] = ("county-2026", "county-2027"), **kw: Any) -> CommandRouter:
+        router = CommandRouter(self.config(kids), Receipts(self.uplink, self.clock), self.clock, self.tmp / "state",
+                               **kw)
 
         async def handler(cmd: Command) -> None:
             self.calls.append(cmd)
@@ -315,14 +316,15 @@ class TestClockPolicy:
 
 async def test_box_in_1970_plays_emergency_and_raises_floor(rig: Rig) -> None:
     rig.clock.set_wall(30.0)
-    async with running(rig.router()) as router:
+    synced_at = NOW - 7200  # systemd-timesyncd's clock file: the last NTP sync before this boot
+    async with running(rig.router(known_floor=synced_at)) as router:
         await router.on_command(msg(rig.token(id="e1", data={"class": "emergency", "level": 1, "text": "flood"})))
         await router.on_command(msg(rig.token(id="d1")))
         assert await router.prune() == 0  # never prune on a wrong clock
     assert [(r["state"], r.get("reason"), r.get("note")) for r in rig.uplink.receipts()] == [
         ("received", None, "clock_unsynchronised"), ("rejected", "clock_unsynchronised", None)]
     # the floor survives a restart: an emergency that expired before it is refused
-    async with running(rig.router()) as router:
+    async with running(rig.router(known_floor=synced_at)) as router:
         await router.on_command(msg(rig.token(id="e0", iat=NOW - 7200, exp=NOW - 3600,
                                               data={"class": "emergency"})))
     assert rig.uplink.receipts()[-1]["reason"] == "expired"

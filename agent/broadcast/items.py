@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from agent.broadcast.settings import hhmm
+from agent.protocol.text import quoted, scrub, scrub_json
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_TITLE_CHARS = 200
@@ -124,7 +125,10 @@ class Item:
         d["cls"] = self.cls.value
         d["repeat"] = self.repeat.to_json() if self.repeat else None
         d["done_until"] = None if math.isinf(self.done_until) else self.done_until
-        return json.dumps(d, ensure_ascii=False)
+        try:
+            return json.dumps(d, ensure_ascii=False).encode().decode()  # the store needs text UTF-8 can hold
+        except (ValueError, TypeError):  # a lone surrogate (UnicodeEncodeError), odd extra: never a crash
+            return json.dumps(scrub_json(d), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> Item:
@@ -180,14 +184,18 @@ def parse_repeat(raw: Any, default_tz: str) -> Repeat:
         raise BadBroadcast("bad_repeat", f"repeat.days must be a non-empty list of {', '.join(DAYS)}")
     at = raw.get("at")
     try:
+        if not isinstance(at, str):
+            raise TypeError(at)
         hhmm(at)
     except (TypeError, ValueError):
         raise BadBroadcast("bad_repeat", "repeat.at must be a local time HH:MM") from None
     tz = raw.get("tz") or default_tz
     try:
+        if not isinstance(tz, str):
+            raise TypeError(tz)
         zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        raise BadBroadcast("bad_repeat", f"unknown time zone {str(tz)[:40]!r}") from None
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError, OSError):
+        raise BadBroadcast("bad_repeat", f"unknown time zone {quoted(tz, 40)}") from None
     start_date, until = _date(raw.get("from"), "from"), _date(raw.get("until"), "until")
     if start_date and until and until < start_date:
         raise BadBroadcast("bad_repeat", "repeat.until is before repeat.from")
@@ -202,7 +210,7 @@ def parse_play(data: Any, *, default_tz: str, max_text_chars: int) -> PlayReques
     if not isinstance(data, dict):
         raise BadBroadcast("bad_data", "data must be an object")
     try:
-        cls = Klass(data.get("class"))
+        cls = Klass(str(data.get("class")))
     except ValueError:
         raise BadBroadcast("bad_data", "class must be emergency, daily or drill") from None
     level = data.get("level", 3)
@@ -211,6 +219,7 @@ def parse_play(data: Any, *, default_tz: str, max_text_chars: int) -> PlayReques
     title, text = data.get("title") or "", data.get("text") or ""
     if not isinstance(title, str) or not isinstance(text, str):
         raise BadBroadcast("bad_data", "title and text must be strings")
+    title, text = scrub(title), scrub(text)  # a lone surrogate ("\ud800" in JSON) would break the store and TTS
     if len(text) > max_text_chars or len(title) > MAX_TITLE_CHARS:
         raise BadBroadcast("text_too_long", f"text is limited to {max_text_chars} characters")
     audio = data.get("audio")

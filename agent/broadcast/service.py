@@ -28,6 +28,7 @@ from agent.broadcast.store import BroadcastStore
 from agent.context import AgentContext
 from agent.fsutil import write_atomic
 from agent.protocol.commands import Command
+from agent.protocol.text import escape
 from agent.service import Service
 from drivers.amp.relay import AmpError, AmpRelay
 from drivers.audio.base import AudioPlayer, MediaError, PlaybackError, Tts, TtsError
@@ -40,13 +41,37 @@ STOP_BUDGET_S = 1.0  # a stopped play must be gone within this (cancel within 1 
 AUDIO_DIR = "broadcast-audio"
 CHIME_FILE = "chime.wav"
 MARKER_FILE = "drill-marker.wav"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")  # always .fullmatch ("$" would let "id\n" through)
+FLOOR_STEP_S = 86400.0  # how far past the wall clock one command's signed time may move engine.time_floor
 
 
 def media_stem(item_id: str) -> str:
     """A file name stem for an item's audio: the id itself when it is a safe name, else a hash of it."""
-    return item_id if _SAFE_NAME.match(item_id) and not item_id.startswith(".") else \
-        hashlib.sha256(item_id.encode()).hexdigest()[:32]
+    return item_id if _SAFE_NAME.fullmatch(item_id) and not item_id.startswith(".") else \
+        hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+# What the engine loop is told (`_inbox`): an item to add, a cancel, a play that ended.
+@dataclass(frozen=True, slots=True)
+class _Add:
+    item: Item
+
+
+@dataclass(frozen=True, slots=True)
+class _Cancel:
+    cmd_id: str
+    target: str | None  # None: cancel all
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    token: int
+    ok: bool
+    reason: str | None
+    extra: dict[str, Any]
+
+
+_Message = _Add | _Cancel | _Ended
 
 
 @dataclass
@@ -78,7 +103,7 @@ class BroadcastService:
         self._player = player
         self._tts = tts
         self._dir = ctx.config.box.state_dir / AUDIO_DIR
-        self._inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
         self._receipts: asyncio.Queue[Notify] = asyncio.Queue()
         self._engine: Engine | None = None
         self._play: _Play | None = None
@@ -96,9 +121,15 @@ class BroadcastService:
 
     # -- command handlers (called by the command router, possibly before run() starts) ---------------
     def _saw_signed_time(self, cmd: Command) -> None:
-        """A verified command's `iat` is county time the box clock must have reached (engine.time_floor)."""
-        if cmd.iat > self._time_floor:
-            self._time_floor = float(cmd.iat)
+        """A verified command's `iat` is county time the box clock must have reached (engine.time_floor).
+
+        Bounded: it moves the floor at most FLOOR_STEP_S past the wall clock (past SYNC_EPOCH while the clock
+        reads 1970), so one token signed far ahead (2099) holds timed items back for a day at most, never
+        for good. A clock that is behind is still found out: any floor ahead of it by more than the skew."""
+        base = max(self._ctx.clock.time(), SYNC_EPOCH)
+        signed = min(float(cmd.iat), base + FLOOR_STEP_S)
+        if signed > self._time_floor:
+            self._time_floor = signed
 
     async def on_play(self, cmd: Command) -> None:
         """Validate and store inline audio here (fast); text waits for `broadcast.prepare` (TTS is slow).
@@ -126,7 +157,7 @@ class BroadcastService:
         self._pending_media.add(media)
         item = Item(cmd_id, req.cls, req.level, req.title, req.text, media, mime, req.volume, req.start,
                     req.end, req.repeat, 0, received)
-        self._inbox.put_nowait(("add", item))
+        self._inbox.put_nowait(_Add(item))
 
     async def on_cancel(self, cmd: Command) -> None:
         self._saw_signed_time(cmd)
@@ -135,7 +166,7 @@ class BroadcastService:
         except BadBroadcast as exc:
             await self._ctx.receipts.send(cmd.id, "rejected", reason=exc.reason, detail=exc.detail)
             return
-        self._inbox.put_nowait(("cancel", cmd.id, target))
+        self._inbox.put_nowait(_Cancel(cmd.id, target))
 
     async def _store_audio(self, item_id: str, req: PlayRequest) -> tuple[str, str]:
         """Check and store inline audio: nothing is scheduled that cannot be played."""
@@ -166,7 +197,7 @@ class BroadcastService:
             if self._preparing.pop(job.cmd_id, None) is None or job.cancelled:
                 await asyncio.to_thread((self._dir / name).unlink, missing_ok=True)
             elif failure is not None:
-                log.warning("broadcast %s: text to speech failed: %s", job.cmd_id, failure)
+                log.warning("broadcast %s: text to speech failed: %s", job.cmd_id, escape(failure))
                 self._receipts.put_nowait(Notify(job.cmd_id, "failed", "tts_failed"))
             else:
                 self._add(job.cmd_id, job.req, name, "audio/wav", job.received)
@@ -268,14 +299,14 @@ class BroadcastService:
                 log.warning("broadcast: the wall clock is %.0f s behind signed county time; timed items wait "
                             "until it is right (emergencies still play)", engine.time_floor - now)
 
-    def _handle(self, engine: Engine, msg: tuple[Any, ...]) -> list[Effect]:
+    def _handle(self, engine: Engine, msg: _Message) -> list[Effect]:
         clock = self._ctx.clock
         self._update_floor(engine)
         match msg:
-            case ("add", Item() as item):
+            case _Add(item=item):
                 self._pending_media.discard(item.media or "")
                 return engine.add(item, clock.time(), clock.monotonic())
-            case ("cancel", str(cmd_id), target):
+            case _Cancel(cmd_id=cmd_id, target=target):
                 dropped = self._cancel_preparing(cmd_id, target)
                 if dropped and target is not None:
                     return [Notify(cmd_id, "applied", extra={"cancelled": dropped})]
@@ -285,12 +316,12 @@ class BroadcastService:
                                if isinstance(e, Notify) and e.cmd == cmd_id and e.state == "applied" else e
                                for e in effects]
                 return effects
-            case ("ended", int(token), bool(ok), reason, dict(extra)):
+            case _Ended(token=token, ok=ok, reason=reason, extra=extra):
                 if self._play is not None and self._play.token == token:
                     self._play = None
                     self._off_at = clock.monotonic() + (self._cfg.off_delay_s if ok else 0.0)
                 return engine.ended(token, ok, reason, extra)
-        raise BroadcastError(f"unknown inbox message {msg[0]!r}")  # a bug, not an input
+        raise BroadcastError(f"unknown inbox message {type(msg).__name__}")  # a bug, not an input
 
     async def _apply(self, effects: list[Effect], tg: asyncio.TaskGroup) -> None:
         for e in effects:
@@ -366,7 +397,7 @@ class BroadcastService:
         except BaseException:  # cancelled (shutdown, or a player that ignored `cancel`): off before anything
             self._relay_off_now()
             raise
-        self._inbox.put_nowait(("ended", s.token, ok, reason, extra))
+        self._inbox.put_nowait(_Ended(s.token, ok, reason, extra))
 
     async def _clip(self, path: Path, volume: int, cancel: asyncio.Event) -> bool:
         """Play a short WAV (chime, marker); True when stopped."""

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from agent.protocol.text import scrub_json
+
 ENVELOPE_VERSION = 1
+_SEPARATORS = (",", ":")
 
 
 class MsgClass(IntEnum):
@@ -60,7 +63,16 @@ class Envelope:
         }
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
+        """The wire form (UTF-8 JSON). Total: never raises, whatever `data` holds.
+
+        `data` often carries text from the wire (a refusal's detail, a title): a lone surrogate (valid in a
+        JSON string escape, not in UTF-8) is replaced by U+FFFD, a key that is not a string is made one, and
+        a value JSON cannot hold is sent as a short description. The fast path is the plain dump."""
+        obj = self.to_json()
+        try:
+            return json.dumps(obj, ensure_ascii=False, separators=_SEPARATORS).encode()
+        except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
+            return json.dumps(scrub_json(obj), ensure_ascii=False, separators=_SEPARATORS).encode()
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Envelope:

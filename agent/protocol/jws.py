@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.protocol.text import escape, quoted
+
 ALG = "EdDSA"
 ALLOWED_HEADER_KEYS = frozenset({"alg", "kid", "typ"})
 # A command may carry its audio inline (2 MiB raw, base64 twice: ~1.8x); 4 MiB leaves room for the JSON around it.
@@ -28,6 +31,7 @@ MAX_TOKEN_BYTES = 4 * 1024 * 1024
 MAX_HEADER_BYTES = 1024
 MAX_KID_CHARS = 128
 MAX_PEM_BYTES = 16 * 1024
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class JwsError(Exception):
@@ -36,6 +40,7 @@ class JwsError(Exception):
     reason = "malformed"
 
     def __init__(self, detail: str) -> None:
+        detail = escape(detail)  # details quote untrusted header text; bounded and printable, always
         super().__init__(detail)
         self.detail = detail
 
@@ -65,13 +70,19 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    # strict: only the URL-safe alphabet, no padding (RFC 7515 section 2)
-    if "=" in text or len(text) % 4 == 1:
-        raise MalformedToken("bad base64url segment")
+    """Canonical base64url only (RFC 7515 section 2): the URL-safe alphabet, no padding, and zero trailing
+    bits, so that one token has exactly one encoding. (The standard alphabet's `+` `/`, padding, and a
+    last character with stray low bits all decode to the same bytes elsewhere: refused here.)"""
+    if len(text) % 4 == 1 or not _B64URL.fullmatch(text):
+        raise MalformedToken("bad base64url segment (only A-Z a-z 0-9 - _, no padding)")
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise MalformedToken("bad base64url segment") from None
+    tail = len(data) % 3  # bytes in the last, partial group (its last character carries spare bits)
+    if tail and b64url_encode(data[-tail:])[-1] != text[-1]:
+        raise MalformedToken("bad base64url segment (not canonical: non-zero trailing bits)")
+    return data
 
 
 def _json(raw: bytes, what: str) -> dict[str, Any]:
@@ -138,10 +149,11 @@ def verify(token: str | bytes, keys: Mapping[str, Ed25519PublicKey]) -> tuple[di
     header, h64, p64, s64 = split(token)
     extra = set(header) - ALLOWED_HEADER_KEYS
     if extra:
-        raise UnsupportedAlgorithm(f"header field(s) not allowed: {', '.join(sorted(extra))}")
+        shown = ", ".join(quoted(name, 32) for name in sorted(extra)[:8])
+        raise UnsupportedAlgorithm(f"header field(s) not allowed: {shown}{' ...' if len(extra) > 8 else ''}")
     alg = header.get("alg")
     if alg != ALG:
-        raise UnsupportedAlgorithm(f"alg {alg!r} is not allowed (only {ALG})")
+        raise UnsupportedAlgorithm(f"alg {quoted(alg, 32)} is not allowed (only {ALG})")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise MalformedToken("header has no kid")
@@ -149,7 +161,7 @@ def verify(token: str | bytes, keys: Mapping[str, Ed25519PublicKey]) -> tuple[di
         raise MalformedToken("typ is not a string")
     key = keys.get(kid)
     if key is None:
-        raise UnknownKey(f"kid {kid[:MAX_KID_CHARS]!r} is not a trusted key")
+        raise UnknownKey(f"kid {quoted(kid, MAX_KID_CHARS)} is not a trusted key")
     signature = b64url_decode(s64)
     payload = b64url_decode(p64)
     if len(signature) != 64:
@@ -157,7 +169,7 @@ def verify(token: str | bytes, keys: Mapping[str, Ed25519PublicKey]) -> tuple[di
     try:
         key.verify(signature, f"{h64}.{p64}".encode("ascii"))
     except InvalidSignature:
-        raise BadSignature(f"signature does not verify with key {kid!r}") from None
+        raise BadSignature(f"signature does not verify with key {quoted(kid, MAX_KID_CHARS)}") from None
     return header, _json(payload, "payload")
 
 

@@ -6,7 +6,11 @@ twins for relay and speaker), the county side here with paho. Each round publish
 command meets an idle engine. Baseline in the same run: a plain QoS 1 publish -> delivery round trip
 through the same broker, so the figure can be read as a multiple of what MQTT alone costs here.
 
-    .venv/bin/python bench/command_latency.py [--n 100] [--until started|received]
+The broker has `set_tcp_nodelay true`, as the county broker (docs/county/mosquitto.conf). `--broker-nagle
+both` also runs the whole measurement against a mosquitto without it, in the same run, and prints the ratio:
+what a broker left with Nagle on costs each command.
+
+    .venv/bin/python bench/command_latency.py [--n 100] [--until started|received] [--broker-nagle off|on|both]
 """
 
 from __future__ import annotations
@@ -98,15 +102,16 @@ class County:
         raise TimeoutError("no matching message")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--until", choices=["started", "received"], default="started")
-    args = ap.parse_args()
+class Refused(Exception):
+    """The agent did not come online, or refused a bench command."""
+
+
+def measure(n: int, until: str, broker_nodelay: bool) -> tuple[list[float], list[float], list[float]]:
+    """(MQTT baseline, command -> received, command -> started) round trips, in seconds."""
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
         (tmp / "broker").mkdir()
-        broker = Mosquitto(tmp / "broker").start()
+        broker = Mosquitto(tmp / "broker", tcp_nodelay=broker_nodelay).start()
         key_path, pub = new_keypair("bench", tmp / "keys")
         key = load_private_key(key_path)
         cfg = tmp / "agent.toml"
@@ -120,19 +125,18 @@ def main() -> int:
             try:
                 county.wait(lambda t, d: t == T.state(BOX) and d.get("state") == "online", 60)
             except TimeoutError:
-                print("the agent did not come online; its log:", file=sys.stderr)
-                print((tmp / "agent.log").read_text()[-3000:], file=sys.stderr)
-                return 1
+                raise Refused("the agent did not come online; its log:\n"
+                              + (tmp / "agent.log").read_text()[-3000:]) from None
             # baseline: plain MQTT round trip through the same broker
             base = []
-            for _ in range(args.n):
+            for _ in range(n):
                 t0 = time.perf_counter()
                 county.client.publish("bench/echo", b"x", qos=1)
                 t1, _ = county.wait(lambda t, d: t == "bench/echo")
                 base.append(t1 - t0)
             lat, recv = [], []
             receipt = T.up(BOX, MsgClass.RECEIPT, "cmd")
-            for _ in range(args.n):
+            for _ in range(n):
                 cid = str(uuid.uuid4())
                 now = int(time.time())
                 token = jws.sign({"v": 1, "id": cid, "kind": "broadcast.play", "iat": now, "exp": now + 600,
@@ -149,13 +153,11 @@ def main() -> int:
                 t1, doc = county.wait(is_state("received"))
                 recv.append(t1 - t0)
                 if doc["data"]["state"] != "received":
-                    print(f"command refused: {doc['data']}", file=sys.stderr)
-                    return 1
-                if args.until == "started":
+                    raise Refused(f"command refused: {doc['data']}")
+                if until == "started":
                     t2, doc = county.wait(is_state("started"))
                     if doc["data"]["state"] != "started":
-                        print(f"command not started: {doc['data']}", file=sys.stderr)
-                        return 1
+                        raise Refused(f"command not started: {doc['data']}")
                     lat.append(t2 - t0)
                 cancel = jws.sign({"v": 1, "id": str(uuid.uuid4()), "kind": "broadcast.cancel", "iat": now,
                                    "exp": now + 600, "to": [f"box:{BOX}"], "data": {"broadcast": cid}}, key, "bench")
@@ -170,17 +172,38 @@ def main() -> int:
                 agent.kill()
             county.client.loop_stop()
             broker.stop()
+    return base, recv, lat
 
-    def line(name: str, xs: list[float]) -> str:
-        b50 = statistics.median(base)
-        return (f"{name:<28} p50 {1000 * pct(xs, 50):7.1f} ms  p99 {1000 * pct(xs, 99):7.1f} ms  "
-                f"max {1000 * max(xs):7.1f} ms  ({pct(xs, 50) / b50:.1f}x MQTT p50)")
 
-    print(f"{args.n} commands, warm-up 0, sim profile")
-    print(line("MQTT publish->delivery", base))
-    print(line("command -> received", recv))
-    if lat:
-        print(line("command -> started", lat))
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--until", choices=["started", "received"], default="started")
+    ap.add_argument("--broker-nagle", choices=["off", "on", "both"], default="off",
+                    help="mosquitto with set_tcp_nodelay true (off), false (on), or one run of each (both)")
+    args = ap.parse_args()
+    runs = {"off": [True], "on": [False], "both": [True, False]}[args.broker_nagle]
+    p99: dict[bool, float] = {}
+    for nodelay in runs:
+        try:
+            base, recv, lat = measure(args.n, args.until, nodelay)
+        except Refused as exc:
+            print(exc, file=sys.stderr)
+            return 1
+
+        def line(name: str, xs: list[float], base: list[float] = base) -> str:
+            b50 = statistics.median(base)
+            return (f"{name:<28} p50 {1000 * pct(xs, 50):7.1f} ms  p99 {1000 * pct(xs, 99):7.1f} ms  "
+                    f"max {1000 * max(xs):7.1f} ms  ({pct(xs, 50) / b50:.1f}x MQTT p50)")
+
+        print(f"{args.n} commands, warm-up 0, sim profile, broker set_tcp_nodelay {str(nodelay).lower()}")
+        print(line("MQTT publish->delivery", base))
+        print(line("command -> received", recv))
+        if lat:
+            print(line("command -> started", lat))
+        p99[nodelay] = pct(lat or recv, 99)
+    if len(p99) == 2:
+        print(f"command -> {args.until} p99, broker Nagle on / off: {p99[False] / p99[True]:.1f}x")
     return 0
 
 

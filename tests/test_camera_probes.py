@@ -138,9 +138,8 @@ async def scripted(answer: Callable[[rtsp.Request], bytes]) -> AsyncIterator[str
         yield f"rtsp://127.0.0.1:{server.sockets[0].getsockname()[1]}/Streaming/Channels/102"
     finally:
         server.close()
-        for t in handlers:
-            t.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        async with asyncio.timeout(10):  # the probe closed its side: each handler reads EOF and ends
+            await asyncio.gather(*handlers, return_exceptions=True)
 
 
 def _then(first: Callable[[rtsp.Request], bytes], describe: bytes) -> Callable[[rtsp.Request], bytes]:

@@ -309,8 +309,9 @@ def test_eof_timeout_and_socket_errors():
     s.receive(b"")
     assert s.result is not None and s.result.detail == "connection closed mid-message during options"
     s = new()
-    s.next_request()
+    assert not s.awaiting and s.next_request() is not None and s.awaiting
     s.receive(OPTIONS_OK)
+    assert not s.awaiting and s.step == "describe"
     s.next_request()
     assert s.timed_out() == rtsp.SessionResult(ProbeOutcome.TIMEOUT, "describe", None, "no answer to describe")
     assert s.timed_out() is s.result and s.connection_lost("reset") is s.result  # the first end stands

@@ -336,6 +336,11 @@ def test_no_secret_in_any_repr_event_or_result():
             for text in texts:
                 assert PASSWORD not in text and BASIC_TOKEN not in text, text
     assert "user='admin'" in repr(new())
+    # a URL with userinfo never reaches the request line or the repr
+    s = rtsp.ProbeSession(f"rtsp://{USER}:{PASSWORD}@192.168.1.64/Streaming/Channels/102", CREDS, cnonce="c")
+    assert s.url == URL and PASSWORD.encode() not in (s.next_request() or b"") and PASSWORD not in repr(s)
+    with pytest.raises(ValueError):
+        rtsp.ProbeSession("http://cam/", CREDS, cnonce="c")
 
 
 # -------------------------------------------------------------------------------------- hypothesis

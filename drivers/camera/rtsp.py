@@ -447,7 +447,7 @@ class ProbeSession:
     """
 
     def __init__(self, url: str, creds: Credentials | None, *, cnonce: str, send_credentials: bool = True) -> None:
-        self.url = url  # the request URL, without userinfo (split_url)
+        self.url = split_url(url).url  # the request URL, never with userinfo (ValueError if not rtsp://)
         self._creds = creds if send_credentials else None
         self._cnonce = cnonce  # random per probe, chosen by the I/O layer
         self._parser = MessageParser()

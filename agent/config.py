@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -42,6 +43,12 @@ def _groups(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+def _profile_name(value: str) -> str:
+    if not value:
+        raise ValueError("a hardware profile name (pi4-relayhat, pizero2w-ble, ...; sim for the simulator)")
+    return value
+
+
 def _broker_url(value: str) -> str:
     parse_broker_url(value)
     return value
@@ -69,8 +76,11 @@ def readable_file(value: Path) -> Path:
 @dataclass(frozen=True, slots=True)
 class BoxConfig:
     id: str = field(metadata={"check": _box_id})
+    # the hardware profile (firmware_cfg/*.toml): required, never defaulted. A default would be a guess
+    # at the box model, and a wrong guess drives the wrong pins (or, as "sim" once did, no pins at all)
+    # while everything reports healthy.
+    profile: str = field(metadata={"check": _profile_name})
     groups: tuple[str, ...] = field(default=(), metadata={"check": _groups})
-    profile: str = "sim"
     state_dir: Path = Path("/var/lib/village-agent")
     heartbeat_s: float = field(default=60.0, metadata={"check": positive})
 
@@ -103,7 +113,7 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
-    keys: dict[str, Path] = field(default_factory=lambda: MappingProxyType({}))  # read-only mapping
+    keys: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))  # read-only mapping
 
     def __post_init__(self) -> None:
         for kid, path in self.keys.items():
@@ -142,12 +152,14 @@ class Config:
     camera_list: tuple[CameraConfig, ...] = field(default=(), metadata={"key": "camera"})
 
     def __post_init__(self) -> None:
-        for name, items in (("gateway", self.gateways), ("wearer", self.wearers), ("camera", self.camera_list)):
+        ids = (("gateway", [g.id for g in self.gateways]), ("wearer", [w.id for w in self.wearers]),
+               ("camera", [c.id for c in self.camera_list]))
+        for name, items in ids:
             seen: set[str] = set()
             for i, item in enumerate(items):
-                if item.id in seen:
-                    raise SchemaError(f"{name}[{i}].id", f"duplicate id {item.id!r}")
-                seen.add(item.id)
+                if item in seen:
+                    raise SchemaError(f"{name}[{i}].id", f"duplicate id {item!r}")
+                seen.add(item)
 
     @property
     def outbox_path(self) -> Path:

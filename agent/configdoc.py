@@ -56,10 +56,10 @@ def _rows(cls: type, prefix: str, out: list[str]) -> list[tuple[str, type]]:
         tp = hints[f.name]
         origin = typing.get_origin(tp)
         item = typing.get_args(tp)[0] if origin is tuple and typing.get_args(tp) else None
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             nested.append((f"{prefix}{key}", tp))
             continue
-        if item is not None and dataclasses.is_dataclass(item):
+        if isinstance(item, type) and dataclasses.is_dataclass(item):
             nested.append((f"{prefix}{key}[]", item))
             continue
         full = f"{prefix}{key}"

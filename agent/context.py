@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.clock import Clock
 from agent.config import Config
@@ -17,6 +17,14 @@ from agent.profile import HardwareProfile
 from agent.protocol.commands import Command
 from agent.receipts import Receipts
 from agent.service import Uplink
+
+if TYPE_CHECKING:  # the Protocols only: importing drivers/ here would load every driver on every box
+    from drivers.amp.relay import AmpRelay
+    from drivers.audio.base import AudioPlayer, Tts
+    from drivers.camera.base import CameraProbes
+    from drivers.led.status import StatusLight
+    from drivers.wristband.codec import GatewayCodec
+    from drivers.wristband.reader import GatewayTransport
 
 CommandHandler = Callable[[Command], Awaitable[None]]
 
@@ -31,19 +39,22 @@ class CommandRegistry(Protocol):
 class Hardware:
     """Drivers chosen once by agent.hardware from the profile: real ones on a box, twins in sim.
 
-    Features add the fields they need; each is a drivers/ Protocol, never a concrete class.
+    Features add the fields they need; each is a drivers/ Protocol, never a concrete class. None = this
+    box has no such hardware (the feature that needs it refuses to start, naming the field).
     """
 
-    # wristbands: url -> a drivers.wristband.transport.GatewayTransport (serial, socket://, pty, ble:)
-    gateway_opener: Callable[[str], Any] | None = None
-    # wristbands: `[[gateway]] codec` name -> a drivers.wristband.codec.GatewayCodec (make_decoder on a box)
-    decoder_factory: Callable[[str], Any] | None = None
-    # broadcast: the amplifier relay, audio player and TTS (drivers/amp, drivers/audio Protocols)
-    relay: Any = None
-    player: Any = None
-    tts: Any = None
-    # cameras: probes (drivers/camera Protocols)
-    camera_probes: Any = None
+    # wristbands: url -> a transport (serial, socket://, pty, ble:), not opened yet
+    gateway_opener: Callable[[str], GatewayTransport] | None = None
+    # wristbands: `[[gateway]] codec` name -> a decoder (drivers.wristband.codec.make_decoder on a box)
+    decoder_factory: Callable[[str], GatewayCodec] | None = None
+    # broadcast: the amplifier relay, audio player and TTS
+    relay: AmpRelay | None = None
+    player: AudioPlayer | None = None
+    tts: Tts | None = None
+    # cameras: RTSP, ONVIF, frame grabber, LAN link check
+    camera_probes: CameraProbes | None = None
+    # the box's status LED (profile [status_led]); driven by agent.statusled
+    status_led: StatusLight | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,59 +1,91 @@
 """Choose the drivers, once, from the hardware profile: the only module that names concrete drivers.
 
-Profile kind "pi": gpiozero relay on the profile's pin, ALSA player, espeak-ng, serial/BLE gateways.
-Profile kind "sim": the twins from sim/ (gpiozero MockFactory relay, a player that keeps a history),
-while gateways stay real transports (the simulator is the other end of a pty or socket) except `ble:`,
-which gets the radio twin (sim.wristband.SimAdvertSource: silent unless the simulator feeds it).
-Camera probes are plain network code, real in both kinds: sim cameras listen on loopback.
+Profile kind "pi": gpiozero relay and status LED on the profile's pins (one pin factory for both), ALSA
+player, espeak-ng, serial/BLE gateways, the network camera probes.
+
+Any other kind is built by whoever registered it, never by this package: the builder for a kind is the
+`village_edge.hardware` entry point of that name (pyproject.toml). The simulator registers "sim"
+(`sim.hardware:build_sim_hardware`: the twins from sim/). So agent/ never imports sim/ (a box installed
+without it just cannot run a "sim" profile, and says so), and the simulator hands its twins to the agent.
+tests/test_no_sim_in_agent.py proves it with sim/ made unimportable.
+
+The test switches of a sim box (VILLAGE_CLOCK_OFFSET_S here, VILLAGE_TEST_HANG_AFTER_S in
+agent.sdnotify) are read only when the profile's kind is "sim".
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
-from agent.cameras.settings import CamerasConfig
 from agent.clock import Clock, OffsetClock, SystemClock
 from agent.config import Config
 from agent.context import Hardware
-from agent.profile import HardwareProfile
-from drivers.camera.base import CameraProbes
-from drivers.wristband.codec import make_decoder
-from drivers.wristband.transport import open_gateway
+from agent.profile import HardwareProfile, ProfileError
+
+if TYPE_CHECKING:
+    from agent.cameras.settings import CamerasConfig
+    from drivers.camera.base import CameraProbes
+
+HardwareBuilder = Callable[[HardwareProfile, Config], Hardware]
+ENTRY_POINT_GROUP = "village_edge.hardware"
+REAL_KIND = "pi"
+
+
+def build_pi_hardware(profile: HardwareProfile, config: Config, *, pin_factory: object = None) -> Hardware:
+    """The real drivers of a Raspberry Pi box. Heavy imports happen here, and only what the profile uses."""
+    from drivers.audio.hardware import build_real_broadcast_hardware
+    from drivers.wristband.codec import make_decoder
+    from drivers.wristband.transport import open_gateway
+
+    factory = pin_factory
+    if factory is None and (profile.relay.pin is not None or profile.status_led.pin is not None):
+        from drivers.amp.relay import default_pin_factory
+
+        factory = default_pin_factory()  # one factory (one open GPIO chip) for the relay and the LED
+    broadcast = build_real_broadcast_hardware(profile, voice=config.broadcast.tts_voice, pin_factory=factory,
+                                              hang_slack_s=config.broadcast.hang_slack_s)
+    led = None
+    if profile.status_led.pin is not None:
+        from drivers.led.status import GpioStatusLed
+
+        led = GpioStatusLed(profile.status_led.pin, active_high=profile.status_led.active_high, pin_factory=factory)
+    return Hardware(
+        gateway_opener=functools.partial(open_gateway, baudrate=profile.serial.baud, ble_adapter=profile.ble.adapter),
+        decoder_factory=make_decoder, relay=broadcast.relay, player=broadcast.player, tts=broadcast.tts,
+        camera_probes=build_camera_probes(config.cameras) if config.camera_list else None, status_led=led)
+
+
+def hardware_builder(kind: str, profile_name: str = "") -> HardwareBuilder:
+    """The builder for a profile kind: "pi" here, any other from its registered entry point.
+
+    ProfileError (one line, the CLI exits 2) when nothing registered the kind or it cannot be imported.
+    """
+    if kind == REAL_KIND:
+        return build_pi_hardware
+    where = profile_name or kind
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
+    if not found:
+        raise ProfileError(where, "kind", f"{kind!r}: no installed package provides this hardware (entry point "
+                                          f"group {ENTRY_POINT_GROUP!r}); for kind \"sim\" install village-edge[sim]")
+    try:
+        builder: HardwareBuilder = found[0].load()
+    except ImportError as exc:
+        raise ProfileError(where, "kind", f"{kind!r}: its hardware ({found[0].value}) cannot be imported: "
+                                          f"{exc}") from None
+    return builder
 
 
 def build_hardware(profile: HardwareProfile, config: Config) -> Hardware:
-    sim = profile.kind == "sim"
-    if sim:
-        from sim.audio import build_broadcast_hardware
-    else:
-        from drivers.audio.hardware import build_real_broadcast_hardware as _real
-
-        def build_broadcast_hardware(profile: HardwareProfile, sim: bool, *, voice: str, hang_slack_s: float):
-            return _real(profile, voice=voice, hang_slack_s=hang_slack_s)
-
-    broadcast = build_broadcast_hardware(profile, sim, voice=config.broadcast.tts_voice,
-                                         hang_slack_s=config.broadcast.hang_slack_s)
-    opener = functools.partial(open_gateway, baudrate=profile.serial.baud, ble_adapter=profile.ble.adapter)
-    if sim:
-        opener = functools.partial(_sim_gateway, opener)
-    return Hardware(gateway_opener=opener, decoder_factory=make_decoder, relay=broadcast.relay,
-                    player=broadcast.player, tts=broadcast.tts,
-                    camera_probes=build_camera_probes(config.cameras) if config.camera_list else None)
-
-
-def _sim_gateway(real: Any, url: str) -> Any:
-    if url == "ble" or url.startswith("ble:"):
-        from drivers.wristband.ble import BleGatewayTransport
-        from sim.wristband import SimAdvertSource
-
-        return BleGatewayTransport(SimAdvertSource(), adapter=url[4:] or "hci0", url=url)
-    return real(url)
+    return hardware_builder(profile.kind, profile.name)(profile, config)
 
 
 def build_camera_probes(settings: CamerasConfig) -> CameraProbes:
     """The network probes from drivers/camera (right in sim too: sim cameras listen on loopback)."""
+    from drivers.camera.base import CameraProbes
     from drivers.camera.grab import FfmpegGrabber
     from drivers.camera.link import SysfsLinkCheck
     from drivers.camera.onvif import HttpOnvifClient

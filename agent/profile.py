@@ -145,8 +145,10 @@ class GatewayFirmwareProfile:
 @dataclass(frozen=True, slots=True)
 class HardwareProfile:
     name: str
+    # required, never defaulted: "pi" builds the real drivers, "sim" takes the simulator's twins (which
+    # only the simulator provides: agent.hardware). A profile that forgets it must not become a twin box.
+    kind: Literal["pi", "sim"]
     description: str = ""
-    kind: Literal["pi", "sim"] = "sim"  # "sim" builds the twins from sim/, "pi" the real drivers
     relay: RelayProfile = field(default_factory=RelayProfile)
     audio: AudioProfile = field(default_factory=AudioProfile)
     serial: SerialProfile = field(default_factory=SerialProfile)
@@ -239,6 +241,9 @@ def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def load_profile(name: str) -> HardwareProfile:
     path = find_profile(name)
     raw = _load_raw(path)
+    if "kind" not in raw:  # never a default: a forgotten kind must not turn a real box into a twin box
+        raise ProfileError(path, "kind", 'missing (required): "pi" for a real box, "sim" for the simulator '
+                                         '(or extends = "base", which is "pi")')
     raw["name"] = path.stem
     try:
         return build(HardwareProfile, raw)

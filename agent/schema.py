@@ -14,6 +14,7 @@ import json
 import re
 import types
 import typing
+from collections import abc
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -48,7 +49,7 @@ def _typename(tp: Any) -> str:
         return " or ".join(_typename(a) for a in get_args(tp) if a is not type(None))
     if origin in (list, tuple):
         return "a list"
-    if origin is dict:
+    if origin in (dict, abc.Mapping):
         return "a table"
     if dataclasses.is_dataclass(tp):
         return "a table"
@@ -86,7 +87,7 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         (item_tp, *_rest) = get_args(tp) or (Any,)
         items = [convert(item_tp, v, _join(path, i)) for i, v in enumerate(value)]
         return tuple(items)
-    if origin is dict:
+    if origin in (dict, abc.Mapping):
         if not isinstance(value, dict):
             raise SchemaError(path, f"expected a table, got {type(value).__name__}")
         _k, v_tp = get_args(tp)

@@ -2,6 +2,17 @@
 
 Written by hand: it is one datagram per call, and a dependency for that is not worth it.
 API used by agent.supervisor (keep it): `notify(msg) -> bool`, `watchdog_interval() -> float | None`.
+A datagram is sent without blocking: a listener that does not read loses messages, the agent never waits.
+
+`StatusBoard` owns the STATUS= line: the agent's state as `key=value` words, e.g.
+`STATUS=link=connected mqtt=5 relay=off`, sent whole on every change. `systemctl status` shows it to a
+technician, and it is the one interface through which the simulator (sim/agentproc.py) and the tests
+(tests/agentproc.py) learn what the box did; the log's wording is not an interface. Keys:
+  link   disconnected | connecting | connected     (agent.link's state, on every edge)
+  mqtt   5 | 3.1.1                                  (the protocol of the current or last connection)
+  relay  on | off                                   (the amplifier relay, on every switch)
+  profile  <kind>                                   (the hardware profile's kind: pi | sim)
+Values are reduced to [A-Za-z0-9._:/-] (anything else becomes "_"), so no value can forge a word.
 
 Also here, because it exists only to prove the watchdog works: `HangForTests`, a service that blocks
 the event loop after `VILLAGE_TEST_HANG_AFTER_S` seconds. `hang_for_tests(profile_kind)` returns it only
@@ -13,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -33,7 +45,7 @@ def notify(message: str) -> bool:
     if not raw or not (raw.startswith("/") or raw.startswith("@")):
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.connect(_address(raw))
             sock.sendall(message.encode())
         return True
@@ -48,6 +60,39 @@ def ready(status: str | None = None) -> bool:
 def status(text: str) -> bool:
     """A one-line status shown by `systemctl status`; newlines would end the field, so they go."""
     return notify("STATUS=" + text.replace("\n", " "))
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
+
+
+def _word(value: object) -> str:
+    return _UNSAFE.sub("_", str(value))[:80] or "_"
+
+
+class StatusBoard:
+    """The agent's state as one STATUS= line; `set()` sends the whole line when anything changed."""
+
+    def __init__(self, send: Callable[[str], bool] = notify) -> None:
+        self._send = send
+        self.fields: dict[str, str] = {}
+
+    def set(self, **fields: object) -> None:
+        new = {_word(k): _word(v) for k, v in fields.items()}
+        if all(self.fields.get(k) == v for k, v in new.items()):
+            return
+        self.fields.update(new)
+        self._send("STATUS=" + self.line())
+
+    def line(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.fields.items())
+
+    @staticmethod
+    def parse(message: str) -> dict[str, str] | None:
+        """The fields of a notify datagram's STATUS= line, or None when it carries none (for listeners)."""
+        for line in message.split("\n"):
+            if line.startswith("STATUS="):
+                return dict(w.split("=", 1) for w in line[7:].split() if "=" in w)
+        return None
 
 
 def watchdog() -> bool:

@@ -31,8 +31,10 @@ class _Stop(Exception):
 
 
 class Supervisor:
-    def __init__(self, services: Sequence[Service], *, shutdown_budget_s: float = 10.0) -> None:
+    def __init__(self, services: Sequence[Service], *, shutdown_budget_s: float = 10.0,
+                 board: sdnotify.StatusBoard | None = None) -> None:
         self.services = list(services)
+        self.board = board  # READY=1 carries its STATUS= line (the agent's state so far)
         self.shutdown_budget_s = shutdown_budget_s
         self._stop = asyncio.Event()
         self._waiting: set[str] = set()
@@ -89,7 +91,8 @@ class Supervisor:
                 if not self._waiting:
                     self.all_ready.set()
                     log.info("supervisor: all %d services ready", len(self.services))
-                    sdnotify.notify("READY=1\nSTATUS=running")
+                    line = self.board.line() if self.board is not None else ""
+                    sdnotify.notify("READY=1\nSTATUS=" + (line or "running"))
         return ready
 
     async def _watchdog(self) -> None:

@@ -1,12 +1,14 @@
 """The real agent as a child process, the way a box runs it: `python -m agent.cli agent run -c FILE`.
 
-Same code path as on a box (profile "sim" only swaps the relay and the speaker for their twins), so the
-simulator can SIGKILL it for a power cut and start it again on the same state directory.
+Same code path as on a box (profile "sim" only swaps the relay and the speaker for the twins that
+sim/hardware.py registers), so the simulator can SIGKILL it for a power cut and start it again on the
+same state directory.
 
-The simulator learns what the box *did* (as opposed to what the county saw) from the agent's own log on
-stderr, which it tails line by line: "amplifier relay on/off" (written by drivers/amp/relay.py on every
-change, so every click is there) and "link: connected to ... (MQTT 5|3.1.1 ...)". Nothing in the agent
-exists for the simulator's sake; the log is what a technician would read with journalctl too.
+The simulator learns what the box *did* (as opposed to what the county saw) from the agent's STATUS=
+line on a NOTIFY_SOCKET it binds, as systemd would (agent.sdnotify.StatusBoard: `link=connected mqtt=5
+relay=on ...`, sent whole on every change: every relay click, every link edge). The log on stderr goes to
+WORKDIR/agent.log for people to read; its wording is not an interface (only its ERROR/CRITICAL lines are
+counted for the summary).
 
 The generated config scales the agent's timers by the run's speed (docs/simulator.md, "What scales").
 """
@@ -14,22 +16,22 @@ The generated config scales the agent's timers by the run's speed (docs/simulato
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import re
 import signal
+import socket
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.hardware import CLOCK_OFFSET_ENV
+from agent.sdnotify import StatusBoard
 from sim.scenario import Scenario
 
-RELAY_RE = re.compile(r"amplifier relay (on|off)")
-LINK_RE = re.compile(r"link: connected to \S+ \(MQTT ([0-9.]+)")
-LOST_RE = re.compile(r"link: lost connection")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -124,7 +126,7 @@ def agent_config(scenario: Scenario, *, speed: float, state_dir: Path, broker_ur
 
 @dataclass
 class AgentWatch:
-    """What the box did, read from its log."""
+    """What the box did, read from its STATUS= line."""
 
     relay: str = "off"
     relay_clicks: list[tuple[float, str]] = field(default_factory=list)  # (scenario t, "on"/"off")
@@ -132,6 +134,25 @@ class AgentWatch:
     connects: int = 0
     link_up: bool = False
     errors: list[str] = field(default_factory=list)  # ERROR/CRITICAL lines, for the summary
+    statuses: int = 0  # STATUS= lines received, over all runs
+
+    def status(self, fields: dict[str, str], scenario_t: float, *, first_of_run: bool) -> bool:
+        """Fold one STATUS= line in; True when the link came up with it."""
+        self.statuses += 1
+        relay = fields.get("relay")
+        if relay in ("on", "off") and relay != self.relay:
+            if not first_of_run:  # a new run starts with the relay off: not a click (the power cut was)
+                self.relay_clicks.append((round(scenario_t, 2), relay))
+            self.relay = relay
+        link = fields.get("link")
+        if link == "connected" and not self.link_up:
+            self.mqtt_version = fields.get("mqtt")
+            self.connects += 1
+            self.link_up = True
+            return True
+        if link in ("connecting", "disconnected"):
+            self.link_up = False
+        return False
 
 
 class SimAgent:
@@ -152,23 +173,32 @@ class SimAgent:
         self.exit_codes: list[int] = []
         self._connected = asyncio.Event()
         self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)  # closed in close()
+        # systemd's side of sd_notify, abstract (no path-length limit, nothing left on disk)
+        self.notify_address = f"@village-sim-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        self._notify.bind(b"\0" + self.notify_address[1:].encode())
+        self._first_of_run = True
 
     def close(self) -> None:
         self._log.close()
+        self._notify.close()
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
     async def run(self, started: asyncio.Event) -> None:
-        """Own the child for one run: start it, tail its log until it exits. Cancel = SIGKILL."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)  # not systemd here
+        """Own the child for one run: start it, follow its STATUS= and log until it exits. Cancel = SIGKILL."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": self.notify_address}
+        for var in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(var, None)  # not systemd's watchdog here
         if self.clock_offset_s:
             env[CLOCK_OFFSET_ENV] = str(self.clock_offset_s)
         self.runs += 1
         self._connected.clear()
         self.watch.link_up = False
+        self._first_of_run = True
+        self._drain_status()  # anything left from the previous run belongs to it
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "agent.cli", "agent", "run", "-c", str(self.config_path),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
@@ -177,6 +207,7 @@ class SimAgent:
         started.set()
         assert self.proc.stderr is not None
         self._log.write(f"--- run {self.runs} ---\n")
+        status = asyncio.create_task(self._read_status(), name="sim.agent.status")
         try:
             while raw := await self.proc.stderr.readline():
                 line = raw.decode("utf-8", "replace").rstrip("\n")
@@ -187,20 +218,36 @@ class SimAgent:
             if self.proc.returncode is None:  # cancelled: the power goes
                 self.kill()
                 self.exit_codes.append(await self.proc.wait())
+            status.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status
+            self._drain_status()  # what the child sent before it died, in order
             self.watch.link_up = False
 
-    def _seen(self, line: str) -> None:
-        if m := RELAY_RE.search(line):
-            self.watch.relay = m.group(1)
-            self.watch.relay_clicks.append((round(self.scenario_time(), 2), m.group(1)))
-        elif m := LINK_RE.search(line):
-            self.watch.mqtt_version = m.group(1)
-            self.watch.connects += 1
-            self.watch.link_up = True
+    async def _read_status(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._status(await loop.sock_recv(self._notify, 4096))
+
+    def _drain_status(self) -> None:
+        while True:
+            try:
+                data = self._notify.recv(4096)
+            except (BlockingIOError, OSError):
+                return
+            self._status(data)
+
+    def _status(self, data: bytes) -> None:
+        fields = StatusBoard.parse(data.decode("utf-8", "replace"))
+        if not fields:
+            return
+        if self.watch.status(fields, self.scenario_time(), first_of_run=self._first_of_run):
             self._connected.set()
-        elif LOST_RE.search(line):
-            self.watch.link_up = False
-        elif " ERROR " in line or " CRITICAL " in line:
+        if "relay" in fields:
+            self._first_of_run = False
+
+    def _seen(self, line: str) -> None:
+        if " ERROR " in line or " CRITICAL " in line:
             self.watch.errors.append(line)
         if self.on_line is not None:
             self.on_line(line)

@@ -134,8 +134,8 @@ def build_broadcast_hardware(profile: Any, sim: bool, *, voice: str = "cmn", spe
                              hang_slack_s: float = 10.0, **real: Any) -> BroadcastHardware:
     """Relay, player and TTS for the broadcast feature: twins when `sim`, else the real drivers.
 
-    For the composition root: `sim.audio.build_broadcast_hardware(profile, sim=profile.kind == "sim")`.
-    The sim TTS is the real espeak-ng when installed (it runs anywhere), else a silent twin.
+    Used by sim.hardware (the "sim" kind's builder) and by tests. The sim TTS is the real espeak-ng when
+    installed (it runs anywhere), else a silent twin.
     """
     if not sim:
         return build_real_broadcast_hardware(profile, voice=voice, hang_slack_s=hang_slack_s, **real)

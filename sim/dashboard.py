@@ -1,9 +1,9 @@
 """What the technician watches: a rich Live dashboard, or plain lines (`--no-live`, CI and tests).
 
 `VillageState` is the view model: it is fed what the county received (`apply(seen)`), what the simulator
-did (`action(...)`) and what the box did (relay clicks and link lines from the agent's log, backlog from
-its outbox), and both renderers read only it. Relay state comes from the agent's own log line
-"amplifier relay on/off" (see sim/agentproc.py): the box's view, which the county cannot see directly.
+did (`action(...)`) and what the box did (relay clicks and link edges from the agent's STATUS= line,
+backlog from its outbox), and both renderers read only it. Relay state comes from the agent's own
+`relay=on|off` status (see sim/agentproc.py): the box's view, which the county cannot see directly.
 """
 
 from __future__ import annotations

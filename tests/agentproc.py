@@ -1,7 +1,10 @@
 """Run the real agent as a subprocess (`village agent run -c FILE`), the way systemd does.
 
 READY=1 is observed through a real NOTIFY_SOCKET (a Unix datagram socket this harness binds), so tests
-wait on the same signal systemd waits on.
+wait on the same signal systemd waits on. The same socket carries the agent's STATUS= line
+(agent.sdnotify.StatusBoard: `link=connected mqtt=5 relay=off ...`): `statuses` holds every one, in
+order, and `wait_status` waits for one; that line, not the log's wording, is what tests read the box's
+state from. A thread drains the socket all the time, so the agent never finds it full.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.sdnotify import StatusBoard
 from tests.support import toml_dumps
+
+FLUSH = "\0flush:"  # the harness's own marker datagram (no agent message starts with NUL)
 
 
 class AgentProcess:
@@ -28,6 +36,11 @@ class AgentProcess:
         self.notify_path = workdir / "notify.sock"
         self.notify: socket.socket | None = None
         self.messages: list[str] = []
+        self.statuses: list[dict[str, str]] = []  # every STATUS= line, parsed, in order
+        self._cond = threading.Condition()
+        self._reader: threading.Thread | None = None
+        self._flush_seq = self._flushed = 0
+        self._mark = 0  # messages before this index were seen by wait_message/poll_messages
         self.log = workdir / "agent.log"
         self.runs = 0
 
@@ -51,26 +64,78 @@ class AgentProcess:
         self.notify_path.unlink(missing_ok=True)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
-        self.notify.settimeout(0.1)
+        self.notify.settimeout(0.2)
+        self._reader = threading.Thread(target=self._read, args=(self.notify,), daemon=True)
+        self._reader.start()
 
-    def poll_messages(self) -> list[str]:
-        assert self.notify is not None
+    def _read(self, sock: socket.socket) -> None:
         while True:
             try:
-                self.messages.append(self.notify.recv(4096).decode())
-            except (TimeoutError, BlockingIOError):
-                return self.messages
+                message = sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            with self._cond:
+                if message.startswith(FLUSH):
+                    self._flushed = int(message[len(FLUSH):])
+                else:
+                    self.messages.append(message)
+                    if (fields := StatusBoard.parse(message)) is not None:
+                        self.statuses.append(fields)
+                self._cond.notify_all()
+
+    def poll_messages(self) -> list[str]:
+        """Every message received so far, including all already sent: a marker datagram sent to the socket
+        comes back through the reader after everything queued before it (datagrams keep their order)."""
+        if self.notify is not None and self._reader is not None and self._reader.is_alive():
+            with self._cond:
+                self._flush_seq += 1
+                want = self._flush_seq
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as marker:
+                marker.sendto(f"{FLUSH}{want}".encode(), str(self.notify_path))
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._flushed >= want, timeout=10):
+                    raise TimeoutError("the notify reader did not catch up")
+        with self._cond:
+            self._mark = len(self.messages)
+            return list(self.messages)
+
+    @property
+    def status(self) -> dict[str, str]:
+        """The agent's latest STATUS= fields ({} before the first)."""
+        with self._cond:
+            return dict(self.statuses[-1]) if self.statuses else {}
+
+    def _wait(self, pred: Callable[[], bool], what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not pred():
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"agent exited {self.proc.returncode} before {what}:\n{self.log_text()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {what} from the agent within {timeout}s:\n{self.log_text()[-3000:]}")
+                self._cond.wait(min(left, 0.2))  # also wakes to notice the process exiting
 
     def wait_message(self, needle: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        seen = len(self.messages)
-        while time.monotonic() < deadline:
-            self.poll_messages()
-            if any(needle in m for m in self.messages[seen:]):
-                return
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited {self.proc.returncode} before {needle!r}:\n{self.log_text()}")
-        raise TimeoutError(f"no {needle!r} from the agent within {timeout}s:\n{self.log_text()[-3000:]}")
+        """Wait for a notify datagram containing `needle` that no earlier wait_message/poll_messages saw."""
+        with self._cond:
+            seen = self._mark
+        self._wait(lambda: any(needle in m for m in self.messages[seen:]), repr(needle), timeout)
+        with self._cond:
+            self._mark = len(self.messages)
+
+    def wait_status(self, timeout: float = 30.0, **fields: str) -> dict[str, str]:
+        """Wait until a STATUS= line (already received or later) has all of `fields`; returns that line."""
+        def match() -> dict[str, str] | None:
+            return next((s for s in reversed(self.statuses) if all(s.get(k) == v for k, v in fields.items())),
+                        None)
+        self._wait(lambda: match() is not None, f"STATUS with {fields}", timeout)
+        with self._cond:
+            found = match()
+        assert found is not None
+        return found
 
     def kill(self) -> None:
         assert self.proc is not None

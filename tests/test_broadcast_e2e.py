@@ -103,7 +103,7 @@ def county(collector: Collector, county_key: tuple[Ed25519PrivateKey, Path]) -> 
 
 def config(tmp_path: Path, broker: Mosquitto, pub: Path, **broadcast: Any) -> Config:
     return parse_config({
-        "box": {"id": BOX, "state_dir": str(tmp_path / "state")},
+        "box": {"id": BOX, "profile": "sim", "state_dir": str(tmp_path / "state")},
         "mqtt": {"url": broker.url, "backoff_min_s": 0.2, "backoff_max_s": 1.0},
         "trust": {"keys": {KID: str(pub)}},
         "outbox": {"commit_interval_ms": 5},

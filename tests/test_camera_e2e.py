@@ -51,7 +51,7 @@ def config(tmp_path: Path, broker: Mosquitto, cams: list[SimCamera]) -> Config:
         secret = c.write_credentials(tmp_path / f"{c.id}.secret")
         cameras.append({"id": c.id, "rtsp": c.url, "credentials": str(secret), "onvif_port": c.onvif_port})
     return parse_config({
-        "box": {"id": "lhk-menglou-001", "state_dir": str(tmp_path / "state")},
+        "box": {"id": "lhk-menglou-001", "profile": "sim", "state_dir": str(tmp_path / "state")},
         "mqtt": {"url": broker.url, "backoff_min_s": 0.2, "backoff_max_s": 1.0},
         "cameras": {"spread": 0.0, "step_timeout_s": 1.0, "connect_timeout_s": 1.0},
         "camera": cameras,
@@ -74,7 +74,7 @@ async def agent(cfg: Config, clock: ManualClock, cams: list[SimCamera], videos: 
                     telemetry_ttl_s=cfg.outbox.telemetry_ttl_s, commit_interval_s=0.01, clock=SystemClock())
     link = Link(cfg, outbox, NoCommands(), clock=SystemClock())
     heartbeat = Heartbeat(outbox, SystemClock(), interval_s=0.5)
-    ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim"), uplink=outbox,
+    ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim", kind="sim"), uplink=outbox,
                        receipts=Receipts(outbox, clock), clock=clock, commands=NoCommands(),
                        hardware=Hardware(camera_probes=sim_probes(cams, videos, step_timeout_s=1.0)))
     (svc,) = make_services(ctx)

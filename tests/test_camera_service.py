@@ -283,7 +283,7 @@ async def test_run_loop_cycles_and_saves_on_cancel(rig):
 
 # ------------------------------------------------------------------------------------------ config
 def _cfg(tmp_path: Path, camera: dict[str, Any]) -> Any:
-    return parse_config({"box": {"id": "b1", "state_dir": str(tmp_path)}, "mqtt": {"url": "mqtt://127.0.0.1:1"},
+    return parse_config({"box": {"id": "b1", "profile": "sim", "state_dir": str(tmp_path)}, "mqtt": {"url": "mqtt://127.0.0.1:1"},
                          "cameras": {"interval_s": 30},
                          "camera": [camera]}, "test.toml")
 
@@ -328,16 +328,16 @@ def test_make_services(tmp_path):
     uplink, clock = RecordingUplink(), ManualClock()
     from agent.hardware import build_camera_probes
 
-    bare = AgentContext(cfg, HardwareProfile("sim"), uplink, Receipts(uplink, clock), clock, None,  # type: ignore[arg-type]
+    bare = AgentContext(cfg, HardwareProfile("sim", "sim"), uplink, Receipts(uplink, clock), clock, None,  # type: ignore[arg-type]
                         Hardware())
     with pytest.raises(RuntimeError, match="no camera probes"):
         make_services(bare)  # the composition root must choose the probes
-    ctx = AgentContext(cfg, HardwareProfile("sim"), uplink, Receipts(uplink, clock), clock, None,  # type: ignore[arg-type]
+    ctx = AgentContext(cfg, HardwareProfile("sim", "sim"), uplink, Receipts(uplink, clock), clock, None,  # type: ignore[arg-type]
                        Hardware(camera_probes=build_camera_probes(cfg.cameras)))
     (svc,) = make_services(ctx)
     assert svc.name == "cameras"
-    no_cams = parse_config({"box": {"id": "b1"}, "mqtt": {"url": "mqtt://127.0.0.1:1"}})
-    assert make_services(AgentContext(no_cams, HardwareProfile("sim"), uplink, Receipts(uplink, clock), clock,
+    no_cams = parse_config({"box": {"id": "b1", "profile": "sim"}, "mqtt": {"url": "mqtt://127.0.0.1:1"}})
+    assert make_services(AgentContext(no_cams, HardwareProfile("sim", "sim"), uplink, Receipts(uplink, clock), clock,
                                       None, Hardware())) == []  # type: ignore[arg-type]
 
 

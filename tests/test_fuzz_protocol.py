@@ -168,7 +168,7 @@ def test_freshness_decides_without_crashing(iat: int, life: int, now: float, flo
 @contextlib.asynccontextmanager
 async def router_running(tmp_path: Path, clock: ManualClock) -> AsyncIterator[tuple[CommandRouter, RecordingUplink,
                                                                                       list[Command]]]:
-    config = parse_config({"box": {"id": BOX, "groups": [GROUP], "state_dir": str(tmp_path)},
+    config = parse_config({"box": {"id": BOX, "profile": "sim", "groups": [GROUP], "state_dir": str(tmp_path)},
                            "mqtt": {"url": "mqtt://127.0.0.1:1883"}})
     uplink, calls = RecordingUplink(), []
     router = CommandRouter(config, Receipts(uplink, clock), clock, tmp_path, keys=KEYS)

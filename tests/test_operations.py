@@ -26,7 +26,7 @@ NOW = 1_763_900_000.0
 
 
 def make_config(state: Path) -> Config:
-    return parse_config({"box": {"id": "lhk-status-1", "state_dir": str(state)},
+    return parse_config({"box": {"id": "lhk-status-1", "profile": "sim", "state_dir": str(state)},
                          "mqtt": {"url": "mqtt://127.0.0.1:1883"}})
 
 

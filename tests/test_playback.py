@@ -71,7 +71,7 @@ class Rig:
     def __init__(self, state_dir: Path, *, speed: float = 4.0, tts: Any = None, player: Any = None,
                  **broadcast: Any) -> None:
         cfg = {"warmup_s": 0.05, "tail_s": 0.0, "off_delay_s": 0.1, "chime": "builtin", **broadcast}
-        self.config: Config = parse_config({"box": {"id": "b1", "state_dir": str(state_dir)},
+        self.config: Config = parse_config({"box": {"id": "b1", "profile": "sim", "state_dir": str(state_dir)},
                                             "mqtt": {"url": "mqtt://127.0.0.1:1"}, "broadcast": cfg})
         self.relay = TwinAmpRelay(17)
         self.player = player or TwinPlayer(speed=speed, hang_slack_s=0.05)

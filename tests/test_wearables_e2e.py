@@ -44,7 +44,7 @@ class NoCommands:
 
 def config(tmp_path: Path, broker: Mosquitto, url: str, fences: Path) -> Config:
     return parse_config({
-        "box": {"id": "box-e2e", "state_dir": str(tmp_path / "state")},
+        "box": {"id": "box-e2e", "profile": "sim", "state_dir": str(tmp_path / "state")},
         "mqtt": {"url": broker.url, "backoff_min_s": 0.2, "backoff_max_s": 1.0},
         "gateway": [{"id": "gw1", "url": url, "codec": "watch"}],
         "wearer": [{"id": f"W{i}", "device": f"880000000{i}", "fences": ["home"]} for i in range(1, 5)],
@@ -57,7 +57,7 @@ async def agent(cfg: Config, clock: ManualClock) -> AsyncIterator[GatewayService
     outbox = Outbox(cfg.outbox_path, cfg.box.id, max_bytes=cfg.outbox.max_bytes,
                     telemetry_ttl_s=cfg.outbox.telemetry_ttl_s, commit_interval_s=0.01, clock=SystemClock())
     link = Link(cfg, outbox, NoCommands(), clock=SystemClock())
-    ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim"), uplink=outbox,
+    ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim", kind="sim"), uplink=outbox,
                        receipts=Receipts(outbox, clock), clock=clock, commands=Handlers(),
                        hardware=Hardware(gateway_opener=open_gateway, decoder_factory=make_decoder))
     services = [outbox, link, *make_services(ctx)]
@@ -169,7 +169,7 @@ async def test_the_sos_ack_reaches_the_band_only_after_the_alarm_is_in_the_outbo
     band = SimWearer("8800000001", [(LAT0, LON0)])
     async with GatewayTwin("watch", [band], link="pty", seed=3, clock=clock) as twin:
         cfg = parse_config({
-            "box": {"id": "box-e2e", "state_dir": str(tmp_path / "state")},
+            "box": {"id": "box-e2e", "profile": "sim", "state_dir": str(tmp_path / "state")},
             "mqtt": {"url": "mqtt://127.0.0.1:1883"},
             "gateway": [{"id": "gw1", "url": twin.url, "codec": "watch"}],
             "wearer": [{"id": "W1", "device": band.device}],
@@ -177,7 +177,7 @@ async def test_the_sos_ack_reaches_the_band_only_after_the_alarm_is_in_the_outbo
         watch = twin.replies = AckWatch(cfg.outbox_path)
         outbox = Outbox(cfg.outbox_path, cfg.box.id, max_bytes=cfg.outbox.max_bytes,
                         telemetry_ttl_s=cfg.outbox.telemetry_ttl_s, commit_interval_s=0.01, clock=SystemClock())
-        ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim"), uplink=outbox,
+        ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim", kind="sim"), uplink=outbox,
                            receipts=Receipts(outbox, clock), clock=clock, commands=Handlers(),
                            hardware=Hardware(gateway_opener=open_gateway, decoder_factory=make_decoder))
         services = [outbox, *make_services(ctx)]

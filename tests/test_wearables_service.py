@@ -31,7 +31,7 @@ from tests.wearables_support import HALF, Handlers, RecordingUplink, collection,
 
 def make_config(tmp_path: Path, gateway_url: str = "/dev/null", **wearables: Any) -> Config:
     return parse_config({
-        "box": {"id": "box-test", "state_dir": str(tmp_path / "state")},
+        "box": {"id": "box-test", "profile": "sim", "state_dir": str(tmp_path / "state")},
         "mqtt": {"url": "mqtt://127.0.0.1:1883"},
         "gateway": [{"id": "gw1", "url": gateway_url, "codec": "watch", "silent_s": 600}],
         "wearer": [{"id": f"W{i}", "device": f"880000000{i}"} for i in range(1, 4)],
@@ -42,7 +42,7 @@ def make_config(tmp_path: Path, gateway_url: str = "/dev/null", **wearables: Any
 def context(cfg: Config, clock: ManualClock,
             uplink: RecordingUplink | None = None) -> tuple[AgentContext, RecordingUplink, Handlers]:
     uplink, handlers = uplink or RecordingUplink(), Handlers()
-    ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim"), uplink=uplink,
+    ctx = AgentContext(config=cfg, profile=HardwareProfile(name="sim", kind="sim"), uplink=uplink,
                        receipts=Receipts(uplink, clock), clock=clock, commands=handlers,
                        hardware=Hardware(gateway_opener=open_gateway, decoder_factory=make_decoder))
     return ctx, uplink, handlers

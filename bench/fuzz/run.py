@@ -97,7 +97,7 @@ def seeds(target: str, corpus: Path) -> None:
         "cap": [p.read_bytes() for p in sorted(PEERS.glob("cap-*.xml"))],
         "fences": [json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "id": "f", "properties": {
             "radius_m": 50}, "geometry": {"type": "Point", "coordinates": [116.4, 39.9]}}]}).encode()],
-        "config": [b'[box]\nid = "box-1"\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n'],
+        "config": [b'[box]\nid = "box-1"\nprofile = "sim"\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n'],
     }[target]
     for i, sample in enumerate(samples):
         (corpus / f"seed-{i}").write_bytes(sample)

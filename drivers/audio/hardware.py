@@ -1,7 +1,7 @@
 """Build the real broadcast drivers (relay, player, TTS) from a hardware profile.
 
-The composition root (agent/hardware.py) calls `sim.audio.build_broadcast_hardware(profile, sim=...)`,
-which comes here for real boxes. `profile` is duck-typed (`relay.pin`, `relay.active_high`,
+The composition root (agent/hardware.py, profile kind "pi") calls this; the simulator's twins are
+built by sim/hardware.py. `profile` is duck-typed (`relay.pin`, `relay.active_high`,
 `audio.device`, `audio.mixer`) so drivers/ does not import agent/.
 """
 

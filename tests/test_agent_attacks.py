@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -73,6 +74,29 @@ def alg_none(key: Ed25519PrivateKey) -> str:
     return f"{head}.{b64url_encode(json.dumps(payload()).encode())}."
 
 
+def surrogate_header(key: Ed25519PrivateKey) -> str:
+    """A header field name that is a lone surrogate: valid JSON (`"\\ud800"`), not encodable as UTF-8. Its
+    refusal detail used to carry it raw: Envelope.encode raised inside the outbox commit, the agent exited 1."""
+    head = b64url_encode(json.dumps({"alg": "EdDSA", "kid": KID, "\ud800": 1}).encode())
+    return f"{head}.{b64url_encode(json.dumps(payload()).encode())}.{b64url_encode(b'x' * 64)}"
+
+
+def newline_header(key: Ed25519PrivateKey) -> str:
+    """A header field name that forges a log line ("... INFO agent.broadcast: amplifier relay on")."""
+    head = b64url_encode(json.dumps({"alg": "EdDSA", "kid": KID, FORGED: 1}).encode())
+    return f"{head}.{b64url_encode(json.dumps(payload()).encode())}.{b64url_encode(b'x' * 64)}"
+
+
+FORGED = "x\n2026-12-01 08:00:00,000 INFO agent.broadcast: amplifier relay on"
+
+
+def sign_ascii(body: dict[str, Any], key: Ed25519PrivateKey) -> str:
+    """Sign with the payload as ASCII JSON (`\\uXXXX` escapes): how a console can sign text UTF-8 cannot hold."""
+    head = b64url_encode(json.dumps({"alg": "EdDSA", "kid": KID}, separators=(",", ":")).encode())
+    body64 = b64url_encode(json.dumps(body, ensure_ascii=True).encode())
+    return f"{head}.{body64}.{b64url_encode(key.sign(f'{head}.{body64}'.encode()))}"
+
+
 def bad_audio(sha: str | None, size: int) -> Callable[[Ed25519PrivateKey], str]:
     def make(key: Ed25519PrivateKey) -> str:
         data = b"RIFF" + b"\0" * size
@@ -97,6 +121,10 @@ ATTACKS: list[tuple[str, Callable[[Ed25519PrivateKey], str], str, bool, str]] = 
      lambda k: jws.sign(payload(to=["group:other-town"]), k, KID), "vc/v1/group/other-town/cmd", False, ""),
     ("retained", lambda k: jws.sign(payload(), k, KID), f"vc/v1/box/{BOX}/cmd", True, "retained"),
     ("hash mismatch", bad_audio("0" * 64, 1000), f"vc/v1/box/{BOX}/cmd", False, "hash_mismatch"),
+    ("lone surrogate header field", surrogate_header, f"vc/v1/box/{BOX}/cmd", False, "alg_not_allowed"),
+    ("newline header field", newline_header, f"vc/v1/box/{BOX}/cmd", False, "alg_not_allowed"),
+    ("id ending in a newline", lambda k: jws.sign(payload(id="cmd-1\n"), k, KID), f"vc/v1/box/{BOX}/cmd", False,
+     "malformed"),
 ]
 
 
@@ -134,9 +162,86 @@ async def test_attack_is_refused_relay_never_on(tmp_path: Path, broker: Mosquitt
     plays = [name for event, name, _volume in hw.player.events() if event == "play"]
     assert plays == [f"{good['id']}.wav"], f"{what}: only the genuine command played: {hw.player.events()}"
     bad_id = json.loads(jws.b64url_decode(token.split(".")[1]))["id"]
-    by_cmd: dict[str, list[str]] = {}
+    if bad_id.endswith("\n"):
+        bad_id = None  # an id that is not one: the receipt says null rather than echo it
+    by_cmd: dict[str | None, list[str]] = {}
     for m in county.snapshot():
         by_cmd.setdefault(m.json()["data"]["cmd"], []).append(m.json()["data"]["state"])
     assert by_cmd.pop(good["id"])[-1] == "finished"
     want = ["received", "rejected"] if reason == "hash_mismatch" else ["rejected"]
     assert by_cmd == ({bad_id: want} if reason else {}), what
+
+
+def receipts_by_cmd(county: Collector) -> dict[str, list[dict[str, Any]]]:
+    by_cmd: dict[str, list[dict[str, Any]]] = {}
+    for m in county.snapshot():
+        data = m.json()["data"]
+        by_cmd.setdefault(data["cmd"], []).append(data)
+    return by_cmd
+
+
+async def test_refusal_of_untrusted_header_text_keeps_the_agent_up_and_escaped(
+        tmp_path: Path, broker: Mosquitto, keys: tuple, caplog: pytest.LogCaptureFixture) -> None:
+    """Item 1 and 2 of issue 11, through the whole agent: a lone-surrogate header field and a newline header
+    field are refused with an escaped, bounded detail, no log line is forged, and a genuine emergency then
+    plays (the agent kept running; `running` checks it exits 0)."""
+    key, pub = keys
+    raw = agent_config_dict(tmp_path / "state", broker.url, trust={"keys": {KID: str(pub)}},
+                            broadcast={"warmup_s": 0.0, "off_delay_s": 0.05, "chime": ""})
+    agent = build_agent(parse_config(raw))
+    county = Collector(broker.url, ["vc/v1/box/+/up/receipt/#"]).start()
+    bad = [surrogate_header(key), newline_header(key)]
+    good = payload()
+    caplog.set_level(logging.INFO)
+    try:
+        async with running(agent):
+            for token in bad:
+                county.publish(f"vc/v1/box/{BOX}/cmd", token)
+            county.publish(f"vc/v1/box/{BOX}/cmd", jws.sign(good, key, KID))
+            await asyncio.to_thread(county.wait_for, lambda ms: any(
+                m.json()["data"]["cmd"] == good["id"] and m.json()["data"]["state"] == "finished" for m in ms), 30)
+    finally:
+        county.stop()
+    by_cmd = receipts_by_cmd(county)
+    ids = [json.loads(jws.b64url_decode(t.split(".")[1]))["id"] for t in bad]
+    details = []
+    for cmd_id in ids:
+        (r,) = by_cmd[cmd_id]
+        assert (r["state"], r["reason"]) == ("rejected", "alg_not_allowed")
+        details.append(r["detail"])
+    assert details[0] == "header field(s) not allowed: '\\ud800'"
+    assert "\n" not in details[1] and "'x\\n2026-12-01" in details[1]
+    assert [d["state"] for d in by_cmd[good["id"]]][-1] == "finished"
+    text = "\n".join(logging.Formatter("%(levelname)s %(name)s: %(message)s").format(r) for r in caplog.records)
+    assert not any(line.startswith("2026-12-01") for line in text.splitlines()), "a forged log line"
+    assert "\ud800" not in text and "\\ud800" in text
+
+
+async def test_a_signed_title_with_a_lone_surrogate_plays_and_is_stored(tmp_path: Path, broker: Mosquitto,
+                                                                        keys: tuple) -> None:
+    """A signed emergency whose title holds a lone surrogate crashed the agent in BroadcastStore.save, after
+    the relay was switched on. It plays now (the title is scrubbed), the relay goes off after it, and the
+    next command is obeyed."""
+    key, pub = keys
+    raw = agent_config_dict(tmp_path / "state", broker.url, trust={"keys": {KID: str(pub)}},
+                            broadcast={"warmup_s": 0.0, "off_delay_s": 0.05, "chime": ""})
+    agent = build_agent(parse_config(raw))
+    county = Collector(broker.url, ["vc/v1/box/+/up/receipt/#"]).start()
+    odd, good = payload(), payload()
+    odd["data"] = {**odd["data"], "title": "\ud800 flood \udfff", "text": "撤离 \ud83d"}
+    try:
+        async with running(agent):
+            county.publish(f"vc/v1/box/{BOX}/cmd", sign_ascii(odd, key))
+            await asyncio.to_thread(county.wait_for, lambda ms: any(
+                m.json()["data"]["cmd"] == odd["id"] and m.json()["data"]["state"] == "finished" for m in ms), 30)
+            county.publish(f"vc/v1/box/{BOX}/cmd", jws.sign(good, key, KID))
+            await asyncio.to_thread(county.wait_for, lambda ms: any(
+                m.json()["data"]["cmd"] == good["id"] and m.json()["data"]["state"] == "finished" for m in ms), 30)
+    finally:
+        county.stop()
+    by_cmd = receipts_by_cmd(county)
+    assert [r["state"] for r in by_cmd[odd["id"]]] == ["received", "started", "finished"]
+    hw = agent.context.hardware
+    assert not hw.relay.is_on and hw.relay.events()[-1] == "off"
+    plays = [name for event, name, _volume in hw.player.events() if event == "play"]
+    assert plays == [f"{odd['id']}.wav", f"{good['id']}.wav"]

@@ -105,6 +105,17 @@ def test_layout_owners_and_modes(installed: Path) -> None:
     assert re.search(r"^village:x:\d+:\d+:.*:/usr/sbin/nologin$", passwd, re.M)
 
 
+def test_the_box_venv_holds_no_extras(installed: Path) -> None:
+    # what install-box really put on the box: the agent's packages, not the simulator's or the tests'
+    py = installed / "opt" / "village-agent" / "venv" / "bin" / "python"
+    found = subprocess.run([str(py), "-c", "import importlib.util as u, sys; "
+                                           "print(' '.join(m for m in sys.argv[1:] if u.find_spec(m)))",
+                            "rich", "amqtt", "psutil", "typer", "websockets", "yaml", "pydantic", "pytest", "mypy",
+                            "paho", "aiosqlite", "gpiozero", "bleak"], capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == ["paho", "aiosqlite", "gpiozero", "bleak"]
+
+
 def test_the_identity_is_a_csr_for_this_box(installed: Path) -> None:
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID

@@ -45,12 +45,13 @@ def _load(path: str):
     from agent.config import load_config
     from agent.hardware import hardware_builder
     from agent.profile import load_profile
+    from agent.wearables.settings import with_gateway_urls
 
     config = load_config(path)
     load_trust_keys(config)  # a key file that exists but is not an Ed25519 PEM is a config error too
     profile = load_profile(config.box.profile)
     hardware_builder(profile.kind, profile.name)  # kind "sim" needs the simulator installed: say so now
-    return config, profile
+    return with_gateway_urls(config, profile, path), profile
 
 
 def agent_main(argv: Sequence[str]) -> int:

@@ -11,12 +11,15 @@ Where names are looked up, first hit wins:
   <source tree>/firmware_cfg      a development checkout
 A parent is looked up next to the child first, then by name as above.
 
-`[gateway_firmware]` holds what the agent writes to the wristband gateway on the box's serial port
-(`serial.url`) once at start, in order. Each entry of `commands` is either
+`[serial]` is the box model's wired wristband gateway port: `url` is the default of a `[[gateway]]` that
+gives none (agent.wearables.settings.resolve_gateways), `baud` the speed of every wired gateway.
+`[gateway_firmware]` holds what the agent writes to every wired (not `ble:`) gateway at each connect, in
+order (agent/wearables/service.py, drivers/wristband/setup.py). Each entry of `commands` is either
   - a text line: printable ASCII (0x20-0x7e), sent as is followed by `line_ending`, or
   - raw bytes: "hex:" then pairs of hex digits (spaces allowed), sent exactly, no line ending.
 After each entry the writer waits up to `reply_timeout_s` for a reply line starting with `expect`
-("" = do not wait). `GatewayFirmwareProfile.frames()` gives the exact bytes to write.
+("" = do not wait); a line starting with ERROR refuses it. `GatewayFirmwareProfile.frames()` gives the
+exact bytes to write.
 """
 
 from __future__ import annotations
@@ -159,8 +162,6 @@ class HardwareProfile:
     def __post_init__(self) -> None:
         if self.relay.pin is not None and self.relay.pin == self.status_led.pin:
             raise SchemaError("status_led.pin", f"BCM {self.relay.pin} is already the relay pin")
-        if self.gateway_firmware.commands and self.serial.url is None:
-            raise SchemaError("gateway_firmware", "commands need a serial gateway (serial.url is not set)")
 
 
 def profile_dirs() -> list[Path]:

@@ -79,7 +79,7 @@ def bench_tracker(fences: dict[str, Fence], fixes: list[tuple[str, Fix]], wearer
 def bench_engine(fences: dict[str, Fence], fixes: list[tuple[str, Fix]], wearers: int) -> float:
     clock = ManualClock()
     cfg = WearablesConfig()
-    e = WearablesEngine(cfg, [GatewayConfig("gw1", "/dev/null", "watch")],
+    e = WearablesEngine(cfg, [GatewayConfig(id="gw1", url="/dev/null", codec="watch")],
                         [WearerConfig(f"W{i}", f"{8800000000 + i}", fences=tuple(fences)) for i in range(wearers)],
                         clock)
     e.set_local_fences(fences)

@@ -3,8 +3,11 @@
 `GatewayTwin` is the other end of the agent's serial/socket link. It speaks one codec (watch, ingics, nmea)
 for a set of `SimWearer`s that walk along waypoints with seeded GPS jitter; tests and scenarios press SOS,
 remove bands, make wearers fall, drain batteries, silence bands, inject noise, split frames, and unplug and
-replug the gateway. It answers nothing itself; it records every byte the agent writes back (LK/AL acks) in
-`replies`. Everything random comes from one `random.Random(seed)`, so a seed replays a run exactly.
+replug the gateway. It records every byte the agent writes back (LK/AL acks) in `replies`, and every text
+line the agent writes outside ack frames (the profile's `[gateway_firmware]` setup commands) in `commands`.
+By default it answers nothing; with `answers` (command -> reply line, None = stay silent) and/or
+`answer_default` it answers each setup line as an AT gateway does (`\r\nOK\r\n`). Everything random comes
+from one `random.Random(seed)`, so a seed replays a run exactly.
 
 The pty link exposes a stable path (a symlink, as udev's /dev/serial/by-id links are) that survives a replug;
 the TCP link listens on 127.0.0.1 and `url` is `socket://127.0.0.1:PORT`.
@@ -96,6 +99,8 @@ class GatewayTwin:
         gateway_id: str = "C0:FF:EE:00:00:01",
         gateway_pos: tuple[float, float] = (22.5, 113.9),
         directory: Path | None = None,
+        answers: dict[str, str | None] | None = None,
+        answer_default: str | None = None,
     ) -> None:
         self.codec = codec
         self.wearers = {w.device: w for w in wearers or []}
@@ -106,6 +111,12 @@ class GatewayTwin:
         self.gateway_pos = gateway_pos
         self.replies: list[bytes] = []  # every chunk the agent wrote back, in order
         self.sent: list[bytes] = []  # every chunk written to the agent, in order
+        self.commands: list[str] = []  # text lines the agent wrote outside ack frames (setup commands), in order
+        self.answers = dict(answers or {})
+        self.answer_default = answer_default
+        self.command_seen = asyncio.Condition()
+        self._inbuf = bytearray()
+        self._answering: set[asyncio.Task[None]] = set()
         self.plugged = False
         self._dir = directory
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -141,6 +152,7 @@ class GatewayTwin:
         """Plug the gateway (back) in: a fresh pty behind the same path, or the TCP port listening again."""
         if self.plugged:
             return
+        self._inbuf = bytearray()  # a line cut by the unplug is not a command
         if self.link == "pty":
             master, slave = os.openpty()
             tty.setraw(slave)  # no echo, no line editing before the agent opens it
@@ -301,6 +313,44 @@ class GatewayTwin:
         await self._write(junk)
         return junk
 
+    async def wait_commands(self, n: int, timeout_s: float = 10.0) -> list[str]:
+        """Wait until the agent has written `n` setup lines in all (an observation, not a timing)."""
+        async def seen() -> None:
+            async with self.command_seen:
+                await self.command_seen.wait_for(lambda: len(self.commands) >= n)
+
+        await asyncio.wait_for(seen(), timeout_s)
+        return list(self.commands)
+
+    def _received(self, data: bytes) -> None:
+        """What the agent wrote: kept whole in `replies`; text lines outside `[..]` acks are commands."""
+        self.replies.append(data)
+        self._inbuf += data
+        buf = re.sub(rb"\[[^\[\]]*\]", b"", bytes(self._inbuf))
+        cut = buf.find(b"[")  # an ack still arriving: lines before it are complete, it is kept
+        head, tail = (buf, b"") if cut < 0 else (buf[:cut], buf[cut:])
+        *lines, rest = re.split(rb"\r\n|\r|\n", head)
+        self._inbuf = bytearray(rest + tail)
+        for raw in lines:
+            if not raw:
+                continue
+            line = raw.decode("ascii", "backslashreplace")
+            self.commands.append(line)
+            task = asyncio.get_running_loop().create_task(self._answer(line))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, line: str) -> None:
+        async with self.command_seen:
+            self.command_seen.notify_all()
+        reply = self.answers.get(line, self.answer_default)
+        if reply is None or not self.plugged:
+            return
+        try:
+            await self._write(b"\r\n" + reply.encode("ascii") + b"\r\n")
+        except GatewayGone:
+            pass
+
     def reply_frames(self) -> list[bytes]:
         """The agent's replies split into watch frames."""
         return re.findall(rb"\[[^\[\]]*\]", b"".join(self.replies))
@@ -334,7 +384,7 @@ class GatewayTwin:
         except (BlockingIOError, OSError):
             return  # EIO while no one holds the far end; the twin keeps its own end open, so rare
         if data:
-            self.replies.append(data)
+            self._received(data)
 
 
 class _TwinProtocol(asyncio.Protocol):
@@ -353,7 +403,7 @@ class _TwinProtocol(asyncio.Protocol):
         self.twin._peer_ready.set()
 
     def data_received(self, data: bytes) -> None:
-        self.twin.replies.append(data)
+        self.twin._received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.twin._peer is self.transport:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable
+from typing import Literal
 
 import pytest
 
@@ -65,7 +66,7 @@ async def until(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
 
 
 @pytest.mark.parametrize("link", ["pty", "tcp"])
-async def test_watch_over_link_with_acks_unplug_and_replug(link: str) -> None:
+async def test_watch_over_link_with_acks_unplug_and_replug(link: Literal["pty", "tcp"]) -> None:
     wearers = [SimWearer("8800000015", PATH), SimWearer("8800000016", PATH)]
     async with GatewayTwin("watch", wearers, link=link, seed=7) as twin:
         edges = Edges()

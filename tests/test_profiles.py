@@ -107,7 +107,6 @@ def test_a_profile_named_by_path(tmp_path: Path) -> None:
     ('[serial]\nurl = "COM3"', "serial.url", "pyserial URL"),
     ('[ble]\nadapter = "bt0"', "ble.adapter", "hci0"),
     ("[status_led]\npin = 17", "status_led.pin", "relay pin"),
-    ('[gateway_firmware]\ncommands = ["AT"]', "gateway_firmware", "serial.url"),
     ('[serial]\nurl = "/dev/ttyUSB0"\n[gateway_firmware]\ncommands = ["AT\\r"]', "gateway_firmware.commands",
      "printable ASCII"),
     ('[serial]\nurl = "/dev/ttyUSB0"\n[gateway_firmware]\ncommands = ["hex:7e0"]', "gateway_firmware.commands",
@@ -172,3 +171,10 @@ def test_gateway_firmware_frames_follow_the_documented_format() -> None:
         encode_firmware_command("A" * 257)
     with pytest.raises(ValueError):
         encode_firmware_command("")
+
+
+def test_firmware_commands_need_no_serial_url(pdir: Path) -> None:
+    """The commands go to every wired [[gateway]] (docs/wearables.md), whose url the config may name itself."""
+    write(pdir, "radioless", 'extends = "base"\n[gateway_firmware]\ncommands = ["AT"]\n')
+    p = load_profile("radioless")
+    assert p.serial.url is None and p.gateway_firmware.frames() == (b"AT\r\n",)

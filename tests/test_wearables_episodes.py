@@ -19,7 +19,8 @@ BANDS = [WearerConfig(f"W{i}", f"880000000{i}") for i in range(1, 6)]
 
 
 def engine(clock: ManualClock, cfg: WearablesConfig = CFG, silent_s: float = 300.0) -> WearablesEngine:
-    return WearablesEngine(cfg, [GatewayConfig("gw1", "/dev/null", "watch", silent_s=silent_s)], BANDS, clock)
+    return WearablesEngine(cfg, [GatewayConfig(id="gw1", url="/dev/null", codec="watch", silent_s=silent_s)],
+                           BANDS, clock)
 
 
 def kinds(out: list[Out]) -> list[str]:
@@ -143,7 +144,7 @@ def test_lost_contact_once_and_cleared_by_the_next_frame() -> None:
 def test_lost_contact_uses_the_wearers_own_interval() -> None:
     clock = ManualClock()
     bands = [WearerConfig("W1", "1", report_interval_s=600.0), WearerConfig("W2", "2")]
-    e = WearablesEngine(CFG, [GatewayConfig("gw1", "/dev/null", "watch")], bands, clock)
+    e = WearablesEngine(CFG, [GatewayConfig(id="gw1", url="/dev/null", codec="watch")], bands, clock)
     out: list[Out] = []
     for _ in range(100):  # W2 talks every 10 s; W1 said nothing for 1000 s, but its interval x 3 is 1800 s
         clock.advance(10)

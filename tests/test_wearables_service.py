@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,14 @@ class GatedUplink(RecordingUplink):
         return await super().send(cls, kind, data, ts_ms)
 
 
+def opened(gw: GatewayService) -> Callable[[], bool]:
+    return lambda: gw.reader is not None and gw.reader.stats.opens >= 1
+
+
+def frames_seen(gw: Any, n: int) -> Callable[[], bool]:
+    return lambda: gw.reader is not None and gw.reader.codec.stats.frames >= n
+
+
 @contextlib.asynccontextmanager
 async def running(ctx: AgentContext) -> AsyncIterator[list[Any]]:
     services = make_services(ctx)
@@ -80,7 +88,7 @@ async def running(ctx: AgentContext) -> AsyncIterator[list[Any]]:
             await asyncio.wait_for(ready.wait(), 10)
             for s in services:  # frames written before the port is open would be flushed by the open
                 if isinstance(s, GatewayService):
-                    await until(lambda s=s: s.reader is not None and s.reader.stats.opens >= 1)
+                    await until(opened(s))
             yield services
         finally:
             for t in tasks:
@@ -152,7 +160,7 @@ async def test_geofence_set_applies_persists_and_drives_exits(tmp_path: Path, pt
             clock.advance(10)
             os.write(master, encode_position("8800000001", ts=clock.time(), lat=latlon(x, 0)[0],
                                              lon=latlon(x, 0)[1]))
-            await until(lambda i=i: gw.reader.codec.stats.frames > i)  # one fix at a time, each at its time
+            await until(frames_seen(gw, i + 1))  # one fix at a time, each at its time
         await until(lambda: "geofence_exit" in uplink.kinds())
         assert uplink.kinds().count("geofence_exit") == 1
         assert uplink.kinds().count("geofence_state") == 1

@@ -11,7 +11,12 @@ decoder for a gateway comes from `ctx.hardware.decoder_factory(codec)` (the comp
 Ack after durable: an alarm a band raised (SOS, fall, band removed) is sent with `await uplink.send(...)`
 inside the gateway loop, so the reader writes the band's `AL` ack only once the alarm is in the outbox
 file (drivers/wristband/reader.py writes a reply when the loop comes back for the next event). If the
-outbox cannot store it, no ack is written and the band keeps resending. Everything else (positions,
+outbox cannot store it, no ack is written and the band keeps resending.
+
+Gateway setup: a wired gateway (not `ble:`) gets the hardware profile's `[gateway_firmware]` commands at
+every connect (drivers/wristband/setup.py, beside the frame reading). The result is reported on its edges
+only (the first one, and each change): one log line (INFO accepted, WARNING not) and one `gateway_setup`
+event. A `[[gateway]]` without `url` takes the profile's `serial.url` (`resolve_gateways`). Everything else (positions,
 events, the monitor's own alarms) goes out with `uplink.send_nowait`: the outbox group-commits and a
 gateway with 500 bands never waits on the disk between position frames. A refused message (outbox full:
 telemetry and events only) is counted and logged, never retried here.
@@ -29,18 +34,21 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from agent.config import ConfigError
 from agent.context import AgentContext
 from agent.outbox import OutboxError
 from agent.protocol.commands import Command
 from agent.protocol.envelope import MsgClass
+from agent.schema import SchemaError
 from agent.service import Service
 from agent.wearables.engine import WearablesEngine
 from agent.wearables.episodes import Out
 from agent.wearables.fences import CRS_NAMES, Fence, FenceError, check_assign, load_fences, load_fences_file
 from agent.wearables.registry import RegistryError, parse_wearers
-from agent.wearables.settings import GatewayConfig
+from agent.wearables.settings import GatewayConfig, is_ble_url, resolve_gateways
 from agent.wearables.store import StoreError, WearablesStore
 from drivers.wristband.reader import GatewayReader, GatewayTransport
+from drivers.wristband.setup import SetupResult, SetupScript
 
 log = logging.getLogger(__name__)
 
@@ -245,15 +253,18 @@ class GatewayService:
         self.gateway = gateway
         self.name = f"wearables.gateway.{gateway.id}"
         self.reader: GatewayReader | None = None
+        self.setup = setup_script(ctx, gateway)
+        self.setup_reported: SetupResult | None = None  # the last result logged and sent (an edge)
 
     async def run(self, ready: Callable[[], None]) -> None:
         opener = self.ctx.hardware.gateway_opener
         decoders = self.ctx.hardware.decoder_factory
         if opener is None or decoders is None:
             raise RuntimeError(f"gateway {self.gateway.id}: this hardware profile has no gateway opener/decoders")
+        assert self.gateway.url is not None  # make_services resolved it
         transport: GatewayTransport = opener(self.gateway.url)
         self.reader = GatewayReader(transport, decoders(self.gateway.codec), on_state=self._on_state,
-                                    name=self.gateway.id)
+                                    name=self.gateway.id, setup=self.setup, on_setup=self._on_setup)
         await self.core.loaded.wait()
         ready()
         async with contextlib.aclosing(self.reader.events()) as events:
@@ -265,11 +276,52 @@ class GatewayService:
     def _on_state(self, up: bool, reason: str) -> None:
         self.core.emit(self.core.engine.on_gateway_state(self.gateway.id, up, reason))
 
+    def _on_setup(self, result: SetupResult) -> None:
+        """A setup pass ended (after each connect): report it only when it differs from the last report."""
+        last = self.setup_reported
+        if last is not None and _setup_key(last) == _setup_key(result):
+            return  # a reconnect that went as before: nothing new to say
+        self.setup_reported = result
+        gid, n = self.gateway.id, len(result.results)
+        if result.ok:
+            log.info("gateway %s: setup accepted (%d command(s))", gid, n)
+        else:
+            log.warning("gateway %s: setup: %d of %d command(s) not accepted: %s", gid, len(result.failed), n,
+                        "; ".join(_describe(r.command, r.outcome, r.reply) for r in result.failed))
+        data: dict[str, Any] = {
+            "gateway": gid, "state": "ok" if result.ok else "failed", "commands": n,
+            "failed": [{"command": r.command, "result": r.outcome, "reply": r.reply} for r in result.failed]}
+        self.core.emit([Out(MsgClass.EVENT, "gateway_setup", data, int(self.ctx.clock.time() * 1000))])
+
+
+def _setup_key(result: SetupResult) -> tuple[object, ...]:
+    return tuple((r.index, r.outcome, r.reply) for r in result.failed)
+
+
+def _describe(command: str, outcome: str, reply: str | None) -> str:
+    # command: the profile's printable ASCII; reply: already escaped and bounded by drivers/wristband/setup.py
+    return f"{command!r} {outcome}" + (f" (reply {reply})" if reply is not None else "")
+
+
+def setup_script(ctx: AgentContext, gateway: GatewayConfig) -> SetupScript | None:
+    """The profile's `[gateway_firmware]` for a wired gateway; None for `ble:` or when there is nothing to write."""
+    fw = ctx.profile.gateway_firmware
+    if not fw.commands or gateway.url is None or is_ble_url(gateway.url):
+        return None
+    return SetupScript(tuple(zip(fw.commands, fw.frames(), strict=True)), fw.expect, fw.reply_timeout_s)
+
 
 def make_services(ctx: AgentContext) -> list[Service]:
+    try:
+        gateways = resolve_gateways(ctx.config.gateways, ctx.profile.serial.url, ctx.profile.name)
+    except SchemaError as exc:  # agent run exits 2 with this line (agent.cli)
+        raise ConfigError("config", exc.key, exc.problem) from None
     core = WearablesCore(ctx)
     ctx.commands.register("geofence.set", core.on_geofence_set)
     ctx.commands.register("wearers.set", core.on_wearers_set)
     services: list[Service] = [core]
-    services += [GatewayService(ctx, core, g) for g in ctx.config.gateways]
+    services += [GatewayService(ctx, core, g) for g in gateways]
+    if ctx.profile.gateway_firmware.commands and not any(s.setup for s in services if isinstance(s, GatewayService)):
+        log.warning("wearables: hardware profile %s has %d [gateway_firmware] command(s) but no wired [[gateway]]"
+                    " to write them to", ctx.profile.name, len(ctx.profile.gateway_firmware.commands))
     return services

@@ -5,12 +5,17 @@ Every default lives here (docs/wearables.md lists them with their reasons); call
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from agent.schema import SchemaError, at_least_one, non_negative, percent, positive
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.profile import HardwareProfile
 
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _BLE = re.compile(r"ble(:hci[0-9]{1,3})?")
@@ -52,19 +57,26 @@ def _factor(value: float) -> float:
     return value
 
 
-@dataclass(frozen=True, slots=True)
+def is_ble_url(url: str) -> bool:
+    return _BLE.fullmatch(url) is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayConfig:
     id: str = field(metadata={"check": check_id})
     # a device path, a pyserial URL (socket://, rfc2217://, loop://, spy://...) or ble / ble:hciN (the box's
     # own radio, which yields Ingics $GPRP lines: codec must be "ingics"); checked in __post_init__ so that a
-    # bad codec is reported as such first
-    url: str
+    # bad codec is reported as such first. Unset: the hardware profile's `serial.url` (the box model's wired
+    # gateway port), filled in by `resolve_gateways` once the profile is known; an error if it has none
+    url: str | None = None
     codec: Literal["watch", "ingics", "nmea"]
     # no frame at all from this gateway for this long (while its link is up) -> one `gateway` event
     # "silent"; its bands are then not reported lost one by one
     silent_s: float = field(default=300.0, metadata={"check": positive})
 
     def __post_init__(self) -> None:
+        if self.url is None:
+            return
         try:
             check_gateway_url(self.url)
         except ValueError as exc:
@@ -72,6 +84,47 @@ class GatewayConfig:
         if _BLE.fullmatch(self.url) and self.codec != "ingics":
             raise SchemaError("codec", f"a {self.url!r} gateway yields Ingics $GPRP lines: codec must be"
                                        f" \"ingics\", got {self.codec!r}")
+
+
+def resolve_gateways(gateways: tuple[GatewayConfig, ...], serial_url: str | None,
+                     profile: str) -> tuple[GatewayConfig, ...]:
+    """Every `[[gateway]]` with its url: a gateway that gives none gets the profile's `serial.url`.
+
+    SchemaError (key `gateway[i].url`) when a gateway has no url and the profile none either, or when two
+    gateways end up on the same device (the second open would fail or split the frames between them).
+    """
+    out = []
+    seen: dict[str, int] = {}
+    for i, g in enumerate(gateways):
+        url = g.url
+        if url is None:
+            if serial_url is None:
+                raise SchemaError(f"gateway[{i}].url", f"not set, and hardware profile {profile!r} has no serial.url"
+                                  " to default to: give the gateway's device (/dev/ttyUSB0, socket://host:port,"
+                                  " ble)")
+            try:
+                check_gateway_url(serial_url)
+                g = dataclasses.replace(g, url=serial_url)
+            except (ValueError, SchemaError) as exc:
+                raise SchemaError(f"gateway[{i}].url", f"profile {profile!r} serial.url: {exc}") from None
+            url = serial_url
+        if url in seen:
+            raise SchemaError(f"gateway[{i}].url", f"{url!r} is already gateway[{seen[url]}]'s device")
+        seen[url] = i
+        out.append(g)
+    return tuple(out)
+
+
+def with_gateway_urls(config: Config, profile: HardwareProfile, source: Path | str) -> Config:
+    """`config` with every `[[gateway]]` url filled in from the profile (`village agent check` and `run`);
+    ConfigError naming the key when that cannot be done."""
+    from agent.config import ConfigError
+
+    try:
+        gateways = resolve_gateways(config.gateways, profile.serial.url, profile.name)
+    except SchemaError as exc:
+        raise ConfigError(source, exc.key, exc.problem) from None
+    return dataclasses.replace(config, gateways=gateways)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,10 @@
   is stored; when it could not store it, it calls `withhold_reply()` and the band, unanswered, keeps
   resending. A write that fails never
   drops an event: the rest of the chunk is still yielded (unacknowledged), then the outage is handled.
+- Setup at every connect: with a `setup` script (drivers/wristband/setup.py: the profile's
+  `[gateway_firmware]`), each successful open starts a task that writes the commands in order and checks
+  the replies, while the read loop goes on (every chunk read is also shown to the setup session). Its
+  result goes to `on_setup(result)`; a link that drops first cancels it, and the next open starts over.
 
 No pyserial/bleak import here (tests/test_codec_purity.py checks it) so the agent can import this module
 without the concrete transports, and no agent import (drivers/ never imports agent/). Errors:
@@ -28,6 +32,7 @@ from typing import Protocol
 
 from drivers.wristband.codec import GatewayCodec
 from drivers.wristband.events import WristbandEvent
+from drivers.wristband.setup import SetupResult, SetupScript, SetupSession
 
 log = logging.getLogger("drivers.wristband")
 
@@ -80,6 +85,7 @@ class Backoff:
 
 
 StateCallback = Callable[[bool, str], None]
+SetupCallback = Callable[[SetupResult], None]
 
 
 @dataclass(slots=True)
@@ -88,6 +94,8 @@ class ReaderStats:
     outages: int = 0  # up -> down edges
     open_failures: int = 0
     reply_failures: int = 0  # acks not delivered because the write failed (the events were still yielded)
+    setups: int = 0  # setup scripts run to the end (whatever the replies said)
+    setup_failures: int = 0  # ... of which at least one command was refused or unanswered
 
 
 class GatewayReader:
@@ -108,6 +116,8 @@ class GatewayReader:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         rng: random.Random | None = None,
         name: str = "gateway",
+        setup: SetupScript | None = None,
+        on_setup: SetupCallback | None = None,
     ) -> None:
         self.transport = transport
         self.codec = codec
@@ -120,6 +130,11 @@ class GatewayReader:
         self._up = True  # presumed up until an open or read fails
         self._withhold = False
         self.reason = ""
+        self._setup = setup if setup is not None and setup.commands else None
+        self._on_setup = on_setup
+        self._session: SetupSession | None = None
+        self._setup_task: asyncio.Task[None] | None = None
+        self.last_setup: SetupResult | None = None
 
     @property
     def up(self) -> bool:
@@ -149,6 +164,7 @@ class GatewayReader:
                 self.stats.opens += 1
                 self.codec.reset()  # a frame cut by the outage must not join the next one
                 self._set_state(True, "reopened")
+                self._start_setup()
                 reason: str | None = None
                 while reason is None:
                     try:
@@ -157,18 +173,63 @@ class GatewayReader:
                         reason = str(e) or type(e).__name__
                         break
                     attempt = 0  # only data proves the device is really back
+                    if self._session is not None:
+                        self._session.feed(data)
                     for event in self.codec.feed(data):
                         self._withhold = False
                         yield event
                         # back here only once the consumer has finished with `event` (see the module doc)
                         if reason is None and not self._withhold:
                             reason = await self._acknowledge(event)
+                await self._stop_setup()
                 await self.transport.close()
                 self._set_state(False, reason or "gone")
                 await self._sleep(self._backoff.delay(attempt, self._rng))
                 attempt += 1
         finally:
-            await self.transport.close()
+            try:
+                await self._stop_setup()
+            finally:
+                await self.transport.close()
+
+    # --- setup at connect ---------------------------------------------------------------------------
+
+    def _start_setup(self) -> None:
+        if self._setup is None:
+            return
+        self._session = SetupSession(self._setup, self.transport.write)
+        self._setup_task = asyncio.create_task(self._run_setup(self._session), name=f"{self.name}.setup")
+
+    async def _run_setup(self, session: SetupSession) -> None:
+        try:
+            result = await session.run()
+        except (GatewayGone, OSError) as e:  # the read loop sees the outage too and reopens; setup reruns
+            log.info("gateway %s: setup interrupted: %s", self.name, e)
+            return
+        finally:
+            if self._session is session:
+                self._session = None
+        self.stats.setups += 1
+        if not result.ok:
+            self.stats.setup_failures += 1
+        self.last_setup = result
+        if self._on_setup is not None:
+            try:
+                self._on_setup(result)
+            except Exception:  # a reporting bug must not end this task unseen, nor the reader
+                log.exception("gateway %s: the setup result could not be reported", self.name)
+
+    async def _stop_setup(self) -> None:
+        task, self._setup_task, self._session = self._setup_task, None, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                # ours, or the consumer's own cancellation arriving now: re-raise only the latter
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
 
     async def _acknowledge(self, event: WristbandEvent) -> str | None:
         """Write the codec's reply to `event`, if any; the outage reason when the write failed, else None."""

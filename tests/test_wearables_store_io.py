@@ -142,3 +142,26 @@ async def test_a_geofence_exit_is_queued_before_its_state_is_written_and_sqlite_
     # and the state reached the file (read with an untraced connection)
     with contextlib.closing(trace.real_connect(tmp_path / "state" / "wearables.db")) as db:
         assert db.execute("SELECT wearer, fence, state FROM fence_track").fetchall() == [("W1", "home", "outside")]
+
+
+async def test_a_failed_state_write_is_kept_and_written_with_the_next_change(tmp_path: Path) -> None:
+    """A real SQLite refusal (query_only): logged, the changes stay queued, the next write takes them along."""
+    from agent.wearables.geofence import FenceState, Track
+    from agent.wearables.store import WearablesStore
+
+    store = await WearablesStore(tmp_path / "wearables.db").open()
+    try:
+        await store.db.execute("PRAGMA query_only = ON")
+        store.queue_tracks([(("W1", "home"), Track("W1", "home", "fp", FenceState.OUTSIDE, True, 1.0))])
+        assert not await store.flush()
+        assert store.write_failures == 1 and store.unsaved == 1
+        await store.db.execute("PRAGMA query_only = OFF")
+        store.queue_tracks([(("W2", "home"), Track("W2", "home", "fp", FenceState.INSIDE, True, 2.0))])
+        assert await store.flush() and store.unsaved == 0
+        assert sorted((t.wearer, t.state) for t in await store.load_tracks()) == [
+            ("W1", FenceState.OUTSIDE), ("W2", FenceState.INSIDE)]
+        store.queue_tracks([(("W1", "home"), None)])  # a dropped fence deletes its row
+        assert await store.flush()
+        assert [t.wearer for t in await store.load_tracks()] == ["W2"]
+    finally:
+        await store.close()

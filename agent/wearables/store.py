@@ -165,7 +165,14 @@ class WearablesStore:
 
     async def flush(self) -> bool:
         """Wait until the writer has tried everything queued; True when nothing is left unsaved."""
-        await self._idle.wait()
+        writer = self._writer
+        if writer is None or writer.done():  # closed, or the writer died (its error is logged): nothing to wait for
+            return not self._pending
+        idle = asyncio.ensure_future(self._idle.wait())
+        try:
+            await asyncio.wait({idle, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
         return not self._pending
 
     async def save_tracks(self, tracks: Iterable[Track]) -> bool:
@@ -174,6 +181,13 @@ class WearablesStore:
         return await self.flush()
 
     async def _write_behind(self) -> None:
+        try:
+            await self._write_loop()
+        except Exception:  # a bug here must not pass unseen; the alarms do not depend on this task
+            log.exception("wearables: the geofence state writer stopped; state is kept in memory only")
+            raise
+
+    async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()

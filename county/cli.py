@@ -1,8 +1,12 @@
 """`village county push|cancel|fences|watch|status` (contract section 1).
 
-Exit codes: 0 done (with --wait: every expected box answered and none rejected or failed); 1 the command could
-not be built or published (broker, key, input); 2 usage; 3 --wait ended with a box that did not answer, or
-rejected, or failed.
+Exit codes (docs/county-console.md):
+  0  done (with --wait: every expected box answered and none rejected or failed)
+  1  the command could not be built or published (broker, key, file, CAP document)
+  2  usage: an option or its value is wrong as given (argparse, a time, a range, a start already past)
+  3  --wait ended with a box that did not answer, or rejected, or failed
+  4  nothing sent: a target no known box answers to (a mistyped group, a box never seen); --force sends anyway
+Every error is one line on stderr: `village county CMD: what is wrong`.
 """
 
 from __future__ import annotations
@@ -15,16 +19,17 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from agent.protocol.jws import KeysError, load_private_key
 from agent.protocol.topics import DEFAULT_PREFIX, Topics
 from county import cap as cap_mod
 from county import push
 from county.console import (
+    BoxRow,
     BrokerSpec,
     ConsoleError,
     CountyClient,
@@ -33,11 +38,23 @@ from county.console import (
     dropped_line,
     format_envelope,
     format_state,
+    learn_boxes,
     print_board,
     state_json_line,
 )
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNANSWERED = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNANSWERED, EXIT_UNHEARD = 0, 1, 2, 3, 4
+
+
+class NobodyHears(ConsoleError):
+    """A target no known box answers to: nothing was sent (exit 4)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2) like every other console error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -57,22 +74,73 @@ def _signing_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kid", required=True, help="key id the boxes know the public key under ([trust.keys])")
     g.add_argument("--to", action="append", required=True, metavar="TARGET", type=_target,
                    help="box:ID or group:NAME (repeatable)")
-    g.add_argument("--ttl", type=int, default=push.DEFAULT_TTL_S, metavar="S",
-                   help=f"seconds a box may still accept the command (default {push.DEFAULT_TTL_S})")
-    g.add_argument("--wait", type=float, default=0.0, metavar="S",
-                   help="collect receipts for S seconds and print one row per box")
+    g.add_argument("--ttl", type=_ttl, default=push.DEFAULT_TTL_S, metavar="DURATION",
+                   help="how long a box may still accept the command: 90s, 30m, 12h, 1d or seconds "
+                        "(default 1d, at most 31d)")
+    g.add_argument("--wait", type=_seconds, default=0.0, metavar="S",
+                   help="collect receipts for up to S seconds (ends early when every expected box reached a "
+                        "final state; progress on stderr) and print one row per box")
+    g.add_argument("--force", action="store_true",
+                   help="send even to a target no known box answers to, or with a start already past")
     g.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    _tz_arg(p)
+
+
+def _tz_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tz", type=_tz, default=None, metavar="ZONE",
+                   help=f"the county's timezone, for times without an offset and for times shown "
+                        f"(default ${push.TZ_ENV}, else {push.DEFAULT_TZ})")
+
+
+def _tz(text: str) -> str:
+    try:
+        push.zone(text)
+    except push.UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _ttl(text: str) -> int:
+    try:
+        ttl = push.parse_duration(text)
+    except push.UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 1 <= ttl <= push.MAX_TTL_S:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 1s..31d (the boxes refuse a longer lifetime)")
+    return int(ttl)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < 1e9:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 1 or more")
+    return value
 
 
 def _target(text: str) -> str:
     try:
         return push.parse_target(text)
-    except push.PushError as exc:
+    except push.UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="village county", description="the county console")
+    parser = _Parser(prog="village county", description="the county console",
+                     epilog="exit codes: 0 done, 1 error, 2 usage, 3 --wait: a box did not answer or refused, "
+                            "4 nothing sent: no known box answers to a target")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("push", help="sign and publish a broadcast.play")
@@ -87,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="cls", choices=["emergency", "daily", "drill"],
                    help="default daily; with --cap: from the alert")
     p.add_argument("--level", type=int, choices=[1, 2, 3, 4], help="1 most severe (default 1 emergency, 3 else)")
-    p.add_argument("--at", metavar="TIME", help="start: ISO 8601, now, or +10m (default now)")
-    p.add_argument("--until", metavar="TIME", help="end: ISO 8601 or +2h")
+    p.add_argument("--at", metavar="TIME",
+                   help="start: ISO 8601 (without an offset: in --tz), now, or +10m (default now)")
+    p.add_argument("--until", metavar="TIME", help="end: ISO 8601 (without an offset: in --tz) or +2h")
     p.add_argument("--volume", type=int, metavar="0-100", help="volume (capped by each box)")
     p.add_argument("--id", dest="cmd_id", help="command (= broadcast) id; default a new UUID")
 
@@ -112,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="each envelope exactly as received, one per line")
     p.add_argument("--state", action="store_true",
                    help='also print box state (online/offline) messages; with --json as {"state_topic", "state"}')
-    p.add_argument("--count", type=int, metavar="N", help="stop after N messages")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--count", type=_positive_int, metavar="N", help="stop after N messages")
+    p.add_argument("--duration", type=_seconds, metavar="S", help="stop after S seconds")
+    _tz_arg(p)
 
     # resolve: county.status may define some of the shared options itself; its definition wins
     p = sub.add_parser("status", help="one row per box: state, last seen, backlog, cameras",
@@ -141,46 +211,102 @@ def _spec(args: argparse.Namespace) -> BrokerSpec:
     return BrokerSpec.parse(args.broker, ca=args.ca, cert=args.cert, client_key=args.client_key)
 
 
+def _say(args: argparse.Namespace, text: str) -> None:
+    print(f"village county {args.cmd}: {text}", file=sys.stderr, flush=True)
+
+
+def _names(names: Iterable[str], most: int = 8) -> str:
+    items = sorted(names)
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def _unheard_line(unheard: list[str], board: ReceiptBoard, prefix: str) -> str:
+    if not board.known:
+        why = (f"no box is known on this broker (no retained state under {prefix}/box/+/state: "
+               "wrong --broker or --prefix?)")
+    else:
+        groups = sorted({g for gs in board.known.values() for g in gs})
+        why = (f"no known box answers to {', '.join(unheard)} ({len(board.known)} box(es) known from their "
+               f"retained state; their groups: {_names(groups) or 'none'})")
+    return f"{why}; nothing sent (check the name, or --force to send anyway)"
+
+
 def _publish(args: argparse.Namespace, payloads: list[dict[str, Any]], main: dict[str, Any]) -> int:
-    """Sign every payload, publish each to every target's cmd topic (in order), then --wait for receipts."""
+    """Sign every payload, check someone will hear it, publish each to every target's cmd topic (in order),
+    then --wait for receipts."""
     try:
         key = load_private_key(args.key)
     except KeysError as exc:
         raise ConsoleError(str(exc)) from None
     topics = Topics(args.prefix)
     tokens = [(p, push.sign(p, key, args.kid)) for p in payloads]
-    spec = _spec(args)
-    board = ReceiptBoard(main["id"], main["to"], topics) if args.wait > 0 else None
-    with CountyClient(spec) as client:
-        if board is not None:  # subscribe before publishing: a fast box must not answer into the void
-            client.subscribe([topics.all_state(), f"{args.prefix}/box/+/up/receipt/cmd"])
+    tz = push.zone(args.tz)
+    board = ReceiptBoard(main["id"], main["to"], topics)
+    with CountyClient(_spec(args), name=args.cmd, tz=tz) as client:
+        # Which boxes exist: their retained states (QoS 0), then the receipts (QoS 1) -- subscribed before
+        # publishing, so a fast box cannot answer into the void; the second SUBACK follows every state.
+        client.subscribe([(topics.all_state(), 0)])
+        client.subscribe([f"{args.prefix}/box/+/up/receipt/cmd"])
+        learn_boxes(client, board)
+        unheard = board.unheard()
+        if unheard and not args.force:
+            raise NobodyHears(_unheard_line(unheard, board, args.prefix))
+        if unheard:
+            _say(args, f"--force: sending although no known box answers to {', '.join(unheard)}")
         for payload, token in tokens:
             dests = [push.target_topic(t, topics) for t in payload["to"]]
             for topic in dests:
                 client.publish(topic, token)
             _say_published(args, payload, dests)
-        if board is None:
+        if args.wait <= 0:
             return EXIT_OK
-        collect(client, board, args.wait)
-    print_board(board, sys.stdout, as_json=args.json)
+        _say(args, f"waiting up to {args.wait:g} s for {len(board.rows)} box(es): {_names(board.rows)}")
+
+        def progress(row: BoxRow, left: float) -> None:
+            reason = f" ({row.reason})" if row.reason else ""
+            _say(args, f"{row.box} {row.state}{reason}: {board.progress()}, {left:.0f} s left")
+
+        if collect(client, board, args.wait, progress):
+            _say(args, f"every box reached a final state: {board.progress()}")
+    print_board(board, sys.stdout, as_json=args.json, tz=tz)
     return EXIT_OK if board.all_good else EXIT_UNANSWERED
 
 
 def _say_published(args: argparse.Namespace, payload: dict[str, Any], dests: list[str]) -> None:
     line = {"cmd": payload["id"], "kind": payload["kind"], "to": payload["to"], "topics": dests,
             "exp": payload["exp"]}
+    if payload["kind"] == "broadcast.play":
+        line.update(start=payload["data"]["start"], end=payload["data"]["end"])
     if args.wait > 0:  # stdout carries the receipt rows then
-        print(f"published {payload['kind']} {payload['id']} to {', '.join(dests)}", file=sys.stderr)
+        _say(args, f"published {payload['kind']} {payload['id']} to {', '.join(dests)}")
     elif args.json:
         print(json.dumps(line, ensure_ascii=False))
     else:
         print(f"published {payload['kind']} {payload['id']} to {', '.join(dests)}")
 
 
+def _check_times(args: argparse.Namespace, data: dict[str, Any], now: float, tz: Any) -> None:
+    """Refuse a start or end already past (unless --force); say what the times mean, in the county and UTC."""
+    lines = []
+    for key, opt, given in (("start", "--at", args.at), ("end", "--until", args.until)):
+        ts = data.get(key)
+        if ts is None:
+            continue
+        past = ts < int(now) if key == "start" else ts <= now
+        if past and not args.force:
+            what = f"{opt} {given}" if given else f"the alert's {key}"
+            raise push.UsageError(f"{what} is {push.describe_time(ts, tz)}, {push.describe_span(now - ts)} ago; "
+                                  "nothing sent (--force sends it anyway)")
+        lines.append(f"{key:<5} {push.describe_time(ts, tz)}" + (" (past: --force)" if past else ""))
+    for line in lines:
+        _say(args, line)
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     now = time.time()
-    start = push.parse_time(args.at, now) if args.at else None
-    end = push.parse_time(args.until, now) if args.until else None
+    tz = push.zone(args.tz)
+    start = push.parse_time(args.at, now, tz) if args.at else None
+    end = push.parse_time(args.until, now, tz) if args.until else None
     payloads: list[dict[str, Any]] = []
     if args.cap:
         try:
@@ -209,6 +335,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         data = push.play_data(cls=args.cls or "daily", level=args.level, title=title, text=text, audio=audio,
                               start=start, end=end, volume=args.volume)
         cmd_id = args.cmd_id
+    _check_times(args, data, now, tz)
     main = push.command("broadcast.play", data, args.to, now=now, ttl_s=args.ttl, cmd_id=cmd_id)
     payloads.append(main)
     return _publish(args, payloads, main)
@@ -239,7 +366,7 @@ def cmd_fences(args: argparse.Namespace) -> int:
     for item in args.assign:
         wearer, sep, ids = item.partition("=")
         if not sep or not wearer or not ids:
-            raise ConsoleError(f"--assign {item!r} is not WEARER=fence1,fence2")
+            raise push.UsageError(f"--assign {item!r} is not WEARER=fence1,fence2")
         assign.setdefault(wearer, []).extend(i for i in ids.split(",") if i)
     try:
         data = fences.build_geofence_command_data(args.file, args.crs, assign)
@@ -254,13 +381,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     Messages lost to the client's full queue are counted: the human form says so in the stream when it
     notices, and the total goes to stderr on exit in both forms (stdout stays parseable with --json).
+    A broker restart or a lost link is survived: the client subscribes again at each reconnect and says so
+    on stderr (what was sent during the gap is not shown).
     """
     topics = Topics(args.prefix)
+    tz = push.zone(args.tz)
     out = sys.stdout.buffer
     subs = [topics.all_up()] + ([topics.all_state()] if args.state else [])
     deadline = time.monotonic() + args.duration if args.duration else None
     seen = reported = 0
-    with CountyClient(_spec(args)) as client:
+    with CountyClient(_spec(args), name="watch", tz=tz) as client:
         held = client.messages.maxsize
         try:
             client.subscribe(subs)
@@ -284,9 +414,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 elif args.json:
                     out.write(msg.payload + b"\n")  # verbatim: the county's own tools parse it
                 elif box is not None:
-                    out.write((format_state(box, msg.payload) + "\n").encode())
+                    out.write((format_state(box, msg.payload, tz) + "\n").encode())
                 else:
-                    out.write((format_envelope(msg.topic, msg.payload, topics) + "\n").encode())
+                    out.write((format_envelope(msg.topic, msg.payload, topics, tz) + "\n").encode())
                 out.flush()
                 seen += 1
         finally:  # also on Ctrl-C/SIGTERM (KeyboardInterrupt passes through here)
@@ -315,11 +445,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
     try:
         return COMMANDS[args.cmd](args)
+    except push.UsageError as exc:
+        _say(args, str(exc))
+        return EXIT_USAGE
+    except NobodyHears as exc:
+        _say(args, str(exc))
+        return EXIT_UNHEARD
     except (ConsoleError, push.PushError) as exc:
-        print(f"village county {args.cmd}: {exc}", file=sys.stderr)
+        _say(args, str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return EXIT_OK if args.cmd == "watch" else EXIT_ERROR
+        if args.cmd == "watch":
+            return EXIT_OK
+        _say(args, "interrupted")
+        return EXIT_ERROR
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -1,6 +1,7 @@
 """Building signed commands from console arguments: times, inline audio, targets, the command envelope.
 
-Pure functions over an explicit `now`, so tests give exact inputs; the CLI glues them to the broker.
+Pure functions over an explicit `now` (and the county's timezone), so tests give exact inputs; the CLI glues
+them to the broker. `UsageError` is an option value that is wrong as given (exit 2); `PushError` the rest (1).
 """
 
 from __future__ import annotations
@@ -8,10 +9,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import os
 import re
 import uuid
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -28,35 +31,83 @@ DEFAULT_TTL_S = 86400
 MAX_AUDIO_BYTES = 2 * 1024 * 1024
 AUDIO_MIME = {".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".opus": "audio/opus",
               ".wav": "audio/wav"}
-RELATIVE_RE = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd])$")
-UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_RE = re.compile(r"^\+?(\d+(?:\.\d+)?)([smhd]?)\Z")
+UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The county's timezone: what a time without an offset means (`--tz`, else $VILLAGE_TZ, else this), the same
+# default as the box's `[broadcast] timezone` and the county server's `[county] timezone`.
+DEFAULT_TZ = "Asia/Shanghai"
+TZ_ENV = "VILLAGE_TZ"
 
 
 class PushError(ValueError):
-    """Console input that cannot become a command; `str()` is the line shown."""
+    """Console input that cannot become a command; `str()` is the line shown (exit 1)."""
 
 
-def parse_time(text: str, now: float) -> int:
-    """ISO 8601 (a time without an offset is the console's local time), `now`, or relative `+30s/+5m/+2h/+1d`."""
+class UsageError(PushError):
+    """An option value that is wrong as given (a time, a range, a combination); exit 2, like argparse's."""
+
+
+def zone(name: str | None = None) -> ZoneInfo:
+    """The county's timezone: `name`, else $VILLAGE_TZ, else Asia/Shanghai (never the console machine's)."""
+    name = name or os.environ.get(TZ_ENV) or DEFAULT_TZ
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"unknown time zone {name!r} (an IANA name such as Asia/Shanghai)") from None
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `2h`, `1d` (an optional leading `+`, as in `--at +30m`) -> seconds."""
+    m = DURATION_RE.match(text.strip())
+    if not m:
+        raise UsageError(f"{text!r} is not a duration: N[smhd], e.g. 90s, 30m, 2h, 1d")
+    return float(m.group(1)) * UNIT_S[m.group(2)]
+
+
+def parse_time(text: str, now: float, tz: dt.tzinfo | None = None) -> int:
+    """ISO 8601, `now`, or relative `+30s/+5m/+2h/+1d` -> epoch s.
+
+    A time without an offset is read in `tz`, the county's timezone (default `zone()`): on a console
+    machine set to UTC, `2026-12-01T18:00` is still 18:00 in the villages.
+    """
     text = text.strip()
     if text == "now":
         return int(now)
-    m = RELATIVE_RE.match(text)
-    if m:
-        return int(now + float(m.group(1)) * UNIT_S[m.group(2)])
+    if text.startswith("+"):
+        return int(now + parse_duration(text))
     try:
         t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise PushError(f"{text!r} is not an ISO 8601 time, 'now' or +N[smhd]") from None
+        raise UsageError(f"{text!r} is not an ISO 8601 time, 'now' or +N[smhd]") from None
     if t.tzinfo is None:
-        t = t.astimezone()  # naive: local time of the machine running the console
+        t = t.replace(tzinfo=tz if tz is not None else zone())
     return int(t.timestamp())
+
+
+def describe_time(ts: float, tz: dt.tzinfo) -> str:
+    """`2026-12-01 18:00:00 CST (Asia/Shanghai) = 2026-12-01 10:00:00 UTC`: what a resolved time means."""
+    local = dt.datetime.fromtimestamp(ts, tz)
+    utc = dt.datetime.fromtimestamp(ts, dt.UTC)
+    name = getattr(tz, "key", None) or str(tz)
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()} ({name}) = {utc:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def describe_span(seconds: float) -> str:
+    """`3 h 20 min`, `45 s`: a rough length for messages."""
+    s = int(abs(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
 def parse_target(text: str) -> str:
     scope, _, name = text.partition(":")
-    if scope not in ("box", "group") or not BOX_ID_RE.match(name):
-        raise PushError(f"target {text!r} is not box:ID or group:NAME ([A-Za-z0-9_-]{{1,64}})")
+    if scope not in ("box", "group") or not BOX_ID_RE.fullmatch(name):
+        raise UsageError(f"target {text!r} is not box:ID or group:NAME ([A-Za-z0-9_-]{{1,64}})")
     return f"{scope}:{name}"
 
 
@@ -87,17 +138,17 @@ def audio_data(path: Path) -> dict[str, Any]:
 def play_data(*, cls: str, level: int | None, title: str | None, text: str | None, audio: dict[str, Any] | None,
               start: int | None, end: int | None, volume: int | None) -> dict[str, Any]:
     if cls not in ("emergency", "daily", "drill"):
-        raise PushError(f"class {cls!r} is not emergency, daily or drill")
+        raise UsageError(f"class {cls!r} is not emergency, daily or drill")
     if level is None:
         level = 1 if cls == "emergency" else 3
     if not 1 <= level <= 4:
-        raise PushError(f"level {level} is not 1-4")
+        raise UsageError(f"level {level} is not 1-4")
     if volume is not None and not 0 <= volume <= 100:
-        raise PushError(f"volume {volume} is not 0-100")
+        raise UsageError(f"volume {volume} is not 0-100")
     if not text and audio is None:
-        raise PushError("nothing to say: give --text, --audio or --cap")
+        raise UsageError("nothing to say: give --text, --audio or --cap")
     if start is not None and end is not None and end <= start:
-        raise PushError("--until must be after --at")
+        raise UsageError("--until must be after --at")
     if title is None:
         title = (text or "").split("\n", 1)[0][:40] or "audio"
     return {"class": cls, "level": level, "title": title, "text": text or "", "audio": audio,
@@ -108,11 +159,11 @@ def command(kind: str, data: dict[str, Any], targets: list[str], *, now: float, 
             cmd_id: str | None = None) -> dict[str, Any]:
     """The command payload (contract section 5)."""
     if not 0 < ttl_s <= MAX_TTL_S:
-        raise PushError(f"--ttl {ttl_s} is not 1..{MAX_TTL_S} s")
+        raise UsageError(f"--ttl {ttl_s} s is not 1 s..31 d ({MAX_TTL_S} s)")
     if not targets:
-        raise PushError("no target: give --to box:ID or --to group:NAME")
-    if cmd_id is not None and not re.match(r"^[\x21-\x7e]{1,128}$", cmd_id):
-        raise PushError("--id must be 1-128 printable ASCII characters without spaces")
+        raise UsageError("no target: give --to box:ID or --to group:NAME")
+    if cmd_id is not None and not re.fullmatch(r"[\x21-\x7e]{1,128}", cmd_id):
+        raise UsageError("--id must be 1-128 printable ASCII characters without spaces")
     iat = int(now)
     return {"v": COMMAND_VERSION, "id": cmd_id or str(uuid.uuid4()), "kind": kind, "iat": iat, "exp": iat + ttl_s,
             "to": list(dict.fromkeys(targets)), "data": data}

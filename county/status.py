@@ -24,26 +24,22 @@ import contextlib
 import hashlib
 import json
 import os
-import queue
 import re
 import sqlite3
-import ssl
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from agent.protocol.envelope import Envelope, EnvelopeError, MsgClass
 from agent.protocol.topics import DEFAULT_PREFIX, Topics
-from county.console import BrokerSpec, ConsoleError
+from county.console import BrokerSpec, ConsoleError, CountyClient, Message
 
 STATES = ("online", "degraded", "offline", "unknown", "maintenance")
-_PERIOD_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_PERIOD_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*\Z")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 SCHEMA = """
@@ -136,7 +132,8 @@ class History:
             for cam in env.data.get("cameras") or []:
                 if not isinstance(cam, dict) or not isinstance(cam.get("camera"), str):
                     continue
-                secs = cam.get("seconds") if isinstance(cam.get("seconds"), dict) else {}
+                raw = cam.get("seconds")
+                secs: dict[str, Any] = raw if isinstance(raw, dict) else {}
                 self.db.execute(
                     "INSERT OR IGNORE INTO camera_periods VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (env.id, env.box, cam["camera"], t_from if t_from is not None else t_to, t_to,
@@ -223,64 +220,42 @@ def client_id(spec: BrokerSpec, db: Path) -> str:
     return f"village-status-{digest}"
 
 
-def collect(spec: BrokerSpec, topics: Topics, cid: str, listen_s: float, sink: queue.Queue[Any]) -> None:
-    """Blocking: connect with a persistent session, subscribe, drain for `listen_s` seconds."""
-    subscribed = threading.Event()
-    connected: list[Any] = []
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
-    if spec.username is not None:
-        client.username_pw_set(spec.username, spec.password)
-    if spec.tls:
-        ctx = ssl.create_default_context(cafile=str(spec.ca) if spec.ca else None)
-        if spec.cert and spec.client_key:
-            ctx.load_cert_chain(str(spec.cert), str(spec.client_key))
-        client.tls_set_context(ctx)
+def collect(spec: BrokerSpec, topics: Topics, cid: str, listen_s: float,
+            stop: threading.Event | None = None) -> list[Message]:
+    """Blocking: connect with a persistent session, subscribe, drain for `listen_s` seconds (or until `stop`).
+
+    The console's client subscribes again after a reconnect (a broker restart mid-window) and says so on
+    stderr; the persistent session keeps what arrived meanwhile once the broker has it saved.
+    """
     subs = [(topics.all_state(), 1), (f"{topics.prefix}/box/+/up/telemetry/heartbeat", 1),
             (f"{topics.prefix}/box/+/up/telemetry/cameras", 1), (f"{topics.prefix}/box/+/up/event/camera", 1)]
-
-    def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        connected.append(rc)
-        if not getattr(rc, "is_failure", False):
-            c.subscribe(subs)  # every connect, whatever the session says (mqtt-notes 4)
-
-    client.on_connect = on_connect
-    client.on_subscribe = lambda *_a: subscribed.set()
-    client.on_message = lambda _c, _u, msg: sink.put((msg.topic, bytes(msg.payload)))
-    try:
-        client.connect(spec.host, spec.port, keepalive=30)
-    except OSError as exc:
-        raise ConsoleError(f"cannot reach broker {spec.display}: {exc.strerror or exc}") from None
-    client.loop_start()
-    try:
-        if not subscribed.wait(10):
-            rc = connected[0] if connected else "no answer"
-            raise ConsoleError(f"broker {spec.display}: no subscription ({rc})")
-        time.sleep(max(0.0, listen_s))  # the listening window itself: this is the command's job
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    # unbounded: what the broker queued for this session between two runs is the history's input
+    with CountyClient(spec, max_queued=0, client_id=cid, clean_session=False, name="status", tz=UTC) as client:
+        client.subscribe(subs)
+        (stop or threading.Event()).wait(max(0.0, listen_s))  # the listening window itself: the command's job
+    items = []
+    while (msg := client.get(0)) is not None:
+        items.append(msg)
+    return items
 
 
-def ingest(history: History, topics: Topics, items: queue.Queue[Any]) -> int:
+def ingest(history: History, topics: Topics, items: Iterable[Message]) -> int:
     n = 0
-    while True:
-        try:
-            topic, payload = items.get_nowait()
-        except queue.Empty:
-            return n
+    for msg in items:
         n += 1
-        if (box := topics.parse_state(topic)) is not None:
+        if (box := topics.parse_state(msg.topic)) is not None:
             with contextlib.suppress(ValueError, AttributeError, RecursionError):
-                obj = json.loads(payload)
+                obj = json.loads(msg.payload)
                 if isinstance(obj, dict):
                     history.on_state(box, obj)
             continue
         try:
-            env = Envelope.decode(payload)
+            env = Envelope.decode(msg.payload)
         except EnvelopeError:
             continue
-        if topics.parse_up(topic) is not None:
+        if topics.parse_up(msg.topic) is not None:
             history.on_envelope(env)
+    return n
 
 
 # ----------------------------------------------------------------------------------------- output
@@ -326,8 +301,10 @@ async def run_status(args: argparse.Namespace, out: TextIO | None = None) -> int
     return await asyncio.to_thread(status_main, args, out or sys.stdout)
 
 
-def status_main(args: argparse.Namespace, out: TextIO) -> int:
-    """Blocking body: collect from the broker, update the history, print. 0 done, 1 broker/history error."""
+def status_main(args: argparse.Namespace, out: TextIO, stop: threading.Event | None = None) -> int:
+    """Blocking body: collect from the broker, update the history, print. 0 done, 1 broker/history error.
+
+    `stop` ends the listening window early (a caller that embeds the command, and the tests)."""
     try:
         spec = BrokerSpec.parse(args.broker, ca=getattr(args, "ca", None), cert=getattr(args, "cert", None),
                                 client_key=getattr(args, "client_key", None))
@@ -339,8 +316,7 @@ def status_main(args: argparse.Namespace, out: TextIO) -> int:
                 raise ConsoleError(f"--villages {args.villages}: {exc}") from None
         db = args.db or default_db()
         topics = Topics(getattr(args, "prefix", DEFAULT_PREFIX))
-        items: queue.Queue[Any] = queue.Queue()
-        collect(spec, topics, client_id(spec, db), args.listen, items)
+        items = collect(spec, topics, client_id(spec, db), args.listen, stop)
         history = History(db)
         try:
             ingest(history, topics, items)

@@ -19,7 +19,7 @@ from agent.protocol import jws
 from agent.protocol.envelope import Envelope, MsgClass
 from agent.protocol.topics import Topics
 from county.cap import broadcast_id
-from county.cli import EXIT_ERROR, EXIT_OK, EXIT_UNANSWERED, main
+from county.cli import EXIT_ERROR, EXIT_OK, EXIT_UNANSWERED, EXIT_UNHEARD, EXIT_USAGE, main
 from county.console import ReceiptBoard
 from county.push import MAX_TTL_S
 from tests.support import Collector, Mosquitto, wait_until
@@ -100,9 +100,11 @@ def base(broker: Mosquitto, keys: tuple[Path, Path], *to: str) -> list[str]:
 def test_push_text_wait_table(broker: Mosquitto, keys: Any, village: list[FakeBox],
                               capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["push", *base(broker, keys, "group:town-menglou", "box:box-lonely"), "--text", "明天上午9点停水",
-               "--at", "+1h", "--volume", "60", "--id", "notice-1", "--wait", "3"])
+               "--at", "+1h", "--volume", "60", "--id", "notice-1", "--wait", "3", "--force"])
     out = capsys.readouterr()
     assert rc == EXIT_UNANSWERED  # box-c and box-lonely never answered
+    # box-lonely has no retained state: no known box answers to it, sent only because of --force
+    assert "--force: sending although no known box answers to box:box-lonely" in out.err
     lines = out.out.splitlines()
     assert lines[0].split() == ["BOX", "STATE", "REASON", "AT"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
@@ -198,12 +200,21 @@ def test_errors_are_one_line_and_mask_the_password(keys: Any, capsys: pytest.Cap
     # a public key given as --key
     rc = main(["push", "--broker", url, "--key", str(keys[1]), "--kid", "k", "--to", "box:x", "--text", "t"])
     assert rc == EXIT_ERROR and "not a PEM private key" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        main(["push", "--broker", url, "--key", str(keys[0]), "--kid", "k", "--to", "town:x", "--text", "t"])
-    assert exit_.value.code == 2
-    rc = main(["push", "--broker", url, "--key", str(keys[0]), "--kid", "k", "--to", "box:x", "--text", "t",
-               "--ttl", str(MAX_TTL_S + 1)])
-    assert rc == EXIT_ERROR and "--ttl" in capsys.readouterr().err
+    # usage errors: exit 2 and one line (argparse's usage block is not printed)
+    for bad in (["--to", "town:x"], ["--to", "box:x\n"], ["--to", "box:x", "--ttl", str(MAX_TTL_S + 1)],
+                ["--to", "box:x", "--ttl", "soon"], ["--to", "box:x", "--wait", "-1"],
+                ["--to", "box:x", "--tz", "Mars/Olympus"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["push", "--broker", url, "--key", str(keys[0]), "--kid", "k", "--text", "t", *bad])
+        err = capsys.readouterr().err
+        assert exit_.value.code == EXIT_USAGE and len(err.strip().splitlines()) == 1, (bad, err)
+        assert err.startswith("village county push: ")
+    assert "--ttl" in err or "Mars/Olympus" in err
+    for bad in (["--volume", "101"], ["--at", "tomorrow"], ["--at", "+2h", "--until", "+1h"]):
+        rc = main(["push", "--broker", url, "--key", str(keys[0]), "--kid", "k", "--to", "box:x", "--text", "t",
+                   *bad])
+        err = capsys.readouterr().err
+        assert rc == EXIT_USAGE and len(err.strip().splitlines()) == 1, (bad, err)
     big = tmp_path / "big.mp3"
     big.write_bytes(b"\0" * (2 * 1024 * 1024 + 1))
     rc = main(["push", "--broker", url, "--key", str(keys[0]), "--kid", "k", "--to", "box:x", "--audio", str(big)])
@@ -347,8 +358,8 @@ def test_watch_counts_and_reports_what_a_full_queue_drops(broker: Mosquitto, col
     clients: list[CountyClient] = []
 
     class TinyQueueClient(CountyClient):  # the real client, holding 2 messages instead of 100,000
-        def __init__(self, spec: Any) -> None:
-            super().__init__(spec, max_queued=2)
+        def __init__(self, spec: Any, **kw: Any) -> None:
+            super().__init__(spec, max_queued=2, **kw)
             clients.append(self)
 
     monkeypatch.setattr(cli, "CountyClient", TinyQueueClient)
@@ -380,3 +391,156 @@ def test_watch_counts_and_reports_what_a_full_queue_drops(broker: Mosquitto, col
         assert lines[1].startswith(b"(console: 7 message(s) dropped")
         assert len(lines) == 4
     assert "7 message(s) dropped in all (the queue holds 2)" in err.getvalue()
+
+
+# ------------------------------------------------------------------------------------- times and the county's zone
+def _tomorrow_1800(zone: str) -> tuple[str, int]:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    day = dt.datetime.now(ZoneInfo(zone)).date() + dt.timedelta(days=1)
+    return f"{day}T18:00", int(dt.datetime(day.year, day.month, day.day, 18, 0, tzinfo=ZoneInfo(zone)).timestamp())
+
+
+def _county(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "county", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_at_without_offset_is_beijing_time_on_a_utc_machine(broker: Mosquitto, keys: Any,
+                                                            village: list[FakeBox]) -> None:
+    """The console machine says TZ=UTC; `--at 18:00` still means 18:00 in the villages (Asia/Shanghai)."""
+    env = {k: v for k, v in os.environ.items() if k != "VILLAGE_TZ"} | {"TZ": "UTC"}
+    at, expected = _tomorrow_1800("Asia/Shanghai")
+    done = _county("push", *base(broker, keys, "box:box-a"), "--text", "开会", "--at", at, "--until", f"{at}:30+08:00",
+                   env=env)
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: village[0].got)
+    data = village[0].got[0][1]["data"]
+    assert data["start"] == expected and data["end"] == expected + 30
+    # what it resolved to, before sending: local (the county's) and UTC
+    day = at[:10]
+    assert f"start {day} 18:00:00 CST (Asia/Shanghai) = {day} 10:00:00 UTC" in done.stderr
+    assert f"end   {day} 18:00:30 CST (Asia/Shanghai) = {day} 10:00:30 UTC" in done.stderr
+    # --tz, then $VILLAGE_TZ, name another county's zone
+    at_b, expected_b = _tomorrow_1800("Europe/Berlin")
+    done = _county("push", *base(broker, keys, "box:box-b"), "--text", "x", "--at", at_b, "--tz", "Europe/Berlin",
+                   env=env)
+    assert done.returncode == 0, done.stderr
+    done = _county("push", *base(broker, keys, "box:box-b"), "--text", "x", "--at", at_b,
+                   env=env | {"VILLAGE_TZ": "Europe/Berlin"})
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: len(village[1].got) == 2)
+    assert [g[1]["data"]["start"] for g in village[1].got] == [expected_b, expected_b]
+
+
+def test_parse_time_reads_naive_times_in_the_given_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from county import push
+
+    sh = ZoneInfo("Asia/Shanghai")
+    ten_utc = int(dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC).timestamp())
+    assert push.parse_time("2026-12-01T18:00", 0, sh) == ten_utc
+    assert push.parse_time("2026-12-01 18:00:00", 0, sh) == ten_utc
+    assert push.parse_time("2026-12-01T18:00Z", 0, sh) == ten_utc + 8 * 3600
+    assert push.parse_time("2026-12-01T18:00+01:00", 0, sh) == ten_utc + 7 * 3600
+    assert push.parse_time("+30m", 1000.0, sh) == 2800 and push.parse_time("now", 1000.5, sh) == 1000
+    monkeypatch.delenv("VILLAGE_TZ", raising=False)
+    assert push.zone().key == "Asia/Shanghai"
+    monkeypatch.setenv("VILLAGE_TZ", "UTC")
+    assert push.zone().key == "UTC" and push.zone("Asia/Shanghai").key == "Asia/Shanghai"
+    assert [push.parse_duration(t) for t in ("90", "90s", "30m", "+2h", "1d", "1.5h")] == [
+        90, 90, 1800, 7200, 86400, 5400]
+
+
+def test_a_start_already_past_is_refused_unless_forced(broker: Mosquitto, keys: Any, village: list[FakeBox],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["push", *base(broker, keys, "box:box-a"), "--text", "t", "--at", "2026-01-05T08:00"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == EXIT_USAGE and len(err) == 1
+    assert "--at 2026-01-05T08:00 is 2026-01-05 08:00:00 CST (Asia/Shanghai) = 2026-01-05 00:00:00 UTC" in err[0]
+    assert "ago; nothing sent (--force sends it anyway)" in err[0]
+    rc = main(["push", *base(broker, keys, "box:box-a"), "--text", "t", "--until", "2026-01-05T08:00"])
+    assert rc == EXIT_USAGE and "--until 2026-01-05T08:00 is" in capsys.readouterr().err
+    rc = main(["push", *base(broker, keys, "box:box-a"), "--text", "late", "--at", "2026-01-05T08:00", "--force"])
+    assert rc == EXIT_OK
+    assert "(past: --force)" in capsys.readouterr().err
+    wait_until(lambda: village[0].got)
+    assert [(g[1]["data"]["text"], g[1]["data"]["start"]) for g in village[0].got] == [("late", 1_767_571_200)]
+
+
+def test_ttl_takes_durations(broker: Mosquitto, keys: Any, village: list[FakeBox]) -> None:
+    for ttl, seconds in (("30m", 1800), ("1d", 86400), ("+2h", 7200), ("600", 600)):
+        assert main(["push", *base(broker, keys, "box:box-a"), "--text", ttl, "--ttl", ttl]) == EXIT_OK
+        wait_until(lambda: any(g[1]["data"]["text"] == ttl for g in village[0].got))  # noqa: B023
+        payload = next(g[1] for g in village[0].got if g[1]["data"]["text"] == ttl)
+        assert payload["exp"] - payload["iat"] == seconds
+
+
+# ------------------------------------------------------------------------------------- who will hear it
+def test_a_push_no_box_will_hear_is_refused(broker: Mosquitto, keys: Any, village: list[FakeBox],
+                                            collector: Collector, capsys: pytest.CaptureFixture[str]) -> None:
+    sniff = Collector(broker.url, topics=["vc/v1/group/+/cmd", "vc/v1/box/+/cmd"]).start()
+    try:
+        for to, says in ((["group:twon-menglou"], "no known box answers to group:twon-menglou"),
+                         (["group:town-menglou", "box:box-x"], "no known box answers to box:box-x")):
+            rc = main(["push", *base(broker, keys, *to), "--text", "t", "--wait", "5"])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == EXIT_UNHEARD and len(err) == 1, err
+            assert says in err[0] and "town-menglou, zone-2" in err[0] and "nothing sent" in err[0]
+        rc = main(["cancel", *base(broker, keys, "group:nobody"), "--all"])
+        assert rc == EXIT_UNHEARD and "group:nobody" in capsys.readouterr().err
+        # nothing reached a cmd topic: a marker sent after the refusals is the first thing there
+        collector.publish(T.group_cmd("twon-menglou"), b"marker")
+        sniff.wait_for(lambda msgs: msgs)
+        assert [m.payload for m in sniff.snapshot()] == [b"marker"]
+    finally:
+        sniff.stop()
+    assert all(not b.got for b in village)
+
+
+def test_no_box_known_at_all(broker: Mosquitto, keys: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["push", *base(broker, keys, "group:town-menglou"), "--text", "t"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == EXIT_UNHEARD and len(err) == 1
+    assert "no box is known on this broker" in err[0] and "--prefix" in err[0]
+
+
+def test_wait_returns_when_every_box_is_final_and_shows_progress(broker: Mosquitto, keys: Any, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    boxes = [FakeBox(broker.url, "box-f1", ["town-f"], keys[1], answer=("received", "started", "finished")),
+             FakeBox(broker.url, "box-f2", ["town-f"], keys[1], answer=("received", "rejected"))]
+    rc: list[int] = []
+    t = threading.Thread(target=lambda: rc.append(main(
+        ["push", *base(broker, keys, "group:town-f"), "--text", "t", "--id", "f-1", "--wait", "600"])))
+    try:
+        t.start()
+        t.join(60)  # a bound for a broken build only: the answer comes at once, not after 600 s
+        assert not t.is_alive()
+    finally:
+        for b in boxes:
+            b.stop()
+    out = capsys.readouterr()
+    assert rc == [EXIT_UNANSWERED]  # one box rejected
+    rows = {line.split()[0]: line.split()[1:3] for line in out.out.splitlines()[1:]}
+    assert rows["box-f1"][0] == "finished" and rows["box-f2"] == ["rejected", "expired"] and len(rows) == 2
+    err = out.err.splitlines()
+    assert "village county push: waiting up to 600 s for 2 box(es): box-f1, box-f2" in err
+    assert any(line.startswith("village county push: box-f1 started: ") for line in err)
+    assert any("box-f2 rejected (expired): " in line for line in err)
+    assert err[-1] == "village county push: every box reached a final state: 2 of 2 box(es) answered, 2 final"
+
+
+def test_board_knows_boxes_from_retained_states() -> None:
+    from county.console import Message
+
+    board = ReceiptBoard("c1", ["group:g", "box:a", "box:z"], T)
+    assert board.unheard() == ["group:g", "box:a", "box:z"]
+    board.feed(Message(T.state("a"), b'{"state":"offline","groups":["g"]}', True))
+    board.feed(Message(T.state("b"), b'{"state":"online","groups":["g","h"]}', True))
+    assert board.unheard() == ["box:z"] and set(board.rows) == {"a", "b", "z"}
+    board.feed(Message(T.state("a"), b"", True))  # its retained state was cleared: gone
+    assert board.unheard() == ["box:a", "box:z"]
+    assert not board.all_final

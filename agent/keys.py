@@ -26,7 +26,7 @@ from agent.protocol.jws import (  # noqa: F401
     load_public_key,
 )
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: "$" also matches before a final "\n"
 
 
 def _write_exclusive(path: Path, data: bytes, mode: int) -> None:

@@ -43,7 +43,7 @@ BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 46080
 MAX_FIRMWARE_COMMANDS = 64
 MAX_FIRMWARE_COMMAND_BYTES = 256
 LINE_ENDINGS = {"crlf": b"\r\n", "lf": b"\n", "cr": b"\r", "none": b""}
-_HCI_RE = re.compile(r"^hci[0-9]{1,2}$")
+_HCI_RE = re.compile(r"^hci[0-9]{1,2}\Z")
 
 
 class ProfileError(ValueError):

@@ -41,7 +41,7 @@ STOP_BUDGET_S = 1.0  # a stopped play must be gone within this (cancel within 1 
 AUDIO_DIR = "broadcast-audio"
 CHIME_FILE = "chime.wav"
 MARKER_FILE = "drill-marker.wav"
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")  # always .fullmatch ("$" would let "id\n" through)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}\Z")  # \Z and .fullmatch: "$" lets "id\n" through
 FLOOR_STEP_S = 86400.0  # how far past the wall clock one command's signed time may move engine.time_floor
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from agent.schema import non_negative, percent, positive
 
-_HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])\Z")  # \Z: "$" also matches before a final "\n"
 
 
 def hhmm(value: str) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from agent.schema import SchemaError, at_least_one, non_negative, positive
 
-CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" also matches before a final "\n"
 
 
 def _camera_id(value: str) -> str:

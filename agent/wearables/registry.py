@@ -18,8 +18,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_MAC_RE = re.compile(r"^[0-9A-F]{2}([:-]?[0-9A-F]{2}){5}$")
-_WEARER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MAC_RE = re.compile(r"^[0-9A-F]{2}([:-]?[0-9A-F]{2}){5}\Z")  # \Z: "$" also matches before a final "\n"
+_WEARER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 MAX_LOGGED_UNKNOWN = 1024  # distinct unknown devices logged by id; beyond that only counted
 
 

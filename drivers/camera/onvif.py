@@ -110,7 +110,7 @@ def _text(el: ET.Element | None, name: str) -> str:
     return child.text.strip()
 
 
-_DURATION_RE = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+_DURATION_RE = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?\Z")
 
 
 def _uptime(text: str) -> float | None:

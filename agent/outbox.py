@@ -15,9 +15,19 @@ SQLite in WAL mode (schema in agent/outbox_schema.py), one writer task, `synchro
   refused (counted) while alarms and receipts are still taken. Telemetry also expires after
   `telemetry_ttl_s`. Every eviction, expiry and refusal is counted in `counters` (reported in the
   heartbeat).
-- A full disk (SQLITE_FULL, also raised by `max_file_bytes`): telemetry and events in the failed batch are
-  refused, old telemetry is evicted to make room, and alarms and receipts wait in memory and are retried
-  every second: their `send()` does not return until they are durable.
+- A message that cannot be encoded (e.g. text with a lone surrogate, a value JSON cannot hold) fails its
+  own `send()` with `OutboxUnencodable` (counted as `unencodable.<class>`); the rest of its commit is
+  stored as if it had never been there, and it takes no seq.
+- Any error of the commit's own writes (SQLite, or an OSError writing the seq high-water mark) settles or
+  requeues every message of the batch; the writer task never ends on one. A full disk (SQLITE_FULL, also
+  raised by `max_file_bytes`, or ENOSPC/EDQUOT from the high-water-mark file): telemetry and events in the
+  failed batch are refused, old telemetry is evicted to make room, and alarms and receipts wait in memory
+  and are retried every second: their `send()` does not return until they are durable.
+- Space is given back: new files use `auto_vacuum=INCREMENTAL`, and when at least half of the file is free
+  pages (and at least RECLAIM_MIN_PAGES) the writer returns them to the file system in steps of
+  RECLAIM_STEP_PAGES between commits, so a drained 1M-row backlog does not keep its 300 MB. A file made by an
+  older agent (auto_vacuum off) is converted with one VACUUM once its live content is at most
+  CONVERT_MAX_BYTES (at start, or when a drain gets it there), which costs a copy of that little content.
 - A damaged database (agent.sqlite_store.is_corruption) is moved aside (with its -wal and -shm) and a
   fresh one is created; an `event` of kind `outbox_reset` reports it. Never a crash loop.
 """
@@ -26,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import sqlite3
 from collections import deque
@@ -40,7 +51,8 @@ from agent.clock import Clock, SystemClock
 from agent.fsutil import write_atomic
 from agent.outbox_schema import MIGRATIONS
 from agent.protocol.envelope import Envelope, MsgClass
-from agent.sqlite_store import SchemaTooNew, is_corruption, move_aside, open_sqlite
+from agent.protocol.text import escape, quoted
+from agent.sqlite_store import SchemaTooNew, auto_vacuum_mode, is_corruption, move_aside, open_sqlite
 
 log = logging.getLogger("agent.outbox")
 
@@ -48,6 +60,11 @@ SEQ_RESERVE = 100_000  # seqs reserved per write of the high-water mark file
 FETCH_CHUNK = 500
 TTL_SWEEP_S = 60.0
 DISK_RETRY_S = 1.0
+RECLAIM_MIN_PAGES = 256  # free pages (1 MiB at 4 KiB) before any are given back to the file system
+RECLAIM_STEP_PAGES = 128  # pages per incremental_vacuum step: one short transaction between commits
+CONVERT_MAX_BYTES = 4 << 20  # an old file (auto_vacuum off) is converted only when its live content is this small
+JOURNAL_SIZE_LIMIT = 4 << 20  # the WAL is cut back to this after a checkpoint
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # which classes a new message of a class may evict, in the order they are evicted
 _EVICTABLE: dict[MsgClass, tuple[MsgClass, ...]] = {
     MsgClass.ALARM: (MsgClass.TELEMETRY, MsgClass.EVENT),
@@ -66,6 +83,11 @@ class OutboxRefused(OutboxError):
     """A telemetry or event message refused because the outbox (or the disk) is full. Counted."""
 
 
+class OutboxUnencodable(OutboxError):
+    """A message that cannot be encoded as an envelope (or stored as a row). Refused to its own caller
+    only; counted as `unencodable.<class>`."""
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     seq: int
@@ -81,6 +103,7 @@ class _Pending:
     data: dict[str, Any]
     ts: int
     future: asyncio.Future[Envelope]
+    refused: bool = False  # answered with an error: never stored, whatever happens to its batch
 
 
 @dataclass(slots=True)
@@ -146,6 +169,10 @@ class Outbox:
         self._reader: aiosqlite.Connection | None = None
         self.reset_reason: str | None = None  # set when a bad database was moved aside at open
         self.commits = 0  # transactions committed: group commit keeps this far below the message count
+        self.reclaimed = asyncio.Event()  # set each time a reclaim pass has given free pages back
+        self._check_free = True  # rows were deleted since the free pages were last looked at
+        self._reclaiming = False  # a reclaim pass is under way: one step per turn of the writer
+        self._incremental = False  # the file has auto_vacuum=INCREMENTAL
 
     # ---------------------------------------------------------------- Uplink
     def send_nowait(
@@ -184,7 +211,7 @@ class Outbox:
                     "SELECT seq, kind, body FROM outbox WHERE cls = ? AND seq > ? ORDER BY seq LIMIT ?",
                     (int(cls), self._cursor[cls], min(FETCH_CHUNK, limit - len(rows))),
                 )
-                got = await cur.fetchall()
+                got = list(await cur.fetchall())
                 await cur.close()
                 if not got:
                     break
@@ -236,21 +263,22 @@ class Outbox:
             if self.reset_reason is not None:
                 self.send_nowait(MsgClass.EVENT, "outbox_reset", {"reason": self.reset_reason})
             while True:
-                await self._wake.wait()
-                if not self._urgent.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._urgent.wait(), self.commit_interval_s)
-                await self._commit_pending()
+                if not (self._check_free or self._reclaiming):
+                    await self._wake.wait()
+                if self._wake.is_set():
+                    if not self._urgent.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._urgent.wait(), self.commit_interval_s)
+                    await self._commit_pending()
+                if not self._urgent.is_set():  # an alarm that came in meanwhile is stored first
+                    await self._reclaim()
         finally:
             # flush what callers were promised, then close; shielded so cancellation can't cut it
             await asyncio.shield(self._close())
 
     async def _close(self) -> None:
         if self._db is not None and (self._pending or self._acks):
-            try:
-                await self._commit_pending(final=True)
-            except (sqlite3.Error, OSError) as exc:
-                log.error("outbox: the last commit before closing failed: %s", exc)
+            await self._commit_pending(final=True)
         for pending in self._pending:
             if not pending.future.done():
                 pending.future.set_exception(OutboxError("outbox closed before the message was stored"))
@@ -285,9 +313,13 @@ class Outbox:
 
     async def _open_db(self, salvaged: list[tuple[int, int, int, str, bytes]] | None = None) -> None:
         try:
-            db = self._db = await open_sqlite(self.path, migrations=MIGRATIONS, max_file_bytes=self.max_file_bytes)
+            db = self._db = await open_sqlite(self.path, migrations=MIGRATIONS, max_file_bytes=self.max_file_bytes,
+                                              auto_vacuum="INCREMENTAL")
         except SchemaTooNew as exc:
             raise OutboxError(f"{exc} (the queued messages are kept)") from exc
+        await db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        self._incremental = await auto_vacuum_mode(db) == "INCREMENTAL"
+        self._check_free = True
         if salvaged:
             await db.executemany("INSERT OR IGNORE INTO outbox (seq, cls, ts, kind, body) VALUES (?, ?, ?, ?, ?)",
                                  salvaged)
@@ -334,13 +366,13 @@ class Outbox:
         except asyncio.CancelledError:
             try:
                 stored = await commit
-            except sqlite3.Error:
-                self._pending.extendleft(reversed([p for p in batch if not p.future.done()]))
+            except Exception:  # every error of our own writes: requeue, _close retries once
+                self._pending.extendleft(reversed([p for p in batch if not _answered(p)]))
                 self._acks = acks + self._acks
                 raise asyncio.CancelledError from None
             self._settle(stored, acks)
             raise
-        except sqlite3.Error as exc:
+        except Exception as exc:  # SQLite, OSError from the seq file, anything: never end the writer
             await self._after_failed_commit(exc, batch, acks, final)
             return
         self._settle(stored, acks)
@@ -364,12 +396,20 @@ class Outbox:
         try:
             if acks:
                 await self._delete_acked(db, acks, delta)
+                self._check_free = True
             await self._expire_telemetry(db, delta)
             for pending in batch:
+                if _answered(pending):  # refused in an earlier try of this batch
+                    continue
                 env = Envelope(self.box, next_seq, pending.ts, pending.cls, pending.kind, pending.data)
-                body = env.encode()
+                try:
+                    body = _row_body(env)
+                except Exception as exc:  # whatever encode raises, it is this message's alone
+                    self._unencodable(pending, exc)
+                    continue
                 if not await self._make_room(db, pending.cls, len(body), delta):
-                    delta.bump(f"refused.{pending.cls.wire}")
+                    self._count_now(f"refused.{pending.cls.wire}")
+                    pending.refused = True
                     if not pending.future.done():
                         pending.future.set_exception(OutboxRefused(f"outbox full ({self.max_bytes} bytes)"))
                     continue
@@ -401,6 +441,22 @@ class Outbox:
             self._counters[name] = self._counters.get(name, 0) + n
         return stored
 
+    def _count_now(self, name: str) -> int:
+        """Count a refusal at once (it holds whatever happens to the commit); saved by the next commit."""
+        n = self._counters[name] = self._counters.get(name, 0) + 1
+        self._unsaved[name] = self._unsaved.get(name, 0) + 1
+        return n
+
+    def _unencodable(self, pending: _Pending, exc: Exception) -> None:
+        """Answer one message that cannot become a row; counted at once (saved with the next commit)."""
+        n = self._count_now(f"unencodable.{pending.cls.wire}")
+        reason = f"{pending.cls.wire} message {quoted(pending.kind)} cannot be encoded: {_describe(exc)}"
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th, ...: a flood of them is one line per doubling
+            log.warning("outbox: refused a message (%d so far): %s", n, reason)
+        if not pending.future.done():  # a caller may have cancelled its future: the count stays
+            pending.future.set_exception(OutboxUnencodable(reason))
+        pending.refused = True
+
     async def _delete_acked(self, db: aiosqlite.Connection, acks: list[int], delta: _Delta) -> None:
         for i in range(0, len(acks), 500):
             chunk = acks[i:i + 500]
@@ -418,7 +474,7 @@ class Outbox:
         while freed < need and self._count[cls] + delta.count[cls] > 0:
             cur = await db.execute(
                 "SELECT seq, ts, length(body) FROM outbox WHERE cls = ? ORDER BY seq LIMIT 256", (int(cls),))
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
             await cur.close()
             if not rows:
                 break
@@ -433,6 +489,7 @@ class Outbox:
             if upto is None:
                 break
             await db.execute("DELETE FROM outbox WHERE cls = ? AND seq <= ?", (int(cls), upto))
+            self._check_free = True
             if before_ts is not None and upto != rows[-1][0]:
                 break
         return freed
@@ -457,22 +514,23 @@ class Outbox:
         cutoff = int((self.clock.time() - self.telemetry_ttl_s) * 1000)
         await self._evict_oldest(db, MsgClass.TELEMETRY, 1 << 62, delta, "expired", before_ts=cutoff)
 
-    async def _after_failed_commit(self, exc: sqlite3.Error, batch: list[_Pending], acks: list[int],
+    async def _after_failed_commit(self, exc: Exception, batch: list[_Pending], acks: list[int],
                                    final: bool) -> None:
-        code = getattr(exc, "sqlite_errorcode", None)
-        full = code == sqlite3.SQLITE_FULL or "full" in str(exc)
+        """The commit of `batch` failed as a whole: refuse its telemetry and events, requeue its alarms and
+        receipts (retried every DISK_RETRY_S), keep the deletes for the next commit."""
+        full = _is_full(exc)
         if self._disk_full_since is None:
             self._disk_full_since = self.clock.monotonic()
             log.error("outbox: commit failed (%s); refusing telemetry and events, holding alarms and "
-                      "receipts in memory until the store takes them", "disk full" if full else exc)
-        urgent = [p for p in batch if p.cls in _URGENT]
+                      "receipts in memory until the store takes them", "disk full" if full else _describe(exc))
+        urgent = [p for p in batch if p.cls in _URGENT and not _answered(p)]
         for pending in batch:
-            if pending.cls not in _URGENT:
-                name = f"refused.{pending.cls.wire}"
-                self._counters[name] = self._counters.get(name, 0) + 1
-                self._unsaved[name] = self._unsaved.get(name, 0) + 1
+            if pending.cls not in _URGENT and not _answered(pending):
+                self._count_now(f"refused.{pending.cls.wire}")
+                pending.refused = True
                 if not pending.future.done():
-                    pending.future.set_exception(OutboxRefused("store full" if full else f"store error: {exc}"))
+                    pending.future.set_exception(
+                        OutboxRefused("store full" if full else f"store error: {_describe(exc)}"))
         self._acks = acks + self._acks  # deletes are retried with the next commit
         if full:
             await self._free_space()
@@ -484,6 +542,48 @@ class Outbox:
             self._wake.set()
             if self._pending:
                 self._urgent.set()
+
+    # ---------------------------------------------------------------- giving space back
+    async def _reclaim(self) -> None:
+        """One turn of giving free pages back to the file system; a no-op unless rows were deleted.
+
+        A pass starts when at least half of the file (and RECLAIM_MIN_PAGES) is free, and goes on, one
+        RECLAIM_STEP_PAGES step per turn of the writer (so a message waits one short step at most), until
+        fewer than a step's worth are free; then a checkpoint lets SQLite cut the file. An old file with
+        auto_vacuum off is converted by one VACUUM once its live content is at most CONVERT_MAX_BYTES.
+        """
+        db = self._db
+        if db is None or not (self._check_free or self._reclaiming):
+            return
+        self._check_free = False
+        try:
+            pages, free = await _pragma_int(db, "page_count"), await _pragma_int(db, "freelist_count")
+            if not self._reclaiming and free < max(RECLAIM_MIN_PAGES, pages // 2):
+                return
+            if not self._incremental:
+                page_size = await _pragma_int(db, "page_size")
+                if (pages - free) * page_size > CONVERT_MAX_BYTES:
+                    return  # converting now would copy the whole backlog: wait until it is drained
+                await db.executescript("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")
+                self._incremental = await auto_vacuum_mode(db) == "INCREMENTAL"
+                log.info("outbox: converted the file to incremental auto-vacuum (%d of %d pages were free)",
+                         free, pages)
+                free = 0
+            else:
+                self._reclaiming = True
+                # executescript steps the pragma to the end (execute() would free one page per call)
+                await db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_STEP_PAGES});")
+                if free > RECLAIM_STEP_PAGES:
+                    return  # the next step on the writer's next turn
+            self._reclaiming = False
+            async with db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:  # SQLite cuts the file once
+                await cur.fetchall()                                            # the WAL is all copied back
+            self.reclaimed.set()
+        except Exception as exc:  # giving space back is best effort: the next delete retries
+            self._reclaiming = False
+            with contextlib.suppress(Exception):
+                await db.rollback()
+            log.warning("outbox: could not give free space back: %s", _describe(exc))
 
     async def _free_space(self) -> None:
         """On a full store, drop a tenth of the telemetry (then events) so alarms fit again."""
@@ -497,10 +597,10 @@ class Outbox:
                 await self._evict_oldest(db, cls, max(1, self._size[cls] // 10), delta, "evicted")
                 await _save_counters(db, delta.counters)  # in the same transaction as the evictions
                 await db.commit()
-            except sqlite3.Error as exc:
+            except Exception as exc:  # best effort; the alarms are retried anyway
                 with contextlib.suppress(Exception):
                     await db.rollback()
-                log.warning("outbox: could not free space: %s", exc)
+                log.warning("outbox: could not free space: %s", _describe(exc))
                 return
             for c in MsgClass:
                 self._count[c] += delta.count[c]
@@ -540,6 +640,44 @@ async def _save_counters(db: aiosqlite.Connection, *deltas: dict[str, int]) -> N
             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             list(total.items()),
         )
+
+
+async def _pragma_int(db: aiosqlite.Connection, name: str) -> int:
+    cur = await db.execute(f"PRAGMA {name}")
+    row = await cur.fetchone()
+    await cur.close()
+    return int(row[0]) if row else 0
+
+
+def _answered(pending: _Pending) -> bool:
+    return pending.refused
+
+
+def _row_body(env: Envelope) -> bytes:
+    """The envelope as the row stores it, or the error that makes this one message unstorable: everything
+    SQLite binds from the caller is checked here, so no row can fail the INSERT of the others."""
+    if type(env.kind) is not str:
+        raise TypeError(f"kind must be a str, not {type(env.kind).__name__}")
+    env.kind.encode("utf-8")  # stored as TEXT: a lone surrogate would fail the whole INSERT
+    if not -(1 << 63) <= env.ts < 1 << 63:
+        raise OverflowError("ts does not fit in 64 bits")
+    body = env.encode()
+    if type(body) is not bytes:
+        raise TypeError(f"encode() gave {type(body).__name__}, not bytes")
+    return body
+
+
+def _is_full(exc: BaseException) -> bool:
+    """A full disk or store: SQLITE_FULL (also from max_page_count), or ENOSPC / EDQUOT from a file write."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {escape(exc)}"
 
 
 def _read_hwm(path: Path) -> int:

@@ -14,6 +14,10 @@ goes wrong; this module only says *what* went wrong, with one error per case:
 `move_aside()` renames a damaged file *with* its -wal and -shm: the WAL holds committed transactions
 and is the evidence; deleting it would throw both away.
 
+`auto_vacuum` ("INCREMENTAL" or "FULL") is set before anything else, so a new file gets it; SQLite cannot
+change it on a file that has tables without a VACUUM, so an existing file keeps its mode and the store
+decides when a VACUUM is cheap enough to convert it (`auto_vacuum_mode` tells it the mode in force).
+
 Migrations follow PRAGMA user_version: `migrations[v]` takes the schema from version v to v+1 and runs
 in one transaction together with the version bump, so a power cut leaves the old schema or the new one.
 """
@@ -31,6 +35,7 @@ from pathlib import Path
 import aiosqlite
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_AUTO_VACUUM = ("NONE", "FULL", "INCREMENTAL")  # PRAGMA auto_vacuum's values 0, 1, 2
 _MIN_PAGES = 16  # max_file_bytes never caps a file below this: SQLite needs a few pages for the schema
 
 
@@ -78,17 +83,26 @@ def move_aside(path: Path, tag: str = "corrupt") -> Path:
     return target
 
 
+def _check_auto_vacuum(auto_vacuum: str | None) -> None:
+    if auto_vacuum is not None and auto_vacuum.upper() not in _AUTO_VACUUM:
+        raise ValueError(f"auto_vacuum must be one of {', '.join(_AUTO_VACUUM)}, not {auto_vacuum!r}")
+
+
 def open_sqlite_sync(path: Path, *, migrations: Sequence[str], synchronous: str = "FULL",
-                     max_file_bytes: int | None = None) -> sqlite3.Connection:
+                     max_file_bytes: int | None = None, auto_vacuum: str | None = None) -> sqlite3.Connection:
     """Open (creating) `path`, checked and migrated; the connection is in autocommit mode
     (isolation_level=None): the caller writes its own BEGIN / COMMIT.
 
+    auto_vacuum: the mode a *new* file gets (see the module doc); None leaves SQLite's default (NONE).
     Raises Corrupt, SchemaTooNew, or the sqlite3.Error SQLite raised (see the module doc).
     """
     if synchronous.upper() not in _SYNCHRONOUS:
         raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, not {synchronous!r}")
+    _check_auto_vacuum(auto_vacuum)
     db = sqlite3.connect(path, isolation_level=None)
     try:
+        if auto_vacuum is not None:  # before journal_mode: switching to WAL writes page 1, fixing the mode
+            db.execute(f"PRAGMA auto_vacuum={auto_vacuum.upper()}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         if max_file_bytes:
@@ -126,30 +140,34 @@ def _close_keeping_wal(db: sqlite3.Connection, path: Path) -> None:
     """
     wal = Path(f"{path}-wal")
     keep = Path(f"{path}-wal.keep")
+    kept = True
     try:
         shutil.copyfile(wal, keep)
     except OSError:  # no WAL, or no room for a copy: close as usual
-        keep = None
+        kept = False
     db.close()
-    if keep is not None:
+    if kept:
         if wal.exists():
             keep.unlink(missing_ok=True)
         else:
             os.replace(keep, wal)
 
 
-def _check(path: Path, migrations: Sequence[str], synchronous: str, max_file_bytes: int | None) -> None:
-    open_sqlite_sync(path, migrations=migrations, synchronous=synchronous, max_file_bytes=max_file_bytes).close()
+def _check(path: Path, migrations: Sequence[str], synchronous: str, max_file_bytes: int | None,
+           auto_vacuum: str | None) -> None:
+    open_sqlite_sync(path, migrations=migrations, synchronous=synchronous, max_file_bytes=max_file_bytes,
+                     auto_vacuum=auto_vacuum).close()
 
 
 async def open_sqlite(path: Path, *, migrations: Sequence[str], synchronous: str = "FULL",
-                      max_file_bytes: int | None = None) -> aiosqlite.Connection:
+                      max_file_bytes: int | None = None, auto_vacuum: str | None = None) -> aiosqlite.Connection:
     """The aiosqlite twin of `open_sqlite_sync`: same checks, same errors.
 
     The check and migrations run once on a plain sqlite3 connection in a thread (one implementation for
     both twins); the returned aiosqlite connection then sets the per-connection pragmas again.
     """
-    await asyncio.to_thread(_check, path, migrations, synchronous, max_file_bytes)
+    _check_auto_vacuum(auto_vacuum)
+    await asyncio.to_thread(_check, path, migrations, synchronous, max_file_bytes, auto_vacuum)
     db = await aiosqlite.connect(path)
     try:
         await db.execute("PRAGMA journal_mode=WAL")
@@ -162,3 +180,12 @@ async def open_sqlite(path: Path, *, migrations: Sequence[str], synchronous: str
         await db.close()
         raise
     return db
+
+
+async def auto_vacuum_mode(db: aiosqlite.Connection) -> str:
+    """The auto_vacuum mode in force on `db`'s file: "NONE", "FULL" or "INCREMENTAL"."""
+    cur = await db.execute("PRAGMA auto_vacuum")
+    row = await cur.fetchone()
+    await cur.close()
+    value = row[0] if row else 0
+    return _AUTO_VACUUM[value] if isinstance(value, int) and 0 <= value < len(_AUTO_VACUUM) else "NONE"

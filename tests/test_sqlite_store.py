@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from agent.fsutil import write_atomic
-from agent.sqlite_store import Corrupt, SchemaTooNew, is_corruption, move_aside, open_sqlite, open_sqlite_sync
+from agent.sqlite_store import (
+    Corrupt,
+    SchemaTooNew,
+    auto_vacuum_mode,
+    is_corruption,
+    move_aside,
+    open_sqlite,
+    open_sqlite_sync,
+)
 
 V1 = "CREATE TABLE t (x INTEGER);"
 V2 = "ALTER TABLE t ADD COLUMN y TEXT;"
@@ -39,6 +47,31 @@ def test_migrations_run_once_in_order(tmp_path: Path) -> None:
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
     db.close()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+async def test_a_new_file_gets_auto_vacuum_an_existing_one_keeps_its_mode(tmp_path: Path, sync: bool) -> None:
+    """auto_vacuum must be set before WAL mode writes page 1, or SQLite silently ignores it."""
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    open_sqlite_sync(old, migrations=[V1]).close()  # made without it: NONE
+    for path in (new, old):
+        if sync:
+            open_sqlite_sync(path, migrations=[V1], auto_vacuum="INCREMENTAL").close()
+        else:
+            await (await open_sqlite(path, migrations=[V1], auto_vacuum="incremental")).close()
+    modes = {}
+    for path in (new, old):
+        with sqlite3.connect(path) as db:
+            modes[path.name] = db.execute("PRAGMA auto_vacuum").fetchone()[0]
+    assert modes == {"new.db": 2, "old.db": 0}, "an existing file is converted only by the store's own VACUUM"
+    adb = await open_sqlite(new, migrations=[V1])
+    try:
+        assert await auto_vacuum_mode(adb) == "INCREMENTAL"
+    finally:
+        await adb.close()
+    with pytest.raises(ValueError, match="auto_vacuum"):
+        open_sqlite_sync(tmp_path / "x.db", migrations=[V1], auto_vacuum="sometimes")
+    assert not (tmp_path / "x.db").exists()
 
 
 def test_a_failing_migration_leaves_the_old_schema(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ class AgentProcess:
         self._reader: threading.Thread | None = None
         self._flush_seq = self._flushed = 0
         self._mark = 0  # messages before this index were seen by wait_message/poll_messages
+        self._status_mark = 0  # statuses before this index were passed by wait_status
         self.log = workdir / "agent.log"
         self.runs = 0
 
@@ -127,15 +128,17 @@ class AgentProcess:
             self._mark = len(self.messages)
 
     def wait_status(self, timeout: float = 30.0, **fields: str) -> dict[str, str]:
-        """Wait until a STATUS= line (already received or later) has all of `fields`; returns that line."""
-        def match() -> dict[str, str] | None:
-            return next((s for s in reversed(self.statuses) if all(s.get(k) == v for k, v in fields.items())),
-                        None)
+        """Wait for a STATUS= line with all of `fields`, after the one the previous wait_status returned
+        (the first call looks from the start); returns it."""
+        def match() -> int | None:
+            return next((i for i in range(self._status_mark, len(self.statuses))
+                         if all(self.statuses[i].get(k) == v for k, v in fields.items())), None)
         self._wait(lambda: match() is not None, f"STATUS with {fields}", timeout)
         with self._cond:
-            found = match()
-        assert found is not None
-        return found
+            i = match()
+            assert i is not None
+            self._status_mark = i + 1
+            return dict(self.statuses[i])
 
     def kill(self) -> None:
         assert self.proc is not None

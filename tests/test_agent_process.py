@@ -180,6 +180,9 @@ def _write(tmp_path: Path, doc: dict[str, Any] | str) -> Path:
 
 @pytest.mark.parametrize(("mutate", "key", "problem"), [
     (lambda d: d["box"].pop("id"), "box.id", "missing"),
+    # no default profile: a box that forgot it used to run on the simulator's twins (MockFactory relay)
+    (lambda d: d["box"].pop("profile"), "box.profile", "missing (required)"),
+    (lambda d: d["box"].update(profile=""), "box.profile", "a hardware profile name"),
     (lambda d: d["box"].update(colour="red"), "box.colour", "unknown key"),
     (lambda d: d["box"].update(heartbeat_s="often"), "box.heartbeat_s", "expected a number"),
     (lambda d: d["mqtt"].update(url="http://county.example"), "mqtt.url", "scheme must be"),
@@ -240,3 +243,47 @@ def test_a_trust_key_that_is_not_a_key_exits_2(tmp_path: Path) -> None:
         result = run_cli("agent", verb, "-c", str(_write(tmp_path, doc)))
         assert result.returncode == 2, result.stderr
         assert "trust.keys.county-2026" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_sim_profile_warns_at_every_start(tmp_path: Path) -> None:
+    """A box on the simulator's twins drives no relay: that must never be quiet. One WARNING per start."""
+    broker = Mosquitto(tmp_path / "broker", persistence=False)
+    broker.workdir.mkdir()
+    broker.start()
+    agent = AgentProcess(tmp_path, agent_config_dict(tmp_path / "state", broker.url))
+    try:
+        for _ in range(2):
+            agent.start()
+            agent.wait_status(link="connected")  # stopped while connected, not mid-connect
+            assert agent.terminate() == 0
+    finally:
+        agent.close()
+        broker.stop()
+    warnings = [line for line in agent.log_text().splitlines() if " WARNING " in line and "SIMULATION" in line]
+    assert len(warnings) == 2, agent.log_text()
+    assert 'profile sim is a SIMULATION (kind = "sim")' in warnings[0]
+
+
+def test_the_status_line_tells_what_the_box_does(tmp_path: Path) -> None:
+    """What the box did reaches systemd (and the simulator, and these tests) as one STATUS= line of
+    key=value words, on every change: the link's edges with its protocol, and the relay."""
+    broker = Mosquitto(tmp_path / "broker", persistence=False)
+    broker.workdir.mkdir()
+    broker.start()
+    agent = AgentProcess(tmp_path, agent_config_dict(tmp_path / "state", broker.url))
+    try:
+        agent.start()
+        up = agent.wait_status(link="connected")
+        assert up == {"profile": "sim", "relay": "off", "link": "connected", "mqtt": "5"}
+        broker.stop()
+        agent.wait_status(link="disconnected")
+        broker.start()
+        agent.wait_status(link="connected")  # found again: a new edge, not the old line
+        links = [s["link"] for s in agent.statuses if "link" in s]
+        edges = [v for i, v in enumerate(links) if i == 0 or links[i - 1] != v]
+        assert edges[0] == "disconnected" and edges.count("connected") == 2, edges
+        assert agent.terminate() == 0
+    finally:
+        agent.close()
+        broker.stop()
+    assert {"relay": "off"}.items() <= agent.statuses[-1].items()

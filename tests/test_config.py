@@ -24,6 +24,21 @@ def test_minimal_config_gets_defaults_and_is_frozen(tmp_path: Path) -> None:
         cfg.trust.keys["x"] = Path("/y")  # type: ignore[index]
 
 
+def test_the_hardware_profile_is_required(tmp_path: Path) -> None:
+    """It used to default to "sim": a box whose config forgot it ran on the simulator's twins (MockFactory
+    relay, silent loudspeakers) while reporting healthy."""
+    doc = agent_config_dict(tmp_path, "mqtt://127.0.0.1:1883")
+    del doc["box"]["profile"]
+    path = tmp_path / "a.toml"
+    path.write_text(toml_dumps(doc))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: box.profile: missing (required)"
+    doc["box"]["profile"] = ""
+    with pytest.raises(ConfigError, match=r"box\.profile: a hardware profile name"):
+        parse_config(doc)
+
+
 def test_error_names_file_key_and_problem(tmp_path: Path) -> None:
     doc = agent_config_dict(tmp_path, "mqtt://127.0.0.1:1883", gateway=[{"id": "g", "url": "x", "codec": "morse"}])
     path = tmp_path / "a.toml"

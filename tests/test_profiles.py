@@ -178,3 +178,22 @@ def test_firmware_commands_need_no_serial_url(pdir: Path) -> None:
     write(pdir, "radioless", 'extends = "base"\n[gateway_firmware]\ncommands = ["AT"]\n')
     p = load_profile("radioless")
     assert p.serial.url is None and p.gateway_firmware.frames() == (b"AT\r\n",)
+
+
+def test_a_profile_without_kind_is_an_error_never_a_twin_box(pdir: Path) -> None:
+    """`kind` used to default to "sim": a technician's profile that forgot it (and did not extend base)
+    drove gpiozero's MockFactory instead of the relay, and made the sim-only test switches live."""
+    write(pdir, "local-pi4", "[relay]\npin = 26\nactive_high = false\n")
+    with pytest.raises(ProfileError) as err:
+        load_profile("local-pi4")
+    assert err.value.key == "kind" and "missing (required)" in str(err.value) and '"pi"' in str(err.value)
+    write(pdir, "local-pi4b", 'extends = "base"\n[relay]\npin = 26\n')  # base says kind = "pi"
+    assert load_profile("local-pi4b").kind == "pi"
+    write(pdir, "odd", 'kind = "mock"\n')
+    with pytest.raises(ProfileError, match="kind"):
+        load_profile("odd")
+
+
+def test_only_the_sim_profile_is_a_sim_box() -> None:
+    assert {name: load_profile(name).kind for name in SHIPPED} == {
+        name: "sim" if name == "sim" else "pi" for name in SHIPPED}

@@ -97,6 +97,67 @@ def test_the_hang_hook_exists_only_for_sim_profiles() -> None:
     assert sdnotify.hang_for_tests("sim", {sdnotify.TEST_HANG_ENV: "soon"}) is None
 
 
+def test_test_switches_are_live_only_under_the_sim_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """VILLAGE_TEST_HANG_AFTER_S and VILLAGE_CLOCK_OFFSET_S on a real profile change nothing; on sim they work.
+    (A profile without `kind` used to be "sim", which made both live on a real box: tests/test_profiles.py.)"""
+    from agent.app import build_agent
+    from agent.clock import OffsetClock, SystemClock
+    from agent.config import parse_config
+    from agent.context import Hardware
+    from agent.hardware import CLOCK_OFFSET_ENV
+    from agent.profile import load_profile
+    from sim.amp import TwinAmpRelay
+    from sim.audio import SilentTts, TwinPlayer
+    from tests.support import agent_config_dict
+
+    monkeypatch.setenv(sdnotify.TEST_HANG_ENV, "30")
+    monkeypatch.setenv(CLOCK_OFFSET_ENV, "-3600")
+    for name, live in (("sim", True), ("pi4-relayhat", False), ("pizero2w-ble", False)):
+        doc = agent_config_dict(tmp_path / name, "mqtt://127.0.0.1:1")
+        doc["box"]["profile"] = name
+        config = parse_config(doc)
+        hw = Hardware(relay=TwinAmpRelay(17), player=TwinPlayer(), tts=SilentTts())
+        agent = build_agent(config, profile=load_profile(name), hardware=hw)
+        names = [s.name for s in agent.services]
+        assert ("test.hang" in names) is live, (name, names)
+        assert isinstance(agent.context.clock, OffsetClock if live else SystemClock), name
+
+
+def test_the_status_board_sends_the_whole_line_on_every_change_and_nothing_else() -> None:
+    sent: list[str] = []
+    board = sdnotify.StatusBoard(lambda m: sent.append(m) or True)
+    board.set(profile="sim")
+    board.set(link="connecting", relay="off")
+    board.set(relay="off")  # no change: nothing sent
+    board.set(link="connected", mqtt="5")
+    assert sent == ["STATUS=profile=sim", "STATUS=profile=sim link=connecting relay=off",
+                    "STATUS=profile=sim link=connected relay=off mqtt=5"]
+    assert sdnotify.StatusBoard.parse(sent[-1]) == {"profile": "sim", "link": "connected", "relay": "off", "mqtt": "5"}
+    assert sdnotify.StatusBoard.parse("READY=1\nSTATUS=" + board.line()) == board.fields
+    assert sdnotify.StatusBoard.parse("WATCHDOG=1") is None
+
+
+def test_no_value_can_forge_a_word_in_the_status_line() -> None:
+    sent: list[str] = []
+    board = sdnotify.StatusBoard(lambda m: sent.append(m) or True)
+    board.set(link="up relay=on\nREADY=1")
+    assert sent == ["STATUS=link=up_relay_on_READY_1"]
+    assert sdnotify.StatusBoard.parse(sent[0]) == {"link": "up_relay_on_READY_1"}
+
+
+def test_a_listener_that_does_not_read_never_blocks_the_agent(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """sd_notify datagrams are sent without blocking: a full receive queue drops them (False), it does not
+    stall the event loop (the simulator's and the tests' listeners are not systemd)."""
+    lst = Listener(str(tmp_path / "slow"))
+    monkeypatch.setenv("NOTIFY_SOCKET", lst.env_value)
+    try:
+        results = [sdnotify.notify("STATUS=" + "x" * 1000) for _ in range(5000)]  # nobody reads
+        assert results[0] is True and results[-1] is False
+    finally:
+        lst.close()
+
+
 class _Idle:
     def __init__(self, name: str) -> None:
         self.name = name

@@ -313,6 +313,37 @@ class TestClockPolicy:
         fresh = check_freshness(self.cmd(iat=later), UNSYNCHRONISED_BEFORE + 86400, floor=later - 60)
         assert fresh.note == "clock_unsynchronised"
 
+    def test_ntp_synchronised_clock_holds_the_contract_for_emergencies(self) -> None:
+        from agent.commands import CommandRejected
+
+        with pytest.raises(CommandRejected) as err:  # an hour ahead of a disciplined clock: not a behind clock
+            check_freshness(self.cmd(iat=NOW + 3600), NOW, 0, kernel_synced=True)
+        assert err.value.reason == "not_yet_valid" and "NTP" in err.value.detail
+        assert check_freshness(self.cmd(iat=NOW + 3600), NOW, 0, kernel_synced=False).note == "clock_behind"
+
+    def test_ntp_synchronised_clock_overrules_a_floor_ahead_of_it(self) -> None:
+        fresh = check_freshness(self.cmd(cls="daily"), NOW, floor=NOW + 86400, kernel_synced=True)
+        assert fresh.synchronised and fresh.note is None
+
+    def test_signed_time_moves_the_floor_a_bounded_step(self) -> None:
+        from agent.commands import MAX_FLOOR_STEP_S, MAX_SKEW_S, next_floor
+
+        assert next_floor(0, NOW, NOW) == NOW
+        assert next_floor(NOW, NOW - 60, NOW) == NOW  # never down
+        assert next_floor(NOW - 60, 4_000_000_000, NOW) == NOW + MAX_SKEW_S  # never past a plausible clock
+        assert next_floor(NOW - 60, 4_000_000_000, 30.0) == NOW - 60 + MAX_FLOOR_STEP_S  # 1970: one step
+        assert next_floor(0, 4_000_000_000, 30.0, known=NOW) == NOW + MAX_FLOOR_STEP_S
+
+    def test_no_token_is_valid_for_more_than_31_days_on_the_box_clock(self) -> None:
+        from agent.commands import CommandRejected
+
+        cmd = parse_command({"v": 1, "id": "x", "kind": "broadcast.play", "iat": NOW + 20 * 86400,
+                             "exp": NOW + 32 * 86400, "to": ["box:b"], "data": {"class": "emergency"}}, "k")
+        for synced in (True, False, None):
+            with pytest.raises(CommandRejected) as err:
+                check_freshness(cmd, NOW, 0, kernel_synced=synced)
+            assert err.value.reason == "not_yet_valid"
+
 
 async def test_box_in_1970_plays_emergency_and_raises_floor(rig: Rig) -> None:
     rig.clock.set_wall(30.0)

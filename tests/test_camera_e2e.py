@@ -87,6 +87,7 @@ async def agent(cfg: Config, clock: ManualClock, cams: list[SimCamera], videos: 
             yield svc
         finally:
             svc._save()
+            await svc.flush()  # the state file is written in a thread; the next start reads it
             for t in tasks:
                 t.cancel()
 

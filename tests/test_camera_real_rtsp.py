@@ -145,6 +145,7 @@ async def test_service_against_real_server_keeps_secrets(gst_server, tmp_path, c
     assert uplink.states("locked")[-1] == ("degraded", "auth_failed")
     clock.advance(60)
     await svc.report()
+    await svc.flush()  # the state file's writer thread finishes before the test ends
     sent = json.dumps(uplink.sent)
     for secret in (PASSWORD, "Wrong-Pw-5512"):
         assert secret not in caplog.text and secret not in sent

@@ -17,6 +17,7 @@ import pytest
 
 from agent.cameras.service import CameraService, make_services
 from agent.cameras.settings import CameraConfig, CamerasConfig
+from agent.cameras.store import StateStore
 from agent.clock import ManualClock
 from agent.config import ConfigError, parse_config
 from agent.protocol.envelope import Envelope, MsgClass
@@ -62,6 +63,8 @@ class Rig:
         self.cams: list[SimCamera] = []
         self.link = SimLink(True)
         self.uplink = RecordingUplink()
+        self.services: list[CameraService] = []
+        self.state_path = tmp_path / "state" / "cameras.json"
 
     async def camera(self, cid: str, *, creds: bool = True, password: str | None = None, onvif: bool = False,
                      frame_check: bool = True, **kw: Any) -> tuple[SimCamera, CameraConfig]:
@@ -71,11 +74,14 @@ class Rig:
         return cam, CameraConfig(id=cid, rtsp=cam.url, credentials=path, frame_check=frame_check,
                                  onvif_port=cam.onvif_port if onvif else None)
 
-    def service(self, cfgs: list[CameraConfig], probes: CameraProbes | None = None, **kw: Any) -> CameraService:
+    def service(self, cfgs: list[CameraConfig], probes: CameraProbes | None = None, *,
+                store: StateStore | None = None, **kw: Any) -> CameraService:
         probes = probes or sim_probes(self.cams, self.tmp / "videos", connect_timeout_s=1.0, step_timeout_s=1.0,
                                       link=self.link, onvif_timeout_s=2.0)
-        return CameraService(tuple(cfgs), settings(**kw), probes, self.uplink, self.clock,
-                             self.tmp / "state" / "cameras.json")
+        svc = CameraService(tuple(cfgs), settings(**kw), probes, self.uplink, self.clock,
+                            self.state_path, store=store)
+        self.services.append(svc)
+        return svc
 
     async def cycles(self, svc: CameraService, n: int) -> None:
         for _ in range(n):
@@ -83,6 +89,8 @@ class Rig:
             await svc.run_cycle()
 
     async def close(self) -> None:
+        for svc in self.services:  # the state file's writer thread finishes before the test ends
+            await svc.flush()
         for c in self.cams:
             await c.stop()
 
@@ -123,7 +131,7 @@ async def test_healthy_camera_goes_online_and_reports_seconds(rig):
 
 async def test_every_failure_mode_ends_in_the_right_state(rig, caplog):
     caplog.set_level(logging.DEBUG)
-    spec = {
+    spec: dict[str, dict[str, Any]] = {
         "healthy": {}, "hung": {"mode": Mode.HUNG}, "locked": {"mode": Mode.UNAUTHORIZED},
         "wrongpath": {"mode": Mode.NOT_FOUND}, "gone": {"mode": Mode.UNREACHABLE},
         "black": {"picture": "black"}, "frozen": {"picture": "frozen"},
@@ -213,7 +221,8 @@ async def test_restart_reports_the_downtime_as_unknown(rig):
     rig.clock.advance(300)
     await svc.report()
     rig.clock.advance(100)
-    svc._save()  # what run()'s finally does at shutdown
+    svc._save()  # what run()'s finally does at shutdown: hand the state to the writer thread, and wait for it
+    await svc.flush()
     stopped = rig.clock.time()
     rig.clock.advance(7200)  # the box was off for two hours
     rig.uplink.sent.clear()

@@ -21,7 +21,7 @@ from agent.cameras import report
 from agent.cameras.health import CycleOutcome, Fleet, classify
 from agent.cameras.settings import CameraConfig, CamerasConfig
 from agent.cameras.state import CamState, Change, Kind, Observation
-from agent.cameras.store import CameraRecord, DeviceRecord, Snapshot, StateStore, StateStoreError, device_changes
+from agent.cameras.store import CameraRecord, DeviceRecord, Snapshot, SnapshotWriter, StateStore, device_changes
 from agent.clock import Clock
 from agent.context import AgentContext
 from agent.outbox import OutboxRefused
@@ -69,12 +69,14 @@ class CameraService:
     name = "cameras"
 
     def __init__(self, cameras: tuple[CameraConfig, ...], settings: CamerasConfig, probes: CameraProbes,
-                 uplink: Uplink, clock: Clock, state_path: Path, *, rng: random.Random | None = None) -> None:
+                 uplink: Uplink, clock: Clock, state_path: Path, *, rng: random.Random | None = None,
+                 store: StateStore | None = None) -> None:
         self.settings = settings
         self.probes = probes
         self.uplink = uplink
         self.clock = clock
-        self.store = StateStore(state_path)
+        self.store = store if store is not None else StateStore(state_path)
+        self._writer = SnapshotWriter(self.store)  # the state file is written in a thread, never on the loop
         self.rng = rng or random.Random()
         self.cams = {c.id: _Cam(c) for c in cameras}
         self.fleet = Fleet(self.cams, clock, offline_after=settings.offline_after,
@@ -101,10 +103,11 @@ class CameraService:
                 await asyncio.sleep(max(0.0, started + self.settings.interval_s - self.clock.monotonic()))
         finally:
             self._save()
+            await self.flush()
 
     async def start(self) -> None:
         """Restore what the last run knew; announce every camera `unknown` since it stopped watching."""
-        snap = self.store.load()
+        snap = await asyncio.to_thread(self.store.load)
         now = self.clock.time()
         for cid, rec in snap.cameras.items():
             if cid in self.cams and rec.device is not None:
@@ -170,7 +173,7 @@ class CameraService:
         cid = cam.cfg.id
         health = self.fleet[cid]
         try:
-            creds = self._credentials(cam)
+            creds = await self._credentials(cam)
         except CredentialsError as exc:
             unusable = ProbeResult(ProbeOutcome.ERROR, "credentials", detail=str(exc))
             return unusable, Observation(Kind.BAD, "credentials_unreadable", str(exc))
@@ -185,11 +188,11 @@ class CameraService:
             await self._onvif(cam, creds)
         return result, obs
 
-    def _credentials(self, cam: _Cam) -> Credentials | None:
+    async def _credentials(self, cam: _Cam) -> Credentials | None:
         path = cam.cfg.credentials
         if path is None:
             return None
-        creds = Credentials.load(path)
+        creds = await asyncio.to_thread(Credentials.load, path)  # a file read: never on the loop
         digest = hashlib.sha256(f"{creds.user}\0{creds.password}".encode()).hexdigest()
         if cam.creds_digest is not None and digest != cam.creds_digest:
             log.info("cameras: %s: credentials file changed; trying it again", cam.cfg.id)
@@ -328,15 +331,17 @@ class CameraService:
             log.warning("cameras: %s not stored: %s", kind, exc)
 
     def _save(self) -> None:
+        """Hand the current state to the writer (a thread); returns at once. `flush` waits for the disk."""
         snap = Snapshot(self.reported_until if self.reported_until is not None else self.period_from,
                         self.clock.time(), {})
         for cid, cam in self.cams.items():
             h = self.fleet[cid]
             snap.cameras[cid] = CameraRecord(h.state.value, h.reason, h.since, cam.device)
-        try:
-            self.store.save(snap)
-        except StateStoreError as exc:
-            log.error("cameras: %s", exc)
+        self._writer.submit(snap)
+
+    async def flush(self) -> None:
+        """Return once every state saved so far is on disk (or refused: a full disk is logged, as always)."""
+        await self._writer.flush()
 
 
 def make_services(ctx: AgentContext) -> list[Service]:

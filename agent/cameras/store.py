@@ -8,12 +8,19 @@ gets time the agent did not see counted as online or offline.
 
 Written atomically (agent.fsutil.write_atomic: temp file, fsync, rename, directory fsync) and only on a
 state change, a device change, a telemetry period and at shutdown, to spare the SD card.
+
+The service never touches the file on the event loop (an fsync on an SD card takes 10-100 ms, which
+would stall PUBACKs, the broadcast loop and the watchdog): it loads in a thread, and `SnapshotWriter`
+writes in a thread, one write at a time and in order; snapshots asked for while a write is running are
+coalesced into the newest, so an older snapshot never overwrites a newer one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +100,70 @@ class StateStore:
             write_atomic(self.path, json.dumps(doc, separators=(",", ":")).encode("utf-8"))
         except OSError as exc:
             raise StateStoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+
+class SnapshotWriter:
+    """Writes a store's snapshots off the event loop: one at a time, in order, the newest pending one wins.
+
+    `submit` (on the loop, never blocks) replaces the pending snapshot and starts the writer task if none
+    runs; the task hands each snapshot to a thread. A refused write (StateStoreError: full disk, read-only
+    card) is logged at ERROR and the next snapshot is written as usual, as when the service wrote inline.
+    Any other exception ends the writer and is raised from the next `submit` or `flush`, so a bug still
+    stops the service. The thread-side lock and sequence numbers keep the order even if the task is
+    cancelled while its thread still writes: a later write waits for it, and an older one is skipped.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._pending: tuple[int, Snapshot] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None  # the write running in a thread
+        self._submitted = 0
+        self._written = 0  # the newest sequence number on disk (or refused); guarded by _lock
+        self._lock = threading.Lock()
+
+    def submit(self, snap: Snapshot) -> None:
+        self._raise_if_died()
+        self._submitted += 1
+        self._pending = (self._submitted, snap)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="cameras.store.writer")
+
+    async def flush(self) -> None:
+        """Return once every snapshot submitted so far is written (or refused and logged)."""
+        while True:
+            running = {f for f in (self._task, self._inflight) if f is not None and not f.done()}
+            if running:
+                await asyncio.wait(running)  # never cancels the writer, even if flush is cancelled
+                continue
+            self._raise_if_died()
+            if self._pending is None:
+                return
+            # the writer was cancelled with a snapshot left: write it now
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="cameras.store.writer")
+
+    def _raise_if_died(self) -> None:
+        task = self._task
+        if task is not None and task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            self._task = None
+            raise exc
+
+    async def _drain(self) -> None:
+        while self._pending is not None:
+            seq, snap = self._pending
+            self._pending = None
+            self._inflight = asyncio.get_running_loop().run_in_executor(None, self._write, seq, snap)
+            await asyncio.shield(self._inflight)  # cancelling the writer leaves the write running
+
+    def _write(self, seq: int, snap: Snapshot) -> None:
+        with self._lock:
+            if seq <= self._written:
+                return  # a newer snapshot is already on disk
+            self._written = seq  # also when refused: the next write carries everything anyway
+            try:
+                self.store.save(snap)
+            except StateStoreError as exc:
+                log.error("cameras: %s", exc)
 
 
 def _opt_float(v: Any) -> float | None:

@@ -1,6 +1,7 @@
 """The MQTT link to the county: drains the outbox with a window of QoS 1 publishes, receives commands.
 
-A state machine that logs edges (one line on failure, one on recovery), built on paho-mqtt 2:
+A state machine that logs edges (one WARNING when the link goes down, one INFO when it is back; the attempts
+in between at DEBUG, except a refused login or certificate, which the operator must fix), built on paho-mqtt 2:
 - one paho client per connection, its network loop in paho's thread; every callback hops to the event
   loop with `call_soon_threadsafe`. When a connection drops the client is thrown away with whatever it
   held in memory: the outbox still has every unacknowledged row, and `rewind()` hands them out again,
@@ -18,7 +19,13 @@ A state machine that logs edges (one line on failure, one on recovery), built on
   and so deleted, only on the broker's PUBACK with a success code (mqtt-notes 1).
 - commands: retained ones are flagged for the router to refuse (mqtt-notes 7); the PUBACK for an
   inbound command is sent only after the router has handled it (paho manual ack), so a crash in between
-  gets the command redelivered rather than lost.
+  gets the command redelivered rather than lost. Flow control keeps a flood of junk from costing memory or
+  delaying the valid commands in it: QoS 0 on a cmd topic is refused on arrival (commands are QoS 1 by
+  contract; counted, logged at most once a minute); MQTT 5 CONNECT carries Receive Maximum
+  COMMAND_WINDOW, so a compliant broker holds the rest of a flood until we acknowledge; a broker that sends
+  more anyway (MQTT 3.1.1 has no Receive Maximum; mosquitto 2.0.11 overruns it once PUBACKs flow) finds
+  paho's reading paused once COMMAND_QUEUE commands are held, so TCP holds the rest. Nothing is dropped
+  unacknowledged, so nothing waits for a reconnect.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import logging
 import random
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -57,7 +65,9 @@ log = logging.getLogger("agent.link")
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL >= 1.1.0; the ssl module has no name for it
 ALARM_RESERVE = 64  # publishes beyond the window that only alarms and receipts may use
-COMMAND_QUEUE = 256
+COMMAND_WINDOW = 32  # MQTT 5 Receive Maximum: unacknowledged commands the broker may send us at a time
+COMMAND_QUEUE = 256  # commands held (received, not yet acknowledged) before paho stops reading the socket
+QOS0_LOG_EVERY_S = 60.0  # refused QoS 0 commands: one log line at most this often
 STOP_BUDGET_S = 2.0
 FALLBACK_HOLD_S = 3600.0  # after an ambiguous MQTT 5 failure that 3.1.1 survived: stay on 3.1.1 this long
 
@@ -116,6 +126,11 @@ class Link:
         self.published = 0
         self.tls_time_unchecked = False  # the last TLS connection skipped certificate dates (clock unset)
         self.refused = 0  # publishes the broker refused (v5 PUBACK >= 0x80, e.g. ACL): rows kept, counted
+        self.qos0_refused = 0  # QoS 0 messages on a cmd topic, refused unread (written by paho's thread only)
+        self.commands_held_hwm = 0  # most commands ever held at once (received, not yet acknowledged)
+        self._qos0_logged_at = float("-inf")
+        self._qos0_logged_count = 0
+        self._outage: _Outage | None = _Outage(self.clock.monotonic())  # down from the start to the first CONNACK
         self._v311: dict[str, float] = {}  # URL -> monotonic time until which it gets MQTT 3.1.1
         self._statefile = LinkStateFile(config.box.state_dir / "link.json")
         self._had_session = False
@@ -130,7 +145,6 @@ class Link:
         await self.outbox.wait_open()
         attempt = 0
         index = 0
-        last_failure: str | None = None
         while True:
             broker = self.brokers[index % len(self.brokers)]
             index += 1
@@ -138,12 +152,9 @@ class Link:
             try:
                 await self._session(broker)
                 attempt = 0  # we were connected: start the backoff again from the bottom
-                last_failure = None
                 continue_now = True
             except ConnectFailed as exc:
-                if exc.reason != last_failure:
-                    log.warning("link: cannot connect to %s: %s", broker.url, exc.reason)
-                    last_failure = exc.reason
+                self._connect_failed(broker, exc)
                 attempt = 30 if exc.auth else attempt + 1
                 continue_now = False
             finally:
@@ -151,6 +162,49 @@ class Link:
             lo, hi = self.config.mqtt.backoff_min_s, self.config.mqtt.backoff_max_s
             delay = backoff_delay(attempt, lo, hi, self.rng) if not continue_now else self.rng.uniform(0, lo)
             await asyncio.sleep(delay)
+
+    def _connect_failed(self, broker: Broker, exc: ConnectFailed) -> None:
+        """One WARNING per outage: the edge (a lost connection, or the first failure since the start). The
+        attempts after it are routine on a 4G link and go to DEBUG; a refused login or certificate is a setup
+        fault the operator must fix, so each new such reason is a WARNING too."""
+        if self._outage is None:  # a session that ended without a loss (it raised): this starts the outage
+            self._outage = _Outage(self.clock.monotonic())
+        outage = self._outage
+        outage.failures += 1
+        if outage.warned is None or (exc.auth and exc.reason != outage.warned):
+            log.warning("link: cannot connect to %s: %s; retrying with backoff", broker.url, exc.reason)
+            outage.warned = exc.reason
+        else:
+            log.debug("link: cannot connect to %s: %s (attempt %d of this outage)", broker.url, exc.reason,
+                      outage.failures)
+
+    def _connected_line(self, conn: _Connection) -> str:
+        """The recovery edge (INFO), with what the outage was; the simulator reads "link: connected to"."""
+        outage, self._outage = self._outage, None
+        proto = "MQTT 5" if conn.v5 else "MQTT 3.1.1"
+        if conn.fallback is not None:
+            proto += f" (MQTT 5 was not taken: {conn.fallback})"
+        line = f"link: connected to {conn.broker.url} ({proto}, session {'resumed' if conn.session_present else 'new'})"
+        if outage is not None and outage.failures:
+            line += (f" after {self.clock.monotonic() - outage.since:.0f} s down"
+                     f" and {outage.failures} failed attempt{'s' if outage.failures != 1 else ''}")
+        return line
+
+    def _lost(self, conn: _Connection) -> None:
+        self._outage = _Outage(self.clock.monotonic(), warned="lost")
+        log.warning("link: lost connection to %s (%s); %d messages were in flight, kept in the outbox; reconnecting",
+                    conn.broker.url, conn.lost_reason, len(conn.inflight))
+
+    def _refused_qos0(self, topic: str) -> None:
+        """paho's thread: a QoS 0 message on a cmd topic. Counted; a log line at most once a minute."""
+        self.qos0_refused += 1
+        now = self.clock.monotonic()
+        if now - self._qos0_logged_at >= QOS0_LOG_EVERY_S:
+            n = self.qos0_refused - self._qos0_logged_count
+            self._qos0_logged_at, self._qos0_logged_count = now, self.qos0_refused
+            log.warning("link: refused %d QoS 0 message%s on cmd topics (commands are QoS 1), the latest on %s; "
+                        "%d refused since start, next line in %.0f s at the earliest", n, "s" if n != 1 else "",
+                        topic, self.qos0_refused, QOS0_LOG_EVERY_S)
 
     def _set_state(self, state: LinkState, broker: Broker) -> None:
         if state is self.state:
@@ -171,10 +225,11 @@ class Link:
             # ambiguous: a black-holed 4G link looks like a broker that cannot read MQTT 5 (amqtt 0.12 never
             # answers one). Try 3.1.1 now; only if that works, stay on it for a while, then retry 5. A
             # connection closed before CONNACK is the network (a 4G reset): no fallback for that.
+            log.debug("link: %s: %s with MQTT 5; trying 3.1.1", broker.url, exc.reason)
             conn = await self._connect(broker, False)
             hold = float("inf") if exc.protocol else FALLBACK_HOLD_S
             self._v311[broker.url] = self.clock.monotonic() + hold
-            log.info("link: %s did not take MQTT 5 (%s), using 3.1.1", broker.url, exc.reason)
+            conn.fallback = exc.reason  # said in the "connected" line: one INFO per recovery
         try:
             await conn.serve()
         finally:
@@ -192,6 +247,13 @@ class Link:
         return conn
 
 
+@dataclass(slots=True)
+class _Outage:
+    since: float  # monotonic
+    warned: str | None = None  # what this outage already said at WARNING ("lost", or a connect failure)
+    failures: int = 0
+
+
 class _Connection:
     """One paho client from CONNECT to disconnect."""
 
@@ -199,12 +261,25 @@ class _Connection:
         self.link, self.broker, self.v5 = link, broker, v5
         self.loop = asyncio.get_running_loop()
         self.connected: asyncio.Future[tuple[bool, Any]] = self.loop.create_future()
+        # An attempt given up on (connect timeout, cancelled) can still be answered by paho's disconnect
+        # callback later, with nobody awaiting: mark the outcome seen, or asyncio logs "Future exception was
+        # never retrieved" at ERROR for every abandoned attempt of a routine outage.
+        self.connected.add_done_callback(_seen)
         self.lost = asyncio.Event()
+        self.lost_reason = "closed"
         self.acked = asyncio.Event()
         self.inflight: dict[int, int] = {}  # paho mid -> outbox seq
-        self.commands: asyncio.Queue[tuple[InboundCommand, int, int]] = asyncio.Queue(COMMAND_QUEUE)
+        # held commands: received and not yet acknowledged. The semaphore is taken in paho's thread before a
+        # command is handed over and given back after its PUBACK, so at most COMMAND_QUEUE are ever held
+        self.commands: asyncio.Queue[tuple[InboundCommand, int, int]] = asyncio.Queue()
+        self.held = 0
+        self._room = threading.Semaphore(COMMAND_QUEUE)
+        self._closing = threading.Event()
+        self._paused_logged = False
         self.refused_by_broker = 0
         self.socket_error: str | None = None  # paho's last socket error before CONNACK (TLS refusals)
+        self.fallback: str | None = None  # why MQTT 5 was not used, when this is a 3.1.1 fallback
+        self.session_present = False
         cfg = link.config.mqtt
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -212,10 +287,10 @@ class _Connection:
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else False,
             manual_ack=True,
+            reconnect_on_failure=False,  # we reconnect, with jitter; paho's thread ends with its connection
         )
         self.client.max_inflight_messages_set(cfg.inflight + ALARM_RESERVE)
         self.client.max_queued_messages_set(cfg.inflight + ALARM_RESERVE + 16)
-        self.client.reconnect_delay_set(3600, 3600)  # never let paho reconnect on its own: we do, with jitter
         self.client.connect_timeout = cfg.connect_timeout_s
         if broker.username is not None:
             self.client.username_pw_set(broker.username, broker.password)
@@ -270,6 +345,7 @@ class _Connection:
         self.loop.call_soon_threadsafe(self._disconnected, reason)
 
     def _disconnected(self, reason: Any) -> None:
+        self.lost_reason = str(reason)
         if not self.connected.done():
             if self.broker.tls and self.socket_error is not None:
                 # not a protocol-version problem: never fall back to 3.1.1 for it; longest backoff. The
@@ -305,15 +381,29 @@ class _Connection:
         self.acked.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.qos == 0:
+            # the contract says QoS 1: nothing to acknowledge, so nothing holds it back. Refused unread, here
+            # in paho's thread, so a flood of them costs a counter and not a queue or the event loop's time
+            self.link._refused_qos0(msg.topic)
+            return
+        while not self._room.acquire(timeout=0.5):
+            # COMMAND_QUEUE held: the broker sent more unacknowledged commands than we asked for (3.1.1 has no
+            # Receive Maximum). Stop reading here; TCP holds the rest until the router has made room. Never
+            # drop one unacknowledged: the broker would not send it again before a reconnect.
+            if self._closing.is_set():
+                return  # not acknowledged: the broker sends it again on the next connection
+            if not self._paused_logged:
+                self._paused_logged = True
+                log.warning("link: %d commands held: reading from the broker paused until the router has handled "
+                            "some (the broker does not limit what it sends unacknowledged: MQTT 3.1.1, or it "
+                            "ignores Receive Maximum)", COMMAND_QUEUE)
         cmd = InboundCommand(msg.topic, bytes(msg.payload), bool(msg.retain), self.link.clock.time())
         self.loop.call_soon_threadsafe(self._enqueue_command, cmd, msg.mid, msg.qos)
 
     def _enqueue_command(self, cmd: InboundCommand, mid: int, qos: int) -> None:
-        try:
-            self.commands.put_nowait((cmd, mid, qos))
-        except asyncio.QueueFull:
-            log.warning("link: command queue full, dropping a command from %s (not acked: redelivered)",
-                        cmd.topic)
+        self.commands.put_nowait((cmd, mid, qos))  # unbounded type, bounded by self._room
+        self.held += 1
+        self.link.commands_held_hwm = max(self.link.commands_held_hwm, self.held)
 
     # event loop -----------------------------------------------------------------
     async def open(self) -> None:
@@ -322,6 +412,7 @@ class _Connection:
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = cfg.session_expiry_s
+            props.ReceiveMaximum = COMMAND_WINDOW  # the broker holds the rest of a flood, not us
         try:
             await asyncio.wait_for(asyncio.to_thread(
                 self.client.connect, self.broker.host, self.broker.port, cfg.keepalive_s,
@@ -354,8 +445,7 @@ class _Connection:
 
     async def serve(self) -> None:
         link = self.link
-        log.info("link: connected to %s (MQTT %s, session %s)", self.broker.url, "5" if self.v5 else "3.1.1",
-                 "resumed" if self.session_present else "new")
+        log.info("%s", link._connected_line(self))
         if link._had_session and not self.session_present:
             log.warning("link: the broker lost this box's session; commands sent meanwhile may be missed")
             link.outbox.send_nowait(MsgClass.EVENT, "session_lost", {"broker": self.broker.url})
@@ -377,8 +467,7 @@ class _Connection:
             await self.lost.wait()
             drain.cancel()
             commands.cancel()
-        log.warning("link: lost connection to %s; %d messages were in flight, kept in the outbox",
-                    self.broker.url, len(self.inflight))
+        link._lost(self)
 
     async def _drain(self) -> None:
         window = self.link.config.mqtt.inflight
@@ -407,11 +496,13 @@ class _Connection:
             try:
                 await self.link.sink.on_command(cmd)
             finally:
-                if qos > 0:
-                    with contextlib.suppress(Exception):
-                        self.client.ack(mid, qos)
+                with contextlib.suppress(Exception):
+                    self.client.ack(mid, qos)
+                self.held -= 1
+                self._room.release()
 
     async def close(self, *, graceful: bool) -> None:
+        self._closing.set()  # paho's thread may be waiting for room for a command: let it go
         client = self.client
         if graceful:
             with contextlib.suppress(Exception):
@@ -426,11 +517,16 @@ class _Connection:
 
 
 
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _no_delay(client: mqtt.Client) -> None:
     """Turn Nagle off: paho leaves it on, and every small write behind an unacknowledged one then waits
     ~40 ms for a delayed ACK (measured: command -> receipt halves with it off)."""
     sock = client.socket()
-    if sock is not None:
+    if isinstance(sock, socket.socket):  # TLS too: ssl.SSLSocket is one
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

@@ -171,8 +171,8 @@ class NetemProxy:
         self._pairs.add(pair)
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pump(reader, up_writer, "up", pair), name="netem.up")
-                tg.create_task(self._pump(up_reader, writer, "down", pair), name="netem.down")
+                pair.pumps = [tg.create_task(self._pump(reader, up_writer, "up", pair), name="netem.up"),
+                              tg.create_task(self._pump(up_reader, writer, "down", pair), name="netem.down")]
         except* (OSError, asyncio.IncompleteReadError):
             pass  # a reset connection is what this class is for
         finally:
@@ -237,7 +237,10 @@ class _Pair:
         self.client = client
         self.upstream = upstream
         self.done = asyncio.Event()
+        self.pumps: list[asyncio.Task[None]] = []
 
     def abort(self) -> None:
         for w in (self.client, self.upstream):
             w.transport.abort()  # idempotent, also on a transport that is already closed
+        for t in self.pumps:  # a pump parked by a blackhole (waiting for up()) sees no I/O error: cancel it
+            t.cancel()

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.broadcast.items import Item, Klass, parse_play
+from agent.broadcast.items import BadBroadcast, Item, Klass, parse_cancel, parse_play
 from agent.clock import ManualClock
 from agent.commands import CommandRejected, CommandRouter, parse_command
 from agent.config import parse_config
@@ -229,6 +229,14 @@ def test_validation_patterns_refuse_a_trailing_newline(module: str, name: str, g
 
 
 # ------------------------------------------------------------------------------------------ the store
+def test_a_cancel_names_a_command_id_or_is_refused() -> None:
+    assert parse_cancel({"broadcast": "cmd-1"}) == "cmd-1"
+    for junk in ("cmd-1\n", "\ud800", "x" * 129, "", "a b"):
+        with pytest.raises(BadBroadcast) as err:
+            parse_cancel({"broadcast": junk})
+        assert err.value.reason == "bad_data"
+
+
 def test_a_title_with_lone_surrogates_is_scrubbed_and_its_item_always_stores() -> None:
     req = parse_play({"class": "emergency", "level": 1, "title": "\ud800 flood", "text": "撤离 \udfff"},
                      default_tz="Asia/Shanghai", max_text_chars=500)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -19,6 +20,7 @@ from agent.protocol.text import quoted, scrub, scrub_json
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_TITLE_CHARS = 200
+_CMD_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")  # a command id (agent.commands.ID_RE)
 
 
 class BroadcastError(Exception):
@@ -248,6 +250,6 @@ def parse_cancel(data: Any) -> str | None:
     if data.get("all") is True:
         return None
     target = data.get("broadcast")
-    if not isinstance(target, str) or not target:
-        raise BadBroadcast("bad_data", "needs broadcast (an id) or all: true")
+    if not isinstance(target, str) or not _CMD_ID.fullmatch(target):  # it is echoed in the receipt
+        raise BadBroadcast("bad_data", "needs broadcast (a command id: 1-128 printable ASCII) or all: true")
     return target

@@ -385,6 +385,10 @@ class CommandRouter:
 
     async def prune(self) -> int:
         now = self._clock.time()
+        kernel = self._clock_sync()
+        if kernel is not None and kernel.synchronised and now >= UNSYNCHRONISED_BEFORE \
+                and self._store.floor > now + MAX_SKEW_S:
+            await self._lower_floor(now)  # heal without waiting for the next command
         if not clock_synchronised(now, self._store.floor):
             return 0  # with a wrong clock everything would look expired, or nothing would
         floor = self._store.reset_floor
@@ -437,7 +441,7 @@ class CommandRouter:
         now = self._clock.time()
         kernel = self._clock_sync()
         synced = None if kernel is None else kernel.synchronised
-        if synced and self._store.floor > now + MAX_SKEW_S:
+        if synced and now >= UNSYNCHRONISED_BEFORE and self._store.floor > now + MAX_SKEW_S:
             await self._lower_floor(now)
         fresh = check_freshness(cmd, now, self._store.floor, kernel_synced=synced, known=self._known_floor)
         if self._store.reset_floor == PENDING_RESET_FLOOR:

@@ -76,7 +76,11 @@ def tokens(draw: st.DrawFn) -> bytes:
     if shape == "parts":
         return ".".join(draw(st.lists(b64url, min_size=0, max_size=5))).encode()
     if shape == "header":
-        header = draw(st.dictionaries(st.sampled_from(["alg", "kid", "typ", "jwk", "crit", "b64"]), json_values))
+        # field names and values with newlines, control characters and lone surrogates (issue 11: a "\ud800"
+        # field name crashed the agent; a newline in one forged a log line)
+        wire_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
+        header = draw(st.dictionaries(st.sampled_from(["alg", "kid", "typ", "jwk", "crit", "b64"]) | wire_text,
+                                      json_values | wire_text))
         return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(good_payload()).encode())}.{draw(b64url)}".encode()
     payload = draw(json_values) if shape == "signed" else good_payload()
     h = b64(b'{"alg":"EdDSA","kid":"county-2026"}')
@@ -205,6 +209,10 @@ async def test_router_answers_junk_with_one_receipt_and_never_acts(tmp_path_fact
             new = uplink.receipts()[before:]
             assert len(new) <= 2  # rejected, or received (+ nothing else: the handler only records)
             assert all(r["state"] in ("rejected", "received") for r in new)
+            for r in new:  # a detail is one printable line, and every receipt encodes
+                assert r.get("detail", "").isprintable() and len(r.get("detail", "")) <= 250, r
+            for env in uplink.sent[before:]:
+                env.encode()
     accepted = [r for r in uplink.receipts() if r["state"] == "received"]
     assert len(calls) == len(accepted) <= 1, "only the one correctly signed, addressed command ever acts"
 

@@ -230,7 +230,7 @@ async def test_box_in_1970_moves_the_floor_one_bounded_step_and_ntp_puts_it_righ
 
 async def test_a_floor_ahead_of_an_ntp_synchronised_clock_is_lowered_by_the_prune_too(tmp_path: Path) -> None:
     clock, kernel = ManualClock(wall=40.0), Kernel(NTP_UNSYNCED)
-    async with router(tmp_path, clock, kernel, known_floor=NOW) as (r, uplink, calls):
+    async with router(tmp_path, clock, kernel, known_floor=NOW) as (r, _uplink, _calls):
         await send(r, token("from-2099", YEAR_2099, "emergency"), 40.0)
         assert r._store.floor == NOW + MAX_FLOOR_STEP_S
         clock.set_wall(NOW + 60)

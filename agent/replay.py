@@ -6,8 +6,9 @@ command (its PUBACK was never sent) and the box refuses it as a replay. At most 
 loudspeaker that is the safe side.
 
 The store also keeps the *time floor*: the latest wall-clock time the box has good reason to believe has
-already passed (the highest `iat` it accepted, the last synchronised clock reading). The clock policy in
-agent.commands uses it when the wall clock is obviously wrong (see docs/commands-and-keys.md).
+already passed (accepted signed `iat`, moved a bounded step at a time: agent.commands.next_floor; an
+NTP-synchronised clock may lower it, `lower_floor`). The clock policy in agent.commands uses it when the
+wall clock is obviously wrong (see docs/commands-and-keys.md).
 """
 
 from __future__ import annotations

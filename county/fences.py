@@ -33,7 +33,9 @@ class FenceFileError(ValueError):
 
 def _position_ok(p: Any) -> bool:
     return (isinstance(p, list) and len(p) >= 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p[:2])
+            # an int is finite (math.isfinite would convert a huge one to float and overflow)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and (isinstance(v, int) or math.isfinite(v))
+                    for v in p[:2])
             and -180 <= p[0] <= 180 and -90 <= p[1] <= 90)
 
 

@@ -63,3 +63,11 @@ def test_missing_and_non_json_files(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(FenceFileError, match="not JSON"):
         build_geofence_command_data(path)
+
+
+def test_a_huge_integer_coordinate_is_a_fence_file_error(tmp_path: Path) -> None:
+    """JSON integers have no size limit: 10**400 must be refused as out of range, not overflow float()."""
+    ring = [[0, 10**400], [1, 0], [1, 1], [0, 10**400]]
+    doc = collection({"type": "Feature", "id": "big", "geometry": {"type": "Polygon", "coordinates": [ring]}})
+    with pytest.raises(FenceFileError, match="a ring is a list of"):
+        build_geofence_command_data(write(tmp_path, doc), "WGS84")

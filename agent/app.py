@@ -17,7 +17,6 @@ from typing import Any
 
 from agent import sdnotify
 from agent.broadcast.service import make_services as broadcast_services
-from agent.cameras.service import make_services as camera_services
 from agent.clock import Clock
 from agent.commands import CommandRouter
 from agent.config import Config
@@ -136,8 +135,12 @@ def build_agent(config: Config, *, clock: Clock | None = None, hardware: Hardwar
     services: list[Service] = [outbox, router, link, heartbeat]
     if hardware.status_led is not None:
         services.append(StatusLedService(hardware.status_led, lambda: link.state is LinkState.CONNECTED))
-    for make in (broadcast_services, wearable_services, camera_services):
+    for make in (broadcast_services, wearable_services):
         services += make(ctx)
+    if config.camera_list:  # imported only where cameras are watched: about 1 MB of RSS otherwise
+        from agent.cameras.service import make_services as camera_services
+
+        services += camera_services(ctx)
     if (hang := sdnotify.hang_for_tests(profile.kind)) is not None:  # sim profile + env var only
         services.append(hang)
     return Agent(ctx, outbox, link, router, services, Supervisor(services, board=board), board)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from agent.clock import Clock, OffsetClock, SystemClock
@@ -29,6 +28,7 @@ from agent.profile import HardwareProfile, ProfileError
 if TYPE_CHECKING:
     from agent.cameras.settings import CamerasConfig
     from drivers.camera.base import CameraProbes
+    from drivers.wristband.reader import GatewayTransport
 
 HardwareBuilder = Callable[[HardwareProfile, Config], Hardware]
 ENTRY_POINT_GROUP = "village_edge.hardware"
@@ -39,7 +39,6 @@ def build_pi_hardware(profile: HardwareProfile, config: Config, *, pin_factory: 
     """The real drivers of a Raspberry Pi box. Heavy imports happen here, and only what the profile uses."""
     from drivers.audio.hardware import build_real_broadcast_hardware
     from drivers.wristband.codec import make_decoder
-    from drivers.wristband.transport import open_gateway
 
     factory = pin_factory
     if factory is None and (profile.relay.pin is not None or profile.status_led.pin is not None):
@@ -59,6 +58,14 @@ def build_pi_hardware(profile: HardwareProfile, config: Config, *, pin_factory: 
         camera_probes=build_camera_probes(config.cameras) if config.camera_list else None, status_led=led)
 
 
+def open_gateway(url: str, *, baudrate: int, ble_adapter: str | None) -> GatewayTransport:
+    """drivers.wristband.transport.open_gateway, imported on first use: pyserial (and bleak, for `ble:`)
+    load only on a box that has a gateway (about 3 MB of RSS otherwise idle)."""
+    from drivers.wristband.transport import open_gateway as open_
+
+    return open_(url, baudrate=baudrate, ble_adapter=ble_adapter)
+
+
 def hardware_builder(kind: str, profile_name: str = "") -> HardwareBuilder:
     """The builder for a profile kind: "pi" here, any other from its registered entry point.
 
@@ -66,6 +73,8 @@ def hardware_builder(kind: str, profile_name: str = "") -> HardwareBuilder:
     """
     if kind == REAL_KIND:
         return build_pi_hardware
+    from importlib.metadata import entry_points  # only here: a box without pins need not load it
+
     where = profile_name or kind
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
     if not found:

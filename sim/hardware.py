@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from agent.config import Config
 from agent.context import Hardware
-from agent.hardware import build_camera_probes
+from agent.hardware import build_camera_probes, open_gateway
 from agent.profile import HardwareProfile
 from drivers.led.status import GpioStatusLed
 from drivers.wristband.codec import make_decoder
 from drivers.wristband.reader import GatewayTransport
-from drivers.wristband.transport import open_gateway
 from sim.audio import build_broadcast_hardware
 
 

@@ -106,3 +106,22 @@ def test_village_agent_check_without_the_simulator(tmp_path: Path, profile: str,
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "sim" in lines[0] and "kind" in lines[0], result.stderr
         assert "cannot be imported" in lines[0] and "sim.hardware" in lines[0]
+
+
+def test_an_idle_box_imports_only_what_its_config_uses(tmp_path: Path) -> None:
+    """Idle RSS (bench/rss.py): pyserial/bleak load when a gateway is opened, the camera feature and its
+    drivers only when cameras are configured (they used to load on every box: about 1.4 MB)."""
+    doc = agent_config_dict(tmp_path / "state", "mqtt://127.0.0.1:1883")
+    doc["box"]["profile"] = "pi4-relayhat"
+    (tmp_path / "box.toml").write_text(toml_dumps(doc))
+    result = run_blocked(f"""
+import json
+from agent.app import build_agent
+from agent.config import load_config
+build_agent(load_config({str(tmp_path / "box.toml")!r}))
+lazy = ("serial", "serial_asyncio", "bleak", "agent.cameras.service", "drivers.camera.probe",
+        "drivers.wristband.transport")
+print(json.dumps(sorted(m for m in lazy if m in sys.modules)))
+""", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

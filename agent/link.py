@@ -15,7 +15,9 @@ in between at DEBUG, except a refused login or certificate, which the operator m
   subscribe again on every connect whatever CONNACK says, and report a lost session (mqtt-notes 4).
 - retained `state` online on connect, the will says offline; a clean stop publishes offline itself.
 - a window of `inflight` unacknowledged publishes (plus a small reserve only alarms and receipts may
-  use), fed from the outbox only while connected (mqtt-notes 8). A row is acknowledged to the outbox,
+  use), fed from the outbox only while connected (mqtt-notes 8). Telemetry and events together may use
+  only BULK_INFLIGHT of it: paho sends in FIFO order, so whatever bulk is in flight is queued ahead of an
+  alarm (paho's queue, the socket, the broker, the PUBACKs back); the bound keeps that queue short. A row is acknowledged to the outbox,
   and so deleted, only on the broker's PUBACK with a success code (mqtt-notes 1).
 - commands: retained ones are flagged for the router to refuse (mqtt-notes 7); the PUBACK for an
   inbound command is sent only after the router has handled it (paho manual ack), so a crash in between
@@ -65,6 +67,7 @@ log = logging.getLogger("agent.link")
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL >= 1.1.0; the ssl module has no name for it
 ALARM_RESERVE = 64  # publishes beyond the window that only alarms and receipts may use
+BULK_INFLIGHT = 16  # telemetry and events in flight at most (and at most `inflight`): see _drain
 COMMAND_WINDOW = 32  # MQTT 5 Receive Maximum: unacknowledged commands the broker may send us at a time
 COMMAND_QUEUE = 256  # commands held (received, not yet acknowledged) before paho stops reading the socket
 QOS0_LOG_EVERY_S = 60.0  # refused QoS 0 commands: one log line at most this often
@@ -126,6 +129,7 @@ class Link:
         self.published = 0
         self.tls_time_unchecked = False  # the last TLS connection skipped certificate dates (clock unset)
         self.refused = 0  # publishes the broker refused (v5 PUBACK >= 0x80, e.g. ACL): rows kept, counted
+        self.bulk_window = BULK_INFLIGHT  # telemetry and events in flight at most (bench/outbox.py varies it)
         self.qos0_refused = 0  # QoS 0 messages on a cmd topic, refused unread (written by paho's thread only)
         self.commands_held_hwm = 0  # most commands ever held at once (received, not yet acknowledged)
         self._qos0_logged_at = float("-inf")
@@ -268,7 +272,8 @@ class _Connection:
         self.lost = asyncio.Event()
         self.lost_reason = "closed"
         self.acked = asyncio.Event()
-        self.inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self.inflight: dict[int, tuple[int, bool]] = {}  # paho mid -> (outbox seq, bulk: telemetry or event)
+        self.bulk_inflight = 0
         # held commands: received and not yet acknowledged. The semaphore is taken in paho's thread before a
         # command is handed over and given back after its PUBACK, so at most COMMAND_QUEUE are ever held
         self.commands: asyncio.Queue[tuple[InboundCommand, int, int]] = asyncio.Queue()
@@ -363,9 +368,11 @@ class _Connection:
         self.loop.call_soon_threadsafe(self._puback, mid, reason)
 
     def _puback(self, mid: int, reason: Any) -> None:
-        seq = self.inflight.pop(mid, None)
-        if seq is None:
+        entry = self.inflight.pop(mid, None)
+        if entry is None:
             return  # the state message, or a message from before a rewind
+        seq, bulk = entry
+        self.bulk_inflight -= bulk
         if getattr(reason, "is_failure", False):
             # the broker refused it (v5 PUBACK >= 0x80, e.g. not authorized): keep the row for the next
             # connection and count it; it is not lost, and the operator sees it in the heartbeat
@@ -471,24 +478,32 @@ class _Connection:
 
     async def _drain(self) -> None:
         window = self.link.config.mqtt.inflight
+        bulk_max = min(window, self.link.bulk_window)
         outbox = self.link.outbox
         topics, box = self.link.topics, self.link.box
         while True:
             # clear before reading: a commit or PUBACK that lands meanwhile sets them again
             outbox.available.clear()
             self.acked.clear()
-            if len(self.inflight) < window:
-                rows = await outbox.next_batch(window - len(self.inflight))
-            else:  # window full: only alarms and receipts may use the reserve
-                rows = await outbox.next_batch(window + ALARM_RESERVE - len(self.inflight), max_cls=MsgClass.RECEIPT)
+            # alarms and receipts first, up to the window plus the reserve (next_batch reads nothing for a
+            # class the outbox has no rows of); then telemetry and events, within their share
+            rows = await outbox.next_batch(window + ALARM_RESERVE - len(self.inflight), max_cls=MsgClass.RECEIPT)
+            bulk_room = min(window - len(self.inflight) - len(rows), bulk_max - self.bulk_inflight)
+            if bulk_room > 0:
+                rows += await outbox.next_batch(bulk_room)  # best class first: an alarm committed meanwhile too
             if not rows:
-                await _first(outbox.available, self.acked)
+                if bulk_room > 0:  # nothing waiting: only a commit can bring work
+                    await outbox.available.wait()
+                else:  # bulk at its bound: a PUBACK makes room, and an alarm may still come
+                    await _first(outbox.available, self.acked)
                 continue
             for row in rows:
                 info = self.client.publish(topics.up(box, row.cls, row.kind), row.body, qos=1)
                 if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                     log.warning("link: publish failed locally: %s", mqtt.error_string(info.rc))
-                self.inflight[info.mid] = row.seq
+                bulk = row.cls > MsgClass.RECEIPT
+                self.inflight[info.mid] = (row.seq, bulk)
+                self.bulk_inflight += bulk
 
     async def _commands(self) -> None:
         while True:

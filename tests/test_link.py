@@ -7,12 +7,13 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.config import Config, parse_config
-from agent.link import Link, backoff_delay
-from agent.outbox import Outbox
+from agent.link import BULK_INFLIGHT, Link, backoff_delay
+from agent.outbox import Outbox, Row
 from agent.protocol.envelope import MsgClass
 from agent.service import InboundCommand
 from tests.support import Collector, Mosquitto, agent_config_dict, free_port, wait_until
@@ -46,7 +47,7 @@ async def agent_core(config: Config, sink: RecordingSink | None = None) -> Async
                 await t
 
 
-def config_for(tmp_path: Path, url: str, **kw: object) -> Config:
+def config_for(tmp_path: Path, url: str, **kw: Any) -> Config:
     (tmp_path / "state").mkdir(exist_ok=True)
     return parse_config(agent_config_dict(tmp_path / "state", url, **kw))
 
@@ -83,9 +84,9 @@ async def test_broker_down_at_start_then_everything_arrives_alarms_first(tmp_pat
     assert sorted(e["seq"] for e in got) == list(range(1, len(plan) + 1)), "no gaps, no extras"
     classes = [e["class"] for e in got]
     assert classes == ["alarm"] * 50 + ["receipt"] * 50 + ["event"] * 50 + ["telemetry"] * 50
-    for cls in ("alarm", "receipt", "event", "telemetry"):
-        seqs = [e["seq"] for e in got if e["class"] == cls]
-        assert seqs == sorted(seqs), f"{cls} kept FIFO"
+    for name in ("alarm", "receipt", "event", "telemetry"):
+        seqs = [e["seq"] for e in got if e["class"] == name]
+        assert seqs == sorted(seqs), f"{name} kept FIFO"
     assert {e["id"]: e for e in got}.keys() == {s.id for s in sent}
 
 
@@ -97,6 +98,58 @@ class AckRecordingOutbox(Outbox):
     def ack(self, seq: int) -> None:
         self.acked_seqs.add(seq)
         super().ack(seq)
+
+
+class HandoutWatchingOutbox(Outbox):
+    """A real outbox that watches its seam with the link: the rows it handed out and that are not acknowledged
+    yet are exactly what the link has in flight (the link publishes every row it is handed, at once)."""
+
+    out: dict[int, MsgClass]
+    bulk_max: int  # most telemetry + events in flight at once
+    bulk_max_alarm_pending: int  # the same, while an alarm was in flight
+
+    def watch(self) -> None:
+        self.out, self.bulk_max, self.bulk_max_alarm_pending = {}, 0, 0
+
+    async def next_batch(self, limit: int, *, max_cls: MsgClass = MsgClass.TELEMETRY) -> list[Row]:
+        rows = await super().next_batch(limit, max_cls=max_cls)
+        self.out.update((r.seq, r.cls) for r in rows)
+        bulk = sum(cls > R for cls in self.out.values())
+        self.bulk_max = max(self.bulk_max, bulk)
+        if A in self.out.values():
+            self.bulk_max_alarm_pending = max(self.bulk_max_alarm_pending, bulk)
+        return rows
+
+    def ack(self, seq: int) -> None:
+        self.out.pop(seq, None)
+        super().ack(seq)
+
+
+async def test_telemetry_in_flight_stays_within_its_share_while_alarms_pass(tmp_path: Path, broker: Mosquitto) -> None:
+    """paho sends in order: every telemetry message in flight is queued ahead of an alarm. A backlog of
+    telemetry and events (drained after an outage) may use only BULK_INFLIGHT of the 1000-message window."""
+    config = config_for(tmp_path, broker.url)
+    assert config.mqtt.inflight > 10 * BULK_INFLIGHT
+    outbox = HandoutWatchingOutbox(config.outbox_path, config.box.id, max_bytes=10**8, telemetry_ttl_s=3600.0,
+                                   commit_interval_s=0.01)
+    outbox.watch()
+    link = Link(config, outbox, RecordingSink())
+    county = persistent_collector(broker)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(outbox.run(lambda: None))]
+            await asyncio.gather(*[outbox.send_nowait(E if i % 5 == 0 else T, "x", {"i": i}) for i in range(3000)])
+            tasks.append(tg.create_task(link.run(lambda: None)))
+            await until(lambda: link.published >= 100)
+            alarms = [await outbox.send(A, "sos", {"n": n}) for n in range(20)]  # while the backlog drains
+            await until(lambda: sum(outbox.depth().values()) == 0, timeout=60)
+            for t in tasks:
+                t.cancel()
+        await until(lambda: {a.id for a in alarms} <= {e["id"] for e in county.envelopes()})
+    finally:
+        county.stop()
+    assert outbox.bulk_max == BULK_INFLIGHT, "the backlog filled its share of the window, and no more"
+    assert outbox.bulk_max_alarm_pending <= BULK_INFLIGHT
 
 
 @pytest.mark.parametrize("how", ["terminated", "killed"])

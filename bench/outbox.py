@@ -7,7 +7,11 @@
 (c) our drain: a backlog of N rows from the outbox through the link until every PUBACK, and (c)/(a)
 (d) alarm send() -> PUBACK latency p50/p99 while telemetry flows
 (e) agent RSS with a 1M-row backlog (a child process: the outbox and the link draining it)
-Goals (issue 2): (c)/(a) >= 0.5, (b) >= 20k msg/s, (d) p99 <= 25 ms, (e) <= 60 MB. Figures, not tests.
+(f) alarm send() -> PUBACK, and commit -> PUBACK (the link's part), p50/p99, idle and under a 2,000 msg/s
+    telemetry flow, with the link's bound on telemetry in flight and without it (the baseline: as before
+    issue 11), in one run, the four cases interleaved round by round
+Goals (issue 2): (c)/(a) >= 0.5, (b) >= 20k msg/s, (d) p99 <= 25 ms, (e) <= 60 MB; (issue 11) (f) p99 <= 5 ms
+under load. Figures, not tests.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import parse_config
-from agent.link import Link
+from agent.link import BULK_INFLIGHT, Link
 from agent.outbox import Outbox
 from agent.protocol.envelope import MsgClass
 from agent.service import InboundCommand
@@ -130,6 +134,79 @@ async def ours(broker: Mosquitto, workdir: Path, n: int) -> dict[str, float]:
     return out
 
 
+class _AckEvents(Outbox):
+    """A real outbox that stamps each PUBACK and wakes whoever waits for that seq (no polling in the timing)."""
+
+    acked_at: dict[int, float]
+    waiting: dict[int, asyncio.Event]
+
+    def ack(self, seq: int) -> None:
+        self.acked_at[seq] = time.perf_counter()
+        if (ev := self.waiting.pop(seq, None)) is not None:
+            ev.set()
+        super().ack(seq)
+
+
+async def alarm_latency(broker: Mosquitto, workdir: Path, samples: int, rounds: int = 4) -> dict[str, list[float]]:
+    """(f): per case (bounded|unbounded, idle|load) the send->PUBACK and commit->PUBACK times in ms."""
+    config = parse_config(agent_config_dict(workdir, broker.url, box="alarm"))
+    outbox = _AckEvents(workdir / "alarm.db", "alarm", max_bytes=10**9, telemetry_ttl_s=10**6,
+                        commit_interval_s=config.outbox.commit_interval_ms / 1000)
+    outbox.acked_at, outbox.waiting = {}, {}
+    out: dict[str, list[float]] = {}
+    per_round = max(1, samples // rounds)
+    async with asyncio.TaskGroup() as tg:
+        ob_task = tg.create_task(outbox.run(lambda: None), name="outbox.run")
+        await outbox.wait_open()
+        for _ in range(rounds):
+            for bounded in (False, True):
+                link = Link(config, outbox, _NoCommands())
+                if not bounded:
+                    link.bulk_window = config.mqtt.inflight  # the whole window, as before issue 11
+                link_task = tg.create_task(link.run(lambda: None), name="link.run")
+                while link.state.value != "connected":
+                    await asyncio.sleep(0.01)
+                for load in (False, True):
+                    stop = asyncio.Event()
+
+                    async def telemetry_flow(stop: asyncio.Event = stop) -> None:
+                        while not stop.is_set():
+                            for _ in range(20):
+                                outbox.send_nowait(MsgClass.TELEMETRY, "position", PAYLOAD)
+                            await asyncio.sleep(0.01)
+
+                    flow = tg.create_task(telemetry_flow(), name="bench.flow") if load else None
+                    await asyncio.sleep(0.2)  # the flow under way
+                    name = f"{'bounded' if bounded else 'unbounded'}.{'load' if load else 'idle'}"
+                    total, after_commit = out.setdefault(name, []), out.setdefault(name + ".link", [])
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        fut = outbox.send_nowait(MsgClass.ALARM, "sos", PAYLOAD)
+                        env = await fut
+                        t1 = time.perf_counter()
+                        if env.seq not in outbox.acked_at:
+                            ev = outbox.waiting.setdefault(env.seq, asyncio.Event())
+                            await asyncio.wait_for(ev.wait(), 10)
+                        total.append((outbox.acked_at[env.seq] - t0) * 1000)
+                        after_commit.append((outbox.acked_at[env.seq] - t1) * 1000)
+                        await asyncio.sleep(0.01)
+                    stop.set()
+                    if flow is not None:
+                        await flow
+                while sum(outbox.depth().values()):  # drained before the next case starts
+                    await asyncio.sleep(0.01)
+                link_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await link_task
+        ob_task.cancel()
+    return out
+
+
+def _p(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[max(0, int(len(xs) * q + 0.5) - 1)]
+
+
 async def rss_child(broker_url: str, workdir: Path, rows: int) -> None:
     """Run in a child: fill `rows`, restart the outbox, start the link, report RSS while it drains."""
     config = parse_config(agent_config_dict(workdir, broker_url, box="rss"))
@@ -165,6 +242,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--rss-rows", type=int, default=1_000_000)
     ap.add_argument("--rss-child", nargs=2, metavar=("BROKER", "DIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--alarm-samples", type=int, default=800, help="alarms per case in (f); 0 skips it")
     args = ap.parse_args()
     if args.rss_child:
         asyncio.run(rss_child(args.rss_child[0], Path(args.rss_child[1]), args.rss_rows))
@@ -177,6 +255,7 @@ def main() -> None:
             window = parse_config(agent_config_dict(work, broker.url)).mqtt.inflight
             raw = raw_paho(broker.port, args.n, window)
             res = asyncio.run(ours(broker, work, args.n))
+            lat = asyncio.run(alarm_latency(broker, work, args.alarm_samples)) if args.alarm_samples else {}
             rss = {}
             if args.rss_rows:
                 child = subprocess.run([sys.executable, "-m", "bench.outbox", "--rss-rows", str(args.rss_rows),
@@ -194,6 +273,16 @@ def main() -> None:
           f"(c)/(a) = {res['drain_per_s'] / raw:.2f}   goal >= 0.5")
     print(f"(d) alarm send -> PUBACK under telemetry:  p50 {res['alarm_p50_ms']:.1f} ms  "
           f"p99 {res['alarm_p99_ms']:.1f} ms   goal p99 <= 25 ms")
+    if lat:
+        print(f"(f) alarm latency, ms p50/p99 ({len(lat['bounded.idle'])} alarms per case; 2,000 msg/s telemetry "
+              f"under load; link = commit -> PUBACK):")
+        for bound, label in (("unbounded", f"telemetry in flight <= window {window} (baseline)"),
+                             ("bounded", f"telemetry in flight <= {min(window, BULK_INFLIGHT)}")):
+            cells = [f"{case} {_p(lat[f'{bound}.{case}'], 0.5):4.1f}/{_p(lat[f'{bound}.{case}'], 0.99):5.1f}"
+                     f" (link {_p(lat[f'{bound}.{case}.link'], 0.5):4.1f}/{_p(lat[f'{bound}.{case}.link'], 0.99):5.1f})"
+                     for case in ("idle", "load")]
+            print(f"    {label:46s} {'   '.join(cells)}")
+        print("    goal: p99 <= 5 ms under load")
     if rss:
         print(f"(e) RSS with a {rss['backlog_rows']}-row backlog, draining: {rss['rss_peak_mb']:.1f} MB peak "
               f"({rss['published_in_20s']} published in 20 s)   goal <= 60 MB")

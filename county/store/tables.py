@@ -47,6 +47,7 @@ boxes = Table(
     Column("last_seq", BigInteger),            # highest envelope seq stored
     Column("backlog", Integer),                # sum of the last heartbeat's outbox depth
     Column("heartbeat", JSON),                 # the last heartbeat's `data`
+    Column("heartbeat_ts", BigInteger),        # its envelope `ts` (an older heartbeat never overwrites it)
 )
 
 # Every envelope once, exactly as received (unique on the envelope id: a resend is ignored).

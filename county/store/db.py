@@ -1,0 +1,230 @@
+"""The county server's database: one `Database` over an async SQLAlchemy engine, SQLite or PostgreSQL.
+
+    db = await Database.open("sqlite:////var/lib/village-county/county.db")   # or postgresql://...
+    async with db.begin() as conn:                                           # one write transaction
+        await conn.execute(db.insert_ignore(messages), rows)                 # a resend is ignored
+    async with db.connect() as conn:                                         # reads
+        ...
+    await db.close()
+
+`open` maps the configured URL to its async driver, sets SQLite up for a server (WAL, foreign keys,
+busy_timeout, real transactions) and brings the schema to the newest migration (county/store/migrations,
+Alembic, run programmatically: see `migrate`). A database that a newer version of the server migrated
+(an Alembic revision this version does not know) is refused with `SchemaError`, never migrated down.
+
+URL forms (`[database] url` in county.toml):
+- `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` (SQLAlchemy's: three slashes, then the
+  path; an absolute path so starts with a fourth); the parent directory is created when missing.
+- `postgresql://user:password@host:port/dbname`, `postgresql:///dbname?host=/run/postgresql` (a unix socket
+  directory), `postgres://...`; any libpq query parameter (sslmode=...) is passed to psycopg.
+- `sqlite+aiosqlite://...` and `postgresql+psycopg://...` are taken as they are.
+
+The only raw SQL of the county is here: SQLite pragmas and BEGIN, PostgreSQL's migration lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table, event
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Insert
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class SchemaError(RuntimeError):
+    """The database's schema is not one this version can use (a newer migration, or a broken history)."""
+
+
+class DatabaseUrlError(ValueError):
+    """`[database] url` is not a database this server can open."""
+
+
+def async_url(url: str) -> URL:
+    """The configured URL with its async driver: sqlite+aiosqlite or postgresql+psycopg."""
+    try:
+        u = make_url(url)
+    except ArgumentError as e:
+        raise DatabaseUrlError(f"not a database URL: {url!r} (sqlite:///PATH or postgresql://...)") from e
+    backend, _, driver = u.drivername.partition("+")
+    if backend == "sqlite":
+        if driver not in ("", "aiosqlite"):
+            raise DatabaseUrlError(f"sqlite+{driver}: only sqlite:// (aiosqlite) is supported")
+        if not u.database or u.database == ":memory:" or u.database.startswith("file::memory:"):
+            raise DatabaseUrlError(f"{url!r}: an in-memory database keeps nothing; give a file path "
+                                   "(sqlite:////var/lib/village-county/county.db)")
+        return u.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        if driver not in ("", "psycopg"):
+            raise DatabaseUrlError(f"{backend}+{driver}: only postgresql:// (psycopg 3) is supported")
+        return u.set(drivername="postgresql+psycopg")
+    raise DatabaseUrlError(f"{u.drivername}: unsupported database (sqlite:///PATH or postgresql://...)")
+
+
+def insert_ignore(dialect: str, table: Table) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING on `table` (any unique key), for `dialect` "sqlite"/"postgresql"."""
+    return _insert(dialect, table).on_conflict_do_nothing()
+
+
+def upsert(dialect: str, table: Table, index_elements: Sequence[str],
+           set_: Sequence[str] | Mapping[str, Any] | Callable[[Any], Mapping[str, Any]],
+           where: Callable[[Any], Any] | None = None) -> Insert:
+    """INSERT ... ON CONFLICT (index_elements) DO UPDATE SET ... on either dialect.
+
+    `set_` is the columns to take from the row being inserted (`["state", "ts"]`), or a mapping of
+    column -> value/expression, or a function of `excluded` (the row being inserted) returning that
+    mapping: `lambda ex: {"n": table.c.n + ex.n}`. `where(excluded)` makes the update conditional, e.g.
+    `lambda ex: ex.ts > table.c.ts` keeps the newest row.
+    """
+    stmt = _insert(dialect, table)
+    excluded = stmt.excluded
+    if callable(set_):
+        values = dict(set_(excluded))
+    elif isinstance(set_, Mapping):
+        values = dict(set_)
+    else:
+        values = {name: excluded[name] for name in set_}
+    if not values:
+        raise ValueError("upsert needs at least one column to update (use insert_ignore otherwise)")
+    return stmt.on_conflict_do_update(index_elements=list(index_elements), set_=values,
+                                      where=where(excluded) if where is not None else None)
+
+
+def _insert(dialect: str, table: Table) -> Any:
+    if dialect == "sqlite":
+        return sqlite_dialect.insert(table)
+    if dialect == "postgresql":
+        return pg_dialect.insert(table)
+    raise ValueError(f"no insert for dialect {dialect!r}")
+
+
+def _make_parent(path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _setup_sqlite(engine: AsyncEngine) -> None:
+    """Pragmas on every new connection, and real transactions (sqlalchemy docs "sqlite_transactions").
+
+    Python's sqlite3 (before 3.16) only BEGINs before DML: DDL would autocommit (migrations could stop
+    halfway) and a read-then-write transaction would take the write lock late. So the driver's own
+    transaction handling is switched off and SQLAlchemy's begin emits BEGIN itself: IMMEDIATE for
+    `Database.begin()` (the write lock at once, waiting up to busy_timeout, never a mid-transaction
+    SQLITE_BUSY), DEFERRED for reads.
+    """
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a crash of the process
+        cur.close()
+
+    @event.listens_for(sync, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("village_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """The county's database: an async engine, its dialect, and the two dialect-aware insert helpers."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect: str = engine.dialect.name  # "sqlite" | "postgresql"
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True, echo: bool = False) -> Database:
+        """Open `url` (see the module doc), and unless `migrate=False` bring its schema to the newest."""
+        u = async_url(url)
+        kwargs: dict[str, Any] = {"echo": echo}
+        if u.drivername.startswith("sqlite"):
+            assert u.database is not None
+            await asyncio.to_thread(_make_parent, u.database)
+            engine = create_async_engine(u, **kwargs)
+            _setup_sqlite(engine)
+        else:
+            engine = create_async_engine(u, pool_pre_ping=True, **kwargs)
+        db = cls(engine)
+        try:
+            if migrate:
+                await db.migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return db
+
+    @property
+    def url(self) -> str:
+        """The URL without its password (for logs and errors)."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    async def migrate(self) -> str | None:
+        """Upgrade to the newest migration in one transaction; returns the revision now in force.
+
+        Runs Alembic programmatically (alembic.command.upgrade over this engine's connection, handed to
+        migrations/env.py via Config.attributes). On PostgreSQL the transaction first takes an advisory
+        lock, so several instances starting at once migrate one after the other (the later ones find
+        nothing to do). A database at a revision this version does not know raises SchemaError.
+        """
+        from county.store import migrations
+
+        async with self.begin() as conn:
+            return await conn.run_sync(migrations.upgrade_to_head)
+
+    async def revision(self) -> str | None:
+        """The Alembic revision the database is at (None: never migrated)."""
+        from county.store import migrations
+
+        async with self.connect() as conn:
+            return await conn.run_sync(migrations.current_revision)
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed when the block ends, rolled back on an exception.
+
+        On SQLite it starts with BEGIN IMMEDIATE (takes the write lock at once, waiting busy_timeout).
+        """
+        async with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                await conn.execution_options(village_write=True)
+            async with conn.begin():
+                yield conn
+
+    def connect(self) -> Any:
+        """A connection for reads (`async with db.connect() as conn`); it autobegins; commit to write."""
+        return self.engine.connect()
+
+    def insert_ignore(self, table: Table) -> Insert:
+        """INSERT ... ON CONFLICT DO NOTHING (see the module function)."""
+        return insert_ignore(self.dialect, table)
+
+    def upsert(self, table: Table, index_elements: Sequence[str],
+               set_: Sequence[str] | Mapping[str, Any] | Callable[[Any], Mapping[str, Any]],
+               where: Callable[[Any], Any] | None = None) -> Insert:
+        """INSERT ... ON CONFLICT DO UPDATE (see the module function)."""
+        return upsert(self.dialect, table, index_elements, set_, where)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

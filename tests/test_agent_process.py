@@ -121,7 +121,10 @@ def test_sigkill_mid_burst_loses_nothing_committed_and_seq_continues(tmp_path: P
         county = Collector(broker.url, ["vc/v1/box/+/up/#"]).start()
         try:
             agent.start()
-            county.wait_for(lambda ms: {json.loads(m.payload)["id"] for m in ms} >= before.keys(), timeout=60)
+            # everything stored before the kill, and something the new run stored (its start heartbeat):
+            # stopping at the first alone raced the heartbeat and saw nothing "after"
+            county.wait_for(lambda ms: {json.loads(m.payload)["id"] for m in ms} >= before.keys()
+                            and any(json.loads(m.payload)["seq"] > max_before for m in ms), timeout=60)
             agent.terminate()
         finally:
             county.stop()

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.pgcluster import PgCluster, PgMissing
 from tests.support import Collector, Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,6 +59,47 @@ def collector(broker: Mosquitto) -> Iterator[Collector]:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A private PostgreSQL cluster for the whole session (tests/pgcluster.py), started on first use.
+
+    No PostgreSQL binaries: the tests that need it skip saying why; in CI (CI=true) they fail instead.
+    """
+    try:
+        cluster = PgCluster.create()
+    except PgMissing as e:
+        if in_ci():
+            pytest.fail(f"{e}; CI=true needs it", pytrace=False)
+        pytest.skip(str(e))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh, empty county database, once on SQLite and once on PostgreSQL.
+
+    sqlite: sqlite:////TMP/county.db (a new file per test); postgresql: a database created for this test
+    in the session's cluster (postgresql://county@127.0.0.1:PORT/tN), dropped after it.
+    `county.store.Database.open(db_url)` migrates it.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'county.db'}"
+        return
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    name = f"t{os.getpid()}_{next(_databases)}"
+    url = cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        cluster.drop_database(name)
 
 
 @pytest.fixture(autouse=True)

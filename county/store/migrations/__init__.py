@@ -29,7 +29,7 @@ PG_MIGRATION_LOCK = 0x76696C6C  # pg_advisory_xact_lock key ("vill") held while 
 def config(connection: Any | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(HERE))
-    cfg.set_main_option("version_locations", str(HERE / "versions"))
+    cfg.set_main_option("path_separator", "os")
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg

@@ -1,0 +1,185 @@
+"""county.store on a real SQLite file and a real PostgreSQL (tests/pgcluster.py): migrations, the two
+dialect-aware inserts, retention."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import BigInteger, Column, Connection, MetaData, column, func, inspect, select, table
+
+from county.store import Database, DatabaseUrlError, SchemaError
+from county.store import migrations as store_migrations
+from county.store.db import async_url
+from county.store.tables import alarms, messages, metadata, receipts
+from tests.pgcluster import PgCluster
+
+alembic_version = table("alembic_version", column("version_num"))
+
+
+def _schema_diff(sync_conn: Connection, target: MetaData = metadata) -> list[Any]:
+    return list(compare_metadata(MigrationContext.configure(sync_conn), target))
+
+
+def _message(n: int, box: str = "b1", cls: str = "telemetry", received: int = 1_000) -> dict[str, object]:
+    return {"id": f"{box}:{n}", "box": box, "seq": n, "ts": received, "class": cls, "kind": "heartbeat",
+            "received": received, "raw": f'{{"seq":{n}}}'}
+
+
+async def test_migrations_from_empty_create_exactly_the_tables_py_schema(db_url: str) -> None:
+    """The guard that a column is not added to tables.py without a migration (alembic check, in a test)."""
+    db = await Database.open(db_url, migrate=False)
+    try:
+        assert await db.revision() is None
+        assert await db.migrate() == store_migrations.head()
+        async with db.connect() as conn:
+            names = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+            assert names == set(metadata.tables) | {"alembic_version"}
+            diff = await conn.run_sync(_schema_diff)
+        assert diff == [], f"tables.py and the migrated schema differ (write a migration): {diff}"
+    finally:
+        await db.close()
+
+
+async def test_schema_guard_sees_a_column_without_a_migration(db_url: str) -> None:
+    """The check above can fail: a column only in the metadata is reported."""
+    changed = MetaData()
+    for t in metadata.tables.values():
+        t.to_metadata(changed)
+    changed.tables["boxes"].append_column(Column("new_thing", BigInteger))
+    async with await Database.open(db_url) as db, db.connect() as conn:
+        diff = await conn.run_sync(lambda c: _schema_diff(c, changed))
+    assert [(d[0], d[2], d[3].name) for d in diff] == [("add_column", "boxes", "new_thing")]
+
+
+async def test_reopen_is_a_no_op_and_keeps_the_rows(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="alembic")
+    async with await Database.open(db_url) as db, db.begin() as conn:
+        await conn.execute(db.insert_ignore(messages), [_message(1)])
+    ran = [r.getMessage() for r in caplog.records if "Running upgrade" in r.getMessage()]
+    assert ran and "0001" in ran[0]
+    caplog.clear()
+    async with await Database.open(db_url) as db:
+        assert await db.revision() == store_migrations.head()
+        async with db.connect() as conn:
+            assert (await conn.execute(select(messages.c.id))).scalars().all() == ["b1:1"]
+    assert not [r for r in caplog.records if "Running upgrade" in r.getMessage()]
+
+
+async def test_insert_ignore_keeps_the_first_copy_and_returns_only_new_rows(db_url: str) -> None:
+    async with await Database.open(db_url) as db:
+        async with db.begin() as conn:
+            await conn.execute(db.insert_ignore(messages), [_message(n) for n in (1, 2, 3)])
+        resend = [{**_message(n), "raw": "resent"} for n in (2, 3, 4)]
+        async with db.begin() as conn:
+            got = await conn.execute(db.insert_ignore(messages).returning(messages.c.id), resend)
+            assert sorted(got.scalars().all()) == ["b1:4"]
+        async with db.connect() as conn:
+            rows = dict((await conn.execute(select(messages.c.id, messages.c.raw))).all())
+        assert rows == {"b1:1": '{"seq":1}', "b1:2": '{"seq":2}', "b1:3": '{"seq":3}', "b1:4": "resent"}
+
+
+async def test_upsert_updates_only_when_asked(db_url: str) -> None:
+    def receipt(state: str, ts: int) -> dict[str, object]:
+        return {"cmd": "c1", "box": "b1", "state": state, "reason": None, "ts": ts, "envelope": f"b1:{ts}"}
+
+    async with await Database.open(db_url) as db:
+        newest = db.upsert(receipts, ["cmd", "box"], ["state", "ts", "envelope"],
+                           where=lambda ex: ex.ts > receipts.c.ts)
+        async with db.begin() as conn:
+            await conn.execute(newest, [receipt("received", 10)])
+            await conn.execute(newest, [receipt("played", 20)])
+            await conn.execute(newest, [receipt("received", 15)])   # older, arrived late: kept out
+        async with db.connect() as conn:
+            row = (await conn.execute(select(receipts.c.state, receipts.c.ts))).one()
+        assert tuple(row) == ("played", 20)
+
+        alarm = {"id": "b1:7", "box": "b1", "kind": "sos", "ts": 1, "received": 2, "data": {"k": 1}}
+        bump = db.upsert(alarms, ["id"], lambda ex: {"escalations": alarms.c.escalations + 1,
+                                                     "escalated_at": ex.received})
+        async with db.begin() as conn:
+            for received in (2, 30, 40):
+                await conn.execute(bump, [{**alarm, "received": received}])
+        async with db.connect() as conn:
+            row = (await conn.execute(select(alarms.c.escalations, alarms.c.escalated_at, alarms.c.data))).one()
+        assert tuple(row) == (2, 40, {"k": 1})
+        with pytest.raises(ValueError, match="at least one column"):
+            db.upsert(alarms, ["id"], [])
+
+
+async def test_a_database_from_a_newer_version_is_refused_not_migrated_down(db_url: str) -> None:
+    async with await Database.open(db_url) as db, db.begin() as conn:
+        await conn.execute(db.insert_ignore(messages), [_message(1)])
+        await conn.execute(alembic_version.update().values(version_num="0042_from_the_future"))
+    with pytest.raises(SchemaError, match=r"0042_from_the_future.*newer version.*not migrated down"):
+        await Database.open(db_url)
+    async with await Database.open(db_url, migrate=False) as db:
+        assert await db.revision() == "0042_from_the_future"
+        async with db.connect() as conn:
+            assert (await conn.execute(select(func.count()).select_from(messages))).scalar_one() == 1
+
+
+async def test_sqlite_is_set_up_for_a_server(tmp_path: Path) -> None:
+    path = tmp_path / "deeper" / "county.db"   # the parent directory is created
+    async with await Database.open(f"sqlite:///{path}") as db:
+        async with db.connect() as conn:
+            pragmas = {p: (await conn.exec_driver_sql(f"PRAGMA {p}")).scalar_one()
+                       for p in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")}
+        assert pragmas == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10_000, "synchronous": 1}
+
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            # a write transaction holds the write lock from its start (BEGIN IMMEDIATE): no late SQLITE_BUSY
+            async with db.begin() as conn:
+                await conn.execute(select(1))
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            # a read does not block writers
+            async with db.connect() as conn:
+                await conn.execute(select(messages.c.id))
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+        finally:
+            other.close()
+
+
+async def test_postgresql_unix_socket_url_form(pg_cluster: PgCluster) -> None:
+    pg_cluster.create_database("socket_form")
+    try:
+        async with await Database.open(pg_cluster.socket_url("socket_form")) as db:
+            assert db.dialect == "postgresql"
+            assert await db.revision() == store_migrations.head()
+    finally:
+        pg_cluster.drop_database("socket_form")
+
+
+@pytest.mark.parametrize(("url", "driver", "database"), [
+    ("sqlite:////var/lib/village-county/county.db", "sqlite+aiosqlite", "/var/lib/village-county/county.db"),
+    ("sqlite:///county.db", "sqlite+aiosqlite", "county.db"),
+    ("postgresql://county:pw@db.example:5433/county", "postgresql+psycopg", "county"),
+    ("postgres://county@db/county", "postgresql+psycopg", "county"),
+    ("postgresql:///county?host=/run/postgresql", "postgresql+psycopg", "county"),
+    ("postgresql+psycopg://u@h/d", "postgresql+psycopg", "d"),
+])
+def test_url_forms(url: str, driver: str, database: str) -> None:
+    u = async_url(url)
+    assert (u.drivername, u.database) == (driver, database)
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("mysql://u@h/d", "unsupported database"),
+    ("sqlite://", "in-memory"),
+    ("sqlite:///:memory:", "in-memory"),
+    ("postgresql+asyncpg://u@h/d", "only postgresql"),
+    ("not a url", "not a database URL"),
+])
+def test_bad_urls_are_refused_clearly(url: str, why: str) -> None:
+    with pytest.raises(DatabaseUrlError, match=why):
+        async_url(url)

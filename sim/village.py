@@ -14,6 +14,7 @@ same on every run whatever the machine's speed; only *when* the agent sees them 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import json
 import logging
@@ -152,7 +153,7 @@ class Village:
             broker = None
             if self.opts.broker_url is None:
                 broker = await asyncio.to_thread(LocalBroker(workdir / "broker", self.opts.broker_kind).start)
-                url, broker_name = broker.url, broker.kind
+                url, broker_name = broker.url, str(broker.kind)
                 self.protocol = self.opts.mqtt_protocol or ("3.1.1" if broker.kind == "amqtt" else "auto")
             else:
                 url, broker_name = self.opts.broker_url, "external"
@@ -199,7 +200,8 @@ class Village:
                     creds = cam.write_credentials(workdir / f"{cam.id}.secret")
                     cams.append({"id": cam.id, "rtsp": cam.url, "credentials": str(creds), "frame_check": False})
                 if self.opts.external:
-                    loss = await self._run_external(cams)
+                    await self._run_external(cams)
+                    loss = None  # nothing local to measure: the box is someone else's
                 else:
                     async with NetemProxy(parts.hostname or "127.0.0.1", parts.port or 1883, seed=self.seed) as proxy:
                         self.proxy = proxy
@@ -301,7 +303,7 @@ class Village:
             self._at(k * meta.tick_s, "tick", self._tick)
         for a in self.sc.actions:
             if a.t_s <= self.duration_s:
-                self._at(a.t_s, a.describe(), lambda a=a: self._act(a))
+                self._at(a.t_s, a.describe(), functools.partial(self._act, a))
         while self._queue:
             item = heapq.heappop(self._queue)
             if item.t_s > self.duration_s:
@@ -352,7 +354,7 @@ class Village:
             await twin.replug()
         elif a.do == "camera":
             cam = self.cameras[a.camera or ""]
-            await cam.set_mode(Mode(a.mode))
+            await cam.set_mode(Mode(a.mode or ""))  # the scenario checked: a camera action has a mode
             self.state.cameras[cam.id] = (cam.mode.value, self.state.cameras.get(cam.id, ("", ""))[1])
         elif a.do == "link_down":
             await self.proxy.down(a.how)

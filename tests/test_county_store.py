@@ -3,6 +3,7 @@ dialect-aware inserts, retention."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from pathlib import Path
@@ -13,10 +14,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import BigInteger, Column, Connection, MetaData, column, func, inspect, select, table
 
-from county.store import Database, DatabaseUrlError, SchemaError
+from county.store import Database, DatabaseUrlError, SchemaError, retention
 from county.store import migrations as store_migrations
 from county.store.db import async_url
-from county.store.tables import alarms, messages, metadata, receipts
+from county.store.tables import alarms, boxes, messages, metadata, positions, quarantine, receipts
 from tests.pgcluster import PgCluster
 
 alembic_version = table("alembic_version", column("version_num"))
@@ -122,6 +123,91 @@ async def test_a_database_from_a_newer_version_is_refused_not_migrated_down(db_u
         assert await db.revision() == "0042_from_the_future"
         async with db.connect() as conn:
             assert (await conn.execute(select(func.count()).select_from(messages))).scalar_one() == 1
+
+
+async def test_upgrade_from_the_previous_revision_keeps_the_rows(db_url: str) -> None:
+    db = await Database.open(db_url, migrate=False)
+    try:
+        async with db.begin() as conn:
+            await conn.run_sync(store_migrations.upgrade_to_head, "0001")
+            await conn.execute(boxes.insert().values(id="b1", first_seen=5))
+    finally:
+        await db.close()
+    async with await Database.open(db_url) as db, db.connect() as conn:
+        assert await db.revision() == store_migrations.head() != "0001"
+        row = (await conn.execute(select(boxes.c.id, boxes.c.first_seen, boxes.c.purged))).one()
+        assert tuple(row) == ("b1", 5, 0)
+        assert await conn.run_sync(_schema_diff) == []
+
+
+NOW = 400 * retention.DAY_MS
+
+
+async def _fill_for_retention(db: Database) -> None:
+    old, new = NOW - 91 * retention.DAY_MS, NOW - 89 * retention.DAY_MS
+    async with db.begin() as conn:
+        await conn.execute(boxes.insert(), [{"id": b, "first_seen": 0} for b in ("b1", "b2")])
+        # 12,000 old telemetry envelopes (7,000 of b1, 5,000 of b2), and what must stay
+        await conn.execute(messages.insert(), [_message(n, "b1" if n < 7000 else "b2", "telemetry", old)
+                                               for n in range(12_000)])
+        await conn.execute(messages.insert(), [_message(100_000 + n, "b1", "telemetry", new) for n in range(10)])
+        await conn.execute(messages.insert(), [_message(200_000 + i, "b1", cls, old)
+                                               for i, cls in enumerate(("alarm", "event", "receipt"))])
+        await conn.execute(alarms.insert().values(id="b1:200000", box="b1", kind="sos", ts=old, received=old,
+                                                  data={}))
+        await conn.execute(receipts.insert().values(cmd="c1", box="b1", state="played", ts=old,
+                                                    envelope="b1:200002"))
+        await conn.execute(positions.insert(), [{"box": "b1", "wearer": "w1", "lat": 1.0, "lon": 2.0, "ts": ts}
+                                                for ts in [old] * 6 + [new] * 2])
+        await conn.execute(quarantine.insert(), [{"received": r, "topic": "t", "reason": "bad json", "size": 1,
+                                                  "raw": b"x"} for r in (old, new)])
+
+
+async def _counts(db: Database) -> dict[str, int]:
+    async with db.connect() as conn:
+        out = {}
+        for t in (messages, alarms, receipts, positions, quarantine):
+            out[t.name] = (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+        by_class = (await conn.execute(select(messages.c["class"], func.count()).group_by(messages.c["class"])))
+        out.update({f"messages.{c}": n for c, n in by_class.all()})
+        out.update({f"purged.{b}": n for b, n in (await conn.execute(select(boxes.c.id, boxes.c.purged))).all()})
+        return out
+
+
+async def test_retention_deletes_old_telemetry_in_batches_and_keeps_alarms_receipts_events(db_url: str) -> None:
+    async with await Database.open(db_url) as db:
+        await _fill_for_retention(db)
+        result = await retention.purge(db, now_ms=NOW, telemetry_days=90, quarantine_days=90, batch_rows=5000)
+        assert (result.messages, result.positions, result.quarantine) == (12_000, 6, 1)
+        assert result.batches == (5000, 5000, 2000, 6, 1)   # each one transaction of at most 5,000 rows
+        assert await _counts(db) == {
+            "messages": 13, "messages.telemetry": 10, "messages.alarm": 1, "messages.event": 1,
+            "messages.receipt": 1, "alarms": 1, "receipts": 1, "positions": 2, "quarantine": 1,
+            "purged.b1": 7000, "purged.b2": 5000}
+        again = await retention.purge(db, now_ms=NOW, batch_rows=5000)
+        assert again.total == 0 and again.batches == ()
+
+
+async def test_retention_loop_purges_at_start_and_stops_when_told(db_url: str) -> None:
+    async with await Database.open(db_url) as db:
+        await _fill_for_retention(db)
+        stop, passes = asyncio.Event(), []
+
+        def on_pass(p: retention.Purged) -> None:
+            passes.append(p)
+            stop.set()
+
+        task = asyncio.create_task(retention.run(db, stop, every_s=3600, now_ms=lambda: NOW, batch_rows=4000,
+                                                 on_pass=on_pass))
+        await asyncio.wait_for(task, timeout=60)
+        assert [p.batches for p in passes] == [(4000, 4000, 4000, 6, 1)]
+
+
+async def test_retention_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="batch_rows"):
+        await retention.purge(None, batch_rows=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive"):
+        await retention.purge(None, telemetry_days=0)  # type: ignore[arg-type]
 
 
 async def test_sqlite_is_set_up_for_a_server(tmp_path: Path) -> None:

@@ -48,6 +48,9 @@ boxes = Table(
     Column("backlog", Integer),                # sum of the last heartbeat's outbox depth
     Column("heartbeat", JSON),                 # the last heartbeat's `data`
     Column("heartbeat_ts", BigInteger),        # its envelope `ts` (an older heartbeat never overwrites it)
+    # envelopes of this box deleted by retention (county/store/retention.py), so the seq gaps they leave
+    # are not counted as missing (migration 0002)
+    Column("purged", BigInteger, nullable=False, server_default="0"),
 )
 
 # Every envelope once, exactly as received (unique on the envelope id: a resend is ignored).

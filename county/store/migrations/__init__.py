@@ -46,8 +46,8 @@ def current_revision(connection: Any) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade_to_head(connection: Any) -> str | None:
-    """Bring the schema on `connection` (a sync Connection in a transaction) to head; return it."""
+def upgrade_to_head(connection: Any, target: str = "head") -> str | None:
+    """Bring the schema on `connection` (a sync Connection in a transaction) to `target`; return it."""
     from county.store.db import SchemaError
 
     if connection.dialect.name == "postgresql":
@@ -65,5 +65,5 @@ def upgrade_to_head(connection: Any) -> str | None:
                 f"the database is at schema revision {current!r}, which this version of village-edge does "
                 f"not know (its newest is {script.get_current_head()!r}): a newer version migrated it. "
                 "Run that newer version, or restore a backup taken before the upgrade; it is not migrated down")
-    command.upgrade(config(connection), "head")
+    command.upgrade(config(connection), target)
     return current_revision(connection)

@@ -125,3 +125,43 @@ print(json.dumps(sorted(m for m in lazy if m in sys.modules)))
 """, tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_hardware_seam_is_typed_with_the_drivers_protocols() -> None:
+    """agent/context.py `Hardware` typed relay, player, tts and camera probes as Any: nothing checked that a
+    driver or a twin fits what the features call. Now they are the drivers' Protocols (mypy checks the
+    features against them), and the real drivers and the twins satisfy them."""
+    import typing
+    from collections.abc import Callable
+
+    from gpiozero.pins.mock import MockFactory
+
+    from agent.app import ReportedRelay
+    from agent.context import Hardware
+    from agent.sdnotify import StatusBoard
+    from drivers.amp.relay import AmpRelay, GpioAmpRelay, NoRelay
+    from drivers.audio.base import AudioPlayer, Tts
+    from drivers.audio.player import AlsaPlayer
+    from drivers.audio.tts import EspeakTts
+    from drivers.camera.base import CameraProbes
+    from drivers.led.status import GpioStatusLed, StatusLight
+    from drivers.wristband.codec import GatewayCodec
+    from drivers.wristband.reader import GatewayTransport
+    from sim.amp import TwinAmpRelay
+    from sim.audio import SilentTts, TwinPlayer
+
+    names = {"AmpRelay": AmpRelay, "AudioPlayer": AudioPlayer, "Tts": Tts, "CameraProbes": CameraProbes,
+             "StatusLight": StatusLight, "GatewayCodec": GatewayCodec, "GatewayTransport": GatewayTransport}
+    hints = typing.get_type_hints(Hardware, localns=names)
+    assert hints["relay"] == AmpRelay | None and hints["player"] == AudioPlayer | None
+    assert hints["tts"] == Tts | None and hints["camera_probes"] == CameraProbes | None
+    assert hints["status_led"] == StatusLight | None
+    assert hints["gateway_opener"] == Callable[[str], GatewayTransport] | None
+    assert hints["decoder_factory"] == Callable[[str], GatewayCodec] | None
+    factory = MockFactory()
+    relays = [GpioAmpRelay(17, pin_factory=factory), NoRelay(), TwinAmpRelay(18)]
+    relays.append(ReportedRelay(relays[0], StatusBoard(lambda m: True)))
+    assert all(isinstance(r, AmpRelay) for r in relays)
+    assert all(isinstance(p, AudioPlayer) for p in (AlsaPlayer(), TwinPlayer()))
+    assert all(isinstance(t, Tts) for t in (EspeakTts("cmn"), SilentTts()))
+    assert isinstance(GpioStatusLed(27, pin_factory=factory), StatusLight)

@@ -42,6 +42,7 @@ from county.console import (
     print_board,
     state_json_line,
 )
+from county.server import cli as server_cli  # serve, user, audit: the county server (imports lazily)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNANSWERED, EXIT_UNHEARD = 0, 1, 2, 3, 4
 
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         status.add_arguments(p)
     else:
         p.add_argument("rest", nargs=argparse.REMAINDER)
+    server_cli.add_commands(sub)
     return parser
 
 
@@ -433,7 +435,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     return int(asyncio.run(status.run_status(args)))
 
 
-COMMANDS = {"push": cmd_push, "cancel": cmd_cancel, "fences": cmd_fences, "watch": cmd_watch, "status": cmd_status}
+COMMANDS = {"push": cmd_push, "cancel": cmd_cancel, "fences": cmd_fences, "watch": cmd_watch, "status": cmd_status,
+            **server_cli.COMMANDS}
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

@@ -142,7 +142,7 @@ class Place:
     """Where a box is: its village and township (ids and Chinese names), or unregistered (all None)."""
 
     box: str
-    name: str | None = None
+    name: str | None = None       # the file's name for the box (its id when the file gives none)
     village: str | None = None
     village_name: str | None = None
     township: str | None = None
@@ -186,7 +186,7 @@ class Regions:
                 t_boxes |= v_boxes
                 self._regions[v.id] = Region(v.id, v.name, "village", t.id, v_boxes)
                 for b in v.boxes:
-                    self._places[b.id] = Place(box=b.id, name=b.name, village=v.id, village_name=v.name,
+                    self._places[b.id] = Place(box=b.id, name=b.name or b.id, village=v.id, village_name=v.name,
                                                township=t.id, township_name=t.name, groups=b.groups,
                                                lat=b.lat if b.lat is not None else v.lat,
                                                lon=b.lon if b.lon is not None else v.lon)
@@ -203,8 +203,15 @@ class Regions:
         """The box's village and township; an unregistered box gets a Place with no names (never an error)."""
         return self._places.get(box) or Place(box=box)
 
+    def box(self, box: str) -> Place | None:
+        """The registered box's Place, None for a box the file does not name."""
+        return self._places.get(box)
+
     def registered(self) -> frozenset[str]:
+        """Every box id the file names."""
         return frozenset(self._places)
+
+    all_boxes = registered
 
     def region(self, scope: str) -> Region:
         """The county, a township or a village by id; KeyError for an unknown id."""

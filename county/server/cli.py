@@ -1,0 +1,368 @@
+"""`village county serve | user add | user list | audit check` (contract section 6; docs/county-server.md).
+
+Wired into county/cli.py by `add_commands(sub)` and `COMMANDS`; everything heavy (SQLAlchemy, Starlette,
+uvicorn, argon2) is imported when a command runs, so `village county push` does not load the server.
+
+Exit codes: 0 done; 1 a runtime failure (the database cannot be opened, the user exists, the audit chain is
+broken); 2 the config, the regions file or an option is wrong as given. Every error is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+ROLES = ("admin", "operator", "reviewer", "viewer", "gridworker")  # auth.ROLES, without importing it here
+UNREGISTERED = "unregistered"
+
+log = logging.getLogger("county.server")
+
+
+class Usage(Exception):
+    """Wrong as given: exit 2 with this line."""
+
+
+class Failure(Exception):
+    """Could not be done: exit 1 with this line."""
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the county server in the foreground until SIGTERM/SIGINT")
+    p.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help="county.toml")
+
+    p = sub.add_parser("user", help="manage the server's users")
+    usub = p.add_subparsers(dest="user_cmd", required=True)
+    a = usub.add_parser("add", help="create a user (or change one with --update)")
+    a.add_argument("name", help="user name: [A-Za-z0-9_.@-]{1,64}")
+    a.add_argument("--role", required=True, choices=ROLES)
+    a.add_argument("--scope", metavar="REGION",
+                   help="a township or village id of the regions file (default: the whole county)")
+    a.add_argument("--password-file", type=Path, required=True, metavar="F",
+                   help="a file holding the password (one trailing newline is ignored); at least 8 characters")
+    a.add_argument("--display-name", metavar="TEXT", help="the name shown, e.g. 李明")
+    a.add_argument("--phone", metavar="TEXT", help="a phone number (gridworkers: shown on assigned alarms)")
+    a.add_argument("--update", action="store_true",
+                   help="change an existing user's role, scope and password (ends their sessions)")
+    a.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help="county.toml")
+    a = usub.add_parser("list", help="one line per user: name, role, scope")
+    a.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help="county.toml")
+
+    p = sub.add_parser("audit", help="the audit log")
+    asub = p.add_subparsers(dest="audit_cmd", required=True)
+    a = asub.add_parser("check", help="verify the audit log's hash chain: exit 0 intact, 1 broken")
+    a.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help="county.toml")
+    a.add_argument("--head", metavar="SEQ:HASH",
+                   help="a head printed by an earlier check: also fails when rows after it were deleted")
+
+
+def _say(cmd: str, text: str) -> None:
+    print(f"village county {cmd}: {text}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: str, fn: Any, args: argparse.Namespace) -> int:
+    try:
+        return int(fn(args))
+    except Usage as exc:
+        _say(cmd, str(exc))
+        return EXIT_USAGE
+    except Failure as exc:
+        _say(cmd, str(exc))
+        return EXIT_ERROR
+
+
+def _config(path: Path) -> tuple[Any, Any]:
+    """The config and the regions file, or Usage with the one line naming file, key and problem."""
+    from county.regions import RegionsError, load_regions
+    from county.server.config import ConfigError, load_config
+
+    try:
+        config = load_config(path)
+        regions = load_regions(config.county.regions)
+    except (ConfigError, RegionsError) as exc:
+        raise Usage(str(exc)) from None
+    return config, regions
+
+
+async def _open_db(config: Any, path: Path) -> Any:
+    from county.store.db import Database, DatabaseUrlError, SchemaError
+
+    try:
+        return await Database.open(config.database.url)
+    except DatabaseUrlError as exc:
+        raise Usage(f"{path}: database.url: {exc}") from None
+    except SchemaError as exc:
+        raise Failure(f"database: {exc}") from None
+    except Exception as exc:  # a server that is down, a directory we may not write, ...
+        raise Failure(f"database {_db_display(config.database.url)}: cannot open: {_one_line(exc)}") from None
+
+
+def _db_display(url: str) -> str:
+    from agent.protocol.broker import redact_url
+
+    return redact_url(url)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+# ------------------------------------------------------------------------------------------- user
+def cmd_user(args: argparse.Namespace) -> int:
+    return _run(f"user {args.user_cmd}", _user_add if args.user_cmd == "add" else _user_list, args)
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    from county.server import users
+
+    config, regions = _config(args.config)
+    try:
+        name = users.check_name(args.name)
+        scope = users.check_scope(args.scope, regions)
+        display = users.check_text("--display-name", args.display_name, 100)
+        phone = users.check_text("--phone", args.phone, 32)
+        password = users.read_password_file(args.password_file)
+    except users.UserError as exc:
+        raise Usage(str(exc)) from None
+
+    async def go() -> str:
+        db = await _open_db(config, args.config)
+        try:
+            return await users.add_user(db, name, args.role, scope, password, actor="cli", display_name=display,
+                                        phone=phone, update_existing=args.update)
+        except users.UserExists:
+            raise Failure(f"user {name!r} exists (--update changes its role, scope and password)") from None
+        except users.NoSuchUser:
+            raise Failure(f"user {name!r} does not exist (leave out --update to create it)") from None
+        finally:
+            await db.close()
+
+    done = asyncio.run(go())
+    where = f"scope {scope}" if scope else "the whole county"
+    print(f"{done} user {name}: {args.role}, {where}")
+    return EXIT_OK
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    from county.server import users
+
+    config, _regions = _config(args.config)
+
+    async def go() -> list[Any]:
+        db = await _open_db(config, args.config)
+        try:
+            async with db.connect() as conn:
+                return await users.list_users(conn)
+        finally:
+            await db.close()
+
+    for u in asyncio.run(go()):
+        flags = " (disabled)" if u.disabled else ""
+        print(f"{u.name}\t{u.role}\t{u.scope or '-'}{flags}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- audit
+def cmd_audit(args: argparse.Namespace) -> int:
+    return _run("audit check", _audit_check, args)
+
+
+def _audit_check(args: argparse.Namespace) -> int:
+    from county.server import audit
+
+    config, _regions = _config(args.config)
+    head = None
+    if args.head:
+        seq, sep, digest = args.head.partition(":")
+        if not sep or not seq.isdigit() or len(digest) != 64:
+            raise Usage(f"--head {args.head[:80]!r} is not SEQ:HASH as printed by audit check")
+        head = (int(seq), digest.lower())
+
+    async def go() -> Any:
+        db = await _open_db(config, args.config)
+        try:
+            return await audit.verify(db, head)
+        finally:
+            await db.close()
+
+    report = asyncio.run(go())
+    if report.broken is not None:
+        _say("audit check", f"broken at {report.broken} ({report.rows} row(s) before it intact)")
+        return EXIT_ERROR
+    if report.head_seq is None:
+        print("audit log intact: 0 rows")
+    else:
+        print(f"audit log intact: {report.rows} row(s), head {report.head_seq}:{report.head_hash}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _run("serve", _serve_cmd, args)
+
+
+def _serve_cmd(args: argparse.Namespace) -> int:
+    config, regions = _config(args.config)
+    signing_key = None
+    if config.signing.key is not None:
+        from agent.protocol.jws import KeysError, load_private_key
+
+        try:
+            signing_key = load_private_key(config.signing.key)
+        except KeysError as exc:
+            raise Usage(f"{args.config}: signing.key: {exc}") from None
+    if config.server.tls_cert is not None:
+        _check_tls(config, args.config)
+    _setup_logging(config.log.level)
+    try:
+        return asyncio.run(serve(config, regions, args.config, signing_key=signing_key))
+    except SystemExit as exc:  # uvicorn ends a failed startup with sys.exit; its log line says why
+        raise Failure(f"the HTTP server did not start (exit {exc.code}; see the line above)") from None
+
+
+def _check_tls(config: Any, path: Path) -> None:
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(str(config.server.tls_cert), str(config.server.tls_key))
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+        raise Usage(f"{path}: server.tls_cert: cannot load the certificate with tls_key: {reason}") from None
+
+
+def _setup_logging(level: str) -> None:
+    from agent.logsetup import setup_logging
+
+    setup_logging(level)
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _ingest(config: Any, db: Any, hub: Any, regions: Any) -> Any:
+    """S3's county/ingest.py over the [mqtt] section: the shared subscription and the retained states."""
+    from county.ingest import Ingest, IngestConfig
+
+    m = config.mqtt
+    password = None
+    if m.password_file is not None:
+        password = Path(m.password_file).read_text(encoding="utf-8").strip()
+    cfg = IngestConfig(urls=list(m.urls), client_id=f"{m.client_id}-{socket.gethostname()}"[:64],
+                       prefix=m.topic_prefix, group=m.share_group, ca=m.ca, cert=m.cert, key=m.key,
+                       username=m.username, password=password)
+
+    def describe(box: str) -> dict[str, Any]:
+        place = regions.place(box)
+        return {"name": place.name if place.registered else UNREGISTERED, "village": place.village,
+                "township": place.township}
+
+    return Ingest(cfg, db, hub, describe=describe)
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so a taken port is one clear line (uvicorn would sys.exit)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _name, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_server(config: Any) -> Any:
+    """uvicorn.Server without its own signal handling (serve() owns SIGTERM/SIGINT for every part)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server(config)
+
+
+async def serve(config: Any, regions: Any, path: Path, *, signing_key: Any = None) -> int:
+    """Open the database, start ingest and the HTTP server; on SIGTERM/SIGINT stop them all and return 0.
+
+    Stopping: the HTTP server stops accepting and finishes its requests (up to 5 s), then ingest closes
+    (what it received but did not commit stays unacknowledged: the broker sends it again), then the
+    publisher, the event hub and the database."""
+    import uvicorn
+
+    from county.server.app import create_app
+    from county.server.events import EventHub
+    from county.server.publish import Publisher
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(_remove_handlers, loop)
+        db = await _open_db(config, path)
+        stack.push_async_callback(db.close)
+        sock = _listen_socket(config.server.host, config.server.port)
+        stack.callback(sock.close)
+        hub = EventHub()
+        stack.callback(hub.close)
+        publisher = Publisher.from_config(config.mqtt)
+        stack.push_async_callback(publisher.close)
+        app = create_app(config, db, hub, publisher, regions=regions)
+        app.state.signing_key = signing_key
+        ingest = _ingest(config, db, hub, regions)
+        stack.push_async_callback(ingest.close)
+        await ingest.start()
+        server = _uvicorn_server(uvicorn.Config(
+            app, host=config.server.host, port=config.server.port, log_config=None, access_log=False,
+            lifespan="off", ssl_certfile=str(config.server.tls_cert) if config.server.tls_cert else None,
+            ssl_keyfile=str(config.server.tls_key) if config.server.tls_key else None,
+            server_header=False, timeout_graceful_shutdown=5))
+        http = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+        scheme = "https" if config.server.tls else "http"
+        log.info("county server on %s://%s, database %s, broker %s", scheme, config.server.listen, db.url,
+                 ", ".join(_db_display(u) for u in config.mqtt.urls))
+        stack.push_async_callback(_cancel, http)
+        watch = asyncio.create_task(stop.wait(), name="signal")
+        stack.push_async_callback(_cancel, watch)
+        done, _pending = await asyncio.wait([watch, http], return_when=asyncio.FIRST_COMPLETED)
+        if http in done:  # it ended by itself: a failure, not a stop
+            exc = http.exception() if not http.cancelled() else None
+            if exc is not None:
+                raise Failure(f"the HTTP server failed: {_one_line(exc)}") from exc
+            raise Failure("the HTTP server ended by itself")
+        log.info("stopping: signal received")
+        server.should_exit = True
+        await asyncio.wait_for(asyncio.shield(http), timeout=30)
+    log.info("stopped")
+    return EXIT_OK
+
+
+def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+COMMANDS = {"serve": cmd_serve, "user": cmd_user, "audit": cmd_audit}

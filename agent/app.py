@@ -77,6 +77,8 @@ class ReportedRelay:
             self.board.set(relay="on" if self.relay.is_on else "off")
 
     def __getattr__(self, name: str) -> Any:
+        if name == "relay":  # not set yet (copy, unpickle): no recursion
+            raise AttributeError(name)
         return getattr(self.relay, name)
 
 

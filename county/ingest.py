@@ -1,0 +1,964 @@
+"""County ingest: every uplink message from the broker into the database, acknowledged only once stored.
+
+One MQTT connection per server instance (paho 2, MQTT 5; `protocol = 4` for a 3.1.1-only broker):
+- `$share/GROUP/P/box/+/up/#`: the envelopes; N instances with the same GROUP split them (mosquitto 2,
+  EMQX, VerneMQ, HiveMQ). A persistent session (clean_start false + session expiry; a stable client id
+  per instance) so the broker keeps what arrives while the instance is down.
+- `P/box/+/state` (plain): the retained box states (brokers never deliver retained messages to shared
+  subscriptions); every instance sees every state and stores it (idempotent: the newest `ts` wins).
+
+A message is acknowledged (paho `manual_ack`, PUBACK) only after the transaction holding its row has
+committed, in the order received, so kill -9 of the server loses nothing the broker had: the broker sends
+the unacknowledged ones again to the same session at the next connect, and `INSERT ... ON CONFLICT DO
+NOTHING` on the envelope id stores a resend once. Every derived row (alarm, position, receipt, camera)
+is written in the same transaction as the message row and only when that row was new (RETURNING), so
+derived rows are exactly once too.
+
+Batches: up to `batch_max` messages or `batch_ms` after the first one, one transaction. paho's network
+thread hands each message to the event loop (`call_soon_threadsafe`); at most `inflight` messages are
+held (received, not yet acknowledged): MQTT 5 Receive Maximum tells the broker so, and with a broker that
+ignores it paho's thread waits for room, which stops it reading the socket (TCP backpressure) rather than
+growing memory.
+
+A message that is not an envelope of its topic (not UTF-8, not JSON, missing fields, a `box`, class or
+kind other than the topic's, a seq/ts out of range, bigger than `max_payload`) goes to `quarantine`
+(raw cut to QUARANTINE_MAX_BYTES, full size kept), is counted, and is acknowledged: it is stored.
+
+Events: after each commit, new alarms, changed receipts and box state changes go to the instance's
+`EventHub`. `LiveFeed` is a second, non-shared connection to the alarm and receipt topics that feeds only
+the hub, so an alarm stored by another instance still reaches this instance's event stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy import and_, case, not_, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from agent.protocol.broker import parse_broker_url
+from agent.protocol.envelope import Envelope, EnvelopeError, MsgClass
+from agent.protocol.text import escape, scrub
+from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX, Topics
+from county.server.events import EventHub
+from county.store import Database
+from county.store.tables import (
+    alarms,
+    boxes,
+    camera_periods,
+    camera_states,
+    messages,
+    positions,
+    positions_latest,
+    quarantine,
+    receipts,
+)
+
+log = logging.getLogger("county.ingest")
+
+DEFAULT_GROUP = "village-county"
+MAX_PAYLOAD = 1 << 20  # an envelope bigger than this is quarantined (the box's largest are a few KiB)
+QUARANTINE_MAX_BYTES = 64 << 10  # raw kept of a quarantined payload
+INT64_MAX = (1 << 63) - 1
+ALARM_KINDS = frozenset({"sos", "fall", "band_removed", "geofence_exit", "lost_contact"})
+CAMERA_STATES = frozenset({"online", "degraded", "offline", "unknown", "maintenance"})
+BOX_STATES = frozenset({"online", "offline"})
+RECEIPT_STATES = ("received", "rejected", "scheduled", "started", "finished", "failed", "cancelled",
+                  "preempted", "expired", "applied")
+FINAL_STATES = frozenset({"rejected", "finished", "failed", "cancelled", "preempted", "expired", "applied"})
+_RANK = {"received": 0, "scheduled": 1, "started": 2}  # a final state ranks 3
+NAME_MAX = 64  # wearer, device, camera, command id, version: String(64) columns
+REASON_MAX = 2000
+DB_RETRY_S = 1.0
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 16
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    urls: Sequence[str]  # broker URLs (mqtt:// or mqtts://); tried in turn after a lost connection
+    client_id: str = field(default_factory=lambda: f"village-county-{socket.gethostname()}")
+    prefix: str = DEFAULT_PREFIX
+    group: str = DEFAULT_GROUP
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    username: str | None = None  # overrides the URL's user
+    password: str | None = field(default=None, repr=False)
+    protocol: int = 5  # 5 (MQTT 5) or 4 (MQTT 3.1.1: clean_session false, no Receive Maximum)
+    session_expiry_s: int = 86_400  # how long the broker keeps this instance's session while it is away
+    batch_max: int = 500
+    batch_ms: float = 50.0
+    inflight: int = 2000  # messages received and not yet acknowledged (MQTT 5 Receive Maximum)
+    max_payload: int = MAX_PAYLOAD
+    live: bool = True  # the LiveFeed (non-shared alarm/receipt subscription) for the hub
+    live_hold_s: float = 0.1  # a wire copy waits this long for this instance's own ingest to claim it
+    keepalive_s: int = 30
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ValueError("no broker URL")
+        if self.inflight <= self.batch_max:
+            raise ValueError("inflight must be larger than batch_max")
+        if self.protocol not in (4, 5):
+            raise ValueError("protocol must be 5 (MQTT 5) or 4 (MQTT 3.1.1)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# parsing: one MQTT message -> what to store
+
+
+@dataclass(slots=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+    gen: int  # connection generation it arrived on (an ack is sent only on that connection)
+    received: int  # epoch ms
+
+
+@dataclass(frozen=True, slots=True)
+class Bad:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Good:
+    env: Envelope
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    box: str
+    state: str
+    ts: int
+    version: str | None
+    groups: list[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    why: str
+
+
+Parsed = Bad | Good | State | Skip
+
+
+def _int64(v: Any) -> int | None:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= INT64_MAX:
+        return None
+    return v
+
+
+def _name(v: Any) -> str | None:
+    """A short identifier for a String(64) column, or None."""
+    if not isinstance(v, str) or not v or len(v) > NAME_MAX:
+        return None
+    return scrub(v).replace("\x00", "")
+
+
+def _text(v: Any, limit: int = REASON_MAX) -> str | None:
+    if v is None:
+        return None
+    s = v if isinstance(v, str) else str(v)
+    return scrub(s[:limit]).replace("\x00", "")
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def parse(topics: Topics, item: Incoming, max_payload: int = MAX_PAYLOAD) -> Parsed:
+    """What `item` is: an envelope of its topic, a box state, something to quarantine, or nothing."""
+    if len(item.payload) > max_payload:
+        return Bad(f"payload too large ({len(item.payload)} bytes > {max_payload})")
+    box_of_state = topics.parse_state(item.topic)
+    if box_of_state is not None:
+        return _parse_state(box_of_state, item)
+    where = topics.parse_up(item.topic)
+    if where is None:
+        return Bad("not an uplink topic")
+    box, cls, kind = where
+    if not BOX_ID_RE.match(box):
+        return Bad("box id in the topic is not a valid box id")
+    if len(kind) > NAME_MAX or not kind:
+        return Bad("kind in the topic is empty or too long")
+    try:
+        text = item.payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Bad(f"not UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        env = Envelope.decode(text)
+    except EnvelopeError as exc:
+        return Bad(f"not an envelope: {escape(exc, 150)}")
+    if ("NaN" in text or "Infinity" in text) and _nonstandard_json(text):
+        return Bad("not an envelope: NaN or Infinity is not JSON")
+    if env.box != box:
+        return Bad(f"box {escape(env.box, 70)} on the topic of box {box}")
+    if env.cls is not cls or env.kind != kind:
+        return Bad(f"{env.cls.wire}/{escape(env.kind, 70)} on the topic of {cls.wire}/{kind}")
+    if _int64(env.seq) is None or _int64(env.ts) is None:
+        return Bad("seq or ts out of range")
+    return Good(env, text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _nonstandard_json(text: str) -> bool:
+    """Python's json reads NaN/Infinity; PostgreSQL's json does not, and neither does the contract."""
+    try:
+        json.loads(text, parse_constant=_no_constant)
+    except ValueError:
+        return True
+    return False
+
+
+def _parse_state(box: str, item: Incoming) -> Parsed:
+    if not item.payload:
+        return Skip("retained state cleared")
+    if not BOX_ID_RE.match(box):
+        return Bad("box id in the topic is not a valid box id")
+    try:
+        obj = json.loads(item.payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        return Bad("state: not UTF-8")
+    except (ValueError, RecursionError):
+        return Bad("state: not JSON")
+    if not isinstance(obj, dict):
+        return Bad("state: not a JSON object")
+    state, ts = obj.get("state"), _int64(obj.get("ts"))
+    if state not in BOX_STATES or ts is None:
+        return Bad("state: needs state online|offline and an integer ts")
+    groups = obj.get("groups")
+    if isinstance(groups, list):
+        groups = [g for g in (_name(x) for x in groups) if g is not None][:256]
+    else:
+        groups = None
+    return State(box, state, ts, _name(obj.get("version")), groups)
+
+
+# ---------------------------------------------------------------------------------------------------
+# API row shapes for the event stream (contract section 6)
+
+
+def alarm_row(env: Envelope, pos: dict[str, Any] | None, state: str = "new") -> dict[str, Any]:
+    return {"id": env.id, "box": env.box, "kind": env.kind, "wearer": _name(env.data.get("wearer")),
+            "ts": env.ts, "state": state, "pos": pos}
+
+
+def receipt_row(cmd: str, box: str, state: str, reason: str | None, ts: int) -> dict[str, Any]:
+    return {"cmd": cmd, "box": box, "state": state, "reason": reason, "ts": ts}
+
+
+def receipt_of(env: Envelope) -> dict[str, Any] | None:
+    """The receipts row of a `cmd` receipt envelope (None when it does not name a command and a state)."""
+    if env.cls is not MsgClass.RECEIPT or env.kind != "cmd":
+        return None
+    cmd, state = _name(env.data.get("cmd")), env.data.get("state")
+    if cmd is None or state not in RECEIPT_STATES:
+        return None
+    return {"cmd": cmd, "box": env.box, "state": state, "reason": _text(env.data.get("reason")),
+            "ts": env.ts, "envelope": env.id}
+
+
+def _rank(state: str) -> int:
+    return 3 if state in FINAL_STATES else _RANK.get(state, 0)
+
+
+def receipt_newer(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Does receipt `new` replace `old` (same cmd and box)? A newer ts wins, except that a non-final state
+    never replaces a final one; at the same ts the later state of the lifecycle wins."""
+    rn, ro = _rank(new["state"]), _rank(old["state"])
+    if new["ts"] > old["ts"]:
+        return not (ro == 3 and rn < 3)
+    return new["ts"] == old["ts"] and rn > ro
+
+
+def position_of(box: str, wearer: str | None, device: str | None, pos: Any, ts: int) -> dict[str, Any] | None:
+    if wearer is None or not isinstance(pos, dict):
+        return None
+    lat, lon = _num(pos.get("lat")), _num(pos.get("lon"))
+    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    return {"box": box, "wearer": wearer, "device": device, "lat": lat, "lon": lon,
+            "acc_m": _num(pos.get("acc_m")), "fix_ts": _int64(pos.get("fix_ts")), "ts": ts}
+
+
+def clean_pos(pos: Any) -> dict[str, Any] | None:
+    p = position_of("", "-", None, pos, 0)
+    if p is None:
+        return None
+    return {"lat": p["lat"], "lon": p["lon"], "acc_m": p["acc_m"], "fix_ts": p["fix_ts"]}
+
+
+def backlog_of(data: dict[str, Any]) -> int | None:
+    outbox = data.get("outbox")
+    depth = outbox.get("depth") if isinstance(outbox, dict) else None
+    if not isinstance(depth, dict):
+        return None
+    n = sum(v for v in depth.values() if isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    return min(n, (1 << 31) - 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the store: one batch, one transaction
+
+
+@dataclass
+class Outcome:
+    events: list[tuple[str, dict[str, Any], Hashable]] = field(default_factory=list)
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+
+
+def _newer_int(col: Any, new: Any) -> Any:
+    """SQL: the larger of a nullable column and a new value (the same on SQLite and PostgreSQL)."""
+    return case((or_(col.is_(None), col < new), new), else_=col)
+
+
+def _older_int(col: Any, new: Any) -> Any:
+    return case((or_(col.is_(None), col > new), new), else_=col)
+
+
+def _rank_sql(col: Any) -> Any:
+    return case((col.in_(sorted(FINAL_STATES)), 3), *((col == s, r) for s, r in _RANK.items()), else_=0)
+
+
+class Store:
+    """Writes parsed messages; `describe(box)` adds name/village/township to box events (regions)."""
+
+    def __init__(self, db: Database, describe: Callable[[str], dict[str, Any]] | None = None) -> None:
+        self.db = db
+        self.describe = describe
+
+    async def write(self, items: Sequence[tuple[Incoming, Parsed]]) -> Outcome:
+        out = Outcome()
+        async with self.db.begin() as conn:
+            await self._write(conn, items, out)
+        return out
+
+    async def quarantine_one(self, item: Incoming, reason: str) -> None:
+        async with self.db.begin() as conn:
+            await conn.execute(quarantine.insert(), [_quarantine_row(item, reason)])
+
+    async def _write(self, conn: AsyncConnection, items: Sequence[tuple[Incoming, Parsed]], out: Outcome) -> None:
+        db = self.db
+        bad = [_quarantine_row(it, p.reason) for it, p in items if isinstance(p, Bad)]
+        if bad:
+            await conn.execute(quarantine.insert(), bad)
+            out.quarantined = len(bad)
+        states = [(it, p) for it, p in items if isinstance(p, State)]
+        if states:
+            await self._states(conn, states, out)
+        good: dict[str, tuple[Incoming, Good]] = {}
+        for it, p in items:
+            if isinstance(p, Good):
+                good.setdefault(p.env.id, (it, p))
+        if not good:
+            return
+        rows = [{"id": p.env.id, "box": p.env.box, "seq": p.env.seq, "ts": p.env.ts, "class": p.env.cls.wire,
+                 "kind": p.env.kind, "received": it.received, "raw": p.raw} for it, p in good.values()]
+        res = await conn.execute(db.insert_ignore(messages).returning(messages.c.id), rows)
+        new_ids = {r[0] for r in res.all()}
+        out.stored = len(new_ids)
+        out.duplicates = sum(1 for it, p in items if isinstance(p, Good)) - len(new_ids)
+        await self._boxes(conn, [(it, p.env) for it, p in good.values()], out)
+        fresh = [(it, p.env) for it, p in good.values() if p.env.id in new_ids]
+        if fresh:
+            await self._derived(conn, fresh, out)
+
+    async def _box_event(self, conn: AsyncConnection, box_ids: Sequence[str], out: Outcome) -> None:
+        if not box_ids:
+            return
+        q = select(boxes.c.id, boxes.c.state, boxes.c.state_ts, boxes.c.last_seen, boxes.c.backlog,
+                   boxes.c.version).where(boxes.c.id.in_(sorted(set(box_ids))))
+        for b, state, state_ts, last_seen, backlog, version in (await conn.execute(q)).all():
+            row: dict[str, Any] = {"id": b, "name": None, "village": None, "township": None, "state": state,
+                                   "last_seen": last_seen, "backlog": backlog, "version": version}
+            if self.describe is not None:
+                with contextlib.suppress(Exception):
+                    row.update({k: v for k, v in self.describe(b).items() if k in ("name", "village", "township")})
+            out.events.append(("box", row, ("box", b, state, state_ts, backlog, version)))
+
+    async def _states(self, conn: AsyncConnection, states: Sequence[tuple[Incoming, State]], out: Outcome) -> None:
+        newest: dict[str, tuple[Incoming, State]] = {}
+        for it, s in states:
+            cur = newest.get(s.box)
+            if cur is None or s.ts >= cur[1].ts:
+                newest[s.box] = (it, s)
+        rows = [{"id": s.box, "state": s.state, "state_ts": s.ts, "version": s.version, "groups": s.groups,
+                 "first_seen": it.received, "last_seen": None if it.retain else it.received}
+                for it, s in sorted(newest.values(), key=lambda x: x[1].box)]
+        stmt = self.db.upsert(
+            boxes, ["id"],
+            lambda ex: {"state": ex.state, "state_ts": ex.state_ts,
+                        "version": case((ex.version.is_(None), boxes.c.version), else_=ex.version),
+                        "groups": case((ex.groups.is_(None), boxes.c.groups), else_=ex.groups),
+                        "last_seen": case((ex.last_seen.is_(None), boxes.c.last_seen),
+                                          else_=_newer_int(boxes.c.last_seen, ex.last_seen))},
+            # `<=`: every instance stores (and announces) the same retained state once
+            where=lambda ex: or_(boxes.c.state_ts.is_(None), boxes.c.state_ts <= ex.state_ts),
+        ).returning(boxes.c.id)
+        changed = [r[0] for r in (await conn.execute(stmt, rows)).all()]
+        await self._box_event(conn, changed, out)
+
+    async def _boxes(self, conn: AsyncConnection, envs: Sequence[tuple[Incoming, Envelope]], out: Outcome) -> None:
+        agg: dict[str, dict[str, Any]] = {}
+        heartbeats: dict[str, Envelope] = {}
+        for it, env in envs:
+            a = agg.get(env.box)
+            if a is None:
+                agg[env.box] = {"id": env.box, "first_seen": it.received, "last_seen": it.received,
+                                "last_seq": env.seq}
+            else:
+                a["first_seen"] = min(a["first_seen"], it.received)
+                a["last_seen"] = max(a["last_seen"], it.received)
+                a["last_seq"] = max(a["last_seq"], env.seq)
+            if env.cls is MsgClass.TELEMETRY and env.kind == "heartbeat":
+                hb = heartbeats.get(env.box)
+                if hb is None or env.ts > hb.ts:
+                    heartbeats[env.box] = env
+        stmt = self.db.upsert(
+            boxes, ["id"],
+            lambda ex: {"first_seen": _older_int(boxes.c.first_seen, ex.first_seen),
+                        "last_seen": _newer_int(boxes.c.last_seen, ex.last_seen),
+                        "last_seq": _newer_int(boxes.c.last_seq, ex.last_seq)})
+        await conn.execute(stmt, [agg[b] for b in sorted(agg)])
+        changed = []
+        for b in sorted(heartbeats):
+            env = heartbeats[b]
+            values: dict[str, Any] = {"heartbeat": env.data, "heartbeat_ts": env.ts, "backlog": backlog_of(env.data)}
+            version = _name(env.data.get("version"))
+            if version is not None:
+                values["version"] = version
+            res = await conn.execute(
+                update(boxes).where(boxes.c.id == b,
+                                    or_(boxes.c.heartbeat_ts.is_(None), boxes.c.heartbeat_ts < env.ts))
+                .values(**values))
+            if res.rowcount:
+                changed.append(b)
+        await self._box_event(conn, changed, out)
+
+    async def _derived(self, conn: AsyncConnection, fresh: Sequence[tuple[Incoming, Envelope]], out: Outcome) -> None:
+        db = self.db
+        alarm_rows: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        cams: dict[tuple[str, str], dict[str, Any]] = {}
+        periods: dict[tuple[str, str, int], dict[str, Any]] = {}
+        rcpts: dict[tuple[str, str], dict[str, Any]] = {}
+
+        def position(env: Envelope, pos: Any) -> dict[str, Any] | None:
+            p = position_of(env.box, _name(env.data.get("wearer")), _name(env.data.get("device")), pos, env.ts)
+            if p is None:
+                return None
+            history.append({k: p[k] for k in ("box", "wearer", "lat", "lon", "acc_m", "ts")})
+            key = (p["box"], p["wearer"])
+            if key not in latest or p["ts"] > latest[key]["ts"]:
+                latest[key] = p
+            return p
+
+        def camera(box: str, data: dict[str, Any], ts: int) -> None:
+            cam, state = _name(data.get("camera")), data.get("state")
+            if cam is None or state not in CAMERA_STATES:
+                return
+            row = {"box": box, "camera": cam, "state": state, "reason": _text(data.get("reason")),
+                   "since": _int64(data.get("since")), "updated": ts}
+            key = (box, cam)
+            if key not in cams or ts > cams[key]["updated"]:
+                cams[key] = row
+
+        for _it, env in fresh:
+            d = env.data
+            if env.cls is MsgClass.ALARM and env.kind in ALARM_KINDS:
+                pos = clean_pos(d.get("pos"))
+                if pos is not None:
+                    position(env, d.get("pos"))
+                alarm_rows.append({"id": env.id, "box": env.box, "kind": env.kind, "wearer": _name(d.get("wearer")),
+                                   "device": _name(d.get("device")), "ts": env.ts, "received": _it.received,
+                                   "pos": pos, "data": d})
+            elif env.cls is MsgClass.TELEMETRY and env.kind == "position":
+                position(env, d.get("pos"))
+            elif env.cls is MsgClass.EVENT and env.kind == "camera":
+                camera(env.box, d, env.ts)
+            elif env.cls is MsgClass.TELEMETRY and env.kind == "cameras":
+                t_to = _int64(d.get("to")) or env.ts
+                t_from = _int64(d.get("from"))
+                for cam in d.get("cameras") or []:
+                    if not isinstance(cam, dict):
+                        continue
+                    name, state = _name(cam.get("camera")), cam.get("state")
+                    if name is None or state not in CAMERA_STATES:
+                        continue
+                    raw = cam.get("seconds")
+                    secs = {s: v for s, v in ((s, _num(x)) for s, x in raw.items()) if s in CAMERA_STATES
+                            and v is not None} if isinstance(raw, dict) else {}
+                    p_from = t_from if t_from is not None else t_to
+                    periods[(env.box, name, p_from)] = {"box": env.box, "camera": name, "period_from": p_from,
+                                                       "period_to": t_to, "seconds": secs, "state": state}
+                    camera(env.box, cam, env.ts)
+            elif (r := receipt_of(env)) is not None:
+                key = (r["cmd"], r["box"])
+                if key not in rcpts or receipt_newer(r, rcpts[key]):
+                    rcpts[key] = r
+
+        if alarm_rows:
+            res = await conn.execute(db.insert_ignore(alarms).returning(alarms.c.id), alarm_rows)
+            opened = {r[0] for r in res.all()}
+            by_id = {envl.id: envl for _i, envl in fresh}
+            for a in alarm_rows:
+                if a["id"] in opened:
+                    row = alarm_row(by_id[a["id"]], a["pos"])
+                    out.events.append(("alarm", row, ("alarm", a["id"], "new")))
+        if history:
+            await conn.execute(positions.insert(), history)
+        if latest:
+            stmt = db.upsert(positions_latest, ["box", "wearer"], ["device", "lat", "lon", "acc_m", "fix_ts", "ts"],
+                             where=lambda ex: positions_latest.c.ts < ex.ts)
+            await conn.execute(stmt, [latest[k] for k in sorted(latest)])
+        if periods:
+            await conn.execute(db.insert_ignore(camera_periods), [periods[k] for k in sorted(periods)])
+        if cams:
+            stmt = db.upsert(camera_states, ["box", "camera"], ["state", "reason", "since", "updated"],
+                             where=lambda ex: camera_states.c.updated < ex.updated)
+            await conn.execute(stmt, [cams[k] for k in sorted(cams)])
+        if rcpts:
+            t = receipts.c
+            stmt = db.upsert(
+                receipts, ["cmd", "box"], ["state", "reason", "ts", "envelope"],
+                where=lambda ex: or_(
+                    and_(ex.ts > t.ts, not_(and_(_rank_sql(t.state) == 3, _rank_sql(ex.state) < 3))),
+                    and_(ex.ts == t.ts, _rank_sql(ex.state) > _rank_sql(t.state))),
+            ).returning(t.cmd, t.box, t.state, t.reason, t.ts)
+            for cmd, box, state, reason, ts in (await conn.execute(stmt, [rcpts[k] for k in sorted(rcpts)])).all():
+                out.events.append(("receipt", receipt_row(cmd, box, state, reason, ts),
+                                   ("receipt", cmd, box, state, ts)))
+
+
+def _quarantine_row(item: Incoming, reason: str) -> dict[str, Any]:
+    return {"received": item.received, "topic": _text(item.topic, 1000) or "", "reason": escape(reason, 190),
+            "size": len(item.payload), "raw": item.payload[:QUARANTINE_MAX_BYTES]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# MQTT
+
+
+def _tls_context(cfg: IngestConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca else None)
+    if cfg.cert and cfg.key:
+        ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
+    return ctx
+
+
+class _Connection:
+    """A paho client that reconnects (rotating through the URLs) and subscribes again at every connect."""
+
+    def __init__(self, cfg: IngestConfig, client_id: str, subs: list[tuple[str, int]], *, persistent: bool,
+                 manual_ack: bool, on_message: Callable[[mqtt.MQTTMessage, int], None],
+                 receive_max: int | None = None) -> None:
+        self.cfg = cfg
+        self.client_id = client_id
+        self.subs = subs
+        self.persistent = persistent
+        self.on_message_cb = on_message
+        self.urls = [parse_broker_url(u) for u in cfg.urls]
+        self._url_i = 0
+        self.gen = 0  # bumped at every connect and disconnect: acks of another generation are not sent
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.connects = 0
+        self.session_lost = 0  # connects where the broker said it had no session for us (after the first)
+        self._closing = False
+        proto = mqtt.MQTTv5 if cfg.protocol == 5 else mqtt.MQTTv311
+        kwargs: dict[str, Any] = {"client_id": client_id, "protocol": proto, "manual_ack": manual_ack}
+        if proto == mqtt.MQTTv311:
+            kwargs["clean_session"] = not persistent
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        self.client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        self.client.max_queued_messages_set(0)  # only acks are queued by us; bounded by `inflight`
+        u = self.urls[0]
+        user = cfg.username if cfg.username is not None else u.username
+        password = cfg.password if cfg.password is not None else u.password
+        if user is not None:
+            self.client.username_pw_set(user, password)
+        if any(x.tls for x in self.urls):
+            self.client.tls_set_context(_tls_context(cfg))
+        self.receive_max = receive_max
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        from county.console import set_nodelay
+
+        self.client.on_socket_open = set_nodelay
+
+    def start(self) -> None:
+        u = self.urls[self._url_i]
+        props = None
+        if self.cfg.protocol == 5:
+            props = Properties(PacketTypes.CONNECT)
+            if self.persistent:
+                props.SessionExpiryInterval = self.cfg.session_expiry_s
+            if self.receive_max is not None:
+                props.ReceiveMaximum = min(self.receive_max, 65535)
+        kwargs: dict[str, Any] = {"keepalive": self.cfg.keepalive_s}
+        if self.cfg.protocol == 5:
+            kwargs["clean_start"] = not self.persistent
+            kwargs["properties"] = props
+        self._props, self._kwargs = props, kwargs
+        self.client.connect_async(u.host, u.port, **kwargs)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self._closing = True
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if getattr(rc, "is_failure", False):
+            log.warning("broker %s refused the connection: %s", self.urls[self._url_i].display, rc)
+            return
+        with self.lock:
+            self.gen += 1
+        self.connects += 1
+        if self.connects > 1 and self.persistent and not getattr(flags, "session_present", True):
+            self.session_lost += 1
+            log.warning("broker %s had no session for %s: what arrived while it was away is not here",
+                        self.urls[self._url_i].display, self.client_id)
+        if self.cfg.protocol == 5:
+            opts = [(t, SubscribeOptions(qos=q)) for t, q in self.subs]
+            client.subscribe(opts)
+        else:
+            client.subscribe(self.subs)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+        refused = [r for r in rcs if getattr(r, "is_failure", False)]
+        if refused:
+            log.error("broker refused %d of %d subscriptions (%s): is the shared subscription supported?",
+                      len(refused), len(rcs), refused[0])
+        self.subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        with self.lock:
+            self.gen += 1
+        self.subscribed.clear()
+        if self._closing:
+            return
+        log.warning("lost connection to broker %s (%s); reconnecting", self.urls[self._url_i].display, rc)
+        if len(self.urls) > 1:
+            self._url_i = (self._url_i + 1) % len(self.urls)
+            u = self.urls[self._url_i]
+            with contextlib.suppress(Exception):
+                client.connect_async(u.host, u.port, **self._kwargs)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.on_message_cb(msg, self.gen)
+
+    def ack(self, mid: int, qos: int, gen: int) -> bool:
+        with self.lock:
+            if gen != self.gen:
+                return False  # that connection is gone: the broker sends the message again, deduplicated
+            return self.client.ack(mid, qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+class Ingest:
+    """MQTT -> database, acknowledged after commit. `await start()`, then `await close()`."""
+
+    def __init__(self, cfg: IngestConfig, db: Database, hub: EventHub | None = None, *,
+                 describe: Callable[[str], dict[str, Any]] | None = None) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.hub = hub
+        self.topics = Topics(cfg.prefix)
+        self.store = Store(db, describe)
+        self.stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0, "batches": 0,
+                      "acked": 0, "not_acked": 0, "store_errors": 0}
+        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._slots = threading.BoundedSemaphore(cfg.inflight)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.conn = _Connection(
+            cfg, cfg.client_id,
+            [(f"$share/{cfg.group}/{self.topics.all_up()}", 1), (self.topics.all_state(), 1)],
+            persistent=True, manual_ack=True, on_message=self._on_message, receive_max=cfg.inflight)
+        self.live: LiveFeed | None = LiveFeed(cfg, hub) if (hub is not None and cfg.live) else None
+        self.committed = asyncio.Event()  # set after every commit (tests wait on it with a condition)
+
+    @property
+    def subscribed(self) -> threading.Event:
+        return self.conn.subscribed
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="county-ingest")
+        if self.live is not None:
+            await self.live.start()
+        self.conn.start()
+
+    async def wait_subscribed(self, within_s: float = 10.0) -> None:
+        """Until the broker answered the subscriptions (the live feed's too); TimeoutError after `within_s`."""
+        events = [self.conn.subscribed] + ([self.live.conn.subscribed] if self.live is not None else [])
+        for ev in events:
+            if not await asyncio.to_thread(ev.wait, within_s):
+                raise TimeoutError("ingest did not subscribe")
+
+    async def close(self) -> None:
+        self._closing = True
+        await asyncio.to_thread(self.conn.close)
+        if self.live is not None:
+            await self.live.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # paho's thread
+    def _on_message(self, msg: mqtt.MQTTMessage, gen: int) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = "(topic not UTF-8)"
+        item = Incoming(topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain), gen, int(time.time() * 1000))
+        while not self._slots.acquire(timeout=0.5):  # full: paho stops reading the socket until there is room
+            if self._closing:
+                return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._slots.release()
+            return
+        try:
+            loop.call_soon_threadsafe(self._arrived, item)
+        except RuntimeError:  # the loop closed meanwhile
+            self._slots.release()
+
+    # the event loop's thread
+    def _arrived(self, item: Incoming) -> None:
+        self.stats["received"] += 1
+        if self.live is not None and "/up/" in item.topic:
+            self.live.claim(item.topic, item.payload)
+        self._queue.put_nowait(item)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.cfg.batch_ms / 1000
+            while len(batch) < self.cfg.batch_max:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except TimeoutError:
+                    break
+            await self._handle(batch)
+
+    async def _handle(self, batch: list[Incoming]) -> None:
+        parsed = [(it, parse(self.topics, it, self.cfg.max_payload)) for it in batch]
+        try:
+            outcomes = [await self.store.write(parsed)]
+        except SQLAlchemyError as exc:
+            self.stats["store_errors"] += 1
+            log.warning("storing a batch of %d failed (%s); storing them one by one", len(batch), escape(exc, 300))
+            outcomes = [await self._one(it, p) for it, p in parsed]
+        for out in outcomes:
+            self.stats["stored"] += out.stored
+            self.stats["duplicates"] += out.duplicates
+            self.stats["quarantined"] += out.quarantined
+        self.stats["batches"] += 1
+        for it in batch:
+            if it.qos > 0:
+                if self.conn.ack(it.mid, it.qos, it.gen):
+                    self.stats["acked"] += 1
+                else:
+                    self.stats["not_acked"] += 1
+            self._slots.release()
+        if self.hub is not None:
+            for out in outcomes:
+                for kind, data, key in out.events:
+                    self.hub.publish(kind, data, key=key)
+        self.committed.set()
+        self.committed.clear()
+
+    async def _one(self, it: Incoming, p: Parsed) -> Outcome:
+        """One message in its own transaction; one the database refuses is quarantined; a database that is
+        down is waited for (nothing after it is acknowledged before it: acks go in order)."""
+        while True:
+            try:
+                return await self.store.write([(it, p)])
+            except SQLAlchemyError as exc:
+                why = f"store error: {type(exc).__name__}: {escape(exc, 120)}"
+            try:
+                await self.store.quarantine_one(it, why)
+                log.warning("message on %s quarantined: %s", escape(it.topic, 200), why)
+                return Outcome(quarantined=1)
+            except SQLAlchemyError as exc:
+                log.error("database unavailable (%s); retrying in %.0f s", escape(exc, 300), DB_RETRY_S)
+                await asyncio.sleep(DB_RETRY_S)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the live feed: every instance's hub hears every alarm and receipt
+
+
+def _wire_key(topic: str, payload: bytes) -> bytes:
+    return hashlib.blake2b(topic.encode("utf-8", "replace") + b"\x00" + payload, digest_size=16).digest()
+
+
+class LiveFeed:
+    """A non-shared, non-persistent subscription to `P/box/+/up/alarm/#` and `.../up/receipt/#` that feeds
+    only the hub. A copy this instance's own ingest also received (`claim`) is left to the ingest, which
+    announces it after its commit; any other copy is announced from the wire after `live_hold_s` (another
+    instance stores it). The hub drops the second of two copies with the same key."""
+
+    CLAIMS = 20_000
+
+    def __init__(self, cfg: IngestConfig, hub: EventHub | None) -> None:
+        self.cfg = cfg
+        self.hub = hub
+        self.topics = Topics(cfg.prefix)
+        p = cfg.prefix
+        self.conn = _Connection(cfg, f"{cfg.client_id}-live", [(f"{p}/box/+/up/alarm/#", 1),
+                                                              (f"{p}/box/+/up/receipt/#", 1)],
+                                persistent=False, manual_ack=False, on_message=self._on_message)
+        self._claimed: OrderedDict[bytes, None] = OrderedDict()
+        self._pending: dict[bytes, asyncio.TimerHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.announced = 0
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.conn.start()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.conn.close)
+        for h in self._pending.values():
+            h.cancel()
+        self._pending.clear()
+
+    def claim(self, topic: str, payload: bytes) -> None:
+        key = _wire_key(topic, payload)
+        handle = self._pending.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+            return
+        self._claimed[key] = None
+        if len(self._claimed) > self.CLAIMS:
+            self._claimed.popitem(last=False)
+
+    def _on_message(self, msg: mqtt.MQTTMessage, gen: int) -> None:  # paho's thread
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._arrived, msg.topic, bytes(msg.payload))
+
+    def _arrived(self, topic: str, payload: bytes) -> None:
+        key = _wire_key(topic, payload)
+        if self._claimed.pop(key, 0) is None:
+            return  # our own ingest has it
+        if key in self._pending or self._loop is None:
+            return
+        self._pending[key] = self._loop.call_later(self.cfg.live_hold_s, self._announce, key, topic, payload)
+
+    def _announce(self, key: bytes, topic: str, payload: bytes) -> None:
+        self._pending.pop(key, None)
+        if self.hub is None:
+            return
+        p = parse(self.topics, Incoming(topic, payload, 0, 0, False, 0, 0), self.cfg.max_payload)
+        if not isinstance(p, Good):
+            return
+        env = p.env
+        if env.cls is MsgClass.ALARM and env.kind in ALARM_KINDS:
+            row = alarm_row(env, clean_pos(env.data.get("pos")))
+            if self.hub.publish("alarm", row, key=("alarm", env.id, "new")):
+                self.announced += 1
+        elif (r := receipt_of(env)) is not None:
+            row = receipt_row(r["cmd"], r["box"], r["state"], r["reason"], r["ts"])
+            if self.hub.publish("receipt", row, key=("receipt", r["cmd"], r["box"], r["state"], r["ts"])):
+                self.announced += 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# `python -m county.ingest`: ingest alone (the server runs it in its own process; this is for tests and
+# for operators who want a dedicated ingest process)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m county.ingest", description="MQTT ingest into the county database")
+    ap.add_argument("--db", required=True, help="sqlite:///PATH or postgresql://...")
+    ap.add_argument("--broker", required=True, action="append", help="mqtt://host:port (repeat for a list)")
+    ap.add_argument("--client-id", required=True, help="stable per instance (the broker keeps its session)")
+    ap.add_argument("--group", default=DEFAULT_GROUP)
+    ap.add_argument("--prefix", default=DEFAULT_PREFIX)
+    ap.add_argument("--batch-max", type=int, default=500)
+    ap.add_argument("--batch-ms", type=float, default=50.0)
+    return ap.parse_args(argv)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    db = await Database.open(args.db)
+    cfg = IngestConfig(urls=args.broker, client_id=args.client_id, group=args.group, prefix=args.prefix,
+                       batch_max=args.batch_max, batch_ms=args.batch_ms, live=False)
+    ingest = Ingest(cfg, db)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await ingest.start()
+    await ingest.wait_subscribed(30)
+    print("READY", flush=True)
+    await stop.wait()
+    await ingest.close()
+    await db.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_main(_parse_args(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,8 +17,9 @@ in between at DEBUG, except a refused login or certificate, which the operator m
 - a window of `inflight` unacknowledged publishes (plus a small reserve only alarms and receipts may
   use), fed from the outbox only while connected (mqtt-notes 8). Telemetry and events together may use
   only BULK_INFLIGHT of it: paho sends in FIFO order, so whatever bulk is in flight is queued ahead of an
-  alarm (paho's queue, the socket, the broker, the PUBACKs back); the bound keeps that queue short. A row is acknowledged to the outbox,
-  and so deleted, only on the broker's PUBACK with a success code (mqtt-notes 1).
+  alarm (paho's queue, the socket, the broker, the PUBACKs back); the bound keeps that queue short. A row
+  is acknowledged to the outbox, and so deleted, only on the broker's PUBACK with a success code
+  (mqtt-notes 1).
 - commands: retained ones are flagged for the router to refuse (mqtt-notes 7); the PUBACK for an
   inbound command is sent only after the router has handled it (paho manual ack), so a crash in between
   gets the command redelivered rather than lost. Flow control keeps a flood of junk from costing memory or

@@ -125,7 +125,7 @@ async def _transition(request: Request, action: str) -> Response:
             if not in_scope(p.regions, worker["scope"], row["box"]):
                 raise ApiError(422, "that gridworker's scope does not cover the alarm's box", to=to)
             values = {"assigned_to": to, "assigned_by": user.name, "assigned_at": now}
-            detail = {"to": to, "phone": worker["phone"]}
+            detail = {"assigned_to": to, "phone": worker["phone"]}
         else:
             note = body.get("note", "")
             if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:

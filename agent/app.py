@@ -133,7 +133,7 @@ def build_agent(config: Config, *, clock: Clock | None = None, hardware: Hardwar
     link = ReportedLink(config, outbox, router, clock=clock, board=board)
     heartbeat = Heartbeat(outbox, clock, interval_s=config.box.heartbeat_s,
                           extra=lambda: {"link": {"state": link.state.value, "connects": link.reconnects,
-                                                  "refused": link.refused}})
+                                                  "refused": link.refused, "qos0_refused": link.qos0_refused}})
     services: list[Service] = [outbox, router, link, heartbeat]
     if hardware.status_led is not None:
         services.append(StatusLedService(hardware.status_led, lambda: link.state is LinkState.CONNECTED))

@@ -15,6 +15,7 @@ reading once COMMAND_QUEUE commands are held, and TCP holds the rest.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -81,7 +82,8 @@ def received(county: Collector) -> set[str]:
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_valid_commands_are_obeyed_through_a_junk_flood_without_a_reconnect(
-        tmp_path: Path, broker: Mosquitto, protocol: str) -> None:
+        tmp_path: Path, broker: Mosquitto, protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="agent.link")
     key = Ed25519PrivateKey.generate()
     pub = tmp_path / f"{KID}.pub"
     pub.write_bytes(pem(key))
@@ -114,5 +116,7 @@ async def test_valid_commands_are_obeyed_through_a_junk_flood_without_a_reconnec
     assert stats["reconnects"] == 1, "the valid commands came through on the first connection"
     assert stats["qos0"] == JUNK, "each QoS 0 message refused and counted once"
     assert 1 <= held_after_qos0 <= VALID_EACH, held_after_qos0
+    qos0_lines = [r for r in caplog.records if r.name == "agent.link" and "QoS 0" in r.getMessage()]
+    assert len(qos0_lines) == 1, "5,000 refusals, one log line (at most one a minute)"
     # memory bounded: the broker and TCP held the flood, not the box
     assert stats["hwm"] <= link_mod.COMMAND_QUEUE, stats

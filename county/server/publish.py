@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from county.console import BrokerSpec, ConsoleError, CountyClient
 log = logging.getLogger("county.publish")
 
 PUBLISH_TIMEOUT_S = 15.0
+RECONNECT_POLL_S = 0.05  # how often a publish waiting for a reconnection looks (in its worker thread)
 
 
 class PublishError(Exception):
@@ -90,9 +92,19 @@ class Publisher:
         client = self._client
         assert client is not None
         try:
-            await asyncio.to_thread(client.publish, topic, payload, self.timeout)
+            await asyncio.to_thread(self._publish, client, topic, payload)
         except ConsoleError as exc:
             raise PublishError(str(exc)) from None
+
+    def _publish(self, client: CountyClient, topic: str, payload: bytes) -> None:
+        """In a worker thread: wait (up to the timeout) for paho to be connected again after an outage, so a
+        broker restart delays a publish instead of failing it, then publish and wait for the PUBACK."""
+        deadline = time.monotonic() + self.timeout
+        while not client.client.is_connected():
+            if time.monotonic() >= deadline:
+                raise PublishError(f"not connected to broker {client.spec.display} (waited {self.timeout:.0f} s)")
+            time.sleep(RECONNECT_POLL_S)
+        client.publish(topic, payload, max(0.1, deadline - time.monotonic()))
 
     async def close(self) -> None:
         async with self._lock:

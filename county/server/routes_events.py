@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -72,7 +71,7 @@ async def events(request: Request) -> Response:
             while True:
                 wait = heartbeat
                 if ends is not None:
-                    left = ends - time.time()
+                    left = ends - p.now_s()
                     if left <= 0:
                         yield b"event: session_expired\ndata: {}\n\n"
                         return

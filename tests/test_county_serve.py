@@ -1,0 +1,112 @@
+"""`village county serve -c FILE` as a process: a real mosquitto, a SQLite database, a free port.
+Login over real HTTP works, ingest runs in the same process (a retained state reaches the database),
+SIGTERM and SIGINT end it with exit 0; a port already taken is one line and exit 1."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.support import Mosquitto, free_port, wait_port, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "correct horse battery"
+
+
+def setup(tmp_path: Path, broker: Mosquitto, port: int) -> Path:
+    cfg = tmp_path / "county.toml"
+    cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[database]
+url = "sqlite:///{tmp_path}/county.db"
+[mqtt]
+url = "{broker.url}"
+client_id = "serve-test"
+[county]
+regions = "{REPO / 'county/regions.example.toml'}"
+""", encoding="utf-8")
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "county", "user", "add", "li", "--role", "operator",
+                        "--password-file", str(pw), "-c", str(cfg)], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    return cfg
+
+
+def start(cfg: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "agent.cli", "county", "serve", "-c", str(cfg)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def publish_state(broker: Mosquitto, box: str) -> None:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="state-test")
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    try:
+        info = c.publish(f"vc/v1/box/{box}/state", json.dumps({"state": "online", "ts": 1_800_000_000_000,
+                                                              "version": "0.1.0", "groups": ["town-menglou"]}),
+                         qos=1, retain=True)
+        info.wait_for_publish(10)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def box_state(db: Path, box: str) -> str | None:
+    with sqlite3.connect(db) as conn:
+        try:
+            row = conn.execute("SELECT state FROM boxes WHERE id = ?", (box,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+    return row[0] if row else None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_logs_in_ingests_and_stops_cleanly(tmp_path: Path, broker: Mosquitto, sig: signal.Signals) -> None:
+    port = free_port()
+    cfg = setup(tmp_path, broker, port)
+    proc = start(cfg)
+    try:
+        wait_port(port, timeout=30)
+        base = f"http://127.0.0.1:{port}"
+        r = httpx.post(f"{base}/api/v1/session", json={"username": "li", "password": PASSWORD}, timeout=10)
+        assert r.status_code == 200, r.text
+        token = r.json()["token"]
+        me = httpx.get(f"{base}/api/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert me.status_code == 200 and me.json()["user"]["role"] == "operator"
+        assert httpx.get(f"{base}/api/v1/me", timeout=10).status_code == 401
+        publish_state(broker, "lhk-menglou-001")
+        assert wait_until(lambda: box_state(tmp_path / "county.db", "lhk-menglou-001") == "online", timeout=30)
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "county server on http://127.0.0.1:" in err and "stopping: signal received" in err
+    assert "Traceback" not in err and PASSWORD not in err
+
+
+def test_serve_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path, broker: Mosquitto) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = setup(tmp_path, broker, taken.getsockname()[1])
+        proc = start(cfg)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines()[-1].startswith("village county serve: cannot listen on 127.0.0.1:")
+    assert "Traceback" not in err

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def envelope(box: str, seq: int, cls: str, kind: str, data: dict[str, Any] | None = None,
              ts: int | None = None) -> tuple[str, bytes]:
-    body = {"v": 1, "id": f"{box}:{seq}", "box": box, "seq": seq, "ts": ts if ts is not None else 1_763_900_000_000 + seq,
-            "class": cls, "kind": kind, "data": data or {}}
+    body = {"v": 1, "id": f"{box}:{seq}", "box": box, "seq": seq,
+            "ts": ts if ts is not None else 1_763_900_000_000 + seq, "class": cls, "kind": kind, "data": data or {}}
     try:
         raw = json.dumps(body, ensure_ascii=False).encode()
     except UnicodeEncodeError:  # a lone surrogate: only its JSON escape can carry it

@@ -1,0 +1,120 @@
+"""The event hub (bounded fan-out, `lost` markers, dedupe) and ingest's flow control: it holds at most
+`inflight` unacknowledged messages, and announces an alarm only after its commit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from county.ingest import Incoming, Ingest, IngestConfig, Outcome, Parsed
+from county.server.events import EventHub
+from county.store import Database
+from county.store.tables import alarms, messages
+from tests.county_ingest_proc import Publisher, envelope, sos, until
+from tests.support import Collector, Mosquitto
+
+
+async def test_a_slow_subscriber_loses_events_and_is_told_so() -> None:
+    hub = EventHub(maxsize=3)
+    async with hub.subscribe() as slow, hub.subscribe(["alarm"]) as alarms_only:
+        for i in range(10):
+            hub.publish("alarm" if i % 2 else "box", {"n": i})
+        got = []
+        while (ev := slow.get_nowait()) is not None:
+            got.append((ev.kind, ev.data))
+        assert got == [("box", {"n": 0}), ("alarm", {"n": 1}), ("box", {"n": 2}), ("lost", {"count": 7})]
+        assert slow.lost_total == 7
+        # after the gap, events flow again, the marker first if more were lost meanwhile
+        hub.publish("receipt", {"n": 10})
+        assert [(e.kind, e.data) for e in [slow.get_nowait()]] == [("receipt", {"n": 10})]
+        assert [alarms_only.get_nowait() for _ in range(4)][-1] is not None
+        assert hub.subscribers == 2
+    assert hub.subscribers == 0
+
+
+async def test_lost_marker_sits_where_the_gap_was() -> None:
+    hub = EventHub(maxsize=2)
+    sub = hub.open()
+    for i in range(4):
+        hub.publish("box", {"n": i})
+    assert sub.get_nowait().data == {"n": 0}  # type: ignore[union-attr]
+    hub.publish("box", {"n": 4})  # room again: the marker goes in first, then the event
+    kinds = []
+    while (ev := sub.get_nowait()) is not None:
+        kinds.append((ev.kind, ev.data))
+    assert kinds == [("box", {"n": 1}), ("lost", {"count": 2}), ("box", {"n": 4})]
+
+
+async def test_dedupe_key_and_async_iteration() -> None:
+    hub = EventHub(dedupe=2)
+    sub = hub.open()
+    assert hub.publish("alarm", {"id": "a"}, key=("alarm", "a"))
+    assert not hub.publish("alarm", {"id": "a"}, key=("alarm", "a"))
+    assert hub.publish("alarm", {"id": "a"})  # no key: always
+    hub.publish("alarm", {"id": "b"}, key=("alarm", "b"))
+    hub.publish("alarm", {"id": "c"}, key=("alarm", "c"))
+    assert hub.publish("alarm", {"id": "a"}, key=("alarm", "a"))  # forgotten: the memory is bounded
+
+    async def read() -> list[str]:
+        return [ev.data["id"] async for ev in sub]
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0)
+    hub.close()
+    assert await reader == ["a", "a", "b", "c", "a"]
+
+
+class Gate:
+    """Holds ingest's store writes until opened (the database itself stays real)."""
+
+    def __init__(self, write: Callable[[Sequence[tuple[Incoming, Parsed]]], Awaitable[Outcome]]) -> None:
+        self.write = write
+        self.open = asyncio.Event()
+        self.waiting = 0
+
+    async def __call__(self, items: Sequence[tuple[Incoming, Parsed]]) -> Outcome:
+        self.waiting += 1
+        await self.open.wait()
+        return await self.write(items)
+
+
+async def count(db: Database, table: Any) -> int:
+    async with db.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+
+
+async def test_backpressure_and_events_after_commit(broker: Mosquitto, tmp_path: Path) -> None:
+    db = await Database.open(f"sqlite:///{tmp_path / 'c.db'}")
+    hub = EventHub()
+    events = hub.open()
+    ing = Ingest(IngestConfig(urls=[broker.url], client_id="county-bp", inflight=20, batch_max=10,
+                              live_hold_s=30), db, hub)
+    gate = Gate(ing.store.write)
+    ing.store.write = gate  # type: ignore[method-assign]
+    pub = Publisher(broker.url)
+    marker = Collector(broker.url, ["marker/#"]).start()
+    try:
+        await ing.start()
+        await ing.wait_subscribed()
+        pub.publish([sos("box-a", 1)] + [envelope("box-a", s, "event", "low_battery", {}) for s in range(2, 201)])
+        await until(lambda: ing.stats["received"] >= 20)
+        # a message through the same broker after all of them: by then it had offered the ingest what it would
+        pub.publish([("marker/x", b"1")])
+        await asyncio.to_thread(marker.wait_for, lambda msgs: msgs)
+        assert ing.stats["received"] == 20  # MQTT 5 Receive Maximum: the broker holds the other 180
+        assert await count(db, messages) == 0 and events.get_nowait() is None  # nothing announced uncommitted
+        gate.open.set()
+        await until(lambda: ing.stats["acked"] >= 200)
+        assert await count(db, messages) == 200 and await count(db, alarms) == 1
+        ev = events.get_nowait()
+        assert ev is not None and ev.kind == "alarm" and ev.data["id"] == "box-a:1"
+        assert set(ev.data) == {"id", "box", "kind", "wearer", "ts", "state", "pos"}
+    finally:
+        marker.stop()
+        pub.close()
+        await ing.close()
+        await db.close()

@@ -1,0 +1,110 @@
+"""Every API route of this module set × every role (admin, operator, reviewer, viewer, gridworker), and
+without a session, through the real app on SQLite and PostgreSQL (review on, so approve has work).
+
+Each role gets a fresh server with the same objects, then makes every request once; the table below is
+the policy as a user sees it. The township cases (a township operator pushing to another township, a
+viewer pushing) are in test_county_api_broadcasts.py with their audit rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from county.store.tables import broadcasts
+from tests.county_api import ROLE_USER, ROLES, Env, review_env_fixture  # noqa: F401 - the `review_env` fixture
+from tests.test_county_api_events import served
+
+OK, CREATED, FORBIDDEN = 200, 201, 403
+A, OP, R, V, G = ROLES  # admin, operator, reviewer, viewer, gridworker
+
+# route name -> expected status per role
+EXPECTED: dict[str, dict[str, int]] = {
+    "GET boxes":              {A: OK, OP: OK, R: OK, V: OK, G: OK},
+    "GET messages":           {A: OK, OP: OK, R: OK, V: OK, G: FORBIDDEN},
+    "GET alarms":             {A: OK, OP: OK, R: OK, V: OK, G: OK},
+    "POST alarm ack":         {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "POST alarm assign":      {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "POST alarm resolve":     {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: OK},  # gw-a: assigned to them
+    "POST broadcasts":        {A: CREATED, OP: CREATED, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "POST emergency":         {A: CREATED, OP: CREATED, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "GET broadcasts":         {A: OK, OP: OK, R: OK, V: OK, G: FORBIDDEN},
+    "GET broadcast":          {A: OK, OP: OK, R: OK, V: OK, G: FORBIDDEN},
+    "POST broadcast approve": {A: OK, OP: FORBIDDEN, R: OK, V: FORBIDDEN, G: FORBIDDEN},
+    "POST broadcast resend":  {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "POST broadcast cancel":  {A: OK, OP: OK, R: OK, V: FORBIDDEN, G: FORBIDDEN},
+    "GET events":             {A: OK, OP: OK, R: OK, V: OK, G: OK},
+}
+
+
+async def _objects(env: Env) -> dict[str, str]:
+    await env.add_alarm("a1:new", "a1")
+    await env.add_alarm("a1:acked", "a1", state="acknowledged", acked_by="operator")
+    await env.add_alarm("a1:assigned", "a1", state="assigned", acked_by="operator", assigned_to="gw-a",
+                        assigned_by="operator")
+    held = await env.post("operator", "/api/v1/broadcasts", {"to": ["group:town-a"], "text": "待审核"})
+    sent = await env.post("operator", "/api/v1/broadcasts", {"to": ["group:town-a"], "text": "紧急",
+                                                             "class": "emergency"})
+    assert (held.json()["state"], sent.json()["state"]) == ("awaiting_review", "sent")
+    return {"held": held.json()["id"], "sent": sent.json()["id"]}
+
+
+def _requests(ids: dict[str, str]) -> dict[str, tuple[str, str, Any]]:
+    return {
+        "GET boxes": ("GET", "/api/v1/boxes", None),
+        "GET messages": ("GET", "/api/v1/messages?box=a1", None),
+        "GET alarms": ("GET", "/api/v1/alarms?state=open", None),
+        "POST alarm ack": ("POST", "/api/v1/alarms/a1:new/ack", {}),
+        "POST alarm assign": ("POST", "/api/v1/alarms/a1:acked/assign", {"to": "gw-a"}),
+        "POST alarm resolve": ("POST", "/api/v1/alarms/a1:assigned/resolve", {"note": "done"}),
+        "POST broadcasts": ("POST", "/api/v1/broadcasts", {"to": ["box:a1"], "text": "日常"}),
+        "POST emergency": ("POST", "/api/v1/broadcasts", {"to": ["box:a1"], "text": "急", "class": "emergency"}),
+        "GET broadcasts": ("GET", "/api/v1/broadcasts", None),
+        "GET broadcast": ("GET", f"/api/v1/broadcasts/{ids['sent']}", None),
+        "POST broadcast approve": ("POST", f"/api/v1/broadcasts/{ids['held']}/approve", {}),
+        "POST broadcast resend": ("POST", f"/api/v1/broadcasts/{ids['sent']}/resend", {}),
+        "POST broadcast cancel": ("POST", f"/api/v1/broadcasts/{ids['sent']}/cancel", {}),
+    }
+
+
+async def _events_status(base: str, headers: dict[str, str]) -> int:
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client, \
+            client.stream("GET", "/api/v1/events", headers=headers) as response:
+        return response.status_code  # the stream is closed on leaving: only the status matters here
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_every_route_for_every_role(review_env: Env, role: str) -> None:
+    env = review_env
+    ids = await _objects(env)
+    user = ROLE_USER[role]
+    got: dict[str, int] = {}
+    for name, (method, path, body) in _requests(ids).items():
+        r = await env.client.request(method, path, headers=env.auth(user), json=body)
+        got[name] = r.status_code
+        if r.status_code == FORBIDDEN:
+            assert r.json()["error"] == "forbidden", (name, r.text)
+    async with served(env) as base:
+        got["GET events"] = await _events_status(base, env.auth(user))
+    assert got == {name: per_role[role] for name, per_role in EXPECTED.items()}
+    # refused writes changed nothing; allowed ones left their audit row
+    held = (await env.rows(broadcasts, broadcasts.c.id == ids["held"]))[0]
+    assert held["state"] == ("sent" if EXPECTED["POST broadcast approve"][role] == OK else "awaiting_review")
+    actions = {a["action"] for a in await env.audit_rows() if a["actor"] == user}
+    for name, action in (("POST alarm ack", "alarm.ack"), ("POST alarm assign", "alarm.assign"),
+                         ("POST alarm resolve", "alarm.resolve"), ("POST broadcasts", "broadcast.create"),
+                         ("POST broadcast approve", "broadcast.approve"), ("POST broadcast cancel", "broadcast.cancel"),
+                         ("POST broadcast resend", "broadcast.resend")):
+        assert (action in actions) == (EXPECTED[name][role] in (OK, CREATED)), (name, action)
+
+
+async def test_every_route_needs_a_session(review_env: Env) -> None:
+    env = review_env
+    ids = await _objects(env)
+    requests = _requests(ids)
+    requests["GET events"] = ("GET", "/api/v1/events", None)
+    for name, (method, path, body) in requests.items():
+        for headers in ({}, {"Authorization": "Bearer not-a-session"}):
+            r = await env.client.request(method, path, headers=headers, json=body)
+            assert r.status_code == 401, (name, headers)

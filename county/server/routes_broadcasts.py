@@ -70,21 +70,23 @@ BODY_KEYS = frozenset({"to", "text", "audio_b64", "audio_mime", "class", "level"
 
 # ------------------------------------------------------------------------------------------- helpers
 async def signing_key(request: Request) -> tuple[Ed25519PrivateKey, str]:
-    """The county key and kid, read once per app (in a thread) and kept in app.state."""
+    """The county key and kid: `app.state.signing_key` (loaded by `village county serve` at start, so a bad
+    key file is exit 2 there), else read once from [signing] key (in a thread) and kept."""
     st = request.app.state
-    cached = getattr(st, "county_signing_key", None)
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
     signing = st.config.signing
     if signing.key is None or signing.kid is None:
         raise ApiError(503, "this server has no signing key ([signing] key and kid in county.toml)")
-    try:
-        key = await asyncio.to_thread(jws.load_private_key, signing.key)
-    except jws.KeysError as exc:
-        log.error("signing key: %s", exc)
-        raise ApiError(503, "the signing key cannot be read (see the server log)") from None
-    st.county_signing_key = (key, signing.kid)
-    return key, signing.kid
+    key = getattr(st, "signing_key", None)
+    if key is None:
+        try:
+            key = await asyncio.to_thread(jws.load_private_key, signing.key)
+        except jws.KeysError as exc:
+            log.error("signing key: %s", exc)
+            raise ApiError(503, "the signing key cannot be read (see the server log)") from None
+        st.signing_key = key
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ApiError(503, "the signing key is not an Ed25519 private key")
+    return key, str(signing.kid)
 
 
 def topics_of(p: Parts) -> Topics:

@@ -54,7 +54,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from sqlalchemy import and_, case, not_, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, not_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -422,17 +422,30 @@ class Store:
         rows = [{"id": s.box, "state": s.state, "state_ts": s.ts, "version": s.version, "groups": s.groups,
                  "first_seen": it.received, "last_seen": None if it.retain else it.received}
                 for it, s in sorted(newest.values(), key=lambda x: x[1].box)]
-        stmt = self.db.upsert(
-            boxes, ["id"],
-            lambda ex: {"state": ex.state, "state_ts": ex.state_ts,
-                        "version": case((ex.version.is_(None), boxes.c.version), else_=ex.version),
-                        "groups": case((ex.groups.is_(None), boxes.c.groups), else_=ex.groups),
-                        "last_seen": case((ex.last_seen.is_(None), boxes.c.last_seen),
-                                          else_=_newer_int(boxes.c.last_seen, ex.last_seen))},
-            # `<=`: every instance stores (and announces) the same retained state once
-            where=lambda ex: or_(boxes.c.state_ts.is_(None), boxes.c.state_ts <= ex.state_ts),
-        ).returning(boxes.c.id)
-        changed = [r[0] for r in (await conn.execute(stmt, rows)).all()]
+        changed: list[str] = []
+        # a state without `groups` (an older agent) keeps the stored ones: two statements, as JSON None is 'null'
+        for with_groups in (True, False):
+            part = [r for r in rows if (r["groups"] is not None) == with_groups]
+            if not part:
+                continue
+            if not with_groups:
+                part = [{k: v for k, v in r.items() if k != "groups"} for r in part]
+
+            def set_(ex: Any, with_groups: bool = with_groups) -> dict[str, Any]:
+                values = {"state": ex.state, "state_ts": ex.state_ts,
+                          "version": case((ex.version.is_(None), boxes.c.version), else_=ex.version),
+                          "last_seen": case((ex.last_seen.is_(None), boxes.c.last_seen),
+                                            else_=_newer_int(boxes.c.last_seen, ex.last_seen))}
+                if with_groups:
+                    values["groups"] = ex.groups
+                return values
+
+            stmt = self.db.upsert(
+                boxes, ["id"], set_,
+                # `<=`: every instance stores (and announces) the same retained state once
+                where=lambda ex: or_(boxes.c.state_ts.is_(None), boxes.c.state_ts <= ex.state_ts),
+            ).returning(boxes.c.id)
+            changed += [r[0] for r in (await conn.execute(stmt, part)).all()]
         await self._box_event(conn, changed, out)
 
     async def _boxes(self, conn: AsyncConnection, envs: Sequence[tuple[Incoming, Envelope]], out: Outcome) -> None:
@@ -457,20 +470,20 @@ class Store:
                         "last_seen": _newer_int(boxes.c.last_seen, ex.last_seen),
                         "last_seq": _newer_int(boxes.c.last_seq, ex.last_seq)})
         await conn.execute(stmt, [agg[b] for b in sorted(agg)])
-        changed = []
-        for b in sorted(heartbeats):
-            env = heartbeats[b]
-            values: dict[str, Any] = {"heartbeat": env.data, "heartbeat_ts": env.ts, "backlog": backlog_of(env.data)}
-            version = _name(env.data.get("version"))
-            if version is not None:
-                values["version"] = version
-            res = await conn.execute(
-                update(boxes).where(boxes.c.id == b,
-                                    or_(boxes.c.heartbeat_ts.is_(None), boxes.c.heartbeat_ts < env.ts))
-                .values(**values))
-            if res.rowcount:
-                changed.append(b)
-        await self._box_event(conn, changed, out)
+        if heartbeats:
+            hb_rows = []
+            for b in sorted(heartbeats):
+                env = heartbeats[b]
+                hb_rows.append({"b_id": b, "b_ts": env.ts, "heartbeat": env.data, "heartbeat_ts": env.ts,
+                                "backlog": backlog_of(env.data), "version": _name(env.data.get("version"))})
+            stmt = (update(boxes)
+                    .where(boxes.c.id == bindparam("b_id"),
+                           or_(boxes.c.heartbeat_ts.is_(None), boxes.c.heartbeat_ts < bindparam("b_ts")))
+                    .values(heartbeat=bindparam("heartbeat"), heartbeat_ts=bindparam("heartbeat_ts"),
+                            backlog=bindparam("backlog"),
+                            version=func.coalesce(bindparam("version", type_=boxes.c.version.type), boxes.c.version)))
+            await conn.execute(stmt, hb_rows)
+            await self._box_event(conn, sorted(heartbeats), out)  # the hub drops one that changed nothing
 
     async def _derived(self, conn: AsyncConnection, fresh: Sequence[tuple[Incoming, Envelope]], out: Outcome) -> None:
         db = self.db
@@ -501,14 +514,14 @@ class Store:
             if key not in cams or ts > cams[key]["updated"]:
                 cams[key] = row
 
-        for _it, env in fresh:
+        for item, env in fresh:
             d = env.data
             if env.cls is MsgClass.ALARM and env.kind in ALARM_KINDS:
                 pos = clean_pos(d.get("pos"))
                 if pos is not None:
                     position(env, d.get("pos"))
                 alarm_rows.append({"id": env.id, "box": env.box, "kind": env.kind, "wearer": _name(d.get("wearer")),
-                                   "device": _name(d.get("device")), "ts": env.ts, "received": _it.received,
+                                   "device": _name(d.get("device")), "ts": env.ts, "received": item.received,
                                    "pos": pos, "data": d})
             elif env.cls is MsgClass.TELEMETRY and env.kind == "position":
                 position(env, d.get("pos"))

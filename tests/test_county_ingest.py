@@ -243,13 +243,14 @@ async def test_receipts_keep_the_latest_and_final_states(rig: Rig) -> None:
 
 async def test_older_state_never_overwrites_newer(rig: Rig) -> None:
     topic = f"{P}/box/box-s/state"
-    await rig.send([(topic, json.dumps({"state": "online", "ts": 2000, "version": "2"}).encode())])
+    await rig.send([(topic, json.dumps({"state": "online", "ts": 2000, "version": "2", "groups": ["g1"]}).encode())])
     await rig.send([(topic, json.dumps({"state": "offline", "ts": 1000, "version": "1"}).encode())])
     (box,) = await rig.rows(boxes)
     assert (box["state"], box["state_ts"], box["version"]) == ("online", 2000, "2")
     await rig.send([(topic, json.dumps({"state": "offline", "ts": 3000}).encode())])
     (box,) = await rig.rows(boxes)
     assert (box["state"], box["state_ts"], box["version"]) == ("offline", 3000, "2")
+    assert box["groups"] == ["g1"]  # a state without groups keeps the known ones
     await rig.send([(topic, b"not json"), (topic, b"")])  # quarantined; an empty retained clear is skipped
     assert await rig.count(quarantine) == 1
     box_events = [d for k, d in drain(rig.events) if k == "box"]

@@ -47,6 +47,16 @@ async def test_migrations_from_empty_create_exactly_the_tables_py_schema(db_url:
         await db.close()
 
 
+async def test_instances_starting_together_migrate_once(db_url: str) -> None:
+    """Two servers opening one new database at the same moment: one migrates, the other waits for it."""
+    dbs = await asyncio.gather(*(Database.open(db_url) for _ in range(3)))
+    try:
+        assert [await db.revision() for db in dbs] == [store_migrations.head()] * 3
+    finally:
+        for db in dbs:
+            await db.close()
+
+
 async def test_schema_guard_sees_a_column_without_a_migration(db_url: str) -> None:
     """The check above can fail: a column only in the metadata is reported."""
     changed = MetaData()
@@ -107,8 +117,8 @@ async def test_upsert_updates_only_when_asked(db_url: str) -> None:
             for received in (2, 30, 40):
                 await conn.execute(bump, [{**alarm, "received": received}])
         async with db.connect() as conn:
-            row = (await conn.execute(select(alarms.c.escalations, alarms.c.escalated_at, alarms.c.data))).one()
-        assert tuple(row) == (2, 40, {"k": 1})
+            bumped = (await conn.execute(select(alarms.c.escalations, alarms.c.escalated_at, alarms.c.data))).one()
+        assert tuple(bumped) == (2, 40, {"k": 1})
         with pytest.raises(ValueError, match="at least one column"):
             db.upsert(alarms, ["id"], [])
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -74,7 +75,11 @@ def async_url(url: str) -> URL:
 
 
 def insert_ignore(dialect: str, table: Table) -> Insert:
-    """INSERT ... ON CONFLICT DO NOTHING on `table` (any unique key), for `dialect` "sqlite"/"postgresql"."""
+    """INSERT ... ON CONFLICT DO NOTHING on `table` (any unique key), for `dialect` "sqlite"/"postgresql".
+
+    To learn which rows were new, add `.returning(table.c.id)`: it lists only the inserted ones, on both
+    dialects and with many rows at once (rowcount of an executemany is -1 on psycopg).
+    """
     return _insert(dialect, table).on_conflict_do_nothing()
 
 
@@ -108,6 +113,17 @@ def _insert(dialect: str, table: Table) -> Any:
     if dialect == "postgresql":
         return pg_dialect.insert(table)
     raise ValueError(f"no insert for dialect {dialect!r}")
+
+
+_migration_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _migration_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _migration_locks.get(loop)
+    if lock is None:
+        lock = _migration_locks[loop] = asyncio.Lock()
+    return lock
 
 
 def _make_parent(path: str) -> None:
@@ -184,7 +200,9 @@ class Database:
         """
         from county.store import migrations
 
-        async with self.begin() as conn:
+        # alembic's `context`/`op` are process globals: two migrations interleaving in one process (their
+        # IO switches greenlets) would trample each other, so this process migrates one database at a time
+        async with _migration_lock(), self.begin() as conn:
             return await conn.run_sync(migrations.upgrade_to_head)
 
     async def revision(self) -> str | None:
@@ -206,7 +224,7 @@ class Database:
             async with conn.begin():
                 yield conn
 
-    def connect(self) -> Any:
+    def connect(self) -> AsyncConnection:
         """A connection for reads (`async with db.connect() as conn`); it autobegins; commit to write."""
         return self.engine.connect()
 

@@ -228,6 +228,7 @@ async def test_cookie_writes_need_the_csrf_token(db: Database) -> None:
             r = await c.delete("/api/v1/session", headers=headers)
             assert r.status_code == 403 and r.json()["error"] == "csrf"
         assert (await c.post("/api/v1/probe/menglou", headers={"X-CSRF-Token": csrf})).status_code == 200
+        assert [a for _u, a in await audit_actions(db)].count("denied") == 6  # each refusal, attributed
         r = await c.delete("/api/v1/session", headers={"X-CSRF-Token": csrf})
         assert r.status_code == 200
         assert (await c.get("/api/v1/me")).status_code == 401  # logged out
@@ -265,6 +266,12 @@ async def test_scope_limits_what_a_user_may_target(db: Database) -> None:
         assert (await probe("county-op", "sim-village")).status_code == 200
         r = await probe("look", "menglou")
         assert r.status_code == 403 and "viewer 'look' may not broadcast.create" in r.json()["detail"]
+    async with db.connect() as conn:
+        denied = (await conn.execute(select(audit_t).where(audit_t.c.action == "denied")
+                                     .order_by(audit_t.c.seq))).mappings().all()
+    assert [(d["actor"], d["target"]) for d in denied] == [
+        ("town-op", "/api/v1/probe/sim-town"), ("town-op", "/api/v1/probe/menghai"), ("look", "/api/v1/probe/menglou")]
+    assert all(d["detail"] == '{"method":"POST","why":"forbidden"}' for d in denied)
 
 
 ROLE_EXPECT = {
@@ -311,6 +318,14 @@ async def test_changing_a_user_ends_their_sessions(db: Database) -> None:
         assert r.json()["user"]["role"] == "viewer" and r.json()["user"]["scope"] == "menglou"
     with pytest.raises(users.UserExists):
         await add(db)
+
+
+async def test_a_body_over_the_limit_is_413(db: Database) -> None:
+    await add(db)
+    async with client(make_app(db, Clock(), max_body_bytes=1000)) as c:
+        r = await c.post("/api/v1/session", content=b"{" + b" " * 2000 + b"}")
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        assert (await login(c)).status_code == 200
 
 
 def test_routes_session_is_mounted_first() -> None:

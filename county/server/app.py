@@ -29,7 +29,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from county.regions import Regions
 from county.server import auth
@@ -60,12 +60,18 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/") \
-                or (scope["method"], scope["path"]) in PUBLIC:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope)
         state = scope["app"].state
+        too_big = _too_big(request, state.config.server.max_body_bytes)
+        if too_big is not None:
+            await too_big(scope, receive, send)
+            return
+        if not scope["path"].startswith("/api/") or (scope["method"], scope["path"]) in PUBLIC:
+            await self.app(scope, receive, send)
+            return
         token, via = bearer_or_cookie(request)
         user = None
         if token is not None:
@@ -79,9 +85,42 @@ class AuthMiddleware:
                 and not auth.csrf_ok(user, request.headers.get(auth.CSRF_HEADER)):
             await json_error(403, f"a write with the session cookie needs the {auth.CSRF_HEADER} header "
                                   "(GET /api/v1/me gives it)", error="csrf")(scope, receive, send)
+            await _audit_denied(state, user, request, "csrf")
             return
         scope.setdefault("state", {})["user"] = user
-        await self.app(scope, receive, send)
+        status: list[int] = []
+
+        async def send_noting_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, send_noting_status)
+        if status and status[0] == 403:
+            await _audit_denied(state, user, request, "forbidden")
+
+
+def _too_big(request: Request, most: int) -> Response | None:
+    length = request.headers.get("content-length")
+    if length is None:
+        return None
+    if not length.isdigit():
+        return json_error(400, "Content-Length is not a number")
+    if int(length) > most:
+        return json_error(413, f"the body is {length} bytes, over the server's {most} ([server] max_body_bytes)")
+    return None
+
+
+async def _audit_denied(state: Any, user: auth.User, request: Request, why: str) -> None:
+    """A refused request (403: role, scope or CSRF) goes to the audit log, attributed to its user."""
+    from county.server import audit
+
+    try:
+        async with state.db.begin() as conn:
+            await audit.append(conn, user.name, "denied", request.url.path[:500],
+                               {"method": request.method, "why": why}, ts=state.clock())
+    except Exception:  # the refusal stands; a database hiccup must not turn it into a 500
+        log.exception("could not audit a refused request")
 
 
 def bearer_or_cookie(request: Request) -> tuple[str | None, str]:

@@ -2,8 +2,9 @@
 
     python -m bench.rss [--settle 5] [--profile sim|pi4-relayhat] [--gateway] [--importtime]
 
-The agent runs as systemd runs it (`village agent run`, via tests/agentproc.py) against a real local
-mosquitto; once its STATUS= line says `link=connected` it idles for `--settle` seconds and its
+The agent runs as systemd runs it (`village agent run`, via tests/agentproc.py, with one pinned county
+key in `[trust.keys]` as every box has) against a real local mosquitto; once its STATUS= line says
+`link=connected` it idles for `--settle` seconds and its
 /proc/PID/status VmRSS (and VmHWM, the peak) is read. The baseline, measured in the same run against the
 same broker: a python process that imports paho, connects and loops, i.e. the floor any MQTT agent in
 Python pays. `--profile pi4-relayhat` runs the real drivers on gpiozero's mock pins
@@ -80,6 +81,14 @@ def agent_rss(work: Path, broker: Mosquitto, profile: str, settle_s: float, gate
         listener.listen(1)
         extra["gateway"] = [{"id": "gw1", "url": f"socket://127.0.0.1:{listener.getsockname()[1]}",
                              "codec": "watch"}]
+    # a county signing key, as every box has: loading it is part of what the agent holds
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    pub = work / "county.pub"
+    pub.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    extra["trust"] = {"keys": {"county-2026": str(pub)}}
     doc = agent_config_dict(work / "state", broker.url, **extra)
     doc["box"]["profile"] = profile
     doc["box"]["heartbeat_s"] = 3600

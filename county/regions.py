@@ -42,6 +42,8 @@ from agent.protocol.topics import BOX_ID_RE
 from agent.schema import SchemaError, build
 
 UNREGISTERED = "unregistered"
+# box id -> the groups in its retained state (boxes.groups; None when it reported none)
+Reported = Mapping[str, Iterable[str] | None] | None
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 MAX_NAME = 100
 
@@ -247,7 +249,7 @@ class Regions:
             region = found.parent if found else None
         return False
 
-    def group_members(self, name: str, reported: Mapping[str, Iterable[str]] | None = None) -> frozenset[str]:
+    def group_members(self, name: str, reported: Reported = None) -> frozenset[str]:
         """Boxes that answer to group `name`: from this file, and from the groups boxes reported themselves."""
         members = {b for b, p in self._places.items() if name in p.groups}
         for box, groups in (reported or {}).items():
@@ -255,8 +257,7 @@ class Regions:
                 members.add(box)
         return frozenset(members)
 
-    def resolve(self, targets: Iterable[str],
-                reported: Mapping[str, Iterable[str]] | None = None) -> dict[str, frozenset[str]]:
+    def resolve(self, targets: Iterable[str], reported: Reported = None) -> dict[str, frozenset[str]]:
         """Each target (`box:ID`, `group:NAME`) -> the box ids it reaches. `reported` maps box id -> the groups
         in its retained state (boxes.groups). `box:ID` always reaches ID, registered or not; a group nobody
         answers to maps to an empty set (the caller tells the user). ValueError for a malformed target."""
@@ -268,7 +269,7 @@ class Regions:
             out[target] = frozenset((name,)) if kind == "box" else self.group_members(name, reported)
         return out
 
-    def boxes_for(self, targets: Iterable[str], reported: Mapping[str, Iterable[str]] | None = None) -> frozenset[str]:
+    def boxes_for(self, targets: Iterable[str], reported: Reported = None) -> frozenset[str]:
         """Every box the targets reach (the union of `resolve`)."""
         boxes: set[str] = set()
         for reached in self.resolve(targets, reported).values():

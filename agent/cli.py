@@ -22,7 +22,11 @@ _DELEGATES = {
     "keys": ("agent.keys", "county signing keys"),
 }
 # what each delegate needs beyond the box's own packages: pyproject.toml's extra of that name, by module
-EXTRA_MODULES: dict[str, tuple[str, ...]] = {"sim": ("rich", "amqtt"), "county": ()}
+# the import name of each package an extra brings (its distribution name where they differ is in pyproject)
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "sim": ("rich", "amqtt"),
+    "county": ("sqlalchemy", "alembic", "psycopg", "starlette", "uvicorn", "argon2", "openpyxl"),
+}
 
 
 def _agent_parser() -> argparse.ArgumentParser:

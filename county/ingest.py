@@ -530,7 +530,8 @@ class Store:
             elif env.cls is MsgClass.TELEMETRY and env.kind == "cameras":
                 t_to = _int64(d.get("to")) or env.ts
                 t_from = _int64(d.get("from"))
-                for cam in d.get("cameras") or []:
+                listed = d.get("cameras")
+                for cam in listed if isinstance(listed, list) else []:
                     if not isinstance(cam, dict):
                         continue
                     name, state = _name(cam.get("camera")), cam.get("state")
@@ -805,13 +806,18 @@ class Ingest:
                     batch.append(await asyncio.wait_for(self._queue.get(), left))
                 except TimeoutError:
                     break
-            await self._handle(batch)
+            try:
+                await self._handle(batch)
+            except Exception:  # a bug: say so and go on; the batch stays unacknowledged (sent again later)
+                log.exception("ingest: a batch of %d could not be handled", len(batch))
+                for _ in batch:
+                    self._slots.release()
 
     async def _handle(self, batch: list[Incoming]) -> None:
         parsed = [(it, parse(self.topics, it, self.cfg.max_payload)) for it in batch]
         try:
             outcomes = [await self.store.write(parsed)]
-        except SQLAlchemyError as exc:
+        except Exception as exc:  # the database, or a value it cannot take: store them one by one
             self.stats["store_errors"] += 1
             log.warning("storing a batch of %d failed (%s); storing them one by one", len(batch), escape(exc, 300))
             outcomes = [await self._one(it, p) for it, p in parsed]
@@ -840,7 +846,7 @@ class Ingest:
         while True:
             try:
                 return await self.store.write([(it, p)])
-            except SQLAlchemyError as exc:
+            except Exception as exc:
                 why = f"store error: {type(exc).__name__}: {escape(exc, 120)}"
             try:
                 await self.store.quarantine_one(it, why)

@@ -201,9 +201,13 @@ async def test_hostile_field_values_do_not_stop_a_batch(rig: Rig) -> None:
          json.dumps({"v": 1, "id": f"{b}:{2**70}", "box": b, "seq": 2**70, "ts": 1, "class": "event",
                      "kind": "low_battery", "data": {}}).encode()),
         envelope(b, 7, "event", "low_battery", {"battery_pct": float("nan")}),  # Python's json, not JSON
+        envelope(b, 8, "telemetry", "cameras", {"from": "x", "cameras": 5}),
+        envelope(b, 9, "telemetry", "cameras", {"cameras": [{"camera": "c1", "state": "online", "seconds": [1]},
+                                                            "junk", {"camera": 7}]}),
         envelope(b, 6, "event", "low_battery", {}),
     ])
-    assert sorted(m["seq"] for m in await rig.rows(messages)) == [1, 2, 3, 4, 5, 6]
+    assert sorted(m["seq"] for m in await rig.rows(messages)) == [1, 2, 3, 4, 5, 6, 8, 9]
+    assert [(c["camera"], c["seconds"]) for c in await rig.rows(camera_periods)] == [("c1", {})]
     (a,) = await rig.rows(alarms)
     assert a["wearer"] is None and a["pos"] is None
     (rc,) = await rig.rows(receipts)
@@ -283,3 +287,26 @@ async def test_seq_gaps_subtract_what_the_box_explains(rig: Rig) -> None:
         (g,) = await seq_gaps(conn, b)
         assert (g.min_seq, g.max_seq, g.stored, g.explained, g.missing) == (1, 10, 6, 3, 1)
         assert [x.box for x in await seq_gaps(conn)] == [b]
+
+
+async def test_a_message_the_database_refuses_is_quarantined_alone(rig: Rig) -> None:
+    """The database refuses one row (a trigger, on either dialect): its batch is stored one by one, that
+    message is quarantined with the database's reason, and every other one is stored and acknowledged."""
+    if rig.db.dialect == "sqlite":
+        ddl = ["CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.kind = 'poison' "
+               "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"]
+    else:
+        ddl = ["CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN IF NEW.kind = 'poison' THEN "
+               "RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+               "CREATE TRIGGER poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION poison()"]
+    async with rig.db.begin() as conn:
+        for stmt in ddl:
+            await conn.exec_driver_sql(stmt)
+    b = "box-p"
+    await rig.send([envelope(b, 1, "event", "x", {}), envelope(b, 2, "event", "poison", {}), sos(b, 3)])
+    assert sorted(m["seq"] for m in await rig.rows(messages)) == [1, 3]
+    (q,) = await rig.rows(quarantine)
+    assert q["reason"].startswith("store error:") and "poisoned row" in q["reason"]
+    assert q["topic"] == f"{P}/box/{b}/up/event/poison"
+    assert await rig.count(alarms) == 1
+    assert rig.ingest.stats["store_errors"] == 1 and rig.ingest.stats["quarantined"] == 1

@@ -8,6 +8,7 @@ import json
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -17,17 +18,19 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.pki import TestCA
 from tests.support import Mosquitto, free_port, wait_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery"
 
 
-def setup(tmp_path: Path, broker: Mosquitto, port: int) -> Path:
+def setup(tmp_path: Path, broker: Mosquitto, port: int, server: str = "") -> Path:
     cfg = tmp_path / "county.toml"
     cfg.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
+{server}
 [database]
 url = "sqlite:///{tmp_path}/county.db"
 [mqtt]
@@ -110,3 +113,39 @@ def test_serve_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path, broker: Mo
     assert proc.returncode == 1, err
     assert err.strip().splitlines()[-1].startswith("village county serve: cannot listen on 127.0.0.1:")
     assert "Traceback" not in err
+
+
+def test_serve_speaks_https_with_tls_cert_and_key(tmp_path: Path, broker: Mosquitto) -> None:
+    ca = TestCA(tmp_path / "ca")
+    issued = ca.server("localhost")
+    port = free_port()
+    cfg = setup(tmp_path, broker, port, f'tls_cert = "{issued.cert}"\ntls_key = "{issued.key}"')
+    proc = start(cfg)
+    try:
+        wait_port(port, timeout=30)
+        trust = ssl.create_default_context(cafile=str(ca.pem))
+        r = httpx.post(f"https://127.0.0.1:{port}/api/v1/session", json={"username": "li", "password": PASSWORD},
+                       verify=trust, timeout=10)
+        assert r.status_code == 200, r.text
+        assert "Secure" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
+        with pytest.raises(httpx.HTTPError):  # plain HTTP is not answered on a TLS port
+            httpx.post(f"http://127.0.0.1:{port}/api/v1/session", json={}, timeout=5).raise_for_status()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "county server on https://127.0.0.1:" in err
+
+
+def test_serve_with_an_unusable_tls_cert_exits_2(tmp_path: Path, broker: Mosquitto) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("not a key")
+    cfg = setup(tmp_path, broker, free_port(), 'tls_cert = "cert.pem"\ntls_key = "key.pem"')
+    proc = start(cfg)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"{cfg}: server.tls_cert: cannot load the certificate" in lines[0], err

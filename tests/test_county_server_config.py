@@ -84,6 +84,8 @@ level = "debug"
     ('[sever]\n', "sever", "unknown key"),
     ('[database]\nurl = "mysql://u:pw@h/db"\n', "database.url", "is not sqlite:///PATH or postgresql"),
     ('[database]\nurl = "sqlite://relative.db"\n', "database.url", "sqlite:///PATH"),
+    ('[database]\nurl = "postgresql+asyncpg://u:pw@h/db"\n', "database.url", "only postgresql:// (psycopg 3)"),
+    ('[database]\nurl = "sqlite+pysqlite:////tmp/x.db"\n', "database.url", "sqlite:///PATH"),
     ('[mqtt]\nurl = "http://broker"\n', "mqtt.url", "scheme must be mqtt:// or mqtts://"),
     ('[mqtt]\nurl = []\n', "mqtt.url", "at least one"),
     ('[mqtt]\nurl = "mqtt://b:1883"\ntopic_prefix = "vc/#"\n', "mqtt.topic_prefix", "not a topic prefix"),

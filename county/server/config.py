@@ -73,14 +73,19 @@ def _db_url(value: str) -> str:
     backend = scheme.partition("+")[0]
     if backend == "sqlite":
         path = value.partition("://")[2]
-        if not path.startswith("/") or path in ("/", "/:memory:"):
+        if not path.startswith("/") or path in ("/", "/:memory:") or scheme not in ("sqlite", "sqlite+aiosqlite"):
             raise ValueError("sqlite:///PATH (three slashes, then the path; an absolute path starts with a "
                              f"fourth: {DEFAULT_DB_URL})")
         return value
-    if backend in ("postgresql", "postgres"):
-        return value
-    shown = redact_url(value)
-    raise ValueError(f"{shown!r} is not sqlite:///PATH or postgresql://...")
+    if backend not in ("postgresql", "postgres"):
+        raise ValueError(f"{redact_url(value)!r} is not sqlite:///PATH or postgresql://...")
+    from county.store.db import DatabaseUrlError, async_url  # what Database.open will make of it
+
+    try:
+        async_url(value)
+    except DatabaseUrlError as exc:
+        raise ValueError(str(exc).replace(value, redact_url(value))) from None
+    return value
 
 
 def _broker_urls(value: str | tuple[str, ...]) -> tuple[str, ...]:

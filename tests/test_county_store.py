@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from county.store.db import async_url
 from county.store.tables import alarms, boxes, messages, metadata, positions, quarantine, receipts
 from tests.pgcluster import PgCluster
 
+REPO = Path(__file__).resolve().parent.parent
 alembic_version = table("alembic_version", column("version_num"))
 
 
@@ -55,6 +57,37 @@ async def test_instances_starting_together_migrate_once(db_url: str) -> None:
     finally:
         for db in dbs:
             await db.close()
+
+
+_OPEN_ON_GO = """
+import asyncio, sys
+from county.store import Database
+async def main():
+    print("ready", flush=True)
+    sys.stdin.readline()                      # every process has imported everything: go together
+    db = await Database.open(sys.argv[1])
+    print(await db.revision())
+    await db.close()
+asyncio.run(main())
+"""
+
+
+async def test_server_processes_starting_together_migrate_once(db_url: str) -> None:
+    """Separate processes (instances of the server) on one new database: PostgreSQL's advisory lock,
+    SQLite's BEGIN IMMEDIATE make the later ones wait for the first migration instead of failing."""
+    procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", _OPEN_ON_GO, db_url, cwd=REPO,
+                                                  stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                  stderr=asyncio.subprocess.PIPE) for _ in range(3)]
+    for p in procs:
+        assert p.stdout is not None
+        assert await asyncio.wait_for(p.stdout.readline(), timeout=60) == b"ready\n"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(b"go\n")
+    outs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), timeout=90)
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err.decode(errors="replace")[-2000:]
+        assert out.decode().strip() == store_migrations.head()
 
 
 async def test_schema_guard_sees_a_column_without_a_migration(db_url: str) -> None:

@@ -320,6 +320,17 @@ async def test_changing_a_user_ends_their_sessions(db: Database) -> None:
         await add(db)
 
 
+async def test_disabling_a_user_ends_their_sessions(db: Database) -> None:
+    await add(db)
+    async with client(make_app(db, Clock())) as c:
+        token = (await login(c)).json()["token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert (await c.get("/api/v1/me", headers=bearer)).status_code == 200
+        async with db.begin() as conn:
+            await conn.execute(update(users_t).where(users_t.c.name == "li").values(disabled=True))
+        assert (await c.get("/api/v1/me", headers=bearer)).status_code == 401
+
+
 async def test_a_body_over_the_limit_is_413(db: Database) -> None:
     await add(db)
     async with client(make_app(db, Clock(), max_body_bytes=1000)) as c:

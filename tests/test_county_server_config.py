@@ -161,3 +161,13 @@ def test_serve_with_a_bad_regions_file_exits_2_with_one_line(tmp_path: Path) -> 
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{regions}: township[0].extra: unknown key" in lines[0], r.stderr
     assert not (tmp_path / "c.db").exists()  # nothing opened before the config was whole
+
+
+def test_serve_with_an_unusable_signing_key_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "county.key").write_text("not a PEM key")
+    p = write(tmp_path, '[signing]\nkey = "county.key"\nkid = "county-2026"\n'
+                        f'[database]\nurl = "sqlite:///{tmp_path}/c.db"\n')
+    r = run_county("serve", "-c", str(p))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{p}: signing.key: " in lines[0] and "PEM" in lines[0], r.stderr

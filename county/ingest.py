@@ -724,6 +724,9 @@ class Ingest:
                       "acked": 0, "not_acked": 0, "store_errors": 0}
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
         self._slots = threading.BoundedSemaphore(cfg.inflight)
+        self._handoff: list[Incoming] = []  # paho's thread -> the loop, under _handoff_lock
+        self._handoff_lock = threading.Lock()
+        self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -776,17 +779,26 @@ class Ingest:
         if loop is None or loop.is_closed():
             self._slots.release()
             return
-        try:
-            loop.call_soon_threadsafe(self._arrived, item)
-        except RuntimeError:  # the loop closed meanwhile
-            self._slots.release()
+        with self._handoff_lock:  # one wake-up of the loop per burst, not one per message
+            self._handoff.append(item)
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:
+            try:
+                loop.call_soon_threadsafe(self._arrived)
+            except RuntimeError:  # the loop closed meanwhile: the messages stay unacknowledged
+                pass
 
     # the event loop's thread
-    def _arrived(self, item: Incoming) -> None:
-        self.stats["received"] += 1
-        if self.live is not None and "/up/" in item.topic:
-            self.live.claim(item.topic, item.payload)
-        self._queue.put_nowait(item)
+    def _arrived(self) -> None:
+        with self._handoff_lock:
+            items = list(self._handoff)
+            self._handoff.clear()
+            self._wake_pending = False
+        for item in items:
+            self.stats["received"] += 1
+            if self.live is not None and "/up/" in item.topic:
+                self.live.claim(item.topic, item.payload)
+            self._queue.put_nowait(item)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

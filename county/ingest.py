@@ -476,13 +476,14 @@ class Store:
                 env = heartbeats[b]
                 hb_rows.append({"b_id": b, "b_ts": env.ts, "heartbeat": env.data, "heartbeat_ts": env.ts,
                                 "backlog": backlog_of(env.data), "version": _name(env.data.get("version"))})
-            stmt = (update(boxes)
-                    .where(boxes.c.id == bindparam("b_id"),
-                           or_(boxes.c.heartbeat_ts.is_(None), boxes.c.heartbeat_ts < bindparam("b_ts")))
-                    .values(heartbeat=bindparam("heartbeat"), heartbeat_ts=bindparam("heartbeat_ts"),
-                            backlog=bindparam("backlog"),
-                            version=func.coalesce(bindparam("version", type_=boxes.c.version.type), boxes.c.version)))
-            await conn.execute(stmt, hb_rows)
+            hb_stmt = (update(boxes)
+                       .where(boxes.c.id == bindparam("b_id"),
+                              or_(boxes.c.heartbeat_ts.is_(None), boxes.c.heartbeat_ts < bindparam("b_ts")))
+                       .values(heartbeat=bindparam("heartbeat"), heartbeat_ts=bindparam("heartbeat_ts"),
+                               backlog=bindparam("backlog"),
+                               version=func.coalesce(bindparam("version", type_=boxes.c.version.type),
+                                                     boxes.c.version)))
+            await conn.execute(hb_stmt, hb_rows)
             await self._box_event(conn, sorted(heartbeats), out)  # the hub drops one that changed nothing
 
     async def _derived(self, conn: AsyncConnection, fresh: Sequence[tuple[Incoming, Envelope]], out: Outcome) -> None:

@@ -102,24 +102,27 @@ async def test_every_kind_lands_in_its_table(rig: Rig) -> None:
         envelope(b, 7, "receipt", "cmd", {"cmd": "c-1", "state": "received"}),
         envelope(b, 8, "event", "low_battery", {"wearer": "w1", "device": "band-1", "battery_pct": 9}),
         envelope(b, 9, "event", "geofence_enter", {"wearer": "w1", "device": "band-1", "fence": "f1"}),
+        sos(b, 10, wearer="w3", kind="fall"),
+        sos(b, 11, wearer="w3", kind="band_removed"),
+        sos(b, 12, wearer="w3", kind="geofence_exit"),
     ])
-    await until(lambda: rig.ingest.stats["acked"] >= 10)
-    assert await rig.count(messages) == 9
+    await until(lambda: rig.ingest.stats["acked"] >= 13)
+    assert await rig.count(messages) == 12
     msgs = await rig.rows(messages)
-    assert {m["seq"] for m in msgs} == set(range(1, 10))
+    assert {m["seq"] for m in msgs} == set(range(1, 13))
     assert all(json.loads(m["raw"])["id"] == m["id"] for m in msgs)
     (box,) = await rig.rows(boxes)
     assert box["state"] == "online" and box["state_ts"] == 1_763_900_000_000 and box["groups"] == ["town-a"]
-    assert box["last_seq"] == 9 and box["backlog"] == 6 and box["version"] == "1.2.3"
+    assert box["last_seq"] == 12 and box["backlog"] == 6 and box["version"] == "1.2.3"
     assert box["heartbeat"]["outbox"]["counters"] == {"evicted.telemetry": 2}
     assert box["first_seen"] <= box["last_seen"]
     al = {a["kind"]: a for a in await rig.rows(alarms)}
-    assert set(al) == {"sos", "lost_contact"}
+    assert set(al) == {"sos", "lost_contact", "fall", "band_removed", "geofence_exit"}
     assert al["sos"]["id"] == f"{b}:3" and al["sos"]["state"] == "new" and al["sos"]["wearer"] == "w1"
     assert al["sos"]["pos"]["lat"] == 22.5 and al["lost_contact"]["pos"] is None
     pos = sorted(await rig.rows(positions), key=lambda r: r["ts"])
-    assert [(p["wearer"], p["lat"]) for p in pos] == [("w1", 22.1), ("w1", 22.5)]
-    (latest,) = await rig.rows(positions_latest)
+    assert [(p["wearer"], p["lat"]) for p in pos] == [("w1", 22.1), ("w1", 22.5)] + [("w3", 22.5)] * 3
+    (latest,) = await rig.rows(positions_latest, positions_latest.c.wearer == "w1")
     assert latest["lat"] == 22.5 and latest["ts"] == 1_763_900_000_003  # the alarm's position is newer
     cams = {c["camera"]: c for c in await rig.rows(camera_states)}
     assert cams["cam1"]["state"] == "offline" and cams["cam2"]["state"] == "online"
@@ -129,7 +132,7 @@ async def test_every_kind_lands_in_its_table(rig: Rig) -> None:
     (rc,) = await rig.rows(receipts)
     assert (rc["cmd"], rc["box"], rc["state"], rc["envelope"]) == ("c-1", b, "received", f"{b}:7")
     kinds = [k for k, _ in drain(rig.events)]
-    assert kinds.count("alarm") == 2 and kinds.count("receipt") == 1 and "box" in kinds
+    assert kinds.count("alarm") == 5 and kinds.count("receipt") == 1 and "box" in kinds
     evs = drain(rig.events)
     assert evs == []
 

@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import BigInteger, Column, Connection, MetaData, column, func, inspect, select, table
 
-from county.store import Database, DatabaseUrlError, SchemaError, retention
+from county.store import Database, DatabaseUnavailable, DatabaseUrlError, SchemaError, retention
 from county.store import migrations as store_migrations
 from county.store.db import async_url
 from county.store.tables import alarms, boxes, messages, metadata, positions, quarantine, receipts
@@ -287,6 +287,22 @@ async def test_postgresql_unix_socket_url_form(pg_cluster: PgCluster) -> None:
             assert await db.revision() == store_migrations.head()
     finally:
         pg_cluster.drop_database("socket_form")
+
+
+async def test_a_sqlite_file_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DatabaseUnavailable, match=r"cannot open sqlite\+aiosqlite:///.*a-file/county.db: cannot "
+                                                  r"create its directory"):
+        await Database.open(f"sqlite:///{tmp_path}/a-file/county.db")
+
+
+async def test_a_postgresql_that_cannot_be_opened_is_one_clear_error(pg_cluster: PgCluster) -> None:
+    no_such = pg_cluster.url("no_such_db").replace("county@", "county:s3cret@")
+    for migrate in (True, False):
+        with pytest.raises(DatabaseUnavailable, match=r"cannot open postgresql\+psycopg://county:\*\*\*@.*"
+                                                      r"no_such_db.*does not exist") as e:
+            await Database.open(no_such, migrate=migrate)
+        assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(("url", "driver", "database"), [

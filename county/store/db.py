@@ -36,7 +36,7 @@ from sqlalchemy import Table, event
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
@@ -51,6 +51,16 @@ class SchemaError(RuntimeError):
 
 class DatabaseUrlError(ValueError):
     """`[database] url` is not a database this server can open."""
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be opened: server down, wrong credentials, no such database, no permission."""
+
+
+def _one_line(e: object, limit: int = 300) -> str:
+    """A driver's message for one log line: control characters (untrusted text) blanked, cut to `limit`."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(e)).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def async_url(url: str) -> URL:
@@ -168,10 +178,15 @@ class Database:
     async def open(cls, url: str, *, migrate: bool = True, echo: bool = False) -> Database:
         """Open `url` (see the module doc), and unless `migrate=False` bring its schema to the newest."""
         u = async_url(url)
+        shown = u.render_as_string(hide_password=True)
         kwargs: dict[str, Any] = {"echo": echo}
         if u.drivername.startswith("sqlite"):
             assert u.database is not None
-            await asyncio.to_thread(_make_parent, u.database)
+            try:
+                await asyncio.to_thread(_make_parent, u.database)
+            except OSError as e:
+                raise DatabaseUnavailable(f"cannot open {shown}: cannot create its directory: "
+                                          f"{e.strerror or e}") from e
             engine = create_async_engine(u, **kwargs)
             _setup_sqlite(engine)
         else:
@@ -180,6 +195,12 @@ class Database:
         try:
             if migrate:
                 await db.migrate()
+            else:
+                async with db.connect():
+                    pass
+        except (OperationalError, InterfaceError, OSError) as e:
+            await engine.dispose()
+            raise DatabaseUnavailable(f"cannot open {shown}: {_one_line(getattr(e, 'orig', None) or e)}") from e
         except BaseException:
             await engine.dispose()
             raise
@@ -225,7 +246,11 @@ class Database:
                 yield conn
 
     def connect(self) -> AsyncConnection:
-        """A connection for reads (`async with db.connect() as conn`); it autobegins; commit to write."""
+        """A connection for reads (`async with db.connect() as conn`; it autobegins).
+
+        Write in `begin()` instead: on SQLite its BEGIN IMMEDIATE takes the write lock first, where a read
+        transaction turned writer can fail halfway with "database is locked".
+        """
         return self.engine.connect()
 
     def insert_ignore(self, table: Table) -> Insert:

@@ -119,3 +119,31 @@ async def test_backpressure_and_events_after_commit(broker: Mosquitto, tmp_path:
         pub.close()
         await ing.close()
         await db.close()
+
+
+async def test_broker_restart_between_receive_and_commit(broker: Mosquitto, tmp_path: Path) -> None:
+    """Messages received on a connection that drops before their commit are not acknowledged on the next
+    connection (their mids belong to the old one): the broker sends them again and each is stored once."""
+    db = await Database.open(f"sqlite:///{tmp_path / 'c.db'}")
+    ing = Ingest(IngestConfig(urls=[broker.url], client_id="county-restart", live=False), db)
+    gate = Gate(ing.store.write)
+    ing.store.write = gate  # type: ignore[method-assign]
+    pub = Publisher(broker.url)
+    try:
+        await ing.start()
+        await ing.wait_subscribed()
+        pub.publish([envelope("box-r", s, "event", "low_battery", {}) for s in range(1, 51)])
+        await until(lambda: ing.stats["received"] >= 50)
+        pub.close()
+        gen = ing.conn.gen
+        broker.restart()  # persistence on: the ingest's session and its 50 unacknowledged messages survive
+        await until(lambda: ing.conn.gen > gen)  # the ingest saw the connection drop
+        gate.open.set()
+        await until(lambda: ing.stats["not_acked"] >= 50)  # committed, but that connection is gone
+        await until(lambda: ing.stats["acked"] >= 50, 60)  # sent again after the reconnect, acked now
+        assert ing.stats["stored"] == 50 and ing.stats["duplicates"] >= 50
+        assert await count(db, messages) == 50
+        assert ing.conn.session_lost == 0
+    finally:
+        await ing.close()
+        await db.close()

@@ -138,6 +138,7 @@ class Incoming:
     retain: bool
     gen: int  # connection generation it arrived on (an ack is sent only on that connection)
     received: int  # epoch ms
+    held: bool = True  # holds one of ingest's `inflight` slots until acknowledged (or given up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -823,11 +824,16 @@ class Ingest:
                 await self._handle(batch)
             except Exception:  # a bug: say so and go on; the batch stays unacknowledged (sent again later)
                 log.exception("ingest: a batch of %d could not be handled", len(batch))
-                for _ in batch:
-                    self._slots.release()
+                for it in batch:
+                    self._release(it)
+
+    def _release(self, it: Incoming) -> None:
+        if it.held:
+            it.held = False
+            self._slots.release()
 
     async def _handle(self, batch: list[Incoming]) -> None:
-        parsed = [(it, parse(self.topics, it, self.cfg.max_payload)) for it in batch]
+        parsed = [(it, self._parse(it)) for it in batch]
         try:
             outcomes = [await self.store.write(parsed)]
         except Exception as exc:  # the database, or a value it cannot take: store them one by one
@@ -845,13 +851,20 @@ class Ingest:
                     self.stats["acked"] += 1
                 else:
                     self.stats["not_acked"] += 1
-            self._slots.release()
+            self._release(it)
         if self.hub is not None:
             for out in outcomes:
                 for kind, data, key in out.events:
                     self.hub.publish(kind, data, key=key)
         self.committed.set()
         self.committed.clear()
+
+    def _parse(self, it: Incoming) -> Parsed:
+        try:
+            return parse(self.topics, it, self.cfg.max_payload)
+        except Exception as exc:  # a bug in reading it: keep it in quarantine rather than stall on it
+            log.exception("ingest: cannot read a message on %s", escape(it.topic, 200))
+            return Bad(f"unreadable: {type(exc).__name__}")
 
     async def _one(self, it: Incoming, p: Parsed) -> Outcome:
         """One message in its own transaction; one the database refuses is quarantined; a database that is

@@ -798,8 +798,8 @@ class Ingest:
             self._wake_pending = False
         for item in items:
             self.stats["received"] += 1
-            if self.live is not None and "/up/" in item.topic:
-                self.live.claim(item.topic, item.payload)
+            if self.live is not None and ("/up/alarm/" in item.topic or "/up/receipt/" in item.topic):
+                self.live.claim(item.topic, item.payload)  # the topics the live feed hears too
             self._queue.put_nowait(item)
 
     async def _run(self) -> None:

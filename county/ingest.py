@@ -55,7 +55,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import and_, bindparam, case, func, not_, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent.protocol.broker import parse_broker_url
@@ -585,7 +585,7 @@ class Store:
 
 
 def _quarantine_row(item: Incoming, reason: str) -> dict[str, Any]:
-    return {"received": item.received, "topic": _text(item.topic, 1000) or "", "reason": escape(reason, 190),
+    return {"received": item.received, "topic": _text(item.topic, 1000) or "", "reason": escape(reason, 150)[:200],
             "size": len(item.payload), "raw": item.payload[:QUARANTINE_MAX_BYTES]}
 
 
@@ -868,19 +868,27 @@ class Ingest:
 
     async def _one(self, it: Incoming, p: Parsed) -> Outcome:
         """One message in its own transaction; one the database refuses is quarantined; a database that is
-        down is waited for (nothing after it is acknowledged before it: acks go in order)."""
+        away (or locked, or a deadlock) is waited for: nothing after it is acknowledged before it."""
         while True:
             try:
                 return await self.store.write([(it, p)])
-            except Exception as exc:
-                why = f"store error: {type(exc).__name__}: {escape(exc, 120)}"
-            try:
-                await self.store.quarantine_one(it, why)
-                log.warning("message on %s quarantined: %s", escape(it.topic, 200), why)
-                return Outcome(quarantined=1)
-            except SQLAlchemyError as exc:
+            except (OperationalError, InterfaceError) as exc:  # away, locked, a deadlock: not the message's fault
                 log.error("database unavailable (%s); retrying in %.0f s", escape(exc, 300), DB_RETRY_S)
                 await asyncio.sleep(DB_RETRY_S)
+                continue
+            except Exception as exc:  # refused: this message cannot be stored as it is
+                why = f"store error: {type(exc).__name__}: {escape(exc, 120)}"
+            for attempt in (it, Incoming("", b"", it.mid, it.qos, it.retain, it.gen, it.received)):
+                try:  # the second attempt: a bare row (no topic, no payload), in case those were refused
+                    await self.store.quarantine_one(attempt, why if attempt is it else "unstorable: " + why)
+                    log.warning("message on %s quarantined: %s", escape(it.topic, 200), why)
+                    return Outcome(quarantined=1)
+                except (OperationalError, InterfaceError) as exc:  # the database is away
+                    log.error("database unavailable (%s); retrying in %.0f s", escape(exc, 300), DB_RETRY_S)
+                    break
+                except SQLAlchemyError:
+                    continue
+            await asyncio.sleep(DB_RETRY_S)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -159,6 +159,10 @@ async def test_bad_input_is_quarantined_and_ingest_goes_on(rig: Rig) -> None:
     wrong_box = envelope("box-other", 2, "event", "low_battery", {})
     wrong_kind = envelope(b, 3, "event", "camera", {})
     no_fields = (f"{P}/box/{b}/up/event/x", json.dumps({"v": 1, "box": b}).encode())
+    # a reason that quotes a long, unprintable box id still fits quarantine.reason (String(200))
+    odd_box = (f"{P}/box/{b}/up/event/low_battery",
+               json.dumps({"v": 1, "id": "\x01" * 300 + ":1", "box": "\x01" * 300, "seq": 1, "ts": 1,
+                           "class": "event", "kind": "low_battery", "data": {}}).encode())
     huge = (f"{P}/box/{b}/up/telemetry/heartbeat", b"{" + b" " * (10 * 1024 * 1024) + b"}")
     batch = [
         good,
@@ -168,12 +172,13 @@ async def test_bad_input_is_quarantined_and_ingest_goes_on(rig: Rig) -> None:
         huge,
         (f"{P}/box/{b}/up/event/low_battery", b'{"v":1,"id":"box-bad:9","box":"\xff\xfe"}'),  # not UTF-8
         no_fields,
+        odd_box,
         envelope(b, 10, "event", "low_battery", {"battery_pct": 4}),
     ]
     await rig.send(batch)
     assert sorted(m["seq"] for m in await rig.rows(messages)) == [1, 10]
     q = sorted(await rig.rows(quarantine), key=lambda r: r["id"])
-    assert len(q) == 6 and rig.ingest.stats["quarantined"] == 6
+    assert len(q) == 7 and rig.ingest.stats["quarantined"] == 7
     reasons = [r["reason"] for r in q]
     assert reasons[0].startswith("not an envelope: not JSON")
     assert "box box-other on the topic of box box-bad" in reasons[1]
@@ -181,6 +186,8 @@ async def test_bad_input_is_quarantined_and_ingest_goes_on(rig: Rig) -> None:
     assert reasons[3].startswith("payload too large")
     assert reasons[4].startswith("not UTF-8")
     assert "missing field" in reasons[5]
+    assert reasons[6].startswith("box \\x01") and len(reasons[6]) <= 200
+    assert rig.ingest.stats["store_errors"] == 0
     big = q[3]
     assert big["size"] == len(huge[1]) and len(big["raw"]) == QUARANTINE_MAX_BYTES
     assert bytes(q[4]["raw"]) == batch[5][1]

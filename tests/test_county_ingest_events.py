@@ -151,3 +151,36 @@ async def test_broker_restart_between_receive_and_commit(broker: Mosquitto, tmp_
     finally:
         await ing.close()
         await db.close()
+
+
+async def test_a_database_away_is_waited_for_not_quarantined(broker: Mosquitto, tmp_path: Path) -> None:
+    """While the database answers OperationalError (away, locked), nothing is acknowledged and nothing is
+    quarantined; once it is back, every message is stored. (The outage is injected in front of the real
+    store: the test cannot take the session's PostgreSQL away, and a locked SQLite waits 10 s first.)"""
+    from sqlalchemy.exc import OperationalError
+
+    db = await Database.open(f"sqlite:///{tmp_path / 'c.db'}")
+    ing = Ingest(IngestConfig(urls=[broker.url], client_id="county-away", live=False), db)
+    real = ing.store.write
+    outage = {"left": 3}
+
+    async def write(items: Sequence[tuple[Incoming, Parsed]]) -> Outcome:
+        if outage["left"] > 0:
+            outage["left"] -= 1
+            raise OperationalError("INSERT ...", {}, Exception("connection refused"))
+        return await real(items)
+
+    ing.store.write = write  # type: ignore[method-assign]
+    pub = Publisher(broker.url)
+    try:
+        await ing.start()
+        await ing.wait_subscribed()
+        pub.publish([sos("box-w", 1)] + [envelope("box-w", s, "event", "low_battery", {}) for s in range(2, 21)])
+        await until(lambda: ing.stats["acked"] >= 20)
+        assert outage["left"] == 0 and ing.stats["store_errors"] >= 1
+        assert await count(db, messages) == 20 and await count(db, alarms) == 1
+        assert ing.stats["quarantined"] == 0
+    finally:
+        pub.close()
+        await ing.close()
+        await db.close()

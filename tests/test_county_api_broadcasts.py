@@ -298,3 +298,41 @@ async def test_publish_failure_is_503_publish_failed_and_resend_recovers(env: En
         box.stop()
     assert "vc/v1/box/a1/cmd" in [m.topic for m in got]
     assert (await env.rows(broadcasts, broadcasts.c.id == bid))[0]["state"] == "sent"
+
+
+async def test_receipts_from_the_wire_through_ingest_fill_the_board(env: Env) -> None:
+    """The whole chain: POST -> the box side gets the signed command -> a box answers with a `cmd` receipt
+    envelope on its up topic -> the real ingest stores it -> GET shows it; the silent box stays no_answer."""
+    import asyncio
+    import json
+
+    from county.ingest import Ingest, IngestConfig
+
+    ingest = Ingest(IngestConfig(urls=[env.broker.url], client_id="county-test-ingest", live=False), env.db, env.hub)
+    await ingest.start()
+    box = box_side(env.broker)
+    try:
+        await ingest.wait_subscribed()
+        sub = env.hub.open(["receipt"])
+        r = await env.post("operator", "/api/v1/broadcasts", {"to": ["group:town-a"], "text": "x"})
+        bid = r.json()["id"]
+        got = await marker(env, box)
+        assert verify(env, got[0].payload)["id"] == bid
+        envelope = {"v": 1, "id": "a1:100", "box": "a1", "seq": 100, "ts": NOW_MS + 3000, "class": "receipt",
+                    "kind": "cmd", "data": {"cmd": bid, "state": "finished"}}
+        box.publish("vc/v1/box/a1/up/receipt/cmd", json.dumps(envelope))
+        async with asyncio.timeout(10):
+            while True:
+                board = {x["box"]: x["state"] for x in (await env.get("viewer", f"/api/v1/broadcasts/{bid}")).json()[
+                    "receipts"]}
+                if board["a1"] != "no_answer":
+                    break
+                await ingest.committed.wait()
+                ingest.committed.clear()
+        assert board == {"a1": "finished", "a2": "no_answer"}
+        events = [e for e in iter(sub.get_nowait, None) if e.data.get("cmd") == bid]
+        assert [(e.data["box"], e.data["state"]) for e in events] == [("a1", "finished")]
+        sub.close()
+    finally:
+        box.stop()
+        await ingest.close()

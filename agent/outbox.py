@@ -23,6 +23,8 @@ SQLite in WAL mode (schema in agent/outbox_schema.py), one writer task, `synchro
   raised by `max_file_bytes`, or ENOSPC/EDQUOT from the high-water-mark file): telemetry and events in the
   failed batch are refused, old telemetry is evicted to make room, and alarms and receipts wait in memory
   and are retried every second: their `send()` does not return until they are durable.
+- Memory: SQLite's page cache is CACHE_KIB per connection, the drain reads FETCH_CHUNK rows at a time, and
+  after a reclaim pass the C heap's free pages go back to the OS (malloc_trim), so RSS falls after a drain.
 - Space is given back: new files use `auto_vacuum=INCREMENTAL`, and when at least half of the file is free
   pages (and at least RECLAIM_MIN_PAGES) the writer returns them to the file system in steps of
   RECLAIM_STEP_PAGES between commits, so a drained 1M-row backlog does not keep its 300 MB. A file made by an
@@ -64,6 +66,7 @@ RECLAIM_MIN_PAGES = 256  # free pages (1 MiB at 4 KiB) before any are given back
 RECLAIM_STEP_PAGES = 128  # pages per incremental_vacuum step: one short transaction between commits
 CONVERT_MAX_BYTES = 4 << 20  # an old file (auto_vacuum off) is converted only when its live content is this small
 JOURNAL_SIZE_LIMIT = 4 << 20  # the WAL is cut back to this after a checkpoint
+CACHE_KIB = 512  # SQLite page cache per connection (SQLite's default is 2000 KiB): the drain reads in order
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # which classes a new message of a class may evict, in the order they are evicted
 _EVICTABLE: dict[MsgClass, tuple[MsgClass, ...]] = {
@@ -318,6 +321,7 @@ class Outbox:
         except SchemaTooNew as exc:
             raise OutboxError(f"{exc} (the queued messages are kept)") from exc
         await db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        await db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._incremental = await auto_vacuum_mode(db) == "INCREMENTAL"
         self._check_free = True
         if salvaged:
@@ -339,6 +343,7 @@ class Outbox:
                                                                                     else max(1, self._hwm))
         self._reader = await aiosqlite.connect(self.path)
         await self._reader.execute("PRAGMA query_only=ON")
+        await self._reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
 
     async def _close_conns(self) -> None:
         for conn in (self._reader, self._db):
@@ -578,6 +583,7 @@ class Outbox:
             self._reclaiming = False
             async with db.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:  # SQLite cuts the file once
                 await cur.fetchall()                                            # the WAL is all copied back
+            _release_memory()
             self.reclaimed.set()
         except Exception as exc:  # giving space back is best effort: the next delete retries
             self._reclaiming = False
@@ -640,6 +646,23 @@ async def _save_counters(db: aiosqlite.Connection, *deltas: dict[str, int]) -> N
             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             list(total.items()),
         )
+
+
+def _release_memory() -> None:
+    """After a drain, hand the C heap's free pages back to the OS (glibc's malloc_trim): SQLite's threads
+    and paho's each keep a malloc arena that otherwise stays at its peak. Elsewhere a no-op."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        with contextlib.suppress(Exception):  # not glibc (musl, macOS): nothing to trim
+            import ctypes  # imported on the first drain only: an idle agent does not pay for it
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
 
 
 async def _pragma_int(db: aiosqlite.Connection, name: str) -> int:

@@ -325,7 +325,7 @@ def main() -> None:
               f"baseline)   goal <= 60 MB")
         print(f"    drained {rss['published']:.0f} in {rss['drain_s']:.0f} s ({rss['left']:.0f} left); "
               f"{rss['rss_after_mb']:.1f} MB after the drain")
-        print(f"    outbox file {rss['file_before_mb']:.0f} MB before the drain, {rss['file_after_mb']:.1f} MB after")
+        print(f"    outbox file {rss['file_before_mb']:.0f} MB before the drain, {rss['file_after_mb']:.2f} MB after")
 
 
 if __name__ == "__main__":

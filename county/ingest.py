@@ -260,7 +260,7 @@ def _parse_state(box: str, item: Incoming) -> Parsed:
     if not isinstance(obj, dict):
         return Bad("state: not a JSON object")
     state, ts = obj.get("state"), _int64(obj.get("ts"))
-    if state not in BOX_STATES or ts is None:
+    if not isinstance(state, str) or state not in BOX_STATES or ts is None:
         return Bad("state: needs state online|offline and an integer ts")
     groups = obj.get("groups")
     if isinstance(groups, list):
@@ -288,7 +288,7 @@ def receipt_of(env: Envelope) -> dict[str, Any] | None:
     if env.cls is not MsgClass.RECEIPT or env.kind != "cmd":
         return None
     cmd, state = _name(env.data.get("cmd")), env.data.get("state")
-    if cmd is None or state not in RECEIPT_STATES:
+    if cmd is None or not isinstance(state, str) or state not in RECEIPT_STATES:
         return None
     return {"cmd": cmd, "box": env.box, "state": state, "reason": _text(env.data.get("reason")),
             "ts": env.ts, "envelope": env.id}
@@ -508,7 +508,7 @@ class Store:
 
         def camera(box: str, data: dict[str, Any], ts: int) -> None:
             cam, state = _name(data.get("camera")), data.get("state")
-            if cam is None or state not in CAMERA_STATES:
+            if cam is None or not isinstance(state, str) or state not in CAMERA_STATES:
                 return
             row = {"box": box, "camera": cam, "state": state, "reason": _text(data.get("reason")),
                    "since": _int64(data.get("since")), "updated": ts}
@@ -537,7 +537,7 @@ class Store:
                     if not isinstance(cam, dict):
                         continue
                     name, state = _name(cam.get("camera")), cam.get("state")
-                    if name is None or state not in CAMERA_STATES:
+                    if name is None or not isinstance(state, str) or state not in CAMERA_STATES:
                         continue
                     raw = cam.get("seconds")
                     secs = {s: v for s, v in ((s, _num(x)) for s, x in raw.items()) if s in CAMERA_STATES

@@ -306,6 +306,7 @@ async def serve(config: Any, regions: Any, path: Path, *, signing_key: Any = Non
     import uvicorn
 
     from county.server.app import create_app
+    from county.server.escalation import start_escalation
     from county.server.events import EventHub
     from county.server.publish import Publisher
 
@@ -328,6 +329,10 @@ async def serve(config: Any, regions: Any, path: Path, *, signing_key: Any = Non
         ingest = _ingest(config, db, hub, regions)
         stack.push_async_callback(ingest.close)
         await ingest.start()
+        escalation = start_escalation(  # alarms unacknowledged past escalate_after_s -> [alarms] webhook
+            db, config, regions=regions, hub=hub)
+        if escalation is not None:
+            stack.push_async_callback(_cancel, escalation)
         server = _uvicorn_server(uvicorn.Config(
             app, host=config.server.host, port=config.server.port, log_config=None, access_log=False,
             lifespan="off", ssl_certfile=str(config.server.tls_cert) if config.server.tls_cert else None,
@@ -347,6 +352,7 @@ async def serve(config: Any, regions: Any, path: Path, *, signing_key: Any = Non
                 raise Failure(f"the HTTP server failed: {_one_line(exc)}") from exc
             raise Failure("the HTTP server ended by itself")
         log.info("stopping: signal received")
+        hub.close()  # open event streams end now; uvicorn would otherwise wait for them
         server.should_exit = True
         await asyncio.wait_for(asyncio.shield(http), timeout=30)
     log.info("stopped")

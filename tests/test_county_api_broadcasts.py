@@ -336,3 +336,17 @@ async def test_receipts_from_the_wire_through_ingest_fill_the_board(env: Env) ->
     finally:
         box.stop()
         await ingest.close()
+
+
+async def test_list_is_newest_first_and_a_scoped_page_reads_past_other_townships(env: Env) -> None:
+    ids = []
+    for i in range(5):
+        env.app.state.clock = lambda i=i: NOW_MS + i * 1000
+        to = ["box:a1"] if i < 2 else ["box:b1"]  # the three newest are town-b's
+        ids.append((await env.post("operator", "/api/v1/broadcasts", {"to": to, "text": f"n{i}"})).json()["id"])
+    everything = (await env.get("viewer", "/api/v1/broadcasts", params={"limit": 2})).json()
+    assert [b["id"] for b in everything] == [ids[4], ids[3]]
+    township = (await env.get("op-a", "/api/v1/broadcasts", params={"limit": 2})).json()
+    assert [b["id"] for b in township] == [ids[1], ids[0]]
+    assert all("token" not in b and "audio" not in b for b in township)
+    assert (await env.get("gw-a", "/api/v1/broadcasts")).status_code == 403

@@ -433,11 +433,19 @@ async def list_all(request: Request) -> Response:
     user = authorize(request, "broadcasts.read")
     p = parts(request)
     limit = int_param(request, "limit", LIST_DEFAULT_LIMIT, lo=1, hi=LIST_MAX_LIMIT)
+    assert limit is not None
     cols = [c for c in broadcasts_t.c if c.name not in ("audio", "token")]
+    order = (broadcasts_t.c.created_at.desc(), broadcasts_t.c.id.desc())
+    out: list[dict[str, Any]] = []
+    offset = 0
     async with p.db.connect() as conn:
-        rows = (await conn.execute(select(*cols).order_by(broadcasts_t.c.created_at.desc()).limit(limit))).mappings()
-        out = [{k: r[k] for k in r.keys()} for r in rows
-               if any(in_scope(p.regions, user.scope, b) for b in r["boxes"])]
+        while len(out) < limit:  # a scoped user: read on past the broadcasts of other townships
+            page = (await conn.execute(select(*cols).order_by(*order).offset(offset).limit(limit))).mappings().all()
+            out += [dict(r) for r in page if any(in_scope(p.regions, user.scope, b) for b in r["boxes"])]
+            offset += len(page)
+            if len(page) < limit:
+                break
+    out = out[:limit]
     return JSONResponse(out)
 
 

@@ -218,6 +218,27 @@ async def baseline(url: str, rows: list[dict[str, Any]]) -> float:
         await db.close()
 
 
+async def store_only(url: str, envs: list[Envelope]) -> float:
+    """county.ingest's parse + Store.write on the same envelopes in batches of 500, no MQTT: the database
+    part of ingest's cost."""
+    import county.ingest as ci
+    from county.store import Database
+
+    db = await Database.open(url)
+    try:
+        now = int(time.time() * 1000)
+        items = [ci.Incoming(TOPICS.up(e.box, e.cls, e.kind), e.encode(), i, 1, False, 0, now)
+                 for i, e in enumerate(envs)]
+        store = ci.Store(db)
+        topics = Topics()
+        t = time.perf_counter()
+        for i in range(0, len(items), BATCH):
+            await store.write([(it, ci.parse(topics, it)) for it in items[i:i + BATCH]])
+        return len(items) / (time.perf_counter() - t)
+    finally:
+        await db.close()
+
+
 async def _wait_stored(ingest: Any, n: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while ingest.stats["stored"] + ingest.stats["duplicates"] + ingest.stats["quarantined"] < n:
@@ -307,6 +328,59 @@ async def ingest_phase(name: str, url: str, broker_url: str, args: argparse.Name
         hub.close()
         await db.close()
     return out
+
+
+def mqtt_floor(broker_url: str, args: argparse.Namespace) -> float:
+    """paho alone: a persistent MQTT 5 session on the same shared subscription drains the same backlog,
+    acknowledging each message on arrival and doing nothing else (the MQTT part of ingest's cost)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    host, port = broker_url.removeprefix("mqtt://").rsplit(":", 1)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    props.ReceiveMaximum = 2000
+
+    def client() -> Any:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-floor", protocol=mqtt.MQTTv5)
+        c.max_inflight_messages_set(2000)
+        return c
+
+    subscribed = threading.Event()
+    c = client()
+    c.on_connect = lambda cl, *_a, **_k: cl.subscribe(f"$share/bench-floor/{TOPICS.all_up()}", qos=1)
+    c.on_subscribe = lambda *_a, **_k: subscribed.set()
+    c.connect(host, int(port), clean_start=False, properties=props)
+    c.loop_start()
+    if not subscribed.wait(30):
+        raise RuntimeError("floor client did not subscribe")
+    c.disconnect()
+    c.loop_stop()
+    pub = PublisherProcess(broker_url, args.boxes, args.n, 1, 0, args.conns, 0)
+    pub.ready()
+    pub.go()
+    pub.result()
+    count = [0]
+    done = threading.Event()
+
+    def on_message(_c: Any, _u: Any, _m: Any) -> None:
+        count[0] += 1
+        if count[0] >= args.n:
+            done.set()
+
+    c = client()
+    c.on_message = on_message
+    t = time.monotonic()
+    c.connect(host, int(port), clean_start=False, properties=props)
+    c.loop_start()
+    if not done.wait(900):
+        raise RuntimeError(f"floor client got {count[0]} of {args.n}")
+    rate = args.n / (time.monotonic() - t)
+    c.disconnect()
+    c.loop_stop()
+    return rate
 
 
 # ------------------------------------------------------------------------------------------ server probe
@@ -515,8 +589,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for name, make_url, _c in targets:
             base = await baseline(make_url("base"), rows)
+            store_rate = await store_only(make_url("store"), envs)
             prof = cProfile.Profile() if args.profile and name == "sqlite" else None
             with mosquitto(tmp, name) as broker:
+                floor = await asyncio.to_thread(mqtt_floor, broker.url, args) if name == "sqlite" else None
                 url = make_url("ingest")
                 r = await ingest_phase(name, url, broker.url, args, prof)
                 probe_r = None
@@ -528,8 +604,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     probe_r = run_probe(big, broker.url)
                 else:
                     probe_r = run_probe(url, broker.url)
+            if floor is not None:
+                print(f"\nMQTT floor: paho alone receives and acknowledges the backlog at {floor:,.0f} messages/s")
+                results["mqtt_floor"] = floor
+            print(f"\n{name}: parse + Store.write alone (no MQTT): {store_rate:,.0f} envelopes/s")
             show(name, base, r, probe_r)
-            results[name] = {"baseline": base, **r, "probe": probe_r}
+            results[name] = {"baseline": base, "store_only": store_rate, **r, "probe": probe_r}
             if prof is not None:
                 s = io.StringIO()
                 pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(35)

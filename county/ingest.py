@@ -355,7 +355,9 @@ def _older_int(col: Any, new: Any) -> Any:
 
 
 def _rank_sql(col: Any) -> Any:
-    return case((col.in_(sorted(FINAL_STATES)), 3), *((col == s, r) for s, r in _RANK.items()), else_=0)
+    # equality, not IN: an IN list is an "expanding" parameter, which executemany cannot take
+    return case(*((col == s, 3) for s in sorted(FINAL_STATES)), *((col == s, r) for s, r in _RANK.items()),
+                else_=0)
 
 
 class Store:

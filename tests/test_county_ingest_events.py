@@ -115,6 +115,7 @@ async def test_backpressure_and_events_after_commit(broker: Mosquitto, tmp_path:
         gate.open.set()
         await until(lambda: ing.stats["acked"] >= 200)
         assert await count(db, messages) == 200 and await count(db, alarms) == 1
+        assert ing.stats["store_errors"] == 0
         ev = events.get_nowait()
         assert ev is not None and ev.kind == "alarm" and ev.data["id"] == "box-a:1"
         assert set(ev.data) == {"id", "box", "kind", "wearer", "ts", "state", "pos"}

@@ -149,3 +149,32 @@ def test_serve_with_an_unusable_tls_cert_exits_2(tmp_path: Path, broker: Mosquit
     assert proc.returncode == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"{cfg}: server.tls_cert: cannot load the certificate" in lines[0], err
+
+
+def test_serve_runs_retention_old_telemetry_goes_alarms_stay(tmp_path: Path, broker: Mosquitto) -> None:
+    """The server purges at start (then hourly): telemetry older than [retention] telemetry_days goes,
+    an alarm message of the same age stays."""
+    port = free_port()
+    cfg = setup(tmp_path, broker, port)  # `user add` has created and migrated the database
+    db = tmp_path / "county.db"
+    old = 1_000_000_000_000  # 2001: far past any retention
+    with sqlite3.connect(db) as conn:
+        for seq, cls in ((1, "telemetry"), (2, "alarm")):
+            conn.execute("INSERT INTO messages (id, box, seq, ts, class, kind, received, raw) "
+                         "VALUES (?, 'b1', ?, ?, ?, 'x', ?, '{}')", (f"b1:{seq}", seq, old, cls, old))
+        conn.execute("INSERT INTO boxes (id, first_seen) VALUES ('b1', ?)", (old,))
+
+    def classes() -> list[str]:
+        with sqlite3.connect(db) as conn:
+            return [r[0] for r in conn.execute("SELECT class FROM messages ORDER BY seq")]
+
+    proc = start(cfg)
+    try:
+        assert wait_until(lambda: classes() == ["alarm"], timeout=30), classes()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err

@@ -309,6 +309,7 @@ async def serve(config: Any, regions: Any, path: Path, *, signing_key: Any = Non
     from county.server.escalation import start_escalation
     from county.server.events import EventHub
     from county.server.publish import Publisher
+    from county.store.retention import run as purge_loop
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -333,6 +334,11 @@ async def serve(config: Any, regions: Any, path: Path, *, signing_key: Any = Non
             db, config, regions=regions, hub=hub)
         if escalation is not None:
             stack.push_async_callback(_cancel, escalation)
+        keep = config.retention  # old telemetry, position history and quarantine: at start, then hourly
+        retention = asyncio.create_task(purge_loop(
+            db, stop, telemetry_days=keep.telemetry_days, quarantine_days=keep.quarantine_days,
+            batch_rows=keep.batch_rows), name="retention")
+        stack.push_async_callback(_cancel, retention)
         server = _uvicorn_server(uvicorn.Config(
             app, host=config.server.host, port=config.server.port, log_config=None, access_log=False,
             lifespan="off", ssl_certfile=str(config.server.tls_cert) if config.server.tls_cert else None,

@@ -421,11 +421,15 @@ class _Connection:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = cfg.session_expiry_s
             props.ReceiveMaximum = COMMAND_WINDOW  # the broker holds the rest of a flood, not us
+        # asyncio.timeout, never asyncio.wait_for: on 3.11 wait_for drops a cancellation (the supervisor's stop on
+        # SIGTERM) that lands as the awaited connect completes, and returns its outcome instead (CPython gh-86296)
+        # -- the link then went on into its backoff and the stop budget ended the process with code 3
         try:
-            await asyncio.wait_for(asyncio.to_thread(
-                self.client.connect, self.broker.host, self.broker.port, cfg.keepalive_s,
-                clean_start=False if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
-            ), cfg.connect_timeout_s + 1)
+            async with asyncio.timeout(cfg.connect_timeout_s + 1):
+                await _in_thread(
+                    self.client.connect, self.broker.host, self.broker.port, cfg.keepalive_s,
+                    clean_start=False if self.v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
+                )
         except ssl.SSLError as exc:
             raise ConnectFailed(f"TLS handshake failed: {exc.reason or exc}", auth=True) from None
         except (OSError, TimeoutError) as exc:
@@ -433,13 +437,13 @@ class _Connection:
         _no_delay(self.client)
         self.client.loop_start()
         try:
-            session_present, reason = await asyncio.wait_for(asyncio.shield(self.connected),
-                                                             cfg.connect_timeout_s)
+            async with asyncio.timeout(cfg.connect_timeout_s):
+                session_present, reason = await asyncio.shield(self.connected)  # a timeout leaves it to paho
         except TimeoutError:
             await self.close(graceful=False)
             raise ConnectFailed("no CONNACK within the connect timeout", ambiguous=True) from None
-        except ConnectFailed:
-            await self.close(graceful=False)
+        except (ConnectFailed, asyncio.CancelledError):
+            await self.close(graceful=False)  # a stop in the middle of an attempt: paho's thread ends with it
             raise
         if reason.is_failure:
             await self.close(graceful=False)
@@ -524,13 +528,17 @@ class _Connection:
             with contextlib.suppress(Exception):
                 info = client.publish(self.link.topics.state(self.link.box), self._state_payload("offline"),
                                       qos=1, retain=True)
-                await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, STOP_BUDGET_S), STOP_BUDGET_S + 0.5)
+                async with asyncio.timeout(STOP_BUDGET_S + 0.5):
+                    await asyncio.to_thread(info.wait_for_publish, STOP_BUDGET_S)
             with contextlib.suppress(Exception):
                 client.disconnect()
         await asyncio.to_thread(client.loop_stop)
         with contextlib.suppress(Exception):
             client.socket() and client.disconnect()
 
+
+
+_in_thread = asyncio.to_thread  # the blocking connect runs through this (a seam for tests/test_link_cancel.py)
 
 
 def _seen(future: asyncio.Future[Any]) -> None:

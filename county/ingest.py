@@ -366,6 +366,14 @@ class Store:
     def __init__(self, db: Database, describe: Callable[[str], dict[str, Any]] | None = None) -> None:
         self.db = db
         self.describe = describe
+        self._stmts: dict[str, Any] = {}
+
+    def _stmt(self, name: str, build: Callable[[], Any]) -> Any:
+        """A statement built once (building one costs more than executing it for a small batch)."""
+        stmt = self._stmts.get(name)
+        if stmt is None:
+            stmt = self._stmts[name] = build()
+        return stmt
 
     async def write(self, items: Sequence[tuple[Incoming, Parsed]]) -> Outcome:
         out = Outcome()
@@ -394,7 +402,8 @@ class Store:
             return
         rows = [{"id": p.env.id, "box": p.env.box, "seq": p.env.seq, "ts": p.env.ts, "class": p.env.cls.wire,
                  "kind": p.env.kind, "received": it.received, "raw": p.raw} for it, p in good.values()]
-        res = await conn.execute(db.insert_ignore(messages).returning(messages.c.id), rows)
+        res = await conn.execute(self._stmt("messages", lambda: db.insert_ignore(messages).returning(messages.c.id)),
+                                 rows)
         new_ids = {r[0] for r in res.all()}
         out.stored = len(new_ids)
         out.duplicates = sum(1 for it, p in items if isinstance(p, Good)) - len(new_ids)
@@ -443,11 +452,14 @@ class Store:
                     values["groups"] = ex.groups
                 return values
 
-            stmt = self.db.upsert(
-                boxes, ["id"], set_,
-                # `<=`: every instance stores (and announces) the same retained state once
-                where=lambda ex: or_(boxes.c.state_ts.is_(None), boxes.c.state_ts <= ex.state_ts),
-            ).returning(boxes.c.id)
+            def build(set_: Callable[[Any], dict[str, Any]] = set_) -> Any:
+                return self.db.upsert(
+                    boxes, ["id"], set_,
+                    # `<=`: every instance stores (and announces) the same retained state once
+                    where=lambda ex: or_(boxes.c.state_ts.is_(None), boxes.c.state_ts <= ex.state_ts),
+                ).returning(boxes.c.id)
+
+            stmt = self._stmt(f"states-{with_groups}", build)
             changed += [r[0] for r in (await conn.execute(stmt, part)).all()]
         await self._box_event(conn, changed, out)
 
@@ -467,11 +479,11 @@ class Store:
                 hb = heartbeats.get(env.box)
                 if hb is None or env.ts > hb.ts:
                     heartbeats[env.box] = env
-        stmt = self.db.upsert(
+        stmt = self._stmt("boxes", lambda: self.db.upsert(
             boxes, ["id"],
             lambda ex: {"first_seen": _older_int(boxes.c.first_seen, ex.first_seen),
                         "last_seen": _newer_int(boxes.c.last_seen, ex.last_seen),
-                        "last_seq": _newer_int(boxes.c.last_seq, ex.last_seq)})
+                        "last_seq": _newer_int(boxes.c.last_seq, ex.last_seq)}))
         await conn.execute(stmt, [agg[b] for b in sorted(agg)])
         if heartbeats:
             hb_rows = []
@@ -479,13 +491,13 @@ class Store:
                 env = heartbeats[b]
                 hb_rows.append({"b_id": b, "b_ts": env.ts, "heartbeat": env.data, "heartbeat_ts": env.ts,
                                 "backlog": backlog_of(env.data), "version": _name(env.data.get("version"))})
-            hb_stmt = (update(boxes)
-                       .where(boxes.c.id == bindparam("b_id"),
-                              or_(boxes.c.heartbeat_ts.is_(None), boxes.c.heartbeat_ts < bindparam("b_ts")))
-                       .values(heartbeat=bindparam("heartbeat"), heartbeat_ts=bindparam("heartbeat_ts"),
-                               backlog=bindparam("backlog"),
-                               version=func.coalesce(bindparam("version", type_=boxes.c.version.type),
-                                                     boxes.c.version)))
+            hb_stmt = self._stmt("heartbeat", lambda: (
+                update(boxes)
+                .where(boxes.c.id == bindparam("b_id"),
+                       or_(boxes.c.heartbeat_ts.is_(None), boxes.c.heartbeat_ts < bindparam("b_ts")))
+                .values(heartbeat=bindparam("heartbeat"), heartbeat_ts=bindparam("heartbeat_ts"),
+                        backlog=bindparam("backlog"),
+                        version=func.coalesce(bindparam("version", type_=boxes.c.version.type), boxes.c.version))))
             await conn.execute(hb_stmt, hb_rows)
             await self._box_event(conn, sorted(heartbeats), out)  # the hub drops one that changed nothing
 
@@ -554,7 +566,8 @@ class Store:
                     rcpts[key] = r
 
         if alarm_rows:
-            res = await conn.execute(db.insert_ignore(alarms).returning(alarms.c.id), alarm_rows)
+            res = await conn.execute(self._stmt("alarms", lambda: db.insert_ignore(alarms).returning(alarms.c.id)),
+                                     alarm_rows)
             opened = {r[0] for r in res.all()}
             by_id = {envl.id: envl for _i, envl in fresh}
             for a in alarm_rows:
@@ -564,23 +577,26 @@ class Store:
         if history:
             await conn.execute(positions.insert(), history)
         if latest:
-            stmt = db.upsert(positions_latest, ["box", "wearer"], ["device", "lat", "lon", "acc_m", "fix_ts", "ts"],
-                             where=lambda ex: positions_latest.c.ts < ex.ts)
+            stmt = self._stmt("positions_latest", lambda: db.upsert(
+                positions_latest, ["box", "wearer"], ["device", "lat", "lon", "acc_m", "fix_ts", "ts"],
+                where=lambda ex: positions_latest.c.ts < ex.ts))
             await conn.execute(stmt, [latest[k] for k in sorted(latest)])
         if periods:
-            await conn.execute(db.insert_ignore(camera_periods), [periods[k] for k in sorted(periods)])
+            await conn.execute(self._stmt("camera_periods", lambda: db.insert_ignore(camera_periods)),
+                               [periods[k] for k in sorted(periods)])
         if cams:
-            stmt = db.upsert(camera_states, ["box", "camera"], ["state", "reason", "since", "updated"],
-                             where=lambda ex: camera_states.c.updated < ex.updated)
+            stmt = self._stmt("camera_states", lambda: db.upsert(
+                camera_states, ["box", "camera"], ["state", "reason", "since", "updated"],
+                where=lambda ex: camera_states.c.updated < ex.updated))
             await conn.execute(stmt, [cams[k] for k in sorted(cams)])
         if rcpts:
             t = receipts.c
-            stmt = db.upsert(
+            stmt = self._stmt("receipts", lambda: db.upsert(
                 receipts, ["cmd", "box"], ["state", "reason", "ts", "envelope"],
                 where=lambda ex: or_(
                     and_(ex.ts > t.ts, not_(and_(_rank_sql(t.state) == 3, _rank_sql(ex.state) < 3))),
                     and_(ex.ts == t.ts, _rank_sql(ex.state) > _rank_sql(t.state))),
-            ).returning(t.cmd, t.box, t.state, t.reason, t.ts)
+            ).returning(t.cmd, t.box, t.state, t.reason, t.ts))
             for cmd, box, state, reason, ts in (await conn.execute(stmt, [rcpts[k] for k in sorted(rcpts)])).all():
                 out.events.append(("receipt", receipt_row(cmd, box, state, reason, ts),
                                    ("receipt", cmd, box, state, ts)))

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--key", type=Path, metavar="FILE", help="--external-box: county signing key for broadcasts")
     run.add_argument("--kid", default="county-sim", metavar="ID", help="--external-box: the key's id")
     run.add_argument("--workdir", type=Path, metavar="DIR", help="keep the run's files here (agent config, logs)")
+    run.add_argument("--county", action=argparse.BooleanOptionalAction, default=None,
+                     help="start the county server too (default: when the [county] extra is installed)")
 
     fleet = sub.add_parser("fleet", help="N lightweight simulated boxes against one broker")
     fleet.add_argument("--boxes", type=int, required=True, metavar="N")
@@ -84,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = RunOptions(speed=args.speed, duration_s=args.duration, broker_url=args.broker,
                       broker_kind=args.broker_kind, seed=args.seed, live=not args.no_live and sys.stdout.isatty(),
                       timeline=args.timeline, workdir=args.workdir, mqtt_protocol=args.mqtt_protocol,
-                      external=args.external_box, key_file=args.key, kid=args.kid)
+                      external=args.external_box, key_file=args.key, kid=args.kid, county=args.county)
     try:
         result = asyncio.run(run_village(scenario, opts))
     except (SimError, BrokerError, OSError) as exc:

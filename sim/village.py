@@ -69,6 +69,7 @@ class RunOptions:
     external: bool = False  # rehearsal: no local agent; the box named in the scenario is real (needs broker_url)
     key_file: Path | None = None  # external: the county key the real box trusts, for broadcasts
     kid: str = KID
+    county: bool | None = None  # the county server beside the run (sim/county_server.py); None: when installed
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Village:
         self._dash: PlainDashboard | LiveDashboard | None = None
         self.agent: SimAgent | None = None
         self.protocol: Literal["auto", "5", "3.1.1"] = "auto"
+        self.county_server: Any = None  # sim.county_server.CountyServer when running
 
     # ---- time --------------------------------------------------------------------------------------
 
@@ -192,6 +194,7 @@ class Village:
         for w in sc.wearers:
             self.state.wearers[w.id] = WearerRow(w.id)
         try:
+            await self._start_county_server(workdir, url, broker_name, key_path)
             async with GatewayTwin(sc.gateway.codec, wearers, link=sc.gateway.link, seed=self.seed,
                                    directory=workdir) as twin:
                 self.twin, self.county = twin, county
@@ -211,8 +214,30 @@ class Village:
                 self.agent.close()
             for cam in self.cameras.values():
                 await cam.stop()
+            if self.county_server is not None:
+                await asyncio.to_thread(self.county_server.stop)
             await asyncio.to_thread(county.stop)
         return self._finish(workdir, county, loss, time.monotonic() - wall0, broker_name)
+
+    async def _start_county_server(self, workdir: Path, url: str, broker_name: str, key_path: Path) -> None:
+        """`village county serve` beside the run (sim/county_server.py), unless off or not installed."""
+        from sim.county_server import CountyServer, county_installed
+
+        if self.opts.county is False or (self.opts.county is None and not county_installed()):
+            return
+        if not county_installed():
+            raise SimError("--county: the county server is not installed (pip install 'village-edge[county]')")
+        if broker_name == "amqtt":
+            self._say("county server not started: it needs MQTT 5 shared subscriptions, which amqtt lacks "
+                      "(install mosquitto)")
+            return
+        server = CountyServer(workdir, url, key_path, self.kid, self.sc.scenario.name, self.sc.scenario.description,
+                              self.sc.box.id, tuple(self.sc.box.groups))
+        try:
+            self.county_server = await asyncio.to_thread(server.start)
+        except (RuntimeError, OSError) as exc:  # CountyServer.start says what failed
+            raise SimError(f"county server: {exc}") from exc
+        self._say(server.banner())
 
     async def _run_local(self, workdir: Path, pub_path: Path, cams: list[dict[str, Any]]) -> LossReport | None:
         """The usual run: the real agent as a child process, through the link proxy."""

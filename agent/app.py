@@ -23,7 +23,7 @@ from agent.config import Config
 from agent.context import AgentContext, Hardware
 from agent.hardware import build_clock, build_hardware
 from agent.heartbeat import Heartbeat
-from agent.link import Broker, Link, LinkState
+from agent.link import Link, LinkState, StateCallback
 from agent.outbox import Outbox
 from agent.profile import HardwareProfile, load_profile
 from agent.receipts import Receipts
@@ -82,30 +82,20 @@ class ReportedRelay:
         return getattr(self.relay, name)
 
 
-class ReportedLink(Link):
-    """The link with its state edges mirrored to the status board (`link=...`, `mqtt=5|3.1.1`).
+def report_link(board: sdnotify.StatusBoard) -> StateCallback:
+    """The link's state edges mirrored to the status board (`link=...`, and `mqtt=5|3.1.1` on connecting).
 
-    It hooks the link's own state edge (`_set_state`, which also writes link.json) rather than polling, so
-    no edge is missed. The protocol is the link's choice for that broker at the moment it connected.
+    Link calls it on every edge (the same edge that writes link.json), so no edge is missed; the protocol is
+    the one of the connection just made, as the link reports it.
     """
 
-    def __init__(self, *args: Any, board: sdnotify.StatusBoard, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.board = board
-        board.set(link=self.state.value)
-
-    def _set_state(self, state: LinkState, broker: Broker) -> None:
-        super()._set_state(state, broker)
-        if state is LinkState.CONNECTED:
-            self.board.set(link=state.value, mqtt="5" if self._speaks_v5(broker) else "3.1.1")
+    def on_state(state: LinkState, mqtt_version: str | None) -> None:
+        if mqtt_version is not None:
+            board.set(link=state.value, mqtt=mqtt_version)
         else:
-            self.board.set(link=state.value)
+            board.set(link=state.value)
 
-    def _speaks_v5(self, broker: Broker) -> bool:
-        # the rule of Link._session: "5" as configured, or "auto" unless this URL is held on 3.1.1 (which
-        # _session records before the connection is served, i.e. before this CONNECTED edge)
-        mode = self.config.mqtt.protocol
-        return mode == "5" or (mode == "auto" and self.clock.monotonic() >= self._v311.get(broker.url, 0.0))
+    return on_state
 
 
 def build_agent(config: Config, *, clock: Clock | None = None, hardware: Hardware | None = None,
@@ -130,7 +120,8 @@ def build_agent(config: Config, *, clock: Clock | None = None, hardware: Hardwar
         hardware.relay = ReportedRelay(hardware.relay, board)
     ctx = AgentContext(config=config, profile=profile, uplink=outbox, receipts=receipts, clock=clock,
                        commands=router, hardware=hardware)
-    link = ReportedLink(config, outbox, router, clock=clock, board=board)
+    link = Link(config, outbox, router, clock=clock, on_state=report_link(board))
+    board.set(link=link.state.value)
     heartbeat = Heartbeat(outbox, clock, interval_s=config.box.heartbeat_s,
                           extra=lambda: {"link": {"state": link.state.value, "connects": link.reconnects,
                                                   "refused": link.refused, "qos0_refused": link.qos0_refused}})

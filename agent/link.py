@@ -14,6 +14,8 @@ in between at DEBUG, except a refused login or certificate, which the operator m
 - persistent session with a stable client id so commands queued while the box was offline arrive;
   subscribe again on every connect whatever CONNACK says, and report a lost session (mqtt-notes 4).
 - retained `state` online on connect, the will says offline; a clean stop publishes offline itself.
+- every state edge (connecting, connected, disconnected) goes to link.json and to the `on_state` callback,
+  with the MQTT version of the connection (agent.app mirrors it on the sd_notify STATUS= line).
 - a window of `inflight` unacknowledged publishes (plus a small reserve only alarms and receipts may
   use), fed from the outbox only while connected (mqtt-notes 8). Telemetry and events together may use
   only BULK_INFLIGHT of it: paho sends in FIFO order, so whatever bulk is in flight is queued ahead of an
@@ -82,6 +84,11 @@ class LinkState(Enum):
     CONNECTED = "connected"
 
 
+StateCallback = Callable[[LinkState, str | None], None]
+"""Called on every state edge of the link, on the event loop, with the new state and the MQTT version of
+the connection ("5" or "3.1.1"; None unless the state is CONNECTED)."""
+
+
 class ConnectFailed(Exception):
     """A connection attempt that did not reach CONNACK success."""
 
@@ -116,7 +123,7 @@ class Link:
     name = "link"
 
     def __init__(self, config: Config, outbox: Outbox, sink: CommandSink, *, clock: Clock | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, on_state: StateCallback | None = None) -> None:
         self.config = config
         self.outbox = outbox
         self.sink = sink
@@ -126,6 +133,8 @@ class Link:
         self.box = config.box.id
         self.brokers: list[Broker] = []  # parsed in run(): reading the password file is work
         self.state = LinkState.DISCONNECTED
+        self.mqtt_version: str | None = None  # "5" or "3.1.1" while CONNECTED, else None
+        self._on_state = on_state
         self.reconnects = 0
         self.published = 0
         self.tls_time_unchecked = False  # the last TLS connection skipped certificate dates (clock unset)
@@ -184,7 +193,7 @@ class Link:
                       outage.failures)
 
     def _connected_line(self, conn: _Connection) -> str:
-        """The recovery edge (INFO), with what the outage was; the simulator reads "link: connected to"."""
+        """The recovery edge (INFO), with what the outage was. For people: programs follow `on_state`."""
         outage, self._outage = self._outage, None
         proto = "MQTT 5" if conn.v5 else "MQTT 3.1.1"
         if conn.fallback is not None:
@@ -211,11 +220,17 @@ class Link:
                         "%d refused since start, next line in %.0f s at the earliest", n, "s" if n != 1 else "",
                         topic, self.qos0_refused, QOS0_LOG_EVERY_S)
 
-    def _set_state(self, state: LinkState, broker: Broker) -> None:
+    def _set_state(self, state: LinkState, broker: Broker, mqtt_version: str | None = None) -> None:
         if state is self.state:
             return
         self.state = state
+        self.mqtt_version = mqtt_version if state is LinkState.CONNECTED else None
         self._statefile.update(state=state.value, broker=broker.url, ts=self.clock.time())
+        if self._on_state is not None:
+            try:
+                self._on_state(state, self.mqtt_version)
+            except Exception:  # an observer's fault: it must not take the link down
+                log.exception("link: the state callback failed on %s", state.value)
 
     # ------------------------------------------------------------------ one connection
     async def _session(self, broker: Broker) -> None:
@@ -472,7 +487,7 @@ class _Connection:
             self.client.subscribe([(t, 1) for t in cmd_topics])
         self.client.publish(link.topics.state(link.box), self._state_payload("online"), qos=1, retain=True)
         link.reconnects += 1
-        link._set_state(LinkState.CONNECTED, self.broker)
+        link._set_state(LinkState.CONNECTED, self.broker, "5" if self.v5 else "3.1.1")
         async with asyncio.TaskGroup() as tg:
             drain = tg.create_task(self._drain(), name="link.drain")
             commands = tg.create_task(self._commands(), name="link.commands")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,10 +33,11 @@ class RecordingSink:
 
 
 @contextlib.asynccontextmanager
-async def agent_core(config: Config, sink: RecordingSink | None = None) -> AsyncIterator[tuple[Outbox, Link]]:
+async def agent_core(config: Config, sink: RecordingSink | None = None,
+                     **link_kw: Any) -> AsyncIterator[tuple[Outbox, Link]]:
     outbox = Outbox(config.outbox_path, config.box.id, max_bytes=config.outbox.max_bytes,
                     telemetry_ttl_s=config.outbox.telemetry_ttl_s, commit_interval_s=0.01)
-    link = Link(config, outbox, sink or RecordingSink())
+    link = Link(config, outbox, sink or RecordingSink(), **link_kw)
     tasks = [asyncio.create_task(outbox.run(lambda: None), name="outbox.run"),
              asyncio.create_task(link.run(lambda: None), name="link.run")]
     try:
@@ -260,6 +262,33 @@ async def test_broker_list_fails_over_to_the_next_url(tmp_path: Path, broker: Mo
     finally:
         county.stop()
     assert county.envelopes()[0]["kind"] == "sos"
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_every_state_edge_reaches_on_state_with_the_protocol_in_use(
+        tmp_path: Path, broker: Mosquitto, protocol: str) -> None:
+    edges: list[tuple[str, str | None]] = []
+    config = config_for(tmp_path, broker.url, mqtt={"protocol": protocol})
+    async with agent_core(config, on_state=lambda state, version: edges.append((state.value, version))) as (_, link):
+        await until(lambda: ("connected", protocol) in edges)
+        assert link.mqtt_version == protocol
+        broker.stop()
+        await until(lambda: len(edges) >= 4)  # lost, and trying again
+        assert link.mqtt_version is None
+    assert edges[:4] == [("connecting", None), ("connected", protocol), ("disconnected", None), ("connecting", None)]
+    assert all(a != b for a, b in itertools.pairwise(edges)), edges  # edges only: no repeats
+
+
+async def test_a_failing_state_callback_is_logged_and_the_link_goes_on(
+        tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(state: Any, version: Any) -> None:
+        raise RuntimeError("observer bug")
+
+    async with agent_core(config_for(tmp_path, broker.url), on_state=broken) as (outbox, link):
+        await until(lambda: link.state.value == "connected")
+        await outbox.send(A, "kA", {"i": 1})
+        await until(lambda: link.published >= 1)
+    assert any("state callback failed" in r.getMessage() for r in caplog.records)
 
 
 def test_backoff_is_capped_full_jitter() -> None:

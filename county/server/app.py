@@ -5,7 +5,8 @@ Routes come from the `county/server/routes_*.py` modules, each with a `routes() 
 module is all it takes to mount it.
 
 Every path under /api/ needs a session (Bearer token or the `vc_session` cookie, see auth.py) except
-`POST /api/v1/session` (login) and `GET /api/v1/health`: the auth middleware answers 401 before any route
+`POST /api/v1/session` (login), `GET /api/v1/health` and `GET /api/v1/openapi.json` (the API's OpenAPI
+3.1 description, county/server/openapi.py: it holds no data): the auth middleware answers 401 before any route
 runs, and 403 for a cookie-authenticated write without the CSRF header. Routes get the user with
 `auth.require(request, action, region)` (or `auth.current_user`), and the app's parts from
 `request.app.state`: `config`, `db`, `hub`, `mqtt`, `regions`, `clock` (epoch ms), `limiter`.
@@ -28,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from county.regions import Regions
@@ -40,7 +41,8 @@ log = logging.getLogger("county.server")
 ERROR_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                422: "unprocessable", 429: "too_many_requests", 500: "internal", 503: "unavailable"}
-PUBLIC = frozenset({("POST", "/api/v1/session"), ("GET", "/api/v1/health"), ("HEAD", "/api/v1/health")})
+PUBLIC = frozenset({("POST", "/api/v1/session"), ("GET", "/api/v1/health"), ("HEAD", "/api/v1/health"),
+                    ("GET", "/api/v1/openapi.json"), ("HEAD", "/api/v1/openapi.json")})
 
 
 def json_error(status: int, detail: str, *, error: str | None = None,
@@ -162,7 +164,9 @@ def create_app(config: CountyConfig, db: Any, hub: Any = None, mqtt: Any = None,
                clock: Callable[[], int] | None = None, modules: Sequence[ModuleType] | None = None) -> Starlette:
     """The app over an open `Database`; `hub` the event hub (events.py), `mqtt` the publisher for commands.
     `clock` (epoch ms) is for tests; `modules` limits the route modules mounted (default: all)."""
-    routes: list[BaseRoute] = []
+    from county.server import openapi  # the API's description: public, see openapi.py
+
+    routes: list[BaseRoute] = [Route(openapi.PATH, openapi.endpoint, methods=["GET"])]
     for module in (route_modules() if modules is None else modules):
         routes.extend(_routes_of(module))
     app = Starlette(routes=routes, middleware=[Middleware(AuthMiddleware)],

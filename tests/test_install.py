@@ -59,7 +59,8 @@ def wheelhouse(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 def run_install(root: Path, wheelhouse: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(INSTALL), "--root", str(root), "--wheelhouse", str(wheelhouse), "--python", sys._base_executable,
+        [str(INSTALL), "--root", str(root), "--wheelhouse", str(wheelhouse), "--python",
+         getattr(sys, "_base_executable", sys.executable),  # the interpreter under any venv
          *extra], capture_output=True, text=True, timeout=600)
 
 
@@ -214,6 +215,23 @@ class NotifyListener:
                 return
         raise AssertionError(f"{what} not received; got {self.seen[-10:]}")
 
+    def drain(self) -> None:
+        """Read everything already sent (once the agent has exited, that is all it will ever send)."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.seen.append(self.sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+
+    def relay(self) -> list[str]:
+        """The relay as the agent's STATUS= lines said it, in order (agent.sdnotify.StatusBoard)."""
+        from agent.sdnotify import StatusBoard
+
+        return [f["relay"] for m in self.seen if (f := StatusBoard.parse(m)) is not None and "relay" in f]
+
     def close(self) -> None:
         self.sock.close()
 
@@ -319,6 +337,8 @@ def test_installed_agent_reports_ready_and_stops_cleanly_with_the_relay_off(
         collector.wait_for(lambda _m: "started" in receipt_states(collector, cmd_id)
                            or {"failed", "rejected"} & set(receipt_states(collector, cmd_id)))
         assert "started" in receipt_states(collector, cmd_id), receipt_states(collector, cmd_id)
+        notify.drain()
+        assert "on" in notify.relay(), notify.seen[-10:]  # the broadcast switched it on
         rc = stop(proc)
     finally:
         if proc.poll() is None:
@@ -327,8 +347,9 @@ def test_installed_agent_reports_ready_and_stops_cleanly_with_the_relay_off(
     text = log.read_text(errors="replace")
     assert rc == 0, text[-3000:]
     notify.wait_for("STOPPING=1", timeout=5)
-    relay = re.findall(r"amplifier relay (on|off)", text)
-    assert relay and relay[-1] == "off", text[-3000:]
+    notify.drain()  # the agent has exited: everything it sent is here
+    relay = notify.relay()
+    assert relay and relay[-1] == "off", (relay, notify.seen[-10:])
     assert re.search(r"^<[0-7]>", text, re.M)  # journald priority prefixes under JOURNAL_STREAM
     assert "Traceback" not in text, text[-3000:]
     # status reads what the stopped agent left behind, without it running

@@ -3,7 +3,8 @@
 Sources: the county collector's arrivals (observe.County), the proxy's ledger of what crossed the wire
 (proxy.Ledger), every outbox row the watcher saw plus what is left in the outbox and its persisted
 counters (observe.OutboxWatcher), the band twin's presses and the agent's AL replies, the commands
-sent, the agent's own log (relay and command lines), the faults injected and the RSS samples.
+sent, the agent's STATUS= line (the relay's switches; bench/soak/faults.SoakAgent) placed among the lines of
+its log that say which commands the router accepted, the faults injected and the RSS samples.
 
 "Produced" = committed by the agent: seen in the outbox file or published on the wire. A produced message
 that the county never got is classified:
@@ -53,7 +54,8 @@ class Inputs:
     presses: list[Press]
     acked_devices: set[str]
     commands: list[SentCommand]
-    agent_log: str
+    agent_log: str  # the log file's bytes, decoded with surrogateescape (offsets are in bytes)
+    relay_statuses: list[tuple[int, str]]  # (log offset when it arrived, "on"/"off") per STATUS= naming the relay
     faults: list[Fault]
     skipped: dict[str, str]
     rss_runs: list[list[tuple[float, int]]]
@@ -177,18 +179,25 @@ def _relay(v: Verdict, i: Inputs) -> None:
     unauthorized: list[str] = []
     relay_on = 0
     authorized = False
-    for line in i.agent_log.splitlines():
-        if line.startswith("--- run "):
+    relay = "off"
+    last_line = ""
+    for at, kind, text in _merged(i.agent_log, i.relay_statuses):
+        if kind == "status":
+            if text == "on" and relay != "on":
+                relay_on += 1
+                if not authorized:
+                    unauthorized.append(f"relay on at log byte {at}, after {last_line[:100]!r}")
+            relay = text
+            continue
+        last_line = text
+        if text.startswith("--- run "):
             authorized = False  # a fresh process: only a resumed schedule or a new command may switch it on
-        elif m := ACCEPTED_RE.search(line):
+            relay = "off"  # and it starts with the relay off (the power cut or the stop switched it off)
+        elif m := ACCEPTED_RE.search(text):
             accepted[m.group(1)] += 1
             authorized = authorized or m.group(1) in valid
-        elif "broadcast schedule resumed" in line:
+        elif "broadcast schedule resumed" in text:
             authorized = True
-        elif "amplifier relay on" in line:
-            relay_on += 1
-            if not authorized:
-                unauthorized.append(line[:120])
     wrongly = sorted(set(accepted) & refused_new) + [c for c, n in accepted.items() if n > 1]
     receipts: Counter[tuple[str, str]] = Counter()
     reasons: dict[str, str] = {}
@@ -208,8 +217,23 @@ def _relay(v: Verdict, i: Inputs) -> None:
                              "replays_rejected_receipts": replays_rejected, "relay_on": relay_on,
                              "valid_refused_by_reason": dict(valid_refused)}
     v.add("relay never on without a valid command", not unauthorized and not wrongly,
-          f"{relay_on} relay-on, {len(unauthorized)} without a valid command or resumed schedule before it; "
+          f"{relay_on} relay-on (STATUS=), {len(unauthorized)} without a valid command or resumed schedule before it "
+          f"{unauthorized[:3]}; "
           f"{len(accepted)} commands accepted, {len(wrongly)} of them invalid or accepted twice {wrongly[:3]}")
+
+
+def _merged(log: str, statuses: list[tuple[int, str]]) -> list[tuple[int, str, str]]:
+    """The log's lines and the STATUS= relay values in the order they happened: a line that ended at or before
+    the log size a status arrived at was written before it (the agent logs, then switches and sends)."""
+    events: list[tuple[int, int, int, str, str]] = []
+    end = 0
+    for n, raw in enumerate(log.encode("utf-8", "surrogateescape").splitlines(keepends=True)):
+        end += len(raw)
+        events.append((end, 0, n, "line", raw.decode("utf-8", "replace").rstrip("\r\n")))
+    for n, (at, relay) in enumerate(statuses):
+        events.append((at, 1, n, "status", relay))
+    events.sort(key=lambda e: e[:3])
+    return [(at, kind, text) for at, _o, _n, kind, text in events]
 
 
 def _memory(v: Verdict, i: Inputs) -> None:

@@ -23,6 +23,7 @@ import errno
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.sdnotify import StatusBoard
 from bench.soak.observe import RssSampler
 from bench.soak.proxy import LinkProxy
 from tests.agentproc import AgentProcess
@@ -51,15 +53,33 @@ class Fault:
 
 
 class SoakAgent(AgentProcess):
-    """The real agent as a subprocess, through bench.soak.agentclock so its wall clock can be stepped."""
+    """The real agent as a subprocess, through bench.soak.agentclock so its wall clock can be stepped.
+
+    What the box did comes from its STATUS= line (tests/agentproc.py reads the NOTIFY_SOCKET), not from the
+    log's wording. The checker still reads which commands the router accepted from the log, and needs to
+    know what came first, so every STATUS= line is kept with where it arrived in the log (`stamped`: the log's
+    size in bytes when the datagram was read, and its fields). The agent writes a log line before it sends
+    the STATUS= that follows it, so a line that ends within that size came before the status.
+    """
 
     def __init__(self, workdir: Path, config: dict[str, Any], clock_file: Path) -> None:
         super().__init__(workdir, config)
         self.clock_file = clock_file
         clock_file.write_text("0\n")
+        self.stamped: list[tuple[int, dict[str, str]]] = []  # (log size at arrival, STATUS= fields), in order
+
+    def _read(self, sock: socket.socket) -> None:
+        super()._read(_StampedSocket(sock, self))  # type: ignore[arg-type]
+
+    def relay_statuses(self) -> list[tuple[int, str]]:
+        """(log offset, "on"/"off") of every STATUS= line that names the relay, in arrival order."""
+        self.poll_messages()  # everything sent so far has been read
+        with self._cond:
+            return [(at, fields["relay"]) for at, fields in self.stamped if "relay" in fields]
 
     def start(self, *, wait_ready: bool = True, timeout: float = 60.0) -> SoakAgent:
         self._bind_notify()
+        self.poll_messages()  # the previous run's last datagrams are read before the new run's marker
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path), "PYTHONUNBUFFERED": "1"}
         self.runs += 1
         with open(self.log, "ab") as log:
@@ -74,6 +94,23 @@ class SoakAgent(AgentProcess):
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class _StampedSocket:
+    """The notify socket as AgentProcess's reader thread sees it: each STATUS= datagram is noted with the size
+    the agent's log had when it was read (SoakAgent.stamped)."""
+
+    def __init__(self, sock: socket.socket, agent: SoakAgent) -> None:
+        self.sock, self.agent = sock, agent
+
+    def recv(self, size: int) -> bytes:
+        data = self.sock.recv(size)
+        fields = StatusBoard.parse(data.decode("utf-8", "replace"))
+        if fields is not None:
+            at = self.agent.log.stat().st_size
+            with self.agent._cond:
+                self.agent.stamped.append((at, fields))
+        return data
 
 
 class Disk:
@@ -241,5 +278,7 @@ def stop_agent(agent: SoakAgent) -> int | None:
         agent.proc.wait(10)
         return None
     finally:
+        with contextlib.suppress(Exception):
+            agent.poll_messages()  # read what it sent up to its exit (the relay off) before the socket closes
         with contextlib.suppress(Exception):
             agent.close()

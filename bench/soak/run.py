@@ -99,14 +99,17 @@ async def soak(o: Options) -> Verdict:
                     task.cancel()
             seconds = time.monotonic() - t0
             await asyncio.to_thread(stop_agent, agent)
+            relay = agent.relay_statuses()
             left, counters = watcher.final()
             presses, acked = bands.presses, bands.acked_devices()
         await asyncio.sleep(1.0)  # the last receipts and the offline state reach the county
         verdict = check(Inputs(
             box=BOX, envelopes=county.envelopes(), arrivals=county.snapshot(), ledger=proxy.ledger,
             outbox_seen=watcher.seen, outbox_left=left, counters=counters, presses=presses,
-            acked_devices=acked, commands=commands.sent, agent_log=agent.log_text(), faults=driver.faults,
-            skipped=driver.skipped, rss_runs=rss.runs, agent_crashes=driver.agent_crashes, seconds=seconds,
+            acked_devices=acked, commands=commands.sent,
+            agent_log=agent.log.read_bytes().decode("utf-8", "surrogateescape"), relay_statuses=relay,
+            faults=driver.faults, skipped=driver.skipped, rss_runs=rss.runs, agent_crashes=driver.agent_crashes,
+            seconds=seconds,
             max_depth=watcher.max_depth))
         verdict.figures["drained"] = drained
         verdict.figures["wearers"] = o.wearers

@@ -6,6 +6,8 @@ Exit codes (docs/county-console.md):
   2  usage: an option or its value is wrong as given (argparse, a time, a range, a start already past)
   3  --wait ended with a box that did not answer, or rejected, or failed
   4  nothing sent: a target no known box answers to (a mistyped group, a box never seen); --force sends anyway
+push and cancel with --server URL (county/server_client.py) keep these codes: a refusal of the server (403,
+a failed login) is 1, a value it refuses as given (400) is 2, nobody hears (422) is 4.
 Every error is one line on stderr: `village county CMD: what is wrong`.
 """
 
@@ -63,7 +65,7 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("broker")
     g.add_argument("--broker", default=os.environ.get("VILLAGE_BROKER"), metavar="URL",
                    help="mqtt://[user:pass@]host:port or mqtts://... (default: $VILLAGE_BROKER)")
-    g.add_argument("--ca", type=Path, help="CA certificate (PEM) for mqtts://")
+    g.add_argument("--ca", type=Path, help="CA certificate (PEM) for mqtts:// (with --server: for https://)")
     g.add_argument("--cert", type=Path, help="client certificate (PEM) for mutual TLS")
     g.add_argument("--client-key", type=Path, help="client certificate key (PEM) for mutual TLS")
     g.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
@@ -71,10 +73,10 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
 
 def _signing_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("signing and delivery")
-    g.add_argument("--key", type=Path, required=True, metavar="FILE", help="county private key (PKCS#8 PEM)")
-    g.add_argument("--kid", required=True, help="key id the boxes know the public key under ([trust.keys])")
-    g.add_argument("--to", action="append", required=True, metavar="TARGET", type=_target,
-                   help="box:ID or group:NAME (repeatable)")
+    g.add_argument("--key", type=Path, metavar="FILE", help="county private key (PKCS#8 PEM); not with --server")
+    g.add_argument("--kid", help="key id the boxes know the public key under ([trust.keys]); not with --server")
+    g.add_argument("--to", action="append", metavar="TARGET", type=_target,
+                   help="box:ID or group:NAME (repeatable; required, except for cancel --server)")
     g.add_argument("--ttl", type=_ttl, default=push.DEFAULT_TTL_S, metavar="DURATION",
                    help="how long a box may still accept the command: 90s, 30m, 12h, 1d or seconds "
                         "(default 1d, at most 31d)")
@@ -85,6 +87,34 @@ def _signing_args(p: argparse.ArgumentParser) -> None:
                    help="send even to a target no known box answers to, or with a start already past")
     g.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     _tz_arg(p)
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("through the county server (instead of --key/--kid: the server signs and publishes)")
+    g.add_argument("--server", metavar="URL", help="the county server, http(s)://HOST:PORT (--ca for https)")
+    g.add_argument("--user", metavar="NAME", help="the county server user to log in as")
+    g.add_argument("--password-file", type=Path, metavar="F",
+                   help="the user's password (first line); default $VILLAGE_COUNTY_PASSWORD. Never on argv")
+
+
+def _signing_mode(args: argparse.Namespace) -> bool:
+    """True for --server mode, False for --key/--kid; UsageError (exit 2) for neither or both."""
+    server = getattr(args, "server", None)
+    if server is not None:
+        if args.key is not None or args.kid is not None:
+            raise push.UsageError("give either --server URL (the county server signs) or --key FILE and --kid ID "
+                                  "(sign here), not both")
+        if not getattr(args, "user", None):
+            raise push.UsageError("--server needs --user NAME (and --password-file F or $VILLAGE_COUNTY_PASSWORD)")
+        if args.cmd == "cancel" and args.to:
+            raise push.UsageError("--to is not for cancel --server: the server sends the cancel to the broadcast's "
+                                  "own targets")
+    elif args.key is None or args.kid is None:
+        either = " or --server URL --user NAME (the county server signs)" if hasattr(args, "server") else ""
+        raise push.UsageError(f"give --key FILE and --kid ID (sign here){either}")
+    if not args.to and not (server is not None and args.cmd == "cancel"):
+        raise push.UsageError("the following arguments are required: --to")
+    return server is not None
 
 
 def _tz_arg(p: argparse.ArgumentParser) -> None:
@@ -147,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help="sign and publish a broadcast.play")
     _broker_args(p)
     _signing_args(p)
+    _server_args(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", help="text spoken by the box's TTS")
     what.add_argument("--audio", type=Path, metavar="FILE", help="mp3, ogg, opus or wav, sent inline")
@@ -165,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="sign and publish a broadcast.cancel")
     _broker_args(p)
     _signing_args(p)
+    _server_args(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("broadcast", nargs="?", metavar="ID", help="the broadcast id to cancel")
     which.add_argument("--all", action="store_true", help="stop and drop every broadcast")
@@ -305,6 +337,10 @@ def _check_times(args: argparse.Namespace, data: dict[str, Any], now: float, tz:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    if _signing_mode(args):
+        from county import server_client
+
+        return server_client.cmd_push(args)
     now = time.time()
     tz = push.zone(args.tz)
     start = push.parse_time(args.at, now, tz) if args.at else None
@@ -352,12 +388,17 @@ def _read_cap(path: Path) -> bytes:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    if _signing_mode(args):
+        from county import server_client
+
+        return server_client.cmd_cancel(args)
     data: dict[str, Any] = {"all": True} if args.all else {"broadcast": args.broadcast}
     main = push.command("broadcast.cancel", data, args.to, now=time.time(), ttl_s=args.ttl)
     return _publish(args, [main], main)
 
 
 def cmd_fences(args: argparse.Namespace) -> int:
+    _signing_mode(args)
     try:
         fences = importlib.import_module("county.fences")  # written by the wearables engineer
     except ModuleNotFoundError as exc:

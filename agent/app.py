@@ -83,7 +83,7 @@ class ReportedRelay:
 
 
 def report_link(board: sdnotify.StatusBoard) -> StateCallback:
-    """The link's state edges mirrored to the status board (`link=...`, and `mqtt=5|3.1.1` on connecting).
+    """The link's state edges mirrored to the status board (`link=...`; `mqtt=5|3.1.1` when connected).
 
     Link calls it on every edge (the same edge that writes link.json), so no edge is missed; the protocol is
     the one of the connection just made, as the link reports it.

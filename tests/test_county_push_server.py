@@ -198,6 +198,11 @@ def test_refusals_are_one_line_with_the_console_exit_codes(server: Server, box: 
     assert r.returncode == 1
     assert r.stderr.splitlines() == ["village county push: --server needs a password: --password-file F or "
                                      "$VILLAGE_COUNTY_PASSWORD"]
+    # --force past nobody_hears: sent; a box that never answers is `no answer` in the table, exit 3
+    r = server.console("push", "--user", "li", "--to", "box:ghost-9", "--text", "x", "--force", "--wait", "1",
+                       "--json", password=PASSWORD)
+    assert r.returncode == 3, r.stderr
+    assert [json.loads(ln)["state"] for ln in r.stdout.splitlines()] == ["no answer"]
     r = server.console("cancel", "nope", "--user", "li", password=PASSWORD)
     assert r.returncode == 1 and "404 not_found: no such broadcast" in r.stderr
     assert len(box.got) == sent_before  # none of these reached the box

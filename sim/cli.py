@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sim.broker import BrokerError
+    from sim.county_server import county_installed
     from sim.scenario import ScenarioError, load_scenario
     from sim.village import RunOptions, SimError, run_village
 
@@ -86,7 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = RunOptions(speed=args.speed, duration_s=args.duration, broker_url=args.broker,
                       broker_kind=args.broker_kind, seed=args.seed, live=not args.no_live and sys.stdout.isatty(),
                       timeline=args.timeline, workdir=args.workdir, mqtt_protocol=args.mqtt_protocol,
-                      external=args.external_box, key_file=args.key, kid=args.kid, county=args.county)
+                      external=args.external_box, key_file=args.key, kid=args.kid,
+                      county=county_installed() if args.county is None else args.county)
     try:
         result = asyncio.run(run_village(scenario, opts))
     except (SimError, BrokerError, OSError) as exc:

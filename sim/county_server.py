@@ -152,6 +152,33 @@ class CountyServer:
                 raise RuntimeError(f"county server did not answer within {self.start_timeout_s:g} s: {self._tail()}")
             time.sleep(0.2)  # polling the health route (a condition), not waiting for time to pass
 
+    def settle(self, box: str, seq: int | None, timeout_s: float = 15.0) -> bool:
+        """Until the server has stored envelope `seq` of `box` (what the run's county view saw last), so
+        stopping it loses nothing it was about to commit; False after `timeout_s`."""
+        if seq is None or self.proc is None:
+            return True
+        token = self._login()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            req = urllib.request.Request(f"{self.url}/api/v1/messages?box={box}&since_seq={seq - 1}&limit=1",
+                                         headers={"Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    if json.loads(r.read()):
+                        return True
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                return False
+            time.sleep(0.1)  # polling a condition (the row is there), not waiting for time to pass
+
+    def _login(self) -> str:
+        body = json.dumps({"username": USER, "password": self.password}).encode()
+        req = urllib.request.Request(f"{self.url}/api/v1/session", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return str(json.loads(r.read())["token"])
+
     def _tail(self) -> str:
         try:
             return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-3:])

@@ -69,7 +69,9 @@ class RunOptions:
     external: bool = False  # rehearsal: no local agent; the box named in the scenario is real (needs broker_url)
     key_file: Path | None = None  # external: the county key the real box trusts, for broadcasts
     kid: str = KID
-    county: bool | None = None  # the county server beside the run (sim/county_server.py); None: when installed
+    # the county server beside the run (sim/county_server.py); `village sim run` turns it on when the [county]
+    # extra is installed, so library callers (tests) get it only by asking
+    county: bool = False
 
 
 @dataclass
@@ -215,6 +217,9 @@ class Village:
             for cam in self.cameras.values():
                 await cam.stop()
             if self.county_server is not None:
+                seqs = [int(x.envelope.get("seq", 0)) for x in county.unique(sc.box.id)]
+                if not await asyncio.to_thread(self.county_server.settle, sc.box.id, max(seqs, default=None)):
+                    self._say("county server: it had not stored everything the county view saw when stopped")
                 await asyncio.to_thread(self.county_server.stop)
             await asyncio.to_thread(county.stop)
         return self._finish(workdir, county, loss, time.monotonic() - wall0, broker_name)
@@ -223,7 +228,7 @@ class Village:
         """`village county serve` beside the run (sim/county_server.py), unless off or not installed."""
         from sim.county_server import CountyServer, county_installed
 
-        if self.opts.county is False or (self.opts.county is None and not county_installed()):
+        if not self.opts.county:
             return
         if not county_installed():
             raise SimError("--county: the county server is not installed (pip install 'village-edge[county]')")

@@ -71,3 +71,45 @@ def test_the_sim_starts_a_county_server_that_stores_what_the_box_sends(tmp_path:
     finally:
         server.stop()
     assert server.proc is None and (tmp_path / "county" / "county.db").exists()
+
+
+def test_village_sim_run_shows_the_whole_chain_into_the_county_server(tmp_path: Path) -> None:
+    """`village sim run` (the CLI, default --county): the box's SOS reaches the county server's database."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from sqlalchemy import func, select
+
+    from county.store import Database
+    from county.store.tables import alarms, messages
+    from sim.agentproc import toml_dumps
+
+    scenario = {"scenario": {"name": "tiny", "description": "小村: a test", "duration_s": 30, "speed": 10,
+                             "seed": 3, "drain_s": 20},
+                "box": {"id": "sim-tiny-001", "heartbeat_s": 10},
+                "wearer": [{"id": "W1", "device": "8800000021", "path": [[21.95, 101.25]]}],
+                "at": [{"t_s": 5, "do": "sos", "wearer": "W1"}],
+                "expect": [{"kind": "sos", "wearer": "W1", "count": 1}]}
+    path = tmp_path / "tiny.toml"
+    path.write_text(toml_dumps(scenario))
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "sim", "run", "--scenario", str(path), "--check",
+                          "--no-live", "--broker-kind", "mosquitto", "--workdir", str(run)],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "county server: http://127.0.0.1:" in out.stdout and f"login {USER} / " in out.stdout
+
+    async def stored() -> tuple[int, list[Any]]:
+        db = await Database.open(f"sqlite:///{run / 'county' / 'county.db'}")
+        try:
+            async with db.connect() as conn:
+                n = (await conn.execute(select(func.count()).select_from(messages)
+                                        .where(messages.c.box == "sim-tiny-001"))).scalar_one()
+                sos = (await conn.execute(select(alarms.c.kind, alarms.c.box))).all()
+            return n, [tuple(r) for r in sos]
+        finally:
+            await db.close()
+
+    n, sos = asyncio.run(stored())
+    assert sos == [("sos", "sim-tiny-001")] and n > 1

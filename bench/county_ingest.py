@@ -552,25 +552,8 @@ def show(name: str, base: float, r: dict[str, Any], probe_r: dict[str, Any] | No
                   f"{x['bytes']:,} bytes)")
 
 
-def patch_receipts_upsert() -> None:
-    """--fix-receipts: the receipts upsert's rank without an expanding IN (a proposed fix of county/ingest.py,
-    applied in this process only, to measure what it would give; county/ingest.py is not changed)."""
-    from sqlalchemy import case, or_
-
-    import county.ingest as ci
-
-    def rank_sql(col: Any) -> Any:
-        return case((or_(*(col == s for s in sorted(ci.FINAL_STATES))), 3),
-                    *((col == s, r) for s, r in ci._RANK.items()), else_=0)
-
-    ci._rank_sql = rank_sql  # type: ignore[assignment]
-
-
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-county-"))
-    if args.fix_receipts:
-        patch_receipts_upsert()
-        print("--fix-receipts: the proposed receipts-upsert fix is applied in this process (not in county/ingest.py)")
     print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} cores; "
           f"{args.n:,} envelopes from {args.boxes} boxes over {args.conns} connections")
     envs = make_envelopes(args.boxes, args.n, 1)
@@ -630,8 +613,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-pg", action="store_true", help="SQLite only")
     ap.add_argument("--profile", action="store_true", help="cProfile the SQLite ingest (event loop thread)")
     ap.add_argument("--json", type=Path, help="write the figures here too")
-    ap.add_argument("--fix-receipts", action="store_true",
-                    help="apply the proposed receipts-upsert fix in this process (diagnosis; see the docstring)")
     ap.add_argument("--boxes", type=int)
     ap.add_argument("--n", type=int)
     ap.add_argument("--conns", type=int)

@@ -9,7 +9,9 @@ a wrong password, a viewer, a group nobody answers to are one line and their exi
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import json
 import os
 import signal
@@ -156,6 +158,19 @@ def test_push_through_the_server_signs_sends_and_waits_for_the_board(server: Ser
     # an ISO time without an offset is the county's (Asia/Shanghai), whatever the console machine's zone
     assert data["end"] == int(dt.datetime(2099, 1, 1, 8, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp())
 
+    # inline audio: audio_b64 + mime, the --spoken transcript as the text
+    wav = server.tmp / "notice.wav"
+    wav.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(40)))
+    r = server.console("push", "--user", "li", "--to", f"box:{BOX}", "--audio", str(wav), "--spoken", "通知",
+                       "--class", "emergency", password=PASSWORD)
+    assert r.returncode == 0, r.stderr
+    aid = r.stdout.split()[1]
+    assert wait_until(lambda: [p for _t, p, _r in box.got if p["id"] == aid], timeout=20)
+    played = next(p for _t, p, _r in box.got if p["id"] == aid)["data"]
+    assert played["audio"]["mime"] == "audio/wav" and base64.b64decode(played["audio"]["b64"]) == wav.read_bytes()
+    assert played["audio"]["sha256"] == hashlib.sha256(wav.read_bytes()).hexdigest()
+    assert played["text"] == "通知" and played["class"] == "emergency" and played["level"] == 1
+
     # without --wait: the id and state on stdout (JSON with --json); then cancel it through the server
     r = server.console("push", "--user", "li", "--to", f"box:{BOX}", "--text", "hi", "--json",
                        env={"VILLAGE_COUNTY_PASSWORD": PASSWORD})
@@ -171,7 +186,7 @@ def test_push_through_the_server_signs_sends_and_waits_for_the_board(server: Ser
     assert cancel["data"] == {"broadcast": out["id"]} and cancel["to"] == [f"box:{BOX}"]
 
 
-def test_refusals_are_one_line_with_the_console_exit_codes(server: Server, box: FakeBox) -> None:
+def test_refusals_are_one_line_with_the_console_exit_codes(server: Server, box: FakeBox, peers: Path) -> None:
     sent_before = len(box.got)
     r = server.console("push", "--user", "li", "--to", "group:town-menglou", "--text", "x",
                        password="not the password")
@@ -203,6 +218,10 @@ def test_refusals_are_one_line_with_the_console_exit_codes(server: Server, box: 
                        "--json", password=PASSWORD)
     assert r.returncode == 3, r.stderr
     assert [json.loads(ln)["state"] for ln in r.stdout.splitlines()] == ["no answer"]
+    # a CAP Update names earlier broadcasts by CAP identifier, which the server does not know
+    r = server.console("push", "--user", "li", "--to", f"box:{BOX}", "--cap", str(peers / "cap-1.2-A3-update.xml"),
+                       password=PASSWORD)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "CAP Update or Cancel" in r.stderr
     r = server.console("cancel", "nope", "--user", "li", password=PASSWORD)
     assert r.returncode == 1 and "404 not_found: no such broadcast" in r.stderr
     assert len(box.got) == sent_before  # none of these reached the box

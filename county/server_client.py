@@ -47,18 +47,21 @@ class ServerError(Exception):
 
 
 def read_password(path: Path | None) -> str:
-    """The password from the file (its first line) or $VILLAGE_COUNTY_PASSWORD; ServerError(0) if neither."""
+    """The password from the file or $VILLAGE_COUNTY_PASSWORD; ServerError(0) if neither. The file is read as
+    `village county user add --password-file` reads it (its text without one trailing newline), so the file
+    that set a password logs in with it."""
     if path is not None:
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                raw = f.read(64 * 1024)
+            text = raw.decode("utf-8")
         except OSError as exc:
-            raise ServerError(0, f"{path}: cannot read the password file: {exc.strerror}") from None
+            raise ServerError(0, f"--password-file {path}: cannot read: {exc.strerror}") from None
         except UnicodeDecodeError:
-            raise ServerError(0, f"{path}: the password file is not UTF-8") from None
-        lines = text.splitlines()
-        password = lines[0] if lines else ""
+            raise ServerError(0, f"--password-file {path}: not UTF-8 text") from None
+        password = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
         if not password:
-            raise ServerError(0, f"{path}: the password file is empty")
+            raise ServerError(0, f"--password-file {path}: empty")
         return password
     password = os.environ.get(PASSWORD_ENV, "")
     if not password:
@@ -77,8 +80,10 @@ class ServerClient:
 
     def __init__(self, base: str, *, ca: Path | None = None, timeout: float = TIMEOUT_S) -> None:
         parsed = urllib.parse.urlsplit(base)
+        if "@" in parsed.netloc:  # never shown: it may hold a password
+            raise ServerError(0, "--server URL carries a user or password: give --user and --password-file instead")
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ServerError(0, f"--server {base!r} is not http://HOST:PORT or https://HOST:PORT")
+            raise ServerError(0, f"--server {_clean(base)!r} is not http://HOST:PORT or https://HOST:PORT")
         self.base = base.rstrip("/")
         self.display = f"{parsed.scheme}://{parsed.netloc}"
         self.timeout = timeout

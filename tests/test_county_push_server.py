@@ -262,3 +262,13 @@ def test_push_over_https_with_ca(tmp_path: Path, broker: Mosquitto) -> None:
     finally:
         b.stop()
         stop_server(s)
+
+
+def test_a_password_in_the_server_url_is_refused_and_not_shown(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "county", "push", "--to", "box:b", "--text", "x",
+                        "--server", "http://li:s3cret-pw@127.0.0.1:9", "--user", "li"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "VILLAGE_COUNTY_PASSWORD": "s3cret-pw"})
+    assert r.returncode == 1 and "s3cret-pw" not in r.stdout + r.stderr
+    assert r.stderr.splitlines() == ["village county push: --server URL carries a user or password: give --user "
+                                     "and --password-file instead"]

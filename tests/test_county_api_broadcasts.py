@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import uuid
 from typing import Any
 
 from agent.protocol import jws
@@ -30,9 +31,10 @@ def verify(env: Env, payload: bytes) -> dict[str, Any]:
 
 async def marker(env: Env, collector: Any) -> list[Any]:
     """Everything published before this call has reached the box side (one connection keeps order)."""
-    await env.publisher.publish("vc/v1/box/marker/cmd", b"marker")
-    msgs = await wait_messages_until(collector, lambda ms: any(m.payload == b"marker" for m in ms))
-    return [m for m in msgs if m.payload != b"marker"]
+    mark = f"marker-{uuid.uuid4()}".encode()  # unique: an earlier call's marker must not end this wait
+    await env.publisher.publish("vc/v1/box/marker/cmd", mark)
+    msgs = await wait_messages_until(collector, lambda ms: any(m.payload == mark for m in ms))
+    return [m for m in msgs if not m.payload.startswith(b"marker-")]
 
 
 async def wait_messages_until(collector: Any, pred: Any) -> list[Any]:

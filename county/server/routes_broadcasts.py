@@ -20,7 +20,6 @@ Every action (create, refused, approve, cancel, resend) is appended to the audit
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -28,16 +27,12 @@ import logging
 import uuid
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, update
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.protocol import jws
-from agent.protocol.topics import Topics
 from county import push
-from county.server.publish import PublishError
 from county.server.routes_common import (
     ApiError,
     Parts,
@@ -46,11 +41,16 @@ from county.server.routes_common import (
     authorize,
     in_scope,
     int_param,
+    outside_scope,
+    parse_targets,
     parts,
     place,
+    publish_all,
+    reach_boxes,
     read_json,
+    signing_key,
+    topics_of,
 )
-from county.store.tables import boxes as boxes_t
 from county.store.tables import broadcasts as broadcasts_t
 from county.store.tables import receipts as receipts_t
 
@@ -61,7 +61,6 @@ LIVE = ("publishing", "sent", "publish_failed")  # signed, possibly on the broke
 AUDIO_MIMES = frozenset(push.AUDIO_MIME.values())
 MAX_TEXT_CHARS = 2000
 MAX_TITLE_CHARS = 200
-MAX_TARGETS = 200
 LIST_DEFAULT_LIMIT = 100
 LIST_MAX_LIMIT = 1000
 BODY_KEYS = frozenset({"to", "text", "audio_b64", "audio_mime", "class", "level", "start", "end", "volume", "title",
@@ -69,30 +68,6 @@ BODY_KEYS = frozenset({"to", "text", "audio_b64", "audio_mime", "class", "level"
 
 
 # ------------------------------------------------------------------------------------------- helpers
-async def signing_key(request: Request) -> tuple[Ed25519PrivateKey, str]:
-    """The county key and kid: `app.state.signing_key` (loaded by `village county serve` at start, so a bad
-    key file is exit 2 there), else read once from [signing] key (in a thread) and kept."""
-    st = request.app.state
-    signing = st.config.signing
-    if signing.key is None or signing.kid is None:
-        raise ApiError(503, "this server has no signing key ([signing] key and kid in county.toml)")
-    key = getattr(st, "signing_key", None)
-    if key is None:
-        try:
-            key = await asyncio.to_thread(jws.load_private_key, signing.key)
-        except jws.KeysError as exc:
-            log.error("signing key: %s", exc)
-            raise ApiError(503, "the signing key cannot be read (see the server log)") from None
-        st.signing_key = key
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ApiError(503, "the signing key is not an Ed25519 private key")
-    return key, str(signing.kid)
-
-
-def topics_of(p: Parts) -> Topics:
-    return Topics(p.config.mqtt.topic_prefix)
-
-
 def _opt_str(body: dict[str, Any], key: str, most: int) -> str | None:
     value = body.get(key)
     if value is None:
@@ -149,13 +124,7 @@ def parse_body(body: dict[str, Any], now: float, tz: Any) -> tuple[dict[str, Any
     unknown = sorted(set(body) - BODY_KEYS)
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown[:8])}")
-    to = body.get("to")
-    if not isinstance(to, list) or not to or not all(isinstance(t, str) for t in to) or len(to) > MAX_TARGETS:
-        raise ApiError(400, f"to must be a list of 1..{MAX_TARGETS} targets (box:ID or group:NAME)")
-    try:
-        targets = list(dict.fromkeys(push.parse_target(t) for t in to))
-    except push.UsageError as exc:
-        raise ApiError(400, str(exc)) from None
+    targets = parse_targets(body.get("to"))
     cls = body.get("class", "daily")
     if not isinstance(cls, str):
         raise ApiError(400, "class must be emergency, daily or drill")
@@ -185,27 +154,9 @@ def check_times(data: dict[str, Any], now: float, tz: Any) -> None:
                            "nothing sent (force: true sends it anyway)", reason=f"{key}_past")
 
 
-async def reported_groups(conn: Any) -> dict[str, list[str]]:
-    rows = (await conn.execute(select(boxes_t.c.id, boxes_t.c.groups))).all()
-    return {r.id: list(r.groups or []) for r in rows}
-
-
 def _needs_review(p: Parts, cls: str) -> bool:
     review = p.config.review
     return (cls == "daily" and bool(review.daily)) or (cls == "drill" and bool(getattr(review, "drill", False)))
-
-
-async def _publish(p: Parts, token: bytes, topics: list[str]) -> str | None:
-    """Publish to every topic; the first failure's text, or None when the broker took them all."""
-    if p.mqtt is None:
-        return "this server has no MQTT publisher"
-    for topic in topics:
-        try:
-            await p.mqtt.publish(topic, token)
-        except PublishError as exc:
-            log.warning("publish to %s failed: %s", topic, exc)
-            return str(exc)
-    return None
 
 
 async def _sign_and_send(p: Parts, request: Request, row: Any, *, now: float) -> tuple[str, str | None]:
@@ -228,7 +179,7 @@ async def _sign_and_send(p: Parts, request: Request, row: Any, *, now: float) ->
         await conn.execute(update(broadcasts_t).where(broadcasts_t.c.id == row["id"])
                            .values(token=token.decode("ascii"), exp=payload["exp"], state="publishing"))
     t = topics_of(p)
-    failure = await _publish(p, token, [push.target_topic(x, t) for x in payload["to"]])
+    failure = await publish_all(p, token, [push.target_topic(x, t) for x in payload["to"]])
     state = "sent" if failure is None else "publish_failed"
     async with p.db.begin() as conn:
         await conn.execute(update(broadcasts_t).where(broadcasts_t.c.id == row["id"],
@@ -238,10 +189,6 @@ async def _sign_and_send(p: Parts, request: Request, row: Any, *, now: float) ->
 
 async def _load(conn: Any, bid: str) -> Any:
     return (await conn.execute(select(broadcasts_t).where(broadcasts_t.c.id == bid))).mappings().first()
-
-
-def _check_scope(p: Parts, user: Any, boxes: list[str]) -> list[str]:
-    return sorted(b for b in boxes if not in_scope(p.regions, user.scope, b))
 
 
 # --------------------------------------------------------------------------------------------- routes
@@ -256,21 +203,7 @@ async def create(request: Request) -> Response:
     force = body.get("force") is True
     if data["class"] == "emergency":
         authorize(request, "broadcast.emergency")
-    async with p.db.connect() as conn:
-        reported = await reported_groups(conn)
-    reach = p.regions.resolve(targets, reported)
-    boxes = sorted(set().union(*reach.values()))
-    outside = _check_scope(p, user, boxes)
-    if outside:
-        async with p.db.begin() as conn:
-            await audit_append(conn, user.name, "broadcast.refused", None,
-                               {"targets": targets, "outside_scope": outside[:50], "scope": user.scope})
-        raise ApiError(403, "the targets reach boxes outside your scope", outside_scope=outside[:50])
-    unheard = [t for t, b in reach.items() if not b]
-    if not boxes or (unheard and not force):
-        why = (f"no known box answers to {', '.join(unheard)}" if unheard else "no box would hear it")
-        raise ApiError(422, f"{why}; nothing sent (check the name, or force: true to send anyway)",
-                       reason="nobody_hears", unheard=unheard)
+    boxes = await reach_boxes(p, user, targets, force=force, refused="broadcast.refused")
     if not force:
         check_times(data, now, tz)
     bid = str(uuid.uuid4())
@@ -306,7 +239,7 @@ async def approve(request: Request) -> Response:
         row = await _load(conn, bid)
     if row is None:
         raise ApiError(404, "no such broadcast")
-    if _check_scope(p, user, list(row["boxes"])):
+    if outside_scope(p, user, list(row["boxes"])):
         raise ApiError(403, "that broadcast reaches boxes outside your scope")
     if row["state"] != "awaiting_review":
         raise ApiError(409, f"broadcast is {row['state']}, not awaiting_review", state=row["state"])
@@ -335,7 +268,7 @@ async def cancel(request: Request) -> Response:
         row = await _load(conn, bid)
     if row is None:
         raise ApiError(404, "no such broadcast")
-    if _check_scope(p, user, list(row["boxes"])):
+    if outside_scope(p, user, list(row["boxes"])):
         raise ApiError(403, "that broadcast reaches boxes outside your scope")
     if row["state"] not in (*LIVE, "awaiting_review"):
         raise ApiError(409, f"broadcast is {row['state']}", state=row["state"])
@@ -347,7 +280,7 @@ async def cancel(request: Request) -> Response:
         cancel_id = payload["id"]
         token = push.sign(payload, key, kid)
         t = topics_of(p)
-        failure = await _publish(p, token, [push.target_topic(x, t) for x in payload["to"]])
+        failure = await publish_all(p, token, [push.target_topic(x, t) for x in payload["to"]])
         if failure is not None:
             raise ApiError(503, f"the broker did not take the cancel: {failure}; the broadcast is unchanged")
     async with p.db.begin() as conn:
@@ -376,7 +309,7 @@ async def resend(request: Request) -> Response:
         got = await _board(conn, row) if row is not None else {}
     if row is None:
         raise ApiError(404, "no such broadcast")
-    if _check_scope(p, user, list(row["boxes"])):
+    if outside_scope(p, user, list(row["boxes"])):
         raise ApiError(403, "that broadcast reaches boxes outside your scope")
     if row["state"] not in LIVE or row["token"] is None:
         raise ApiError(409, f"broadcast is {row['state']}; only a sent broadcast is resent", state=row["state"])
@@ -384,7 +317,7 @@ async def resend(request: Request) -> Response:
         raise ApiError(409, "the signed command has expired; create a new broadcast", state="expired")
     silent = [b for b in row["boxes"] if b not in got]
     t = topics_of(p)
-    failure = await _publish(p, row["token"].encode("ascii"), [t.box_cmd(b) for b in silent])
+    failure = await publish_all(p, row["token"].encode("ascii"), [t.box_cmd(b) for b in silent])
     async with p.db.begin() as conn:
         if failure is None and row["state"] != "sent":
             await conn.execute(update(broadcasts_t).where(broadcasts_t.c.id == bid).values(state="sent"))

@@ -1,4 +1,5 @@
-"""What the API routes share: the app's parts, JSON errors, reading a body, the user's scope over boxes.
+"""What the API routes share: the app's parts, JSON errors, reading a body, the user's scope over boxes, and
+signing and publishing a command (broadcasts, fence pushes).
 
 Every route module reads the server's parts (config, database, event hub, publisher, regions) through
 `parts(request)` so the route code does not depend on how the app factory stores them. A box is in a
@@ -8,19 +9,31 @@ a box the regions file does not name ("unregistered") is in the whole-county sco
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from agent.protocol import jws
+from agent.protocol.topics import Topics
+from county import push
 from county.server.auth import require
+from county.server.publish import PublishError
+from county.store.tables import boxes as boxes_t
 
+log = logging.getLogger("county.routes")
+
+MAX_TARGETS = 200
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a broadcast may carry 2 MiB of audio, base64: ~2.7 MiB
 
 
@@ -164,3 +177,85 @@ async def emit(hub: Any, kind: str, data: dict[str, Any]) -> None:
     API changes are seen on their next read)."""
     if hub is not None:
         hub.publish(kind, data)
+
+
+# ----------------------------------------------------------------------------- signed commands to boxes
+async def signing_key(request: Request) -> tuple[Ed25519PrivateKey, str]:
+    """The county key and kid: `app.state.signing_key` (loaded by `village county serve` at start, so a bad
+    key file is exit 2 there), else read once from [signing] key (in a thread) and kept."""
+    st = request.app.state
+    signing = st.config.signing
+    if signing.key is None or signing.kid is None:
+        raise ApiError(503, "this server has no signing key ([signing] key and kid in county.toml)")
+    key = getattr(st, "signing_key", None)
+    if key is None:
+        try:
+            key = await asyncio.to_thread(jws.load_private_key, signing.key)
+        except jws.KeysError as exc:
+            log.error("signing key: %s", exc)
+            raise ApiError(503, "the signing key cannot be read (see the server log)") from None
+        st.signing_key = key
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ApiError(503, "the signing key is not an Ed25519 private key")
+    return key, str(signing.kid)
+
+
+def topics_of(p: Parts) -> Topics:
+    return Topics(p.config.mqtt.topic_prefix)
+
+
+async def reported_groups(conn: Any) -> dict[str, list[str]]:
+    """{box: [groups it reported]} (`boxes.groups`), for resolving `group:` targets."""
+    rows = (await conn.execute(select(boxes_t.c.id, boxes_t.c.groups))).all()
+    return {r.id: list(r.groups or []) for r in rows}
+
+
+def outside_scope(p: Parts, user: Any, boxes: Iterable[str]) -> list[str]:
+    """The boxes (sorted) that lie outside the user's scope."""
+    return sorted(b for b in boxes if not in_scope(p.regions, user.scope, b))
+
+
+async def publish_all(p: Parts, token: bytes, topics: list[str]) -> str | None:
+    """Publish to every topic (QoS 1, not retained); the first failure's text, or None when the broker took
+    them all."""
+    if p.mqtt is None:
+        return "this server has no MQTT publisher"
+    for topic in topics:
+        try:
+            await p.mqtt.publish(topic, token)
+        except PublishError as exc:
+            log.warning("publish to %s failed: %s", topic, exc)
+            return str(exc)
+    return None
+
+
+def parse_targets(to: Any) -> list[str]:
+    """A body's `to` (a list of `box:ID` / `group:NAME`) -> the targets, duplicates dropped; ApiError 400."""
+    if not isinstance(to, list) or not to or not all(isinstance(t, str) for t in to) or len(to) > MAX_TARGETS:
+        raise ApiError(400, f"to must be a list of 1..{MAX_TARGETS} targets (box:ID or group:NAME)")
+    try:
+        return list(dict.fromkeys(push.parse_target(t) for t in to))
+    except push.UsageError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def reach_boxes(p: Parts, user: Any, targets: list[str], *, force: bool, refused: str) -> list[str]:
+    """The boxes (sorted) the targets reach (the regions file and the groups the boxes reported). Targets
+    reaching a box outside the user's scope: 403, audited as `refused`; a target no known box answers to:
+    422 `nobody_hears` unless `force`; targets reaching no box at all: always 422."""
+    async with p.db.connect() as conn:
+        reported = await reported_groups(conn)
+    reach = p.regions.resolve(targets, reported)
+    boxes = sorted(set().union(*reach.values()))
+    outside = outside_scope(p, user, boxes)
+    if outside:
+        async with p.db.begin() as conn:
+            await audit_append(conn, user.name, refused, None,
+                               {"targets": targets, "outside_scope": outside[:50], "scope": user.scope})
+        raise ApiError(403, "the targets reach boxes outside your scope", outside_scope=outside[:50])
+    unheard = [t for t, b in reach.items() if not b]
+    if not boxes or (unheard and not force):
+        why = (f"no known box answers to {', '.join(unheard)}" if unheard else "no box would hear it")
+        raise ApiError(422, f"{why}; nothing sent (check the name, or force: true to send anyway)",
+                       reason="nobody_hears", unheard=unheard)
+    return boxes

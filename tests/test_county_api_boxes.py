@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+from sqlalchemy import update
+
 from county.regions import parse_regions
-from county.store.tables import messages
+from county.store.tables import boxes, messages
 from tests.county_api import NOW_MS, PASSWORD, REGIONS, Env, env_fixture  # noqa: F401 - the `env` fixture
 
 UNICODE_RAW = '{"v":1,  "id":"a1:%d", "box":"a1", "seq":%d, "ts":%d, "class":"event", "kind":"camera", ' \
@@ -93,3 +95,23 @@ async def test_login_through_the_api_then_list(env: Env) -> None:
     assert r.status_code == 200
     r = await env.client.get("/api/v1/boxes", headers={"Authorization": f"Bearer {r.json()['token']}"})
     assert r.status_code == 200 and len(r.json()) == 4
+
+
+async def test_boxes_show_the_seq_gap_the_boxes_counters_do_not_explain(env: Env) -> None:
+    # a1: seq 1..10 stored but 4 and 7; its newest heartbeat says it evicted one telemetry envelope itself
+    await _store(env, "a1", [s for s in range(1, 11) if s not in (4, 7)])
+    # a2: the same two holes, no heartbeat: both are missing
+    await _store(env, "a2", [s for s in range(1, 11) if s not in (4, 7)])
+    async with env.db.begin() as conn:
+        await conn.execute(update(boxes).where(boxes.c.id == "a1").values(
+            heartbeat={"outbox": {"counters": {"evicted.telemetry": 1, "sent": 8, "refused": 5}}}))
+    got = {b["id"]: b for b in (await env.get("viewer", "/api/v1/boxes")).json()}
+    assert got["a1"]["missing"] == 1
+    assert got["a2"]["missing"] == 2
+    assert got["b1"]["missing"] is None  # nothing of it stored: no range to speak of
+    # counters explaining more than the gap never make it negative
+    async with env.db.begin() as conn:
+        await conn.execute(update(boxes).where(boxes.c.id == "a1").values(
+            heartbeat={"outbox": {"counters": {"evicted.telemetry": 3, "expired.telemetry": 2}}}))
+    got = {b["id"]: b for b in (await env.get("op-a", "/api/v1/boxes")).json()}
+    assert got["a1"]["missing"] == 0 and set(got) == {"a1", "a2"}

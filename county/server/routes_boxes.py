@@ -3,6 +3,8 @@
 Boxes come from two places: every box that ever reported (the `boxes` table) and every box the regions
 file names (a registered box that never reported is listed with state `unknown`). Names, villages and
 townships come from the regions file; a box it does not name is listed as "unregistered", never dropped.
+`missing` is the box's seq gap that neither its own eviction/expiry counters nor the county's retention
+explain (county/store/queries.py `seq_gaps`); null when none of its envelopes is stored.
 
 Messages are returned exactly as received: the body is a JSON array whose items are the stored envelope
 texts byte for byte (no re-encoding), ascending `seq`, `seq > since_seq`, at most `limit` (default 500,
@@ -20,6 +22,7 @@ from starlette.routing import Route
 
 from agent.protocol.topics import BOX_ID_RE
 from county.server.routes_common import ApiError, api, authorize, in_scope, int_param, parts
+from county.store.queries import seq_gaps
 from county.store.tables import boxes as boxes_t
 from county.store.tables import messages as messages_t
 
@@ -28,7 +31,7 @@ MESSAGES_DEFAULT_LIMIT = 500
 MESSAGES_MAX_LIMIT = 5000
 
 
-def box_json(regions: Any, box: str, row: Any | None) -> dict[str, Any]:
+def box_json(regions: Any, box: str, row: Any | None, missing: int | None = None) -> dict[str, Any]:
     pl = regions.place(box) if regions is not None else None
     registered = pl is not None and pl.registered
     return {
@@ -44,6 +47,7 @@ def box_json(regions: Any, box: str, row: Any | None) -> dict[str, Any]:
         "backlog": row["backlog"] if row is not None else None,
         "version": row["version"] if row is not None else None,
         "groups": list(row["groups"] or []) if row is not None else [],
+        "missing": missing,
     }
 
 
@@ -53,10 +57,12 @@ async def list_boxes(request: Request) -> Response:
     p = parts(request)
     async with p.db.connect() as conn:
         rows = {r["id"]: r for r in (await conn.execute(select(boxes_t))).mappings()}
+        missing = {g.box: g.missing for g in await seq_gaps(conn)}
     ids = set(rows)
     if p.regions is not None:
         ids.update(p.regions.registered())
-    out = [box_json(p.regions, b, rows.get(b)) for b in sorted(ids) if in_scope(p.regions, user.scope, b)]
+    out = [box_json(p.regions, b, rows.get(b), missing.get(b)) for b in sorted(ids)
+           if in_scope(p.regions, user.scope, b)]
     return JSONResponse(out)
 
 

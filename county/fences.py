@@ -99,6 +99,15 @@ def build_geofence_command_data(path: Path | str, crs: str = "WGS84",
         raise FenceFileError(f"not JSON: {exc}") from None
     except RecursionError:
         raise FenceFileError("not JSON: nested too deeply") from None
+    return build_geofence_data(doc, crs, assign)
+
+
+def build_geofence_data(doc: Any, crs: str = "WGS84",
+                        assign: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """A parsed GeoJSON FeatureCollection + crs + {wearer: [fence ids]} -> the `data` of a geofence.set
+    command (the county server's fence push builds it from its stored fences with this)."""
+    if crs not in CRS_NAMES:
+        raise FenceFileError(f"crs must be one of {', '.join(CRS_NAMES)}, got {crs!r}")
     if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
         raise FenceFileError("expected a GeoJSON FeatureCollection")
     features = doc.get("features")

@@ -43,17 +43,20 @@ ACTIONS = _READ | frozenset({
     "broadcast.emergency",   # an emergency broadcast: never held for review
     "broadcast.approve",     # the review step (审核): a second user approves a held broadcast
     "broadcast.cancel", "broadcast.resend",
-    "fence.push",
+    "fence.edit",            # create, change or delete a stored fence (PUT/DELETE /api/v1/fences/{id})
+    "fence.push",            # sign and publish a geofence.set of stored fences to boxes inside the scope
     "users.read", "user.manage", "audit.read",
 })
 GRANTS: dict[str, frozenset[str]] = {
     "admin": ACTIONS,
     "operator": _READ | frozenset({"alarm.ack", "alarm.assign", "alarm.resolve", "broadcast.create",
-                                   "broadcast.emergency", "broadcast.cancel", "broadcast.resend", "fence.push"}),
+                                   "broadcast.emergency", "broadcast.cancel", "broadcast.resend", "fence.edit",
+                                   "fence.push"}),
     "reviewer": _READ | frozenset({"broadcast.approve", "broadcast.cancel"}),
     "viewer": _READ,
     # 网格员: sees and handles the alarms assigned to them (the routes filter on assigned_to), and boxes
-    "gridworker": frozenset({"alarms.read", "alarm.ack", "alarm.resolve", "boxes.read", "events.read"}),
+    "gridworker": frozenset({"alarms.read", "alarm.ack", "alarm.resolve", "boxes.read", "events.read",
+                             "fences.read"}),
 }
 
 

@@ -102,18 +102,21 @@ def _op_id(summary: str) -> str:
     return words[0].lower() + "".join(w.capitalize() for w in words[1:])
 
 
-ID = param("id", "path", STR, "the alarm's or broadcast's id")
+ID = param("id", "path", STR, "the alarm's, broadcast's or fence push's id")
+FENCE_ID = param("id", "path", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}, "the fence id")
 LIMIT = functools.partial(param, "limit", "query")
 
 # ------------------------------------------------------------------------------------------- schemas
 ROLES = ["admin", "operator", "reviewer", "viewer", "gridworker"]
 ALARM_STATES = ["new", "acknowledged", "assigned", "resolved"]
 BROADCAST_STATES = ["publishing", "sent", "publish_failed", "awaiting_review", "cancelled"]
+CRS = ["WGS84", "GCJ02", "BD09"]
 AUDIO_MIMES = ["audio/mpeg", "audio/ogg", "audio/opus", "audio/wav"]
 
 BOX_EXAMPLE: J = {"id": "lhk-menglou-001", "name": "勐楼村委会广播站", "village": "menglou", "township": "menglou-town",
                   "village_name": "勐楼村", "township_name": "勐楼镇", "registered": True, "state": "online",
-                  "last_seen": 1764576000000, "backlog": 0, "version": "1.4.0", "groups": ["town-menglou"]}
+                  "last_seen": 1764576000000, "backlog": 0, "version": "1.4.0", "groups": ["town-menglou"],
+                  "missing": 0}
 ALARM_EXAMPLE: J = {"id": "lhk-menglou-001:4711", "box": "lhk-menglou-001", "kind": "sos", "wearer": "w-0042",
                     "ts": 1764575940000, "state": "new", "pos": {"lat": 21.95, "lon": 101.25},
                     "device": "band-0042", "received": 1764575941000, "box_name": "勐楼村委会广播站",
@@ -143,7 +146,12 @@ SCHEMAS: J = {
     "Ok": obj({"ok": BOOL}),
     "Box": obj({"id": STR, "name": STR, "village": NSTR, "township": NSTR, "state": STR, "last_seen": NMS,
                 "backlog": NINT, "version": NSTR},
-               {"village_name": NSTR, "township_name": NSTR, "registered": BOOL, "groups": arr(STR)},
+               {"village_name": NSTR, "township_name": NSTR, "registered": BOOL, "groups": arr(STR),
+                "missing": {"type": ["integer", "null"], "minimum": 0,
+                            "description": "seqs between the box's lowest and highest stored envelope that are "
+                                           "neither stored nor explained by the box's own eviction/expiry "
+                                           "counters (its newest heartbeat) or the county's retention: lost on "
+                                           "the way or still coming; null when nothing of it is stored"}},
                description="`name` is `unregistered` for a box the regions file does not name; `state` "
                            "online, offline or unknown (named in the regions file, never reported)",
                example=BOX_EXAMPLE),
@@ -195,6 +203,35 @@ SCHEMAS: J = {
         {"level": NINT, "title": NSTR, "text": NSTR, "audio_mime": NSTR, "audio_sha256": NSTR, "volume": NINT,
          "start": nullable(S), "end": nullable(S), "exp": nullable(S), "approved_by": NSTR, "approved_at": NMS,
          "cancelled_by": NSTR, "cancelled_at": NMS}),
+    "Fence": obj({"id": STR, "name": STR, "feature": ref("Feature"), "crs": {"type": "string", "enum": CRS},
+                  "created_by": STR, "updated_at": MS},
+                 description="a stored fence; `feature.id` is the fence id, `feature.properties.name` its name"),
+    "Feature": {"type": "object", "required": ["type", "geometry"],
+                "description": "a GeoJSON Feature: geometry Polygon or MultiPolygon ([lon, lat] rings of 3+ "
+                               "distinct positions), or a circle: a Point with properties.radius_m "
+                               "(0 < r <= 100000 metres)",
+                "properties": {"type": {"const": "Feature"}, "geometry": {"type": "object"},
+                               "properties": {"type": "object"}}},
+    "FencePut": obj({"feature": ref("Feature")},
+                    {"name": {"type": "string", "maxLength": 200, "description": "default: the id"},
+                     "crs": {"type": "string", "enum": CRS, "default": "WGS84"}}),
+    "FencePush": obj(
+        {"fences": arr({"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}, minItems=1, maxItems=200),
+         "to": arr({"type": "string", "pattern": "^(box|group):[A-Za-z0-9_-]{1,64}$"}, minItems=1, maxItems=200)},
+        {"assign": {"type": "object", "additionalProperties": arr(STR),
+                    "description": "wearer id -> fence ids (each among `fences`)"},
+         "ttl_s": {"type": "integer", "minimum": 1, "maximum": 31 * 86400, "default": 86400},
+         "force": {"type": "boolean", "description": "send even if a target no known box answers to"}},
+        description="the stored fences (one crs) as one geofence.set, signed with the county key"),
+    "FencePushCreated": obj({"id": STR, "state": {"type": "string", "enum": ["sent", "publish_failed"]},
+                             "boxes": arr(STR)}, {"error": STR},
+                            description="`id` is the geofence.set command id (the boxes' receipts name it)"),
+    "FencePushBoard": obj(
+        {"id": STR, "fences": arr(STR), "crs": STR, "collection": {"type": "object"},
+         "assign": {"type": "object", "additionalProperties": arr(STR)}, "targets": arr(STR), "created_by": STR,
+         "created_at": MS, "receipts": arr(ref("BoxReceipt"))},
+        description="one receipt row per targeted box inside the caller's scope: `applied`, `rejected` (with "
+                    "the reason), `failed`, or `no_answer`; `collection` is the FeatureCollection as sent"),
     "Envelope": {"type": "object", "description": "an uplink envelope exactly as the box sent it (contract "
                                                   "section 3): v, box, seq, ts, class, kind, data, ..."},
     "ReceiptEvent": obj({"cmd": STR, "box": STR, "state": STR, "reason": NSTR, "ts": MS}, more=True),
@@ -308,6 +345,29 @@ def paths() -> J:
             "resend broadcast", "broadcasts",
             {"200": json_body(ref("BroadcastResent"), "published again to the boxes with no receipt"),
              **err(403, 404, 409, 503)}, action="broadcast.resend", params=[ID])},
+        "/api/v1/fences": {"get": op("list fences", "fences", {"200": json_body(arr(ref("Fence")), "by id")},
+                                     action="fences.read")},
+        "/api/v1/fences/{id}": {
+            "put": op("store fence", "fences",
+                      {"200": json_body(ref("Fence"), "changed"), "201": json_body(ref("Fence"), "created"),
+                       **err(400, 403, 409, 413, 422)},
+                      action="fence.edit", body=ref("FencePut"), params=[FENCE_ID],
+                      description="checked as `village county fences` checks a file (422 `invalid_feature` "
+                                  "with the detail); a township or village user changes only their own fences"),
+            "delete": op("delete fence", "fences", {"200": json_body(ref("Ok"), "deleted"), **err(400, 403, 404)},
+                         action="fence.edit", params=[FENCE_ID]),
+        },
+        "/api/v1/fences/push": {"post": op(
+            "push fences", "fences",
+            {"201": json_body(ref("FencePushCreated"), "signed, stored and on the broker"),
+             "503": json_body(ref("FencePushCreated"), "stored, but the broker did not take it"),
+             **err(400, 403, 413, 422)},
+            action="fence.push", body=ref("FencePush"),
+            description="422 reasons: unknown_fence, mixed_crs, nobody_hears, invalid_feature; every target must "
+                        "lie inside the caller's scope (403, audited)")},
+        "/api/v1/fences/push/{id}": {"get": op(
+            "get fence push", "fences", {"200": json_body(ref("FencePushBoard"), "the push and where it applied"),
+                                         **err(403, 404)}, action="fences.read", params=[ID])},
         "/api/v1/events": {"get": op(
             "event stream", "events",
             {"200": {"description": "the stream", "content": {"text/event-stream": {"schema": STR}}},
@@ -329,7 +389,7 @@ def _document() -> J:
                                 "unless a field says seconds; ISO 8601 is accepted on input."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}, {"cookie": []}],
-        "tags": [{"name": t} for t in ("session", "boxes", "alarms", "broadcasts", "events", "reports")],
+        "tags": [{"name": t} for t in ("session", "boxes", "alarms", "broadcasts", "fences", "events", "reports")],
         "paths": paths(),
         "components": {
             "schemas": SCHEMAS,

@@ -1,0 +1,188 @@
+"""Fences through the real app on SQLite and PostgreSQL: stored fences, checked as the console checks a file;
+a push signed with the county key and published on a real mosquitto, which the box side verifies with the
+public key and parses with the box's own geofence.set parser (agent/wearables/fences.py, what
+WearablesCore.on_geofence_set runs); the per-box board from the receipts; scope refusals (audited)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.protocol import jws
+from agent.wearables.fences import INSIDE, OUTSIDE, check_assign, load_fences
+from county.store.tables import fence_pushes, fences
+from tests.county_api import KID, NOW_MS, Env, box_side, env_fixture  # noqa: F401 - the `env` fixture
+from tests.test_county_api_broadcasts import marker
+
+NOW_S = NOW_MS // 1000
+# a square around 勐海 (lon 100.45..100.46, lat 21.95..21.96) and a 300 m circle
+SQUARE: dict[str, Any] = {"type": "Feature", "properties": {"note": "村委会周边"}, "geometry": {
+    "type": "Polygon",
+    "coordinates": [[[100.45, 21.95], [100.46, 21.95], [100.46, 21.96], [100.45, 21.96], [100.45, 21.95]]]}}
+CIRCLE: dict[str, Any] = {"type": "Feature", "properties": {"radius_m": 300},
+                          "geometry": {"type": "Point", "coordinates": [100.50, 21.90]}}
+
+
+async def put(env: Env, user: str, fid: str, body: dict[str, Any]) -> Any:
+    return await env.client.put(f"/api/v1/fences/{fid}", headers=env.auth(user), json=body)
+
+
+async def test_push_reaches_the_box_signed_and_the_boxes_parser_accepts_it(env: Env) -> None:
+    r = await put(env, "operator", "home", {"name": "勐海村委会", "feature": SQUARE})
+    assert r.status_code == 201, r.text
+    assert r.json()["feature"]["id"] == "home" and r.json()["feature"]["properties"]["name"] == "勐海村委会"
+    r = await put(env, "operator", "well", {"name": "水井", "feature": CIRCLE, "crs": "WGS84"})
+    assert r.status_code == 201, r.text
+    listed = (await env.get("gw-a", "/api/v1/fences")).json()
+    assert [(f["id"], f["name"], f["crs"], f["created_by"]) for f in listed] == [
+        ("home", "勐海村委会", "WGS84", "operator"), ("well", "水井", "WGS84", "operator")]
+
+    box = box_side(env.broker)
+    try:
+        r = await env.post("operator", "/api/v1/fences/push", {
+            "fences": ["home", "well"], "assign": {"w-0042": ["home"], "w-0043": ["home", "well"]},
+            "to": ["group:town-a", "box:b1"]})
+        assert r.status_code == 201, r.text
+        got = await marker(env, box)
+    finally:
+        box.stop()
+    out = r.json()
+    assert out["state"] == "sent" and out["boxes"] == ["a1", "a2", "b1"]
+    assert sorted(m.topic for m in got) == ["vc/v1/box/b1/cmd", "vc/v1/group/town-a/cmd"]
+    assert all(m.retain is False for m in got) and got[0].payload == got[1].payload
+    _header, cmd = jws.verify(got[0].payload, {KID: env.public_key})
+    assert (cmd["id"], cmd["kind"], cmd["to"]) == (out["id"], "geofence.set", ["group:town-a", "box:b1"])
+    assert (cmd["iat"], cmd["exp"]) == (NOW_S, NOW_S + 86400)
+    # the box's own parser (WearablesCore.on_geofence_set: load_fences, then check_assign)
+    data = cmd["data"]
+    parsed = load_fences(data["fences"], data["crs"])
+    assign = check_assign(data["assign"], parsed)
+    assert set(parsed) == {"home", "well"} and parsed["home"].name == "勐海村委会"
+    assert parsed["well"].radius_m == 300.0
+    assert parsed["home"].classify(21.955, 100.455, 0) == INSIDE
+    assert parsed["home"].classify(21.97, 100.455, 0) == OUTSIDE
+    assert assign == {"w-0042": ("home",), "w-0043": ("home", "well")}
+
+    row = (await env.rows(fence_pushes, fence_pushes.c.id == out["id"]))[0]
+    assert (row["created_by"], row["targets"], row["boxes"]) == ("operator", ["group:town-a", "box:b1"],
+                                                                  ["a1", "a2", "b1"])
+    assert row["fences"]["ids"] == ["home", "well"] and row["fences"]["collection"] == data["fences"]
+    actions = [(a["actor"], a["action"], a["target"]) for a in await env.audit_rows()]
+    assert actions == [("operator", "fence.create", "home"), ("operator", "fence.create", "well"),
+                       ("operator", "fence.push", out["id"])]
+
+
+async def test_the_board_has_one_row_per_box_applied_rejected_or_no_answer(env: Env) -> None:
+    assert (await put(env, "admin", "home", {"feature": SQUARE})).status_code == 201
+    r = await env.post("admin", "/api/v1/fences/push", {"fences": ["home"], "to": ["group:town-a", "box:b1"]})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    await env.add_receipt(pid, "a1", "applied")
+    await env.add_receipt(pid, "b1", "rejected", reason="invalid_fences")
+    board = (await env.get("viewer", f"/api/v1/fences/push/{pid}")).json()
+    assert [(x["box"], x["name"], x["state"], x["reason"]) for x in board["receipts"]] == [
+        ("a1", "甲一村委会", "applied", None), ("a2", "甲二村委会", "no_answer", None),
+        ("b1", "乙一村委会", "rejected", "invalid_fences")]
+    assert board["fences"] == ["home"] and board["crs"] == "WGS84" and board["created_by"] == "admin"
+    # a township user sees the rows of their township only; a push reaching none of it is 403
+    assert [x["box"] for x in (await env.get("gw-a", f"/api/v1/fences/push/{pid}")).json()["receipts"]] == [
+        "a1", "a2"]
+    only_b = await env.post("admin", "/api/v1/fences/push", {"fences": ["home"], "to": ["box:b1"]})
+    assert (await env.get("gw-a", f"/api/v1/fences/push/{only_b.json()['id']}")).status_code == 403
+    assert (await env.get("viewer", "/api/v1/fences/push/nope")).status_code == 404
+
+
+async def test_an_invalid_feature_is_422_with_the_reason_and_nothing_is_stored(env: Env) -> None:
+    cases: list[tuple[Any, str]] = [
+        ({"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [100.5, 21.9]}},
+         "radius_m"),
+        ({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[100.45, 21.95], [100.46, 21.95],
+                                                                              [100.45, 21.95]]]}},
+         "3 distinct positions"),
+        ({"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[100.4, 21.9], [100.5, 21.9]]}},
+         "geometry must be one of"),
+        ({"type": "Feature", "properties": {"radius_m": 50}, "geometry": {"type": "Point",
+                                                                          "coordinates": [200.0, 21.9]}},
+         "[lon, lat]"),
+        ({"type": "FeatureCollection", "features": []}, "not a GeoJSON Feature"),
+        ("a string", "not a GeoJSON Feature"),
+        ({"type": "Feature", "properties": [1], "geometry": SQUARE["geometry"]}, "properties"),
+    ]
+    for feature, why in cases:
+        r = await put(env, "operator", "bad", {"name": "坏", "feature": feature})
+        assert r.status_code == 422, (feature, r.text)
+        assert r.json()["reason"] == "invalid_feature" and why in r.json()["detail"], (why, r.json())
+    r = await put(env, "operator", "bad", {"feature": SQUARE, "crs": "ETRS89"})
+    assert r.status_code == 422 and r.json()["reason"] == "invalid_crs"
+    for body in ({"name": "x"}, {"feature": SQUARE, "colour": "red"}, {"feature": SQUARE, "name": ""}):
+        assert (await put(env, "operator", "bad", body)).status_code == 400, body
+    assert (await put(env, "operator", "bad id!", {"feature": SQUARE})).status_code == 400
+    assert await env.rows(fences) == [] and await env.audit_rows() == []
+
+
+async def test_push_refusals_name_the_reason_and_send_nothing(env: Env) -> None:
+    await put(env, "operator", "home", {"feature": SQUARE})
+    await put(env, "operator", "far", {"feature": CIRCLE, "crs": "GCJ02"})
+    box = box_side(env.broker)
+    try:
+        cases: list[tuple[dict[str, Any], int, str | None]] = [
+            ({"fences": ["nope"], "to": ["box:a1"]}, 422, "unknown_fence"),
+            ({"fences": ["home"], "assign": {"w-1": ["far"]}, "to": ["box:a1"]}, 422, "unknown_fence"),
+            ({"fences": ["home", "far"], "to": ["box:a1"]}, 422, "mixed_crs"),
+            ({"fences": ["home"], "to": ["group:nobody"]}, 422, "nobody_hears"),
+            ({"fences": [], "to": ["box:a1"]}, 400, None),
+            ({"fences": ["home"], "to": ["a1"]}, 400, None),
+            ({"fences": ["home"], "to": ["box:a1"], "assign": {"w-1": "home"}}, 400, None),
+            ({"fences": ["home"], "to": ["box:a1"], "ttl_s": 0}, 400, None),
+        ]
+        for body, status, reason in cases:
+            r = await env.post("operator", "/api/v1/fences/push", body)
+            assert r.status_code == status, (body, r.text)
+            assert r.json().get("reason") == reason, (body, r.json())
+        got = await marker(env, box)
+    finally:
+        box.stop()
+    assert got == [] and await env.rows(fence_pushes) == []
+
+
+async def test_scope_refusals_are_403_and_audited(env: Env) -> None:
+    await put(env, "operator", "home", {"feature": SQUARE})
+    box = box_side(env.broker)
+    try:
+        r = await env.post("op-a", "/api/v1/fences/push", {"fences": ["home"], "to": ["box:a1", "group:town-b"]})
+        assert r.status_code == 403 and r.json()["outside_scope"] == ["b1"], r.text
+        r = await env.post("op-a", "/api/v1/fences/push", {"fences": ["home"], "to": ["box:stray-9"]})
+        assert r.status_code == 403  # an unregistered box is in the whole-county scope only
+        for user in ("viewer", "reviewer", "gw-a"):
+            r = await env.post(user, "/api/v1/fences/push", {"fences": ["home"], "to": ["box:a1"]})
+            assert r.status_code == 403 and r.json()["error"] == "forbidden", user
+        got = await marker(env, box)
+    finally:
+        box.stop()
+    assert got == [] and await env.rows(fence_pushes) == []
+    refused = await env.audit_rows("fence.push.refused")
+    assert [(a["actor"], a["detail"]["outside_scope"]) for a in refused] == [("op-a", ["b1"]), ("op-a", ["stray-9"])]
+    # a township operator may push inside the township, and change only the fences they made
+    r = await env.post("op-a", "/api/v1/fences/push", {"fences": ["home"], "to": ["group:town-a"]})
+    assert r.status_code == 201 and r.json()["boxes"] == ["a1", "a2"]
+    r = await put(env, "op-a", "home", {"feature": CIRCLE})
+    assert r.status_code == 403 and "operator" in r.json()["detail"]
+    assert (await env.client.delete("/api/v1/fences/home", headers=env.auth("op-a"))).status_code == 403
+    assert (await put(env, "op-a", "mine", {"feature": CIRCLE})).status_code == 201
+    assert (await put(env, "op-a", "mine", {"feature": SQUARE, "name": "改"})).status_code == 200
+    for user in ("viewer", "reviewer", "gw-a"):
+        assert (await put(env, user, "x", {"feature": SQUARE})).status_code == 403, user
+    assert {f["id"]: f["created_by"] for f in (await env.get("admin", "/api/v1/fences")).json()} == {
+        "home": "operator", "mine": "op-a"}
+
+
+async def test_change_and_delete_are_audited(env: Env) -> None:
+    assert (await put(env, "operator", "home", {"name": "一", "feature": SQUARE})).status_code == 201
+    r = await put(env, "admin", "home", {"name": "二", "feature": CIRCLE, "crs": "BD09"})
+    assert r.status_code == 200 and r.json()["feature"]["geometry"]["type"] == "Point"
+    assert (r.json()["crs"], r.json()["created_by"], r.json()["updated_at"]) == ("BD09", "operator", NOW_MS)
+    r = await env.client.delete("/api/v1/fences/home", headers=env.auth("admin"))
+    assert r.status_code == 200 and r.json() == {"ok": True}
+    assert (await env.client.delete("/api/v1/fences/home", headers=env.auth("admin"))).status_code == 404
+    assert await env.rows(fences) == []
+    assert [(a["actor"], a["action"], a["detail"].get("name")) for a in await env.audit_rows()] == [
+        ("operator", "fence.create", "一"), ("admin", "fence.update", "二"), ("admin", "fence.delete", "二")]

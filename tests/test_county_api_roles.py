@@ -34,8 +34,15 @@ EXPECTED: dict[str, dict[str, int]] = {
     "POST broadcast approve": {A: OK, OP: FORBIDDEN, R: OK, V: FORBIDDEN, G: FORBIDDEN},
     "POST broadcast resend":  {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
     "POST broadcast cancel":  {A: OK, OP: OK, R: OK, V: FORBIDDEN, G: FORBIDDEN},
+    "GET fences":             {A: OK, OP: OK, R: OK, V: OK, G: OK},
+    "PUT fence":              {A: CREATED, OP: CREATED, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "POST fences push":       {A: CREATED, OP: CREATED, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "GET fence push":         {A: OK, OP: OK, R: OK, V: OK, G: OK},
+    "DELETE fence":           {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
     "GET events":             {A: OK, OP: OK, R: OK, V: OK, G: OK},
 }
+SQUARE = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+    [[100.45, 21.95], [100.46, 21.95], [100.46, 21.96], [100.45, 21.96], [100.45, 21.95]]]}}
 
 
 async def _objects(env: Env) -> dict[str, str]:
@@ -47,7 +54,10 @@ async def _objects(env: Env) -> dict[str, str]:
     sent = await env.post("operator", "/api/v1/broadcasts", {"to": ["group:town-a"], "text": "紧急",
                                                              "class": "emergency"})
     assert (held.json()["state"], sent.json()["state"]) == ("awaiting_review", "sent")
-    return {"held": held.json()["id"], "sent": sent.json()["id"]}
+    fence = await env.client.put("/api/v1/fences/f-obj", headers=env.auth("operator"), json={"feature": SQUARE})
+    pushed = await env.post("operator", "/api/v1/fences/push", {"fences": ["f-obj"], "to": ["group:town-a"]})
+    assert (fence.status_code, pushed.status_code) == (201, 201), (fence.text, pushed.text)
+    return {"held": held.json()["id"], "sent": sent.json()["id"], "push": pushed.json()["id"]}
 
 
 def _requests(ids: dict[str, str]) -> dict[str, tuple[str, str, Any]]:
@@ -65,6 +75,11 @@ def _requests(ids: dict[str, str]) -> dict[str, tuple[str, str, Any]]:
         "POST broadcast approve": ("POST", f"/api/v1/broadcasts/{ids['held']}/approve", {}),
         "POST broadcast resend": ("POST", f"/api/v1/broadcasts/{ids['sent']}/resend", {}),
         "POST broadcast cancel": ("POST", f"/api/v1/broadcasts/{ids['sent']}/cancel", {}),
+        "GET fences": ("GET", "/api/v1/fences", None),
+        "PUT fence": ("PUT", "/api/v1/fences/f-new", {"name": "新", "feature": SQUARE}),
+        "POST fences push": ("POST", "/api/v1/fences/push", {"fences": ["f-obj"], "to": ["box:a1"]}),
+        "GET fence push": ("GET", f"/api/v1/fences/push/{ids['push']}", None),
+        "DELETE fence": ("DELETE", "/api/v1/fences/f-obj", None),
     }
 
 
@@ -95,7 +110,8 @@ async def test_every_route_for_every_role(review_env: Env, role: str) -> None:
     for name, action in (("POST alarm ack", "alarm.ack"), ("POST alarm assign", "alarm.assign"),
                          ("POST alarm resolve", "alarm.resolve"), ("POST broadcasts", "broadcast.create"),
                          ("POST broadcast approve", "broadcast.approve"), ("POST broadcast cancel", "broadcast.cancel"),
-                         ("POST broadcast resend", "broadcast.resend")):
+                         ("POST broadcast resend", "broadcast.resend"), ("PUT fence", "fence.create"),
+                         ("POST fences push", "fence.push"), ("DELETE fence", "fence.delete")):
         assert (action in actions) == (EXPECTED[name][role] in (OK, CREATED)), (name, action)
 
 

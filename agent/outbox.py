@@ -55,6 +55,7 @@ from agent.outbox_schema import MIGRATIONS
 from agent.protocol.envelope import Envelope, MsgClass
 from agent.protocol.text import escape, quoted
 from agent.sqlite_store import SchemaTooNew, auto_vacuum_mode, is_corruption, move_aside, open_sqlite
+from drivers.aio import wait_within
 
 log = logging.getLogger("agent.outbox")
 
@@ -271,7 +272,7 @@ class Outbox:
                 if self._wake.is_set():
                     if not self._urgent.is_set():
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._urgent.wait(), self.commit_interval_s)
+                            await wait_within(self._urgent.wait(), self.commit_interval_s)  # not wait_for
                     await self._commit_pending()
                 if not self._urgent.is_set():  # an alarm that came in meanwhile is stored first
                     await self._reclaim()

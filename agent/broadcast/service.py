@@ -30,6 +30,7 @@ from agent.fsutil import write_atomic
 from agent.protocol.commands import Command
 from agent.protocol.text import escape
 from agent.service import Service
+from drivers.aio import wait_within
 from drivers.amp.relay import AmpError, AmpRelay
 from drivers.audio.base import AudioPlayer, MediaError, PlaybackError, Tts, TtsError
 from drivers.audio.media import chime_wav, decode_audio
@@ -281,7 +282,7 @@ class BroadcastService:
             if self._off_at is not None:
                 nap = min(nap, max(0.0, self._off_at - mono))
             try:
-                msg = await asyncio.wait_for(self._inbox.get(), nap)
+                msg = await wait_within(self._inbox.get(), nap)  # never wait_for: it can lose the stop
             except TimeoutError:
                 continue
             while True:
@@ -448,7 +449,7 @@ async def _pause(seconds: float, cancel: asyncio.Event) -> bool:
     if seconds <= 0:
         return False
     try:
-        await asyncio.wait_for(cancel.wait(), seconds)
+        await wait_within(cancel.wait(), seconds)
     except TimeoutError:
         return False
     return True

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from drivers.aio import wait_within
 from drivers.audio.base import MAX_VOLUME, PlaybackError, PlayResult
 from drivers.audio.media import canonical_mime, wav_file_duration
 
@@ -177,8 +178,7 @@ class AlsaPlayer:
 
     async def _terminate(self, procs: list[asyncio.subprocess.Process], done: asyncio.Task[None]) -> None:
         self._kill(procs, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(done), KILL_GRACE_S)
+        await asyncio.wait({done}, timeout=KILL_GRACE_S)  # never wait_for: it can lose a stop (drivers/aio.py)
         self._kill(procs, signal.SIGKILL)
 
     @staticmethod
@@ -238,7 +238,7 @@ async def _output(cmd: list[str], timeout_s: float) -> str | None:
     except OSError:
         return None
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+        out, _ = await wait_within(proc.communicate(), timeout_s)
     except TimeoutError:
         return None
     finally:

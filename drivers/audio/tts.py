@@ -12,6 +12,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from drivers.aio import wait_within
 from drivers.audio.base import TtsError
 from drivers.audio.player import sanitize
 
@@ -33,13 +34,16 @@ class EspeakTts:
             proc = await asyncio.create_subprocess_exec(self.binary, "--voices", stdin=asyncio.subprocess.DEVNULL,
                                                         stdout=asyncio.subprocess.PIPE,
                                                         stderr=asyncio.subprocess.DEVNULL)
-            out, _ = await asyncio.wait_for(proc.communicate(), TTS_TIMEOUT_S)
         except OSError as exc:
             raise TtsError(f"cannot run {self.binary}: {exc.strerror}") from exc
+        try:
+            out, _ = await wait_within(proc.communicate(), TTS_TIMEOUT_S)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise TtsError(f"{self.binary} --voices did not answer") from None
+        finally:  # also on a stop (cancellation): no child outlives the call
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
         names: set[str] = set()
         for line in out.decode("utf-8", "replace").splitlines()[1:]:
             cols = line.split()
@@ -63,7 +67,7 @@ class EspeakTts:
             raise TtsError(f"cannot run {self.binary}: {exc.strerror}") from exc
         try:
             # text goes in on stdin, never on the command line (no argv limits, no option injection)
-            _, err = await asyncio.wait_for(proc.communicate(text.encode("utf-8")), TTS_TIMEOUT_S)
+            _, err = await wait_within(proc.communicate(text.encode("utf-8")), TTS_TIMEOUT_S)
         except TimeoutError:
             raise TtsError(f"{self.binary} took longer than {TTS_TIMEOUT_S:.0f} s") from None
         finally:

@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from drivers.aio import wait_within
+
 REPLY_CHARS = 80
 LINE_BUFFER = 1024  # a longer run without CR/LF is no reply line (e.g. watch frames, which have none)
 ERROR_REPLIES = (b"ERROR", b"+CME ERROR", b"+CMS ERROR", b"FAIL")
@@ -121,7 +123,7 @@ class SetupSession:
                 results.append(CommandResult(index, label, "sent"))
                 continue
             try:
-                outcome, line = await asyncio.wait_for(self._waiting, self.script.reply_timeout_s)
+                outcome, line = await wait_within(self._waiting, self.script.reply_timeout_s)
             except TimeoutError:
                 results.append(CommandResult(index, label, "timeout"))
             else:

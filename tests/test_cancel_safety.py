@@ -1,0 +1,261 @@
+"""A stop (the supervisor cancels a service's task on SIGTERM) is never lost, wherever it lands.
+
+Python 3.11's `asyncio.wait_for` returns the inner outcome and drops a cancellation that lands in the loop
+step in which the awaited thing completes (CPython gh-86296); the service then goes on as if never stopped.
+Every test here makes that race certain by construction, never by repetition or sleeps: the cancellation is
+delivered from inside the awaited thing, in the very step in which it completes (or as the next callback,
+ahead of the waiter's wake-up). A service that lost it never ends (it naps for BIG_S), so the guard below is
+only a failure guard, never a timing the pass depends on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.broadcast.service import BroadcastService, _Ended
+from agent.outbox import Outbox
+from agent.protocol.envelope import MsgClass
+from drivers.aio import wait_within
+from drivers.audio.player import AlsaPlayer
+from drivers.audio.tts import EspeakTts
+from tests.test_playback import DAILY, Rig, audio
+
+pytestmark = pytest.mark.timeout(60)
+
+GUARD_S = 20.0
+BIG_S = 600.0
+ORDERINGS = ["same step", "call_soon"]
+
+
+def deliver(ordering: str, task: asyncio.Task[Any]) -> None:
+    if ordering == "same step":
+        task.cancel()
+    else:
+        asyncio.get_running_loop().call_soon(task.cancel)
+
+
+async def ended_by_cancel(task: asyncio.Task[Any]) -> None:
+    done, _ = await asyncio.wait({task}, timeout=GUARD_S)
+    assert task in done, "the cancellation was lost: the task went on"
+    assert task.cancelled(), f"the task ended otherwise: {task.exception() if not task.cancelled() else None!r}"
+
+
+class Armed:
+    """One cancellation, fired from inside an awaited thing the moment it completes."""
+
+    def __init__(self, ordering: str) -> None:
+        self.ordering = ordering
+        self.task: asyncio.Task[Any] | None = None
+        self.fired = 0
+
+    def fire(self) -> None:
+        if self.task is not None and not self.fired:
+            self.fired += 1
+            deliver(self.ordering, self.task)
+
+
+# -- the helper itself -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ordering", ORDERINGS)
+async def test_wait_within_never_drops_a_cancel_landing_as_the_inner_completes(ordering: str) -> None:
+    armed = Armed(ordering)
+
+    async def inner() -> str:
+        await asyncio.sleep(0)
+        armed.fire()
+        return "done"
+
+    armed.task = asyncio.create_task(wait_within(inner(), BIG_S))
+    await ended_by_cancel(armed.task)
+    assert armed.fired == 1
+
+
+async def test_wait_within_times_out_cancels_the_inner_and_passes_results() -> None:
+    never = asyncio.Event()
+    inner = asyncio.ensure_future(never.wait())
+    with pytest.raises(TimeoutError):
+        await wait_within(inner, 0.01)
+    assert inner.cancelled()
+    assert await wait_within(asyncio.sleep(0, "x"), BIG_S) == "x"
+    assert await wait_within(asyncio.sleep(0, "y"), None) == "y"
+
+    async def boom() -> None:
+        raise ValueError("inner")
+
+    with pytest.raises(ValueError, match="inner"):
+        await wait_within(boom(), BIG_S)
+
+
+# -- broadcast: the service's loop, with a play on -----------------------------------------------------------
+class CancelOnGet(asyncio.Queue):  # type: ignore[type-arg]
+    """The broadcast inbox; the stop lands as the message that a play ended is taken from it."""
+
+    def __init__(self, armed: Armed, when: Callable[[Any], bool]) -> None:
+        super().__init__()
+        self.armed, self.when = armed, when
+
+    async def get(self) -> Any:
+        msg = await super().get()
+        if self.when(msg):
+            self.armed.fire()
+        return msg
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+async def test_a_stop_landing_as_a_play_ends_ends_the_service_with_the_relay_off(
+        tmp_path: Path, ordering: str) -> None:
+    # off_delay_s: after a play the amplifier stays on that long for a follower; a service that lost the stop
+    # sits in that nap with the relay on until systemd's SIGKILL (and a Pi GPIO keeps its level after that)
+    rig = Rig(tmp_path, speed=8, chime="", off_delay_s=BIG_S)
+    armed = Armed(ordering)
+    service = rig.service
+    assert isinstance(service, BroadcastService)
+    service._inbox = CancelOnGet(armed, lambda m: isinstance(m, _Ended))
+    ready = asyncio.Event()
+    task = asyncio.create_task(service.run(ready.set), name="test.broadcast")
+    armed.task = task
+    try:
+        await wait_within(ready.wait(), GUARD_S)
+        await rig.play("d1", audio=audio(DAILY))
+        await ended_by_cancel(task)
+        assert armed.fired == 1
+        assert not rig.relay.is_on
+        assert rig.relay.events() == ["off", "on", "off"]
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# -- the outbox: its commit loop waits for an alarm or the commit interval --------------------------------
+class CancelOnWait(asyncio.Event):
+    def __init__(self, armed: Armed) -> None:
+        super().__init__()
+        self.armed = armed
+        self.entered = asyncio.Event()
+
+    async def wait(self) -> Any:
+        self.entered.set()
+        got = await super().wait()
+        self.armed.fire()
+        return got
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+async def test_a_stop_landing_as_an_alarm_wakes_the_outbox_ends_it(tmp_path: Path, ordering: str) -> None:
+    outbox = Outbox(tmp_path / "outbox.db", "b1", max_bytes=10_000_000, telemetry_ttl_s=BIG_S,
+                    commit_interval_s=BIG_S)
+    armed = Armed(ordering)
+    outbox._urgent = urgent = CancelOnWait(armed)
+    ready = asyncio.Event()
+    task = asyncio.create_task(outbox.run(ready.set), name="outbox.run")
+    armed.task = task
+    try:
+        await wait_within(ready.wait(), GUARD_S)
+        outbox.send_nowait(MsgClass.EVENT, "plain", {"n": 1})  # wakes the loop into its commit-interval wait
+        await wait_within(urgent.entered.wait(), GUARD_S)
+        sos = outbox.send_nowait(MsgClass.ALARM, "sos", {"n": 2})  # an alarm ends that wait at once
+        await ended_by_cancel(task)
+        assert armed.fired == 1
+        assert sos.done() and not sos.cancelled()  # stored in the final flush (or refused), never left waiting
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# -- child processes: player helpers (ffprobe, amixer) and text to speech -------------------------------------
+@pytest.fixture
+def cancel_on_communicate(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Armed]:
+    """Each child's communicate() completes for real (the child has exited), and the stop lands right there."""
+
+    def arm(ordering: str) -> Armed:
+        armed = Armed(ordering)
+        real = asyncio.subprocess.Process.communicate
+
+        async def communicate_then_stop(self: asyncio.subprocess.Process, input: bytes | None = None) -> Any:
+            out = await real(self, input)
+            armed.fire()
+            return out
+
+        monkeypatch.setattr(asyncio.subprocess.Process, "communicate", communicate_then_stop)
+        return armed
+
+    return arm
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+async def test_a_stop_landing_as_ffprobe_answers_ends_the_player(
+        tmp_path: Path, cancel_on_communicate: Callable[[str], Armed], ordering: str) -> None:
+    clip = tmp_path / "a.mp3"
+    clip.write_bytes(b"not really mp3")
+    ffprobe = script(tmp_path / "ffprobe", "echo 12.5")
+    player = AlsaPlayer(ffprobe=str(ffprobe))
+    assert await player.duration(clip, "audio/mpeg") == 12.5  # the real answer, without a stop
+    armed = cancel_on_communicate(ordering)
+    armed.task = asyncio.create_task(player.duration(clip, "audio/mpeg"))
+    await ended_by_cancel(armed.task)
+    assert armed.fired == 1
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+@pytest.mark.parametrize("step", ["voices", "synth"])
+async def test_a_stop_landing_as_espeak_ends_ends_the_tts(
+        tmp_path: Path, cancel_on_communicate: Callable[[str], Armed], ordering: str, step: str) -> None:
+    tts = EspeakTts("cmn")  # the real espeak-ng
+    if step == "synth":
+        await tts.synth("一", tmp_path / "warm.wav")  # the voice is checked once: the stop lands in the synth
+    armed = cancel_on_communicate(ordering)
+    armed.task = asyncio.create_task(tts.synth("测试", tmp_path / "out.wav"))
+    await ended_by_cancel(armed.task)
+    assert armed.fired == 1
+    assert not (tmp_path / "out.wav").exists()  # a stopped synth hands nothing on
+
+
+def script(path: Path, body: str) -> Path:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.mark.parametrize("step", ["voices", "synth"])
+async def test_a_stop_while_espeak_hangs_kills_the_child_and_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    # a hung espeak-ng (the one fake here: a real one cannot be made to hang on demand)
+    hung = "exec sleep 600" if step == "voices" else 'case "$*" in *--voices*) echo "P L N F"; ' \
+        'echo "5 cmn M cmn sit/cmn";; *) exec sleep 600;; esac'
+    binary = script(tmp_path / "espeak-ng", hung)
+    started: list[asyncio.subprocess.Process] = []
+    running = asyncio.Event()
+    real = asyncio.subprocess.Process.communicate
+
+    async def communicate(self: asyncio.subprocess.Process, input: bytes | None = None) -> Any:
+        started.append(self)
+        if step == "voices" or len(started) == 2:
+            running.set()
+        return await real(self, input)
+
+    monkeypatch.setattr(asyncio.subprocess.Process, "communicate", communicate)
+    task = asyncio.create_task(EspeakTts("cmn", binary=str(binary)).synth("x", tmp_path / "out.wav"))
+    try:
+        await wait_within(running.wait(), GUARD_S)
+        task.cancel()
+        await ended_by_cancel(task)
+        child = started[-1]
+        assert child.returncode is not None, "the child was left running"
+        with pytest.raises(ProcessLookupError):
+            os.kill(child.pid, 0)  # killed and reaped
+    finally:
+        for p in started:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()

@@ -75,6 +75,7 @@ from county.store.tables import (
     quarantine,
     receipts,
 )
+from drivers.aio import wait_within
 
 log = logging.getLogger("county.ingest")
 
@@ -835,7 +836,7 @@ class Ingest:
                 if left <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                    batch.append(await wait_within(self._queue.get(), left))  # never wait_for: loses a stop
                 except TimeoutError:
                     break
             try:

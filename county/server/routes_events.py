@@ -15,7 +15,6 @@ which would otherwise wait for open streams).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from county.server.routes_common import ApiError, Parts, api, authorize, in_scope, parts
+from drivers.aio import wait_within
 
 HEARTBEAT_S = 15.0
 KINDS = ("alarm", "receipt", "box")
@@ -77,7 +77,7 @@ async def events(request: Request) -> Response:
                         return
                     wait = min(wait, left)
                 try:
-                    event = await asyncio.wait_for(sub.get(), wait)
+                    event = await wait_within(sub.get(), wait)  # never wait_for: it can lose a stop
                 except TimeoutError:
                     yield b": heartbeat\n\n"
                     continue

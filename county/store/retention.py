@@ -28,6 +28,7 @@ from sqlalchemy import ColumnElement, Table, delete, select, update
 
 from county.store.db import Database
 from county.store.tables import boxes, messages, positions, quarantine
+from drivers.aio import wait_within
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,6 @@ async def run(db: Database, stop: asyncio.Event, *, every_s: float = 3600.0,
         if result is not None and on_pass is not None:
             on_pass(result)
         try:
-            await asyncio.wait_for(stop.wait(), timeout=every_s)
+            await wait_within(stop.wait(), every_s)  # never wait_for: it can lose a stop
         except TimeoutError:
             pass

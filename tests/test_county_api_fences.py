@@ -9,9 +9,11 @@ from typing import Any
 
 from agent.protocol import jws
 from agent.wearables.fences import INSIDE, OUTSIDE, check_assign, load_fences
+from county.server import openapi
 from county.store.tables import fence_pushes, fences
 from tests.county_api import KID, NOW_MS, Env, box_side, env_fixture  # noqa: F401 - the `env` fixture
 from tests.test_county_api_broadcasts import marker
+from tests.test_county_openapi import check
 
 NOW_S = NOW_MS // 1000
 # a square around 勐海 (lon 100.45..100.46, lat 21.95..21.96) and a 300 m circle
@@ -186,3 +188,29 @@ async def test_change_and_delete_are_audited(env: Env) -> None:
     assert await env.rows(fences) == []
     assert [(a["actor"], a["action"], a["detail"].get("name")) for a in await env.audit_rows()] == [
         ("operator", "fence.create", "一"), ("admin", "fence.update", "二"), ("admin", "fence.delete", "二")]
+
+
+async def test_real_answers_match_the_openapi_document(env: Env) -> None:
+    doc = openapi.document()
+
+    def schema(path: str, method: str, code: str) -> dict[str, Any]:
+        out: dict[str, Any] = doc["paths"][path][method]["responses"][code]["content"]["application/json"]["schema"]
+        return out
+
+    r = await put(env, "operator", "home", {"name": "家", "feature": SQUARE, "crs": "GCJ02"})
+    check(doc, schema("/api/v1/fences/{id}", "put", "201"), r.json())
+    r = await put(env, "operator", "home", {"name": "家", "feature": SQUARE, "crs": "GCJ02"})
+    check(doc, schema("/api/v1/fences/{id}", "put", "200"), r.json())
+    check(doc, schema("/api/v1/fences", "get", "200"), (await env.get("viewer", "/api/v1/fences")).json())
+    r = await env.post("operator", "/api/v1/fences/push", {"fences": ["home"], "assign": {"w-1": ["home"]},
+                                                           "to": ["group:town-a"]})
+    check(doc, schema("/api/v1/fences/push", "post", "201"), r.json())
+    await env.add_receipt(r.json()["id"], "a1", "applied")
+    board = (await env.get("viewer", f"/api/v1/fences/push/{r.json()['id']}")).json()
+    check(doc, schema("/api/v1/fences/push/{id}", "get", "200"), board)
+    assert board["assign"] == {"w-1": ["home"]} and board["crs"] == "GCJ02"
+    r = await put(env, "operator", "bad", {"feature": {"type": "Feature"}})
+    assert r.status_code == 422
+    check(doc, openapi.ref("Error"), r.json())
+    r = await env.client.delete("/api/v1/fences/home", headers=env.auth("operator"))
+    check(doc, schema("/api/v1/fences/{id}", "delete", "200"), r.json())

@@ -10,6 +10,7 @@ only a failure guard, never a timing the pass depends on.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import os
@@ -23,9 +24,14 @@ import pytest
 from agent.broadcast.service import BroadcastService, _Ended
 from agent.outbox import Outbox
 from agent.protocol.envelope import MsgClass
+from county.ingest import Ingest, IngestConfig
+from county.server.events import EventHub
+from county.store import Database
 from drivers.aio import wait_within
 from drivers.audio.player import AlsaPlayer
 from drivers.audio.tts import EspeakTts
+from tests.county_ingest_proc import Publisher, sos
+from tests.support import Mosquitto
 from tests.test_playback import DAILY, Rig, audio
 
 pytestmark = pytest.mark.timeout(60)
@@ -259,3 +265,66 @@ async def test_a_stop_while_espeak_hangs_kills_the_child_and_ends(
             if p.returncode is None:
                 p.kill()
                 await p.wait()
+
+
+# -- county ingest: the batcher waits for more messages after the first of a batch ----------------------------
+class BatchingQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """Ingest's queue; the stop (Ingest.close cancels the task) lands as the batch's second message is taken."""
+
+    def __init__(self, armed: Armed) -> None:
+        super().__init__()
+        self.armed, self.gets = armed, 0
+        self.batching = asyncio.Event()
+
+    async def get(self) -> Any:
+        self.gets += 1
+        n = self.gets
+        if n == 2:
+            self.batching.set()  # the batcher waits for its batch to fill up
+        item = await super().get()
+        if n == 2:
+            self.armed.fire()
+        return item
+
+
+@pytest.mark.parametrize("ordering", ORDERINGS)
+async def test_a_stop_landing_as_a_message_joins_an_ingest_batch_ends_ingest(
+        tmp_path: Path, broker: Mosquitto, ordering: str) -> None:
+    db = await Database.open(f"sqlite:///{tmp_path / 'county.db'}")
+    ingest = Ingest(IngestConfig(urls=[broker.url], client_id="county-test-1", batch_ms=BIG_S * 1000), db,
+                    EventHub())
+    armed = Armed(ordering)
+    ingest._queue = queue = BatchingQueue(armed)
+    pub = Publisher(broker.url)
+    try:
+        await ingest.start()
+        await ingest.wait_subscribed()
+        assert ingest._task is not None
+        armed.task = ingest._task
+        await asyncio.to_thread(pub.publish, [sos("b1", 1)])
+        await wait_within(queue.batching.wait(), GUARD_S)
+        await asyncio.to_thread(pub.publish, [sos("b1", 2)])
+        await ended_by_cancel(ingest._task)
+        assert armed.fired == 1
+    finally:
+        pub.close()
+        if ingest._task is not None and not ingest._task.done():
+            ingest._task.cancel()
+        await wait_within(ingest.close(), GUARD_S)
+        await db.close()
+
+
+# -- the rule, for code still to come ---------------------------------------------------------------------------
+def test_no_asyncio_wait_for_in_production_code() -> None:
+    """docs/reliability.md: no asyncio.wait_for in agent/, drivers/ or county/ (use drivers.aio.wait_within)."""
+    repo = Path(__file__).resolve().parent.parent
+    found = []
+    for path in sorted(p for top in ("agent", "drivers", "county") for p in (repo / top).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr == "wait_for" and \
+                    isinstance(node.value, ast.Name) and node.value.id == "asyncio":
+                found.append(f"{path.relative_to(repo)}:{node.lineno}")
+            elif isinstance(node, ast.ImportFrom) and node.module == "asyncio" and \
+                    any(a.name == "wait_for" for a in node.names):
+                found.append(f"{path.relative_to(repo)}:{node.lineno}")
+    assert not found, found

@@ -5,6 +5,7 @@ WearablesCore.on_geofence_set runs); the per-box board from the receipts; scope 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from agent.protocol import jws
@@ -214,3 +215,61 @@ async def test_real_answers_match_the_openapi_document(env: Env) -> None:
     check(doc, openapi.ref("Error"), r.json())
     r = await env.client.delete("/api/v1/fences/home", headers=env.auth("operator"))
     check(doc, schema("/api/v1/fences/{id}", "delete", "200"), r.json())
+
+
+async def test_the_box_applies_the_push_and_its_receipt_reaches_the_board_through_ingest(env: Env,
+                                                                                        tmp_path: Any) -> None:
+    """The whole chain: PUT + push -> the signed geofence.set on the box's topic -> verified with the county's
+    public key, parsed as the box parses a command, handled by the box's own wearables service
+    (WearablesCore.on_geofence_set, over a recording uplink) -> its `applied` receipt on the box's up topic
+    -> the real ingest -> the board shows `applied` for a1; a2 stays `no_answer`."""
+    import asyncio
+    import contextlib
+
+    from agent.clock import ManualClock
+    from agent.commands import parse_command
+    from agent.wearables.service import WearablesCore
+    from county.ingest import Ingest, IngestConfig
+    from tests.test_wearables_service import context, make_config
+    from tests.wearables_support import RecordingUplink
+
+    ingest = Ingest(IngestConfig(urls=[env.broker.url], client_id="county-test-ingest", live=False), env.db, env.hub)
+    await ingest.start()
+    box = box_side(env.broker)
+    try:
+        await ingest.wait_subscribed()
+        await put(env, "operator", "home", {"name": "村委会", "feature": SQUARE})
+        r = await env.post("operator", "/api/v1/fences/push", {"fences": ["home"], "assign": {"W1": ["home"]},
+                                                               "to": ["group:town-a"]})
+        pid = r.json()["id"]
+        (msg,) = await marker(env, box)
+        header, body = jws.verify(msg.payload, {KID: env.public_key})
+        command = parse_command(body, header["kid"])
+        # the box a1's wearables service (its wearer W1 is in its config) applies it
+        clock = ManualClock(wall=NOW_S + 2)
+        ctx, uplink, _handlers = context(make_config(tmp_path), clock, RecordingUplink(box="a1"))
+        core = WearablesCore(ctx)
+        task = asyncio.create_task(core.run(lambda: None))
+        try:
+            await core.on_geofence_set(command)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        receipt = uplink.sent[-1]
+        assert (receipt.kind, receipt.data["cmd"], receipt.data["state"]) == ("cmd", pid, "applied")
+        assert set(core.engine.fences) == {"home"}
+        envelope = receipt.to_json() | {"seq": 500, "id": "a1:500"}
+        box.publish("vc/v1/box/a1/up/receipt/cmd", json.dumps(envelope))
+        async with asyncio.timeout(10):
+            while True:
+                board = {x["box"]: x["state"] for x in (await env.get("viewer", f"/api/v1/fences/push/{pid}"))
+                         .json()["receipts"]}
+                if board["a1"] != "no_answer":
+                    break
+                await ingest.committed.wait()
+                ingest.committed.clear()
+        assert board == {"a1": "applied", "a2": "no_answer"}
+    finally:
+        box.stop()
+        await ingest.close()

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import drivers.audio.player as player_mod
 from agent.broadcast.service import BroadcastService, _Ended
 from agent.outbox import Outbox
 from agent.protocol.envelope import MsgClass
@@ -28,6 +29,8 @@ from county.ingest import Ingest, IngestConfig
 from county.server.events import EventHub
 from county.store import Database
 from drivers.aio import wait_within
+from drivers.audio.base import MAX_VOLUME
+from drivers.audio.media import chime_wav
 from drivers.audio.player import AlsaPlayer
 from drivers.audio.tts import EspeakTts
 from tests.county_ingest_proc import Publisher, sos
@@ -328,3 +331,45 @@ def test_no_asyncio_wait_for_in_production_code() -> None:
                     any(a.name == "wait_for" for a in node.names):
                 found.append(f"{path.relative_to(repo)}:{node.lineno}")
     assert not found, found
+
+
+# -- the player: a stop (task cancelled) landing as the killed children are reaped --------------------------
+@pytest.mark.parametrize("ordering", [*ORDERINGS, "after shield"])
+async def test_a_stop_landing_as_the_player_children_die_ends_the_play(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ordering: str) -> None:
+    # The cancel event stops the play (SIGTERM to the group, a grace for it to die); the task's own cancel (the
+    # service stopping) lands as the children are reaped. "after shield": two callbacks later, once the
+    # grace wait's inner future is complete too (where 3.11's wait_for(shield(...)) returned and dropped it).
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(chime_wav())
+    aplay = script(tmp_path / "aplay", "exec sleep 600")  # a stuck ALSA write; no sound card here
+    player = AlsaPlayer(aplay=str(aplay))
+    stop = asyncio.Event()
+    spawned = asyncio.Event()
+    procs: list[asyncio.subprocess.Process] = []
+    task: asyncio.Task[Any] | None = None
+    real = player_mod._wait_all
+
+    async def wait_all_then_stop(ps: list[asyncio.subprocess.Process]) -> None:
+        procs.extend(ps)
+        spawned.set()
+        await real(ps)
+        assert task is not None
+        if ordering == "after shield":
+            loop, cancel = asyncio.get_running_loop(), task.cancel
+            loop.call_soon(lambda: loop.call_soon(cancel))
+        else:
+            deliver(ordering, task)
+
+    monkeypatch.setattr(player_mod, "_wait_all", wait_all_then_stop)
+    task = asyncio.create_task(player.play(clip, "audio/wav", MAX_VOLUME, stop))
+    try:
+        await wait_within(spawned.wait(), GUARD_S)
+        stop.set()
+        await ended_by_cancel(task)
+        assert procs and all(p.returncode is not None for p in procs), "a child outlived play()"
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()

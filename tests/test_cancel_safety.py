@@ -33,6 +33,7 @@ from drivers.audio.base import MAX_VOLUME
 from drivers.audio.media import chime_wav
 from drivers.audio.player import AlsaPlayer
 from drivers.audio.tts import EspeakTts
+from drivers.wristband.setup import SetupScript, SetupSession
 from tests.county_ingest_proc import Publisher, sos
 from tests.support import Mosquitto
 from tests.test_playback import DAILY, Rig, audio
@@ -228,6 +229,7 @@ async def test_a_stop_landing_as_espeak_ends_ends_the_tts(
     await ended_by_cancel(armed.task)
     assert armed.fired == 1
     assert not (tmp_path / "out.wav").exists()  # a stopped synth hands nothing on
+    assert not (tmp_path / "out.wav.part").exists()  # and leaves no half-written file
 
 
 def script(path: Path, body: str) -> Path:
@@ -373,3 +375,24 @@ async def test_a_stop_landing_as_the_player_children_die_ends_the_play(
             if p.returncode is None:
                 p.kill()
                 await p.wait()
+
+
+# -- the wristband gateway's setup script: a reply and the stop in the same step ----------------------------
+@pytest.mark.parametrize("ordering", ORDERINGS)
+async def test_a_stop_landing_as_the_gateway_replies_ends_the_setup(ordering: str) -> None:
+    # the gateway's reply is fed by the reader as it arrives; the stop (the reader's task cancelled) lands with
+    # it. A setup that lost it went on writing settings to a gateway whose service is stopping.
+    task: asyncio.Task[Any] | None = None
+
+    def reply_then_stop() -> None:
+        session.feed(b"OK\r\n")
+        assert task is not None
+        deliver(ordering, task)
+
+    async def write(data: bytes) -> None:
+        asyncio.get_running_loop().call_soon(reply_then_stop)
+
+    session = SetupSession(SetupScript((("AT", b"AT\r\n"), ("ATE0", b"ATE0\r\n")), "OK", BIG_S), write)
+    task = asyncio.create_task(session.run())
+    await ended_by_cancel(task)
+    assert session.written == [b"AT\r\n"]

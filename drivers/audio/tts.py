@@ -68,8 +68,12 @@ class EspeakTts:
         try:
             # text goes in on stdin, never on the command line (no argv limits, no option injection)
             _, err = await wait_within(proc.communicate(text.encode("utf-8")), TTS_TIMEOUT_S)
-        except TimeoutError:
-            raise TtsError(f"{self.binary} took longer than {TTS_TIMEOUT_S:.0f} s") from None
+        except BaseException as exc:  # a timeout, or a stop: no half-written file is left behind
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(exc, TimeoutError):
+                raise TtsError(f"{self.binary} took longer than {TTS_TIMEOUT_S:.0f} s") from None
+            raise
         finally:
             if proc.returncode is None:
                 proc.kill()

@@ -408,7 +408,7 @@ class Store:
         new_ids = {r[0] for r in res.all()}
         out.stored = len(new_ids)
         out.duplicates = sum(1 for it, p in items if isinstance(p, Good)) - len(new_ids)
-        await self._boxes(conn, [(it, p.env) for it, p in good.values()], out)
+        await self._boxes(conn, [(it, p.env) for it, p in good.values()], new_ids, out)
         fresh = [(it, p.env) for it, p in good.values() if p.env.id in new_ids]
         if fresh:
             await self._derived(conn, fresh, out)
@@ -464,18 +464,25 @@ class Store:
             changed += [r[0] for r in (await conn.execute(stmt, part)).all()]
         await self._box_event(conn, changed, out)
 
-    async def _boxes(self, conn: AsyncConnection, envs: Sequence[tuple[Incoming, Envelope]], out: Outcome) -> None:
+    async def _boxes(self, conn: AsyncConnection, envs: Sequence[tuple[Incoming, Envelope]], new_ids: set[str],
+                     out: Outcome) -> None:
+        """Upsert each box's row; `stored`/`min_seq` count only the envelopes new to `messages` (`new_ids`,
+        from RETURNING), so a resend changes neither and the seq gaps never need to scan `messages`."""
         agg: dict[str, dict[str, Any]] = {}
         heartbeats: dict[str, Envelope] = {}
         for it, env in envs:
+            new = env.id in new_ids
             a = agg.get(env.box)
             if a is None:
                 agg[env.box] = {"id": env.box, "first_seen": it.received, "last_seen": it.received,
-                                "last_seq": env.seq}
+                                "last_seq": env.seq, "stored": int(new), "min_seq": env.seq if new else None}
             else:
                 a["first_seen"] = min(a["first_seen"], it.received)
                 a["last_seen"] = max(a["last_seen"], it.received)
                 a["last_seq"] = max(a["last_seq"], env.seq)
+                if new:
+                    a["stored"] += 1
+                    a["min_seq"] = env.seq if a["min_seq"] is None else min(a["min_seq"], env.seq)
             if env.cls is MsgClass.TELEMETRY and env.kind == "heartbeat":
                 hb = heartbeats.get(env.box)
                 if hb is None or env.ts > hb.ts:
@@ -484,7 +491,11 @@ class Store:
             boxes, ["id"],
             lambda ex: {"first_seen": _older_int(boxes.c.first_seen, ex.first_seen),
                         "last_seen": _newer_int(boxes.c.last_seen, ex.last_seen),
-                        "last_seq": _newer_int(boxes.c.last_seq, ex.last_seq)}))
+                        "last_seq": _newer_int(boxes.c.last_seq, ex.last_seq),
+                        "stored": boxes.c.stored + ex.stored,
+                        # a NULL (nothing new of the box) keeps the stored value: NULL < x is not true
+                        "min_seq": case((ex.min_seq.is_(None), boxes.c.min_seq),
+                                        else_=_older_int(boxes.c.min_seq, ex.min_seq))}))
         await conn.execute(stmt, [agg[b] for b in sorted(agg)])
         if heartbeats:
             hb_rows = []

@@ -6,8 +6,11 @@ import json
 
 from sqlalchemy import update
 
+from agent.protocol.envelope import MsgClass
+from agent.protocol.topics import Topics
+from county.ingest import Good, Incoming, Store, parse
 from county.regions import parse_regions
-from county.store.tables import boxes, messages
+from county.store.tables import boxes
 from tests.county_api import NOW_MS, PASSWORD, REGIONS, Env, env_fixture  # noqa: F401 - the `env` fixture
 
 UNICODE_RAW = '{"v":1,  "id":"a1:%d", "box":"a1", "seq":%d, "ts":%d, "class":"event", "kind":"camera", ' \
@@ -15,10 +18,15 @@ UNICODE_RAW = '{"v":1,  "id":"a1:%d", "box":"a1", "seq":%d, "ts":%d, "class":"ev
 
 
 async def _store(env: Env, box: str, seqs: list[int]) -> list[str]:
+    """Stores the envelopes the way ingest does (county.ingest.Store: messages and the box's counters)."""
     raws = [UNICODE_RAW.replace("a1", box) % (s, s, NOW_MS + s) for s in seqs]
-    await env.insert(messages, [{"id": f"{box}:{s}", "box": box, "seq": s, "ts": NOW_MS + s, "class": "event",
-                                 "kind": "camera", "received": NOW_MS + s, "raw": r} for s, r in zip(seqs, raws,
-                                                                                                     strict=True)])
+    topics = Topics()
+    items = [Incoming(topics.up(box, MsgClass.EVENT, "camera"), r.encode(), 0, 1, False, 0, NOW_MS + s)
+             for s, r in zip(seqs, raws, strict=True)]
+    parsed = [(it, parse(topics, it)) for it in items]
+    assert all(isinstance(p, Good) for _, p in parsed), parsed
+    out = await Store(env.db).write(parsed)
+    assert out.stored == len(set(seqs))
     return raws
 
 

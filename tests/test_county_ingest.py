@@ -308,6 +308,20 @@ async def test_seq_gaps_subtract_what_the_box_explains(rig: Rig) -> None:
         assert [x.box for x in await seq_gaps(conn)] == [b]
 
 
+async def test_seq_counters_count_each_envelope_once_through_resends(rig: Rig) -> None:
+    """boxes.stored/min_seq (kept at ingest, read by the boxes list) ignore resends, in a batch and later."""
+    b = "box-c"
+    first = [envelope(b, s, "telemetry", "position", {}) for s in (5, 6, 9)]
+    await rig.send(first + first)  # resent in the same batch
+    await rig.send([*first, envelope(b, 3, "event", "camera", {})])  # resent later, with one new lower seq
+    (row,) = await rig.rows(boxes, boxes.c.id == b)
+    assert (row["stored"], row["min_seq"], row["last_seq"]) == (4, 3, 9)
+    assert rig.ingest.stats["duplicates"] == 6
+    async with rig.db.connect() as conn:
+        (g,) = await seq_gaps(conn, b)
+        assert (g.min_seq, g.max_seq, g.stored, g.missing) == (3, 9, 4, 3)  # 4, 7, 8
+
+
 async def test_a_message_the_database_refuses_is_quarantined_alone(rig: Rig) -> None:
     """The database refuses one row (a trigger, on either dialect): its batch is stored one by one, that
     message is quarantined with the database's reason, and every other one is stored and acknowledged."""

@@ -18,6 +18,7 @@ from sqlalchemy import BigInteger, Column, Connection, MetaData, column, func, i
 from county.store import Database, DatabaseUnavailable, DatabaseUrlError, SchemaError, retention
 from county.store import migrations as store_migrations
 from county.store.db import async_url
+from county.store.queries import seq_gaps
 from county.store.tables import alarms, boxes, messages, metadata, positions, quarantine, receipts
 from tests.pgcluster import PgCluster
 
@@ -181,6 +182,30 @@ async def test_upgrade_from_the_previous_revision_keeps_the_rows(db_url: str) ->
         row = (await conn.execute(select(boxes.c.id, boxes.c.first_seen, boxes.c.purged))).one()
         assert tuple(row) == ("b1", 5, 0)
         assert await conn.run_sync(_schema_diff) == []
+
+
+async def test_upgrade_from_0002_backfills_the_seq_counters_from_the_stored_messages(db_url: str) -> None:
+    db = await Database.open(db_url, migrate=False)
+    try:
+        async with db.begin() as conn:
+            await conn.run_sync(store_migrations.upgrade_to_head, "0002")
+            # b3: a state message only, no envelope
+            await conn.execute(boxes.insert(), [{"id": "b1", "first_seen": 5, "last_seq": 20, "purged": 3},
+                                                {"id": "b2", "first_seen": 5, "last_seq": 8, "purged": 0},
+                                                {"id": "b3", "first_seen": 5, "last_seq": None, "purged": 0}])
+            await conn.execute(messages.insert(), [_message(n, "b1") for n in (10, 11, 12, 15, 20)]
+                               + [_message(n, "b2") for n in (7, 8)])
+    finally:
+        await db.close()
+    async with await Database.open(db_url) as db, db.connect() as conn:
+        assert await db.revision() == store_migrations.head()
+        rows = (await conn.execute(select(boxes.c.id, boxes.c.stored, boxes.c.min_seq).order_by(boxes.c.id)))
+        assert [tuple(r) for r in rows.all()] == [("b1", 8, 10), ("b2", 2, 7), ("b3", 0, None)]
+        gaps = {g.box: g for g in await seq_gaps(conn)}
+        assert set(gaps) == {"b1", "b2"}
+        # b1: 10..20 is 11 seqs; 5 stored, 3 purged (counted in `stored` ever), 3 missing
+        assert (gaps["b1"].stored, gaps["b1"].purged, gaps["b1"].missing) == (5, 3, 3)
+        assert (gaps["b2"].stored, gaps["b2"].missing) == (2, 0)
 
 
 NOW = 400 * retention.DAY_MS

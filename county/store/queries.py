@@ -10,12 +10,14 @@ the life of its outbox), so
     missing = max(0, (max_seq - min_seq + 1) - stored - explained - purged)
 
 with `explained` the sum of the eviction/expiry counters of the box's newest heartbeat and `purged` the
-envelopes of the box that the county's own retention deleted (`boxes.purged`).
+envelopes of the box that the county's own retention deleted (`boxes.purged`). `min_seq` and the number
+ever stored are counters ingest keeps on the box's row (`boxes.min_seq`, `boxes.stored`, with
+`boxes.last_seq` as `max_seq`), so `stored` here (still stored) is `boxes.stored - boxes.purged`.
 
 Known limits (documented in docs/county-server.md, "Ingest"): the counters cover the whole life of the
 box's outbox, also drops before the first seq the county stored, so `missing` can only be under-stated,
 never over-stated by them; a box whose outbox was reset (an `outbox_reset` event) restarts its counters;
-rows deleted by retention count as missing until the retention keeps a per-box tally.
+on a database migrated to 0003 after retention ran, `min_seq` is the lowest seq still stored then.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from county.store.tables import boxes, messages
+from county.store.tables import boxes
 
 # heartbeat counters that name seqs the box itself dropped (agent/outbox.py `_evict_oldest`)
 EXPLAINING_PREFIXES = ("evicted.", "expired.")
@@ -64,19 +66,23 @@ def explained_by(heartbeat: Any) -> int:
 
 
 async def seq_gaps(conn: AsyncConnection, box: str | None = None) -> list[SeqGaps]:
-    """Per box (or only `box`): the stored seq range, and how much of its gap the box does not explain."""
-    q = (select(messages.c.box, func.min(messages.c.seq), func.max(messages.c.seq), func.count())
-         .group_by(messages.c.box).order_by(messages.c.box))
-    hb = select(boxes.c.id, boxes.c.heartbeat, boxes.c.purged)
+    """Per box (or only `box`): the stored seq range, and how much of its gap the box does not explain.
+
+    Reads the `boxes` table only (its counters are kept by ingest, county/ingest.py `Store._boxes`), so a
+    boxes list costs one row per box however many messages are stored. A box of which nothing was stored
+    (a state message only) has no range and is left out.
+    """
+    q = (select(boxes.c.id, boxes.c.min_seq, boxes.c.last_seq, boxes.c.stored, boxes.c.purged, boxes.c.heartbeat)
+         .where(boxes.c.min_seq.is_not(None), boxes.c.last_seq.is_not(None), boxes.c.stored > 0)
+         .order_by(boxes.c.id))
     if box is not None:
-        q = q.where(messages.c.box == box)
-        hb = hb.where(boxes.c.id == box)
-    known = {row[0]: (row[1], int(row[2] or 0)) for row in (await conn.execute(hb)).all()}
+        q = q.where(boxes.c.id == box)
     out = []
-    for b, lo, hi, n in (await conn.execute(q)).all():
-        heartbeat, purged = known.get(b, (None, 0))
+    for b, lo, hi, ever, purged, heartbeat in (await conn.execute(q)).all():
         explained = explained_by(heartbeat)
+        ever, purged = int(ever), int(purged or 0)
         span = int(hi) - int(lo) + 1
-        out.append(SeqGaps(b, int(lo), int(hi), int(n), explained, purged,
-                           max(0, span - int(n) - explained - purged)))
+        # `stored` ever = still stored + purged, so the gap is span - ever - explained
+        out.append(SeqGaps(b, int(lo), int(hi), max(0, ever - purged), explained, purged,
+                           max(0, span - ever - explained)))
     return out

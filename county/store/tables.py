@@ -51,6 +51,10 @@ boxes = Table(
     # envelopes of this box deleted by retention (county/store/retention.py), so the seq gaps they leave
     # are not counted as missing (migration 0002)
     Column("purged", BigInteger, nullable=False, server_default="0"),
+    # kept by ingest in the transaction that stores the envelopes (only rows new to `messages` count), so
+    # the seq gaps (county/store/queries.py) read this table, not every stored message (migration 0003):
+    Column("stored", BigInteger, nullable=False, server_default="0"),  # envelopes ever stored (retention too)
+    Column("min_seq", BigInteger),             # lowest envelope seq ever stored
 )
 
 # Every envelope once, exactly as received (unique on the envelope id: a resend is ignored).

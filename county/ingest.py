@@ -14,7 +14,9 @@ NOTHING` on the envelope id stores a resend once. Every derived row (alarm, posi
 is written in the same transaction as the message row and only when that row was new (RETURNING), so
 derived rows are exactly once too.
 
-Batches: up to `batch_max` messages or `batch_ms` after the first one, one transaction. paho's network
+Batches: up to `batch_max` messages or `batch_ms` after the first one, one transaction; a batch that
+takes an alarm (class alarm) is committed at once, with what it holds so far (`commit_now`), so an alarm
+never waits for the window to fill. paho's network
 thread hands each message to the event loop (`call_soon_threadsafe`); at most `inflight` messages are
 held (received, not yet acknowledged): MQTT 5 Receive Maximum tells the broker so, and with a broker that
 ignores it paho's thread waits for room, which stops it reading the socket (TCP backpressure) rather than
@@ -359,6 +361,18 @@ def _rank_sql(col: Any) -> Any:
     # equality, not IN: an IN list is an "expanding" parameter, which executemany cannot take
     return case(*((col == s, 3) for s in sorted(FINAL_STATES)), *((col == s, r) for s, r in _RANK.items()),
                 else_=0)
+
+
+def commit_now(topics: Topics, batch: Sequence[Incoming], batch_max: int) -> bool:
+    """Whether the batching loop commits `batch` now instead of waiting for more: it is full, or it took an
+    alarm. The loop asks after every message it adds, so only the newest (`batch[-1]`) can have changed the
+    answer: this stays O(1) per message."""
+    if len(batch) >= batch_max:
+        return True
+    if not batch:
+        return False
+    where = topics.parse_up(batch[-1].topic)
+    return where is not None and where[1] is MsgClass.ALARM
 
 
 class Store:
@@ -837,7 +851,7 @@ class Ingest:
         while True:
             batch = [await self._queue.get()]
             deadline = loop.time() + self.cfg.batch_ms / 1000
-            while len(batch) < self.cfg.batch_max:
+            while not commit_now(self.topics, batch, self.cfg.batch_max):
                 try:
                     batch.append(self._queue.get_nowait())
                     continue

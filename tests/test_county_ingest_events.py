@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from county.ingest import Incoming, Ingest, IngestConfig, Outcome, Parsed
+from agent.protocol.envelope import MsgClass
+from agent.protocol.topics import Topics
+from county.ingest import Incoming, Ingest, IngestConfig, Outcome, Parsed, commit_now
 from county.server.events import EventHub
 from county.store import Database
 from county.store.tables import alarms, messages
-from tests.county_ingest_proc import Publisher, envelope, sos, until
+from tests.county_ingest_proc import P, Publisher, envelope, sos, until
 from tests.support import Collector, Mosquitto
 
 
@@ -181,6 +183,56 @@ async def test_a_database_away_is_waited_for_not_quarantined(broker: Mosquitto, 
         assert outage["left"] == 0 and ing.stats["store_errors"] >= 1
         assert await count(db, messages) == 20 and await count(db, alarms) == 1
         assert ing.stats["quarantined"] == 0
+    finally:
+        pub.close()
+        await ing.close()
+        await db.close()
+
+
+def _incoming(topic: str) -> Incoming:
+    return Incoming(topic, b"{}", 1, 1, False, 0, 0)
+
+
+def test_a_batch_with_an_alarm_is_committed_now_not_when_the_window_closes() -> None:
+    topics = Topics(P)
+    tel = [_incoming(topics.up("box-a", MsgClass.TELEMETRY, "heartbeat")),
+           _incoming(topics.up("box-a", MsgClass.EVENT, "low_battery")),
+           _incoming(topics.up("box-a", MsgClass.RECEIPT, "cmd")), _incoming(topics.state("box-a")),
+           _incoming("elsewhere/box/box-a/up/alarm/sos")]  # another prefix: not this county's alarm
+    assert not any(commit_now(topics, tel[: i + 1], 500) for i in range(len(tel)))
+    assert commit_now(topics, [*tel, _incoming(topics.up("box-a", MsgClass.ALARM, "sos"))], 500)
+    assert commit_now(topics, [_incoming(topics.up("box-b", MsgClass.ALARM, "fall"))], 500)
+    assert commit_now(topics, tel[:2], 2)  # full
+    assert not commit_now(topics, [], 500)
+
+
+async def test_an_alarm_is_committed_and_announced_without_waiting_for_the_batch_window(
+        broker: Mosquitto, tmp_path: Path) -> None:
+    """batch_ms = 60 s: a telemetry opens the window, the alarm after it still reaches the hub at once
+    (the wait below gives up after 30 s, long before the window would close)."""
+    db = await Database.open(f"sqlite:///{tmp_path / 'c.db'}")
+    hub = EventHub()
+    events = hub.open()
+    ing = Ingest(IngestConfig(urls=[broker.url], client_id="county-urgent", batch_max=500, batch_ms=60_000,
+                              live=False), db, hub)  # no live feed: the hub hears the alarm only after commit
+    pub = Publisher(broker.url)
+    try:
+        await ing.start()
+        await ing.wait_subscribed()
+        pub.publish([envelope("box-a", 1, "event", "low_battery", {})])
+        await until(lambda: ing.stats["received"] >= 1)  # the batch (and its 60 s window) is open
+        pub.publish([sos("box-a", 2)])
+        seen: list[Any] = []
+
+        def alarm_announced() -> bool:
+            while (ev := events.get_nowait()) is not None:
+                seen.append(ev)
+            return any(ev.kind == "alarm" for ev in seen)
+
+        await until(alarm_announced, within_s=30)
+        assert [ev.data["id"] for ev in seen if ev.kind == "alarm"] == ["box-a:2"]
+        assert ing.stats["batches"] == 1 and ing.stats["acked"] == 2  # one batch: the telemetry went with it
+        assert await count(db, messages) == 2 and await count(db, alarms) == 1
     finally:
         pub.close()
         await ing.close()

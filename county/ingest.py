@@ -15,8 +15,8 @@ is written in the same transaction as the message row and only when that row was
 derived rows are exactly once too.
 
 Batches: up to `batch_max` messages or `batch_ms` after the first one, one transaction; a batch that
-takes an alarm (class alarm) is committed at once, with what it holds so far (`commit_now`), so an alarm
-never waits for the window to fill. paho's network
+takes an alarm (class alarm) waits for nothing more: it takes only what is already queued (so a backlog
+still makes full batches) and is committed, so an alarm never waits for the window (`is_alarm`). paho's network
 thread hands each message to the event loop (`call_soon_threadsafe`); at most `inflight` messages are
 held (received, not yet acknowledged): MQTT 5 Receive Maximum tells the broker so, and with a broker that
 ignores it paho's thread waits for room, which stops it reading the socket (TCP backpressure) rather than
@@ -363,15 +363,9 @@ def _rank_sql(col: Any) -> Any:
                 else_=0)
 
 
-def commit_now(topics: Topics, batch: Sequence[Incoming], batch_max: int) -> bool:
-    """Whether the batching loop commits `batch` now instead of waiting for more: it is full, or it took an
-    alarm. The loop asks after every message it adds, so only the newest (`batch[-1]`) can have changed the
-    answer: this stays O(1) per message."""
-    if len(batch) >= batch_max:
-        return True
-    if not batch:
-        return False
-    where = topics.parse_up(batch[-1].topic)
+def is_alarm(topics: Topics, item: Incoming) -> bool:
+    """An envelope of class alarm (by its topic): the batch that takes it stops waiting for more."""
+    where = topics.parse_up(item.topic)
     return where is not None and where[1] is MsgClass.ALARM
 
 
@@ -850,20 +844,26 @@ class Ingest:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
+            urgent = is_alarm(self.topics, batch[0])
             deadline = loop.time() + self.cfg.batch_ms / 1000
-            while not commit_now(self.topics, batch, self.cfg.batch_max):
+            while len(batch) < self.cfg.batch_max:
                 try:
-                    batch.append(self._queue.get_nowait())
-                    continue
+                    it = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     pass
+                else:  # what is already queued costs no waiting: a backlog still makes full batches
+                    batch.append(it)
+                    urgent = urgent or is_alarm(self.topics, it)
+                    continue
                 left = deadline - loop.time()
-                if left <= 0:
+                if urgent or left <= 0:  # an alarm never waits for the window
                     break
                 try:
-                    batch.append(await wait_within(self._queue.get(), left))  # never wait_for: loses a stop
+                    it = await wait_within(self._queue.get(), left)  # never wait_for: loses a stop
                 except TimeoutError:
                     break
+                batch.append(it)
+                urgent = urgent or is_alarm(self.topics, it)
             try:
                 await self._handle(batch)
             except Exception:  # a bug: say so and go on; the batch stays unacknowledged (sent again later)

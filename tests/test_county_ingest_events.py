@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from agent.protocol.envelope import MsgClass
 from agent.protocol.topics import Topics
-from county.ingest import Incoming, Ingest, IngestConfig, Outcome, Parsed, commit_now
+from county.ingest import Incoming, Ingest, IngestConfig, Outcome, Parsed, is_alarm
 from county.server.events import EventHub
 from county.store import Database
 from county.store.tables import alarms, messages
@@ -193,17 +193,15 @@ def _incoming(topic: str) -> Incoming:
     return Incoming(topic, b"{}", 1, 1, False, 0, 0)
 
 
-def test_a_batch_with_an_alarm_is_committed_now_not_when_the_window_closes() -> None:
+def test_only_an_alarm_stops_a_batch_waiting_for_its_window() -> None:
     topics = Topics(P)
-    tel = [_incoming(topics.up("box-a", MsgClass.TELEMETRY, "heartbeat")),
-           _incoming(topics.up("box-a", MsgClass.EVENT, "low_battery")),
-           _incoming(topics.up("box-a", MsgClass.RECEIPT, "cmd")), _incoming(topics.state("box-a")),
-           _incoming("elsewhere/box/box-a/up/alarm/sos")]  # another prefix: not this county's alarm
-    assert not any(commit_now(topics, tel[: i + 1], 500) for i in range(len(tel)))
-    assert commit_now(topics, [*tel, _incoming(topics.up("box-a", MsgClass.ALARM, "sos"))], 500)
-    assert commit_now(topics, [_incoming(topics.up("box-b", MsgClass.ALARM, "fall"))], 500)
-    assert commit_now(topics, tel[:2], 2)  # full
-    assert not commit_now(topics, [], 500)
+    assert is_alarm(topics, _incoming(topics.up("box-a", MsgClass.ALARM, "sos")))
+    assert is_alarm(topics, _incoming(topics.up("box-b", MsgClass.ALARM, "fall")))
+    others = [_incoming(topics.up("box-a", MsgClass.TELEMETRY, "heartbeat")),
+              _incoming(topics.up("box-a", MsgClass.EVENT, "low_battery")),
+              _incoming(topics.up("box-a", MsgClass.RECEIPT, "cmd")), _incoming(topics.state("box-a")),
+              _incoming("elsewhere/box/box-a/up/alarm/sos")]  # another prefix: not this county's alarm
+    assert not any(is_alarm(topics, it) for it in others)
 
 
 async def test_an_alarm_is_committed_and_announced_without_waiting_for_the_batch_window(

@@ -191,6 +191,17 @@ async def _load(conn: Any, bid: str) -> Any:
     return (await conn.execute(select(broadcasts_t).where(broadcasts_t.c.id == bid))).mappings().first()
 
 
+async def _load_for(p: Any, user: Any, bid: str) -> Any:
+    """The broadcast a write acts on: 404 when there is none, 403 when it reaches beyond the user's scope."""
+    async with p.db.connect() as conn:
+        row = await _load(conn, bid)
+    if row is None:
+        raise ApiError(404, "no such broadcast")
+    if outside_scope(p, user, list(row["boxes"])):
+        raise ApiError(403, "that broadcast reaches boxes outside your scope")
+    return row
+
+
 # --------------------------------------------------------------------------------------------- routes
 @api
 async def create(request: Request) -> Response:
@@ -235,12 +246,7 @@ async def approve(request: Request) -> Response:
     user = authorize(request, "broadcast.approve")
     p = parts(request)
     bid = request.path_params["id"]
-    async with p.db.connect() as conn:
-        row = await _load(conn, bid)
-    if row is None:
-        raise ApiError(404, "no such broadcast")
-    if outside_scope(p, user, list(row["boxes"])):
-        raise ApiError(403, "that broadcast reaches boxes outside your scope")
+    row = await _load_for(p, user, bid)
     if row["state"] != "awaiting_review":
         raise ApiError(409, f"broadcast is {row['state']}, not awaiting_review", state=row["state"])
     if row["created_by"] == user.name:
@@ -264,12 +270,7 @@ async def cancel(request: Request) -> Response:
     user = authorize(request, "broadcast.cancel")
     p = parts(request)
     bid = request.path_params["id"]
-    async with p.db.connect() as conn:
-        row = await _load(conn, bid)
-    if row is None:
-        raise ApiError(404, "no such broadcast")
-    if outside_scope(p, user, list(row["boxes"])):
-        raise ApiError(403, "that broadcast reaches boxes outside your scope")
+    row = await _load_for(p, user, bid)
     if row["state"] not in (*LIVE, "awaiting_review"):
         raise ApiError(409, f"broadcast is {row['state']}", state=row["state"])
     cancel_id: str | None = None

@@ -7,7 +7,6 @@ Feature sections are defined next to their feature (agent/*/settings.py) and ass
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from agent.broadcast.settings import BroadcastConfig
 from agent.cameras.settings import CameraConfig, CamerasConfig
 from agent.protocol.broker import parse_broker_url, redact_url
 from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX
-from agent.schema import SchemaError, build, dump, positive
+from agent.schema import SchemaError, build, dump, positive, read_toml
 from agent.wearables.settings import GatewayConfig, WearablesConfig, WearerConfig
 
 
@@ -176,17 +175,9 @@ def parse_config(raw: dict[str, Any], source: Path | str = "<config>") -> Config
 def load_config(path: Path | str) -> Config:
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(path, "", "file does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, "", f"cannot read: {exc}") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
-    except RecursionError:  # tomllib recurses per nesting level: "a = [[[[..."
-        raise ConfigError(path, "", "not valid TOML: nested too deeply") from None
+        raw = read_toml(path)
+    except SchemaError as exc:
+        raise ConfigError(path, exc.key, exc.problem) from None
     return parse_config(raw, path)
 
 

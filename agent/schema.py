@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import tomllib
 import types
 import typing
 from collections import abc
@@ -31,6 +32,26 @@ class SchemaError(ValueError):
 
 
 _ODD_KEY = re.compile(r'[\s"\x00-\x1f\x7f]|^$')  # whitespace, quotes, control characters, empty
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as plain data; every way it can't be read is a SchemaError with key "" and one line.
+
+    The box's config, the county's config and the regions file all read through this."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SchemaError("", "file does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise SchemaError("", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise SchemaError("", f"cannot read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SchemaError("", f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level: "a = [[[[..."
+        raise SchemaError("", "not valid TOML: nested too deeply") from None
 
 
 def _join(path: str, name: str | int) -> str:

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.protocol.topics import BOX_ID_RE
-from agent.schema import SchemaError, build
+from agent.schema import SchemaError, build, read_toml
 
 UNREGISTERED = "unregistered"
 # box id -> the groups in its retained state (boxes.groups; None when it reported none)
@@ -312,17 +311,7 @@ def load_regions(path: Path | str | None) -> Regions:
         return Regions.empty()
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise RegionsError(path, "", "file does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise RegionsError(path, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise RegionsError(path, "", f"cannot read: {exc.strerror}") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RegionsError(path, "", f"not valid TOML: {exc}") from None
-    except RecursionError:
-        raise RegionsError(path, "", "not valid TOML: nested too deeply") from None
+        raw = read_toml(path)
+    except SchemaError as exc:
+        raise RegionsError(path, exc.key, exc.problem) from None
     return parse_regions(raw, path)

@@ -11,7 +11,6 @@ of the config file when they are not absolute, so a unit file's working director
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 from agent.config import readable_file
 from agent.protocol.broker import parse_broker_url, redact_url
 from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX
-from agent.schema import SchemaError, at_least_one, build, dump, positive
+from agent.schema import SchemaError, at_least_one, build, dump, positive, read_toml
 
 DEFAULT_DB_URL = "sqlite:////var/lib/village-county/county.db"
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -283,19 +282,9 @@ def parse_config(raw: dict[str, Any], source: Path | str = "<config>", base: Pat
 def load_config(path: Path | str) -> CountyConfig:
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(path, "", "file does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
-    except RecursionError:
-        raise ConfigError(path, "", "not valid TOML: nested too deeply") from None
+        raw = read_toml(path)
+    except SchemaError as exc:
+        raise ConfigError(path, exc.key, exc.problem) from None
     return parse_config(raw, path, base=path.parent.absolute())
 
 

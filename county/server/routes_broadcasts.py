@@ -202,6 +202,14 @@ async def _load_for(p: Any, user: Any, bid: str) -> Any:
     return row
 
 
+def _sent(out: dict[str, Any], failure: str | None, *, ok: int) -> JSONResponse:
+    """The answer after a publish: `ok`, or 503 saying the broker did not take it (resend retries)."""
+    if failure is None:
+        return JSONResponse(out, status_code=ok)
+    out["error"] = f"the broker did not take it: {failure} (POST .../resend publishes it again)"
+    return JSONResponse(out, status_code=503)
+
+
 # --------------------------------------------------------------------------------------------- routes
 @api
 async def create(request: Request) -> Response:
@@ -235,10 +243,7 @@ async def create(request: Request) -> Response:
     if review:
         return JSONResponse({"id": bid, "state": "awaiting_review", "boxes": boxes}, status_code=201)
     state, failure = await _sign_and_send(p, request, row, now=now)
-    out: dict[str, Any] = {"id": bid, "state": state, "boxes": boxes}
-    if failure is not None:
-        out["error"] = f"the broker did not take it: {failure} (POST .../resend publishes it again)"
-    return JSONResponse(out, status_code=201 if failure is None else 503)
+    return _sent({"id": bid, "state": state, "boxes": boxes}, failure, ok=201)
 
 
 @api
@@ -259,10 +264,7 @@ async def approve(request: Request) -> Response:
             raise ApiError(409, "broadcast is no longer awaiting_review")
         await audit_append(conn, user.name, "broadcast.approve", bid, {"created_by": row["created_by"]})
     state, failure = await _sign_and_send(p, request, row, now=p.now_s())
-    out: dict[str, Any] = {"id": bid, "state": state}
-    if failure is not None:
-        out["error"] = f"the broker did not take it: {failure} (POST .../resend publishes it again)"
-    return JSONResponse(out, status_code=200 if failure is None else 503)
+    return _sent({"id": bid, "state": state}, failure, ok=200)
 
 
 @api

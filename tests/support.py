@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -198,3 +199,15 @@ def agent_config_dict(state_dir: Path, broker_url: str, box: str = "box-1", **se
             raw[name] = value
     return raw
 
+
+
+# Where a stop lands relative to the thing it races (the cancel-safety tests): in the same loop step as
+# the completion, or as the very next callback. Both orderings are what lost stops under asyncio.wait_for.
+CANCEL_ORDERINGS = ["same step", "call_soon"]
+
+
+def deliver_cancel(ordering: str, task: asyncio.Task[Any]) -> None:
+    if ordering == "same step":
+        task.cancel()
+    else:
+        asyncio.get_running_loop().call_soon(task.cancel)

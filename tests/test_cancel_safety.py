@@ -35,21 +35,15 @@ from drivers.audio.player import AlsaPlayer
 from drivers.audio.tts import EspeakTts
 from drivers.wristband.setup import SetupScript, SetupSession
 from tests.county_ingest_proc import Publisher, sos
-from tests.support import Mosquitto
+from tests.support import CANCEL_ORDERINGS, Mosquitto, deliver_cancel
 from tests.test_playback import DAILY, Rig, audio
 
 pytestmark = pytest.mark.timeout(60)
 
 GUARD_S = 20.0
 BIG_S = 600.0
-ORDERINGS = ["same step", "call_soon"]
-
-
-def deliver(ordering: str, task: asyncio.Task[Any]) -> None:
-    if ordering == "same step":
-        task.cancel()
-    else:
-        asyncio.get_running_loop().call_soon(task.cancel)
+ORDERINGS = CANCEL_ORDERINGS
+deliver = deliver_cancel
 
 
 async def ended_by_cancel(task: asyncio.Task[Any]) -> None:

@@ -24,6 +24,7 @@ import pytest
 import agent.link as link_mod
 from agent.link import Link
 from agent.outbox import Outbox
+from tests.support import CANCEL_ORDERINGS, deliver_cancel
 from tests.test_link import RecordingSink, config_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,15 +34,8 @@ pytestmark = pytest.mark.timeout(60)
 GUARD_S = 20.0
 BACKOFF_S = 600.0
 
-ORDERINGS = ["same step", "call_soon"]
-
-
-def deliver(ordering: str, task: asyncio.Task[Any]) -> None:
-    """The stop, where the connect's outcome is delivered: in this step, or as the very next callback."""
-    if ordering == "same step":
-        task.cancel()
-    else:
-        asyncio.get_running_loop().call_soon(task.cancel)
+ORDERINGS = CANCEL_ORDERINGS
+deliver = deliver_cancel
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +142,7 @@ class Incoming:
     gen: int  # connection generation it arrived on (an ack is sent only on that connection)
     received: int  # epoch ms
     held: bool = True  # holds one of ingest's `inflight` slots until acknowledged (or given up)
+    done: int = 0  # 0 waiting, 1 committed (to be acknowledged in arrival order), 2 given up (never acked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,6 +639,79 @@ def _tls_context(cfg: IngestConfig) -> ssl.SSLContext:
     return ctx
 
 
+READ_CHUNK = 64 << 10
+READ_BURST = 2000  # packets one loop_read may take from the buffer before paho's loop writes (acks, pings)
+_PUBACK = 0x40
+
+
+class _BufferedSocket:
+    """paho's socket, read 64 KiB per system call.
+
+    paho reads each packet with three or more recv calls (the command byte, the length bytes one by one,
+    then the rest) after one select() per packet; at thousands of messages a second those system calls
+    and the Python around them are most of paho's cost, on the GIL the store needs. This serves paho's
+    small reads from one big read, and answers `pending()` (what paho asks an SSL socket for bytes it
+    already holds) so paho's loop reads what is buffered without waiting in select(). Everything else
+    goes to the real socket. Hand-written: paho has no buffered reader, and this is 30 lines."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(READ_CHUNK)  # BlockingIOError / SSLWantReadError pass up to paho as before
+            if not data:
+                return data
+            self._buf, self._pos = data, 0
+        start = self._pos
+        self._pos = min(start + n, len(self._buf))
+        return self._buf[start:self._pos]
+
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return self.buffered() + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Client(mqtt.Client):
+    """paho's client over a `_BufferedSocket`, reading every buffered packet (up to READ_BURST) per loop
+    pass, and sending many PUBACKs in one write (`ack_many`)."""
+
+    def _create_socket(self) -> Any:
+        return _BufferedSocket(super()._create_socket())
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        sock = self._sock
+        n = 1
+        while (rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket) and sock.buffered()
+               and self._sock is sock and n < READ_BURST):
+            rc = super().loop_read(max_packets)
+            n += 1
+        return rc
+
+    def ack_many(self, mids: Sequence[int]) -> MQTTErrorCode:
+        """PUBACKs of QoS 1 messages `mids`, in that order, as one packet write (one wake-up of paho's thread
+        and one send, where `ack` costs both per message). A PUBACK is 0x40, length 2, the packet id (MQTT
+        3.1.1 and 5: no reason code means success). Falls back to `ack` if paho changed its internals."""
+        queue = getattr(self, "_packet_queue", None)
+        if queue is None or not self._manual_ack:
+            for mid in mids:
+                rc = self.ack(mid, 1)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return rc
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        packet = b"".join(bytes((_PUBACK, 2, mid >> 8, mid & 0xFF)) for mid in mids)
+        return queue(_PUBACK, packet, 0, 0)
+
+
 class _Connection:
     """A paho client that reconnects (rotating through the URLs) and subscribes again at every connect."""
 
@@ -661,7 +735,7 @@ class _Connection:
         kwargs: dict[str, Any] = {"client_id": client_id, "protocol": proto, "manual_ack": manual_ack}
         if proto == mqtt.MQTTv311:
             kwargs["clean_session"] = not persistent
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        self.client = _Client(CallbackAPIVersion.VERSION2, **kwargs)
         self.client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self.client.max_queued_messages_set(0)  # only acks are queued by us; bounded by `inflight`
         u = self.urls[0]
@@ -749,6 +823,15 @@ class _Connection:
                 return False  # that connection is gone: the broker sends the message again, deduplicated
             return self.client.ack(mid, qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def ack_many(self, items: Sequence[Incoming]) -> tuple[int, int]:
+        """Acknowledge `items` (QoS 1, in arrival order) in one write; (acked, not acked: another connection)."""
+        with self.lock:
+            mids = [it.mid for it in items if it.gen == self.gen]
+            if not mids:
+                return 0, len(items)
+            ok = self.client.ack_many(mids) == MQTTErrorCode.MQTT_ERR_SUCCESS
+        return (len(mids), len(items) - len(mids)) if ok else (0, len(items))
+
 
 class Ingest:
     """MQTT -> database, acknowledged after commit. `await start()`, then `await close()`."""
@@ -762,7 +845,10 @@ class Ingest:
         self.store = Store(db, describe)
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "quarantined": 0, "batches": 0,
                       "acked": 0, "not_acked": 0, "store_errors": 0}
-        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._urgent: deque[Incoming] = deque()  # alarms: the next batch takes these first, alone
+        self._normal: deque[Incoming] = deque()
+        self._more = asyncio.Event()  # set when either deque gets an item
+        self._order: deque[Incoming] = deque()  # every held message in arrival order: acks go out in this order
         self._slots = threading.BoundedSemaphore(cfg.inflight)
         self._handoff: list[Incoming] = []  # paho's thread -> the loop, under _handoff_lock
         self._handoff_lock = threading.Lock()
@@ -834,47 +920,84 @@ class Ingest:
             items = list(self._handoff)
             self._handoff.clear()
             self._wake_pending = False
+        live = self.live
         for item in items:
             self.stats["received"] += 1
-            if self.live is not None and ("/up/alarm/" in item.topic or "/up/receipt/" in item.topic):
-                self.live.claim(item.topic, item.payload)  # the topics the live feed hears too
-            self._queue.put_nowait(item)
+            topic = item.topic
+            alarm = "/up/alarm/" in topic  # a topic that only looks like one costs nothing but its place
+            if live is not None and (alarm or "/up/receipt/" in topic):
+                live.claim(topic, item.payload)  # the topics the live feed hears too
+            self._order.append(item)
+            (self._urgent if alarm else self._normal).append(item)
+        if items:
+            self._more.set()
+
+    def _take(self, q: deque[Incoming], n: int) -> list[Incoming]:
+        n = min(n, len(q))
+        return [q.popleft() for _ in range(n)]
+
+    async def _next_batch(self) -> list[Incoming]:
+        """Alarms first and alone (a telemetry backlog never stands in front of one: committed, announced,
+        then the telemetry goes on); otherwise up to `batch_max` messages, waiting at most `batch_ms` after
+        the first for more, and not at all once an alarm arrives (it joins the batch, which is committed)."""
+        loop = asyncio.get_running_loop()
+        bmax = self.cfg.batch_max
+        while not (self._urgent or self._normal):
+            self._more.clear()
+            await self._more.wait()
+        if self._urgent:
+            return self._take(self._urgent, bmax)
+        batch = self._take(self._normal, bmax)
+        deadline = loop.time() + self.cfg.batch_ms / 1000
+        while len(batch) < bmax:
+            if self._urgent:  # an alarm never waits for the window
+                batch += self._take(self._urgent, bmax - len(batch))
+                break
+            if self._normal:  # what is already queued costs no waiting: a backlog still makes full batches
+                batch += self._take(self._normal, bmax - len(batch))
+                continue
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self._more.clear()
+            try:
+                await wait_within(self._more.wait(), left)  # never wait_for: loses a stop
+            except TimeoutError:
+                break
+        return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            urgent = is_alarm(self.topics, batch[0])
-            deadline = loop.time() + self.cfg.batch_ms / 1000
-            while len(batch) < self.cfg.batch_max:
-                try:
-                    it = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    pass
-                else:  # what is already queued costs no waiting: a backlog still makes full batches
-                    batch.append(it)
-                    urgent = urgent or is_alarm(self.topics, it)
-                    continue
-                left = deadline - loop.time()
-                if urgent or left <= 0:  # an alarm never waits for the window
-                    break
-                try:
-                    it = await wait_within(self._queue.get(), left)  # never wait_for: loses a stop
-                except TimeoutError:
-                    break
-                batch.append(it)
-                urgent = urgent or is_alarm(self.topics, it)
+            batch = await self._next_batch()
             try:
                 await self._handle(batch)
             except Exception:  # a bug: say so and go on; the batch stays unacknowledged (sent again later)
                 log.exception("ingest: a batch of %d could not be handled", len(batch))
                 for it in batch:
-                    self._release(it)
+                    it.done = 2
+                self._send_acks()
 
     def _release(self, it: Incoming) -> None:
         if it.held:
             it.held = False
             self._slots.release()
+
+    def _send_acks(self) -> None:
+        """Acknowledge the committed messages at the front of the arrival order, in one write; one still
+        waiting (a telemetry batch behind an alarm's) holds back the acks after it: MQTT wants PUBACKs in
+        the order the PUBLISHes came (MQTT 5 section 4.6), and each still only after its own commit."""
+        order, ready = self._order, []
+        while order and order[0].done:
+            it = order.popleft()
+            if it.done == 1 and it.qos == 1:
+                ready.append(it)
+            elif it.done == 1 and it.qos == 2:  # not subscribed at QoS 2; acknowledged as paho would
+                self.stats["acked" if self.conn.ack(it.mid, it.qos, it.gen) else "not_acked"] += 1
+            self._release(it)
+        if ready:
+            acked, not_acked = self.conn.ack_many(ready)
+            self.stats["acked"] += acked
+            self.stats["not_acked"] += not_acked
 
     async def _handle(self, batch: list[Incoming]) -> None:
         parsed = [(it, self._parse(it)) for it in batch]
@@ -890,12 +1013,8 @@ class Ingest:
             self.stats["quarantined"] += out.quarantined
         self.stats["batches"] += 1
         for it in batch:
-            if it.qos > 0:
-                if self.conn.ack(it.mid, it.qos, it.gen):
-                    self.stats["acked"] += 1
-                else:
-                    self.stats["not_acked"] += 1
-            self._release(it)
+            it.done = 1
+        self._send_acks()
         if self.hub is not None:
             for out in outcomes:
                 for kind, data, key in out.events:

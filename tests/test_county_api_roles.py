@@ -40,6 +40,11 @@ EXPECTED: dict[str, dict[str, int]] = {
     "GET fence push":         {A: OK, OP: OK, R: OK, V: OK, G: OK},
     "DELETE fence":           {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
     "GET events":             {A: OK, OP: OK, R: OK, V: OK, G: OK},
+    # the web console's map (routes_map.py); gw-a sees a1:assigned, which is assigned to them
+    "GET map":                {A: OK, OP: OK, R: OK, V: OK, G: OK},
+    "GET positions":          {A: OK, OP: OK, R: OK, V: OK, G: FORBIDDEN},
+    "GET alarm":              {A: OK, OP: OK, R: OK, V: OK, G: OK},
+    "GET alarm track":        {A: OK, OP: OK, R: OK, V: OK, G: OK},
 }
 SQUARE = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
     [[100.45, 21.95], [100.46, 21.95], [100.46, 21.96], [100.45, 21.96], [100.45, 21.95]]]}}
@@ -80,6 +85,10 @@ def _requests(ids: dict[str, str]) -> dict[str, tuple[str, str, Any]]:
         "POST fences push": ("POST", "/api/v1/fences/push", {"fences": ["f-obj"], "to": ["box:a1"]}),
         "GET fence push": ("GET", f"/api/v1/fences/push/{ids['push']}", None),
         "DELETE fence": ("DELETE", "/api/v1/fences/f-obj", None),
+        "GET map": ("GET", "/api/v1/map", None),
+        "GET positions": ("GET", "/api/v1/positions", None),
+        "GET alarm": ("GET", "/api/v1/alarms/a1:assigned", None),
+        "GET alarm track": ("GET", "/api/v1/alarms/a1:assigned/track", None),
     }
 
 

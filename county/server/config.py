@@ -11,6 +11,7 @@ of the config file when they are not absolute, so a unit file's working director
 from __future__ import annotations
 
 import ipaddress
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +233,64 @@ class ReviewConfig:
     drill: bool = False   # the same for drills; emergencies are never held
 
 
+MAP_TILES = ("none", "tianditu", "amap", "custom")
+_TILE_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def _tile_key(value: str) -> str:
+    if not _TILE_KEY_RE.fullmatch(value):
+        raise ValueError("a tile key is 1-128 characters of A-Z a-z 0-9 _ - (the 天地图 console's 浏览器端 key)")
+    return value
+
+
+def _tile_url(value: str) -> str:
+    parts = urlsplit(value.replace("{s}", "a"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{redact_url(value)!r} is not an http:// or https:// URL template")
+    missing = [p for p in ("{z}", "{x}", "{y}") if p not in value]
+    if missing:
+        raise ValueError(f"the URL template lacks {', '.join(missing)} (e.g. https://tiles.example/{{z}}/{{x}}/{{y}}.png)")
+    if parts.username or parts.password:
+        raise ValueError("no user:password in the tile URL: the browser is given it")
+    return value
+
+
+def _zoom(value: int) -> int:
+    if not 1 <= value <= 22:
+        raise ValueError("a zoom level is 1..22")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class MapConfig:
+    """The web console's map (docs/county-server.md [map]). Everything here is sent to the browser, which
+    fetches the tiles itself: the 天地图 key included (it is a browser-side key, bound to the server's
+    domain in the 天地图 console); nothing else secret belongs here."""
+
+    # none: no tiles, a plain background with the county's outline and points (an intranet without internet)
+    tiles: Literal["none", "tianditu", "amap", "custom"] = "none"
+    key: str | None = field(default=None, metadata={"check": _tile_key, "secret": True})  # 天地图 tk (masked in dumps)
+    url: str | None = field(default=None, metadata={"check": _tile_url})  # custom: a {z}/{x}/{y} template
+    crs: Literal["WGS84", "GCJ02"] = "WGS84"  # custom: the datum the tiles are drawn in
+    subdomains: str = ""  # custom: the letters a {s} in the URL takes, e.g. "abc"
+    attribution: str = ""
+    max_zoom: int = field(default=18, metadata={"check": _zoom})
+    # the county's boundary: a GeoJSON file (Polygon/MultiPolygon Features, WGS-84), drawn on every map
+    outline: Path | None = field(default=None, metadata={"check": readable_file})
+
+    def __post_init__(self) -> None:
+        if self.tiles == "tianditu" and self.key is None:
+            raise SchemaError("key", "tiles = \"tianditu\" needs key (the 天地图 browser key)")
+        if self.tiles == "custom" and self.url is None:
+            raise SchemaError("url", "tiles = \"custom\" needs url (e.g. https://tiles.example/{z}/{x}/{y}.png)")
+        if self.url is not None and self.tiles != "custom":
+            raise SchemaError("url", "url is for tiles = \"custom\"")
+        if "{s}" in (self.url or "") and not self.subdomains:
+            raise SchemaError("subdomains", "the URL has {s}: give the letters it takes (subdomains = \"abc\")")
+        if self.crs != "WGS84" and self.tiles != "custom":
+            raise SchemaError("crs", "crs is for tiles = \"custom\" (天地图 is WGS-84, 高德 GCJ-02)")
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -248,11 +307,13 @@ class CountyConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    map: MapConfig = field(default_factory=MapConfig)
 
 
 # keys holding a path, resolved against the config file's directory when relative
 _PATH_KEYS = {"server": ("tls_cert", "tls_key"), "mqtt": ("ca", "cert", "key", "password_file"),
-              "signing": ("key",), "county": ("regions",)}
+              "signing": ("key",), "county": ("regions",),
+              "map": ("outline",)}
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:

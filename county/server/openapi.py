@@ -131,7 +131,7 @@ BROADCAST_EXAMPLE: J = {
     "class": "daily", "level": 3, "title": "停水通知", "text": "明天上午9点停水", "audio_mime": None,
     "audio_sha256": None, "volume": 60, "start": 1764579600, "end": None, "exp": 1764662400,
     "targets": ["group:town-menglou"], "created_by": "li", "created_at": 1764576000000,
-    "approved_by": None, "approved_at": None, "cancelled_by": None, "cancelled_at": None}
+    "approved_by": None, "approved_at": None, "cancelled_by": None, "cancelled_at": None, "repeat": None}
 
 SCHEMAS: J = {
     "Error": obj({"error": STR, "detail": STR}, more=True,
@@ -178,7 +178,8 @@ SCHEMAS: J = {
          "volume": {"type": "integer", "minimum": 0, "maximum": 100},
          "title": {"type": "string", "maxLength": 200},
          "ttl_s": {"type": "integer", "minimum": 1, "maximum": 31 * 86400, "default": 86400},
-         "force": {"type": "boolean", "description": "send to a target no known box answers to, or a past start"}},
+         "force": {"type": "boolean", "description": "send to a target no known box answers to, or a past start"},
+         "repeat": {"$ref": "#/components/schemas/Repeat"}},
         description="the push command's options: text or audio_b64 (+audio_mime, the text then a transcript)"),
     "BroadcastCreated": obj({"id": STR, "state": {"type": "string", "enum": BROADCAST_STATES}},
                             {"boxes": arr(STR), "error": STR}),
@@ -187,7 +188,9 @@ SCHEMAS: J = {
                               description="`cancel_id`: the broadcast.cancel command sent (null when it had "
                                           "not been signed yet)"),
     "BroadcastResent": obj({"id": STR, "state": {"const": "sent"}, "resent_to": arr(STR)}),
-    "BoxReceipt": obj({"box": STR, "state": STR, "reason": NSTR, "ts": NMS}, {"name": NSTR},
+    "BoxReceipt": obj({"box": STR, "state": STR, "reason": NSTR, "ts": NMS},
+                      {"name": NSTR, "extra": {"type": "object", "description": "what the receipt said besides its "
+                                               "state: at, until (epoch s), detail, by, occurrence, late_s, missed"}},
                       description="`state` the box's latest receipt (received, scheduled, playing, finished, "
                                   "rejected, ...) or `no_answer`"),
     "Broadcast": obj(
@@ -195,14 +198,44 @@ SCHEMAS: J = {
         {"class": STR, "level": NINT, "title": NSTR, "text": NSTR, "audio_mime": NSTR, "audio_sha256": NSTR,
          "volume": NINT, "start": nullable(S), "end": nullable(S), "exp": nullable(S), "targets": arr(STR),
          "created_by": STR, "created_at": MS, "approved_by": NSTR, "approved_at": NMS, "cancelled_by": NSTR,
-         "cancelled_at": NMS},
+         "cancelled_at": NMS, "repeat": nullable(ref("Repeat"))},
         description="one receipt row per targeted box inside the caller's scope", example=BROADCAST_EXAMPLE),
     "BroadcastSummary": obj(
         {"id": STR, "state": {"type": "string", "enum": BROADCAST_STATES}, "created_by": STR, "created_at": MS,
          "class": STR, "targets": arr(STR), "boxes": arr(STR)},
         {"level": NINT, "title": NSTR, "text": NSTR, "audio_mime": NSTR, "audio_sha256": NSTR, "volume": NINT,
          "start": nullable(S), "end": nullable(S), "exp": nullable(S), "approved_by": NSTR, "approved_at": NMS,
-         "cancelled_by": NSTR, "cancelled_at": NMS}),
+         "cancelled_by": NSTR, "cancelled_at": NMS, "repeat": nullable(ref("Repeat"))}),
+    "Repeat": obj({"at": {"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$"}},
+                  {"days": arr({"type": "string", "enum": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]}),
+                   "tz": STR, "from": STR, "until": STR, "window_s": {"type": "number"}},
+                  description="a recurring broadcast (docs/broadcast.md): local `at` on `days` (default every "
+                              "day) in `tz` (default the county's timezone), dates `from`..`until` inclusive"),
+    # the compose page's helpers (county/server/routes_media.py)
+    "TtsPreview": obj({"text": {"type": "string", "maxLength": 2000}}),
+    "AudioFitted": obj(
+        {"audio_b64": STR, "audio_mime": {"type": "string", "enum": AUDIO_MIMES}, "sha256": STR, "bytes": INT,
+         "duration_s": {"type": "number"}, "reencoded": BOOL, "kbps": NINT, "limit_bytes": INT,
+         "source": obj({"format": STR, "codec": STR, "duration_s": {"type": "number"}, "channels": INT,
+                        "sample_rate": INT, "bytes": INT}),
+         "warnings": arr(STR)},
+        description="the audio as the boxes will get it (re-encoded to Ogg/Opus when over `limit_bytes`); "
+                    "POST /api/v1/broadcasts takes `audio_b64` and `audio_mime` from here"),
+    "CapDraft": obj({"broadcast_id": STR, "cancels": arr(STR), "msg_type": STR, "status": STR, "sender": STR,
+                     "identifier": STR},
+                    {"class": STR, "level": INT, "title": STR, "text": STR, "start": NSTR, "end": NSTR,
+                     "end_past": BOOL, "truncated": BOOL},
+                    description="the compose form's fields from a CAP 1.2 alert; `start`/`end` local "
+                                "`YYYY-MM-DDTHH:MM` in the county's timezone; no play fields for msgType Cancel"),
+    "TargetNode": {"type": "object", "required": ["id", "name", "kind"],
+                   "properties": {"id": STR, "name": STR,
+                                  "kind": {"type": "string", "enum": ["county", "township", "village", "box"]},
+                                  "boxes": INT, "state": STR, "children": arr(ref("TargetNode")),
+                                  "unregistered": arr(ref("TargetNode"))}},
+    "TargetPick": obj({}, {"regions": arr(STR, maxItems=500), "boxes": arr(STR, maxItems=500)}),
+    "TargetsResolved": obj({"to": arr(STR), "boxes": arr(obj({"box": STR, "name": NSTR, "village": NSTR,
+                                                              "township": NSTR}))},
+                           description="`to` as POST /api/v1/broadcasts takes it, and every box it reaches"),
     "Fence": obj({"id": STR, "name": STR, "feature": ref("Feature"), "crs": {"type": "string", "enum": CRS},
                   "created_by": STR, "updated_at": MS},
                  description="a stored fence; `feature.id` is the fence id, `feature.properties.name` its name"),
@@ -235,6 +268,28 @@ SCHEMAS: J = {
     "Envelope": {"type": "object", "description": "an uplink envelope exactly as the box sent it (contract "
                                                   "section 3): v, box, seq, ts, class, kind, data, ..."},
     "ReceiptEvent": obj({"cmd": STR, "box": STR, "state": STR, "reason": NSTR, "ts": MS}, more=True),
+    "MapSettings": obj(
+        {"tiles": obj({"kind": {"type": "string", "enum": ["none", "tianditu", "amap", "custom"]},
+                       "crs": {"type": "string", "enum": ["WGS84", "GCJ02"]},
+                       "layers": arr(obj({"url": STR, "subdomains": STR})), "attribution": STR, "max_zoom": INT}),
+         "outline": nullable({"type": "object"}),
+         "outline_source": nullable({"type": "string", "enum": ["file", "points"]}),
+         "places": arr(obj({"box": STR, "name": STR, "village": STR, "village_name": STR, "township": STR,
+                            "township_name": STR, "lat": {"type": "number"}, "lon": {"type": "number"}}))},
+        description="`tiles.crs` is the datum the tiles are drawn in (GCJ02: shift WGS-84 points to draw them); "
+                    "`outline` a GeoJSON FeatureCollection (WGS-84)"),
+    "WearerPosition": obj({"box": STR, "wearer": STR, "device": NSTR, "lat": {"type": "number"},
+                           "lon": {"type": "number"}, "acc_m": nullable({"type": "number"}), "ts": MS}),
+    "AlarmDetail": {"allOf": [ref("Alarm"), {"type": "object", "properties": {
+        "data": {"type": "object"}, "raw": NSTR,
+        "fences": arr(obj({"id": STR, "name": STR, "crs": STR, "feature": ref("Feature")})),
+        "response": obj({"ack_s": nullable({"type": "number"}), "assign_s": nullable({"type": "number"}),
+                         "resolve_s": nullable({"type": "number"})})}}],
+                    "description": "`raw` the envelope as received; `response` seconds from reception to each "
+                                   "action"},
+    "Track": obj({"wearer": NSTR, "from": MS, "to": MS,
+                  "points": arr(obj({"lat": {"type": "number"}, "lon": {"type": "number"},
+                                     "acc_m": nullable({"type": "number"}), "ts": MS, "box": STR}))}),
     "Report": obj({"report": STR, "period": {"type": "string", "enum": ["day", "month"]}, "date": STR,
                    "timezone": STR, "from": MS, "to": MS, "columns": arr(STR), "rows": arr(arr({}))}),
 }
@@ -242,7 +297,8 @@ SCHEMAS: J = {
 ERRORS = {400: "bad input: the detail says which field", 401: "no session, or it expired",
           403: "the role or scope forbids it (or a cookie write without X-CSRF-Token)", 404: "no such item",
           409: "a transition that is not allowed from the current state (`state` says which)",
-          413: "body too large", 422: "refused as given (`reason`: nobody_hears, start_past, ...)",
+          413: "body too large", 415: "not a media type this route takes (the detail says which)",
+          422: "refused as given (`reason`: nobody_hears, start_past, ...)",
           429: "too many failed logins (Retry-After)", 503: "the server lacks a part (broker, key, stream)"}
 
 
@@ -377,6 +433,61 @@ def paths() -> J:
         "/api/v1/reports/cameras": _report("camera", "camera online rate per village, township and county"),
         "/api/v1/reports/boxes": _report("box", "box online rate per village, township and county"),
         "/api/v1/reports/alarms": _report("alarm", "alarm counts and response times"),
+        # the compose page's helpers (county/server/routes_media.py)
+        "/api/v1/media/tts-preview": {"post": op(
+            "tts preview", "broadcasts",
+            {"200": {"description": "the text spoken by the server's espeak-ng (voice cmn), Ogg/Opus",
+                     "content": {"audio/ogg": {"schema": {"type": "string", "contentEncoding": "binary"}}}},
+             **err(400, 403, 413, 503)},
+            action="broadcast.create", body=ref("TtsPreview"))},
+        "/api/v1/media/audio": {"post": {**op(
+            "upload audio", "broadcasts",
+            {"200": json_body(ref("AudioFitted"), "checked (ffprobe) and fitted to the inline limit"),
+             **err(400, 403, 413, 415, 422)},
+            action="broadcast.create",
+            description="the file as the body (audio/mpeg, audio/wav, audio/ogg, audio/opus or "
+                        "application/octet-stream; at most 12 MiB), or JSON {\"audio_b64\"}; 415 for what is not "
+                        "MP3, WAV or Ogg; 413 `too_long` when even 8 kbps would not fit"),
+            "requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "contentEncoding": "binary"}},
+                "application/json": {"schema": obj({"audio_b64": STR})}}}}},
+        "/api/v1/media/cap": {"post": {**op(
+            "import cap", "broadcasts",
+            {"200": json_body(ref("CapDraft"), "the draft"), **err(400, 403, 413, 422)},
+            action="broadcast.create", description="a CAP 1.2 alert (county/cap.py's mapping); 422 `bad_cap` "
+                                                   "with the reason"),
+            "requestBody": {"required": True, "content": {
+                "application/xml": {"schema": STR}, "application/json": {"schema": obj({"xml": STR})}}}}},
+        "/api/v1/broadcast-targets": {
+            "get": op("target tree", "broadcasts", {"200": json_body(ref("TargetNode"), "the user's scope")},
+                      action="broadcast.create"),
+            "post": op("resolve targets", "broadcasts",
+                       {"200": json_body(ref("TargetsResolved"), "the targets and the exact boxes"),
+                        **err(400, 403, 422)},
+                       action="broadcast.create", body=ref("TargetPick"),
+                       description="regions become group:NAME when one group reaches exactly their boxes, else "
+                                   "box:ID each"),
+        },
+        # the web console's map (county/server/routes_map.py)
+        "/api/v1/map": {"get": op(
+            "map settings", "boxes", {"200": json_body(ref("MapSettings"), "tiles, outline and places")},
+            action="boxes.read",
+            description="the [map] tile layer (the 天地图 browser key is in its URL: the browser fetches the "
+                        "tiles), the county outline and the positioned boxes inside the caller's scope")},
+        "/api/v1/positions": {"get": op(
+            "latest positions", "boxes",
+            {"200": json_body(arr(ref("WearerPosition")), "newest first"), **err(403)},
+            action="alarms.read", description="refused to a gridworker")},
+        "/api/v1/alarms/{id}": {"get": op(
+            "get alarm", "alarms", {"200": json_body(ref("AlarmDetail"), "the alarm in full"), **err(403, 404)},
+            action="alarms.read", params=[ID],
+            description="a gridworker only for an alarm assigned to them")},
+        "/api/v1/alarms/{id}/track": {"get": op(
+            "alarm track", "alarms", {"200": json_body(ref("Track"), "the wearer's positions, oldest first"),
+                                      **err(400, 403, 404)},
+            action="alarms.read",
+            params=[ID, param("minutes", "query", {"type": "integer", "minimum": 1, "maximum": 1440, "default": 60},
+                              "from this many minutes before the alarm until now")])},
     }
 
 

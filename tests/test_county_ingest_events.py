@@ -235,3 +235,59 @@ async def test_an_alarm_is_committed_and_announced_without_waiting_for_the_batch
         pub.close()
         await ing.close()
         await db.close()
+
+
+class StepGate:
+    """Lets ingest's store writes through one at a time (`allow`), keeping what each write was given."""
+
+    def __init__(self, write: Callable[[Sequence[tuple[Incoming, Parsed]]], Awaitable[Outcome]]) -> None:
+        self.write = write
+        self.allowed = asyncio.Semaphore(0)
+        self.batches: list[list[str]] = []
+
+    def allow(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.allowed.release()
+
+    async def __call__(self, items: Sequence[tuple[Incoming, Parsed]]) -> Outcome:
+        self.batches.append([it.topic for it, _p in items])
+        await self.allowed.acquire()
+        return await self.write(items)
+
+
+async def test_an_alarm_goes_ahead_of_a_telemetry_backlog_and_its_ack_waits_for_the_earlier_ones(
+        broker: Mosquitto, tmp_path: Path) -> None:
+    """200 telemetry envelopes are in ingest's hands (one batch of 10 being written) when an SOS arrives: the
+    next batch is the SOS alone, committed and announced while 190 telemetry envelopes still wait; its
+    PUBACK is held back until those before it are committed (MQTT acknowledges in arrival order)."""
+    db = await Database.open(f"sqlite:///{tmp_path / 'c.db'}")
+    hub = EventHub()
+    events = hub.open(kinds=["alarm"])
+    ing = Ingest(IngestConfig(urls=[broker.url], client_id="county-prio", batch_max=10, batch_ms=50, inflight=1000,
+                              live=False), db, hub)
+    gate = StepGate(ing.store.write)
+    ing.store.write = gate  # type: ignore[method-assign]
+    pub = Publisher(broker.url)
+    try:
+        await ing.start()
+        await ing.wait_subscribed()
+        pub.publish([envelope("box-a", i, "telemetry", "heartbeat", {"uptime_s": i}) for i in range(1, 201)])
+        await until(lambda: ing.stats["received"] == 200 and len(gate.batches) == 1)
+        pub.publish([sos("box-a", 201)])
+        await until(lambda: ing.stats["received"] == 201)
+        gate.allow()  # the first telemetry batch
+        await until(lambda: len(gate.batches) == 2)
+        assert gate.batches[1] == [f"{P}/box/box-a/up/alarm/sos"]  # the alarm alone, ahead of 190 telemetry
+        gate.allow()
+        ev = await until(lambda: events.get_nowait())
+        assert ev.data["id"] == "box-a:201"
+        assert ing.stats["stored"] == 11
+        assert ing.stats["acked"] == 10  # the alarm's PUBACK waits for the 190 that came before it
+        gate.allow(100)
+        await until(lambda: ing.stats["acked"] == 201)
+        assert ing.stats["not_acked"] == 0 and await count(db, messages) == 201
+        assert all(len(b) <= 10 for b in gate.batches)
+    finally:
+        pub.close()
+        await ing.close()
+        await db.close()

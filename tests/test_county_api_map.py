@@ -180,3 +180,13 @@ def test_convex_hull() -> None:
     square = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0), (0.5, 0.5), (0.2, 0.8)]
     assert sorted(routes_map.convex_hull(square)) == [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
     assert routes_map.convex_hull([(1.0, 1.0), (2.0, 2.0)]) == [(1.0, 1.0), (2.0, 2.0)]
+
+
+async def test_assignees_are_the_gridworkers_whose_scope_covers_the_box(env: Env) -> None:
+    await env.add_alarm("a1:1", "a1")
+    await env.add_alarm("b1:1", "b1")
+    assert [u["name"] for u in (await env.get("operator", "/api/v1/alarms/a1:1/assignees")).json()] == ["gw-a"]
+    got = (await env.get("operator", "/api/v1/alarms/b1:1/assignees")).json()
+    assert got == [{"name": "gw-b", "display_name": None, "phone": got[0]["phone"]}]
+    assert (await env.get("op-a", "/api/v1/alarms/b1:1/assignees")).status_code == 403  # outside their scope
+    assert (await env.get("viewer", "/api/v1/alarms/a1:1/assignees")).status_code == 403

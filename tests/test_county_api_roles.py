@@ -45,6 +45,7 @@ EXPECTED: dict[str, dict[str, int]] = {
     "GET positions":          {A: OK, OP: OK, R: OK, V: OK, G: FORBIDDEN},
     "GET alarm":              {A: OK, OP: OK, R: OK, V: OK, G: OK},
     "GET alarm track":        {A: OK, OP: OK, R: OK, V: OK, G: OK},
+    "GET alarm assignees":    {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
 }
 SQUARE = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
     [[100.45, 21.95], [100.46, 21.95], [100.46, 21.96], [100.45, 21.96], [100.45, 21.95]]]}}
@@ -89,6 +90,7 @@ def _requests(ids: dict[str, str]) -> dict[str, tuple[str, str, Any]]:
         "GET positions": ("GET", "/api/v1/positions", None),
         "GET alarm": ("GET", "/api/v1/alarms/a1:assigned", None),
         "GET alarm track": ("GET", "/api/v1/alarms/a1:assigned/track", None),
+        "GET alarm assignees": ("GET", "/api/v1/alarms/a1:assigned/assignees", None),
     }
 
 

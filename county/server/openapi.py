@@ -488,6 +488,11 @@ def paths() -> J:
             action="alarms.read",
             params=[ID, param("minutes", "query", {"type": "integer", "minimum": 1, "maximum": 1440, "default": 60},
                               "from this many minutes before the alarm until now")])},
+        "/api/v1/alarms/{id}/assignees": {"get": op(
+            "alarm assignees", "alarms",
+            {"200": json_body(arr(obj({"name": STR, "display_name": NSTR, "phone": NSTR})),
+                              "enabled gridworkers whose scope covers the alarm's box"), **err(403, 404)},
+            action="alarm.assign", params=[ID])},
     }
 
 

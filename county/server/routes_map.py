@@ -19,6 +19,10 @@ GET /api/v1/alarms/{id}/track?minutes=60: the wearer's stored positions from `mi
 the alarm until now: `{"wearer", "from", "to", "points": [{lat, lon, acc_m, ts, box}]}` (oldest first, at
 most 5,000), only from boxes inside the caller's scope.
 
+GET /api/v1/alarms/{id}/assignees: the 网格员 the alarm may be assigned to (enabled gridworkers whose scope
+covers the alarm's box): `[{name, display_name, phone}]`, for the alarm page's assign picker. Needs
+`alarm.assign`.
+
 GET /api/v1/positions: the latest position of every wearer heard by a box inside the caller's scope.
 
 Roles: /map needs `boxes.read` (every role). An alarm and its track need `alarms.read` and follow the
@@ -49,6 +53,7 @@ from county.store.tables import fences as fences_t
 from county.store.tables import messages as messages_t
 from county.store.tables import positions as positions_t
 from county.store.tables import positions_latest as latest_t
+from county.store.tables import users as users_t
 
 log = logging.getLogger("county.routes")
 
@@ -296,6 +301,19 @@ async def alarm_track(request: Request) -> Response:
 
 
 @api
+async def assignees(request: Request) -> Response:
+    authorize(request, "alarm.assign")
+    _user, row = await _visible_alarm(request)
+    p = parts(request)
+    async with p.db.connect() as conn:
+        rows = (await conn.execute(select(users_t.c.name, users_t.c.display_name, users_t.c.phone, users_t.c.scope)
+                                   .where(users_t.c.role == "gridworker", users_t.c.disabled.is_(False))
+                                   .order_by(users_t.c.name))).mappings().all()
+    return JSONResponse([{"name": r["name"], "display_name": r["display_name"], "phone": r["phone"]}
+                         for r in rows if in_scope(p.regions, r["scope"], row["box"])])
+
+
+@api
 async def latest_positions(request: Request) -> Response:
     user = authorize(request, "alarms.read")
     if str(user.role) == "gridworker":
@@ -317,4 +335,5 @@ def routes() -> list[Route]:
         Route("/api/v1/positions", latest_positions, methods=["GET"]),
         Route("/api/v1/alarms/{id}", get_alarm, methods=["GET"]),
         Route("/api/v1/alarms/{id}/track", alarm_track, methods=["GET"]),
+        Route("/api/v1/alarms/{id}/assignees", assignees, methods=["GET"]),
     ]

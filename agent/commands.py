@@ -199,7 +199,7 @@ def is_urgent(cmd: Command) -> bool:
     """What a box with a wrong clock still obeys: emergency broadcasts, and cancels (they only stop sound)."""
     if cmd.kind == "broadcast.cancel":
         return True
-    return cmd.kind == "broadcast.play" and cmd.data.get("class") == URGENT
+    return cmd.kind in ("broadcast.play", "broadcast.live") and cmd.data.get("class") == URGENT
 
 
 def check_freshness(cmd: Command, now: float, floor: float, skew: float = MAX_SKEW_S, *,

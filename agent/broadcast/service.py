@@ -23,6 +23,8 @@ from typing import Any
 
 from agent.broadcast.engine import SYNC_EPOCH, Effect, Engine, Notify, Rules, Start, Stop
 from agent.broadcast.items import BadBroadcast, BroadcastError, Item, Klass, PlayRequest, parse_cancel, parse_play
+from agent.broadcast.live import LIVE_MIME, parse_live
+from agent.broadcast.live_player import LivePlayer, sink_factory_for
 from agent.broadcast.settings import BroadcastConfig
 from agent.broadcast.store import BroadcastStore
 from agent.context import AgentContext
@@ -115,6 +117,7 @@ class BroadcastService:
         self._preparing: dict[str, _Job] = {}  # plays waiting for text to speech, by id
         self._urgent: asyncio.Queue[_Job] = asyncio.Queue()  # emergencies
         self._routine: asyncio.Queue[_Job] = asyncio.Queue()  # daily, drill
+        self.live = LivePlayer(ctx.config, sink_factory_for(player))  # live sessions (live_player.py)
 
     @property
     def engine(self) -> Engine | None:
@@ -158,6 +161,21 @@ class BroadcastService:
         self._pending_media.add(media)
         item = Item(cmd_id, req.cls, req.level, req.title, req.text, media, mime, req.volume, req.start,
                     req.end, req.repeat, 0, received)
+        self._inbox.put_nowait(_Add(item))
+
+    async def on_live(self, cmd: Command) -> None:
+        """`broadcast.live`: a live session becomes an engine item (priority, preemption, quiet hours as any
+        broadcast); its window to start is max_s from arrival. Audio: live_player.py."""
+        self._saw_signed_time(cmd)
+        received = self._ctx.clock.time()
+        try:
+            spec = parse_live(cmd.data, max_s_limit=self._cfg.max_play_s)
+        except BadBroadcast as exc:
+            log.warning("broadcast %s rejected: %s", cmd.id, exc.reason)
+            await self._ctx.receipts.send(cmd.id, "rejected", reason=exc.reason, detail=exc.detail)
+            return
+        item = Item(cmd.id, spec.cls, spec.level, spec.title, "", None, LIVE_MIME, spec.volume, None,
+                    received + spec.max_s, None, 0, received, extra=spec.to_json())
         self._inbox.put_nowait(_Add(item))
 
     async def on_cancel(self, cmd: Command) -> None:
@@ -251,6 +269,7 @@ class BroadcastService:
                         raise
             finally:
                 self._relay_off_now()
+                await self.live.close()
                 await store.close()
         finally:
             self._relay_off_now()
@@ -376,9 +395,12 @@ class BroadcastService:
                 "lead_s": round(lead, 3), "late_s": None if s.late_s is None else round(s.late_s, 3),
                 "volume": s.volume, "resumed": s.resumed,
                 **({"occurrence": s.occurrence} if s.occurrence is not None else {})}))
-            assert item.media is not None and item.mime is not None
-            result = await self._player.play(self._dir / item.media, item.mime, s.volume, cancel,
-                                             timeout_s=cfg.max_play_s)
+            if item.mime == LIVE_MIME:
+                result = await self.live.play(item, s.volume, cancel)
+            else:
+                assert item.media is not None and item.mime is not None
+                result = await self._player.play(self._dir / item.media, item.mime, s.volume, cancel,
+                                                 timeout_s=cfg.max_play_s)
             if result.stopped:
                 return
             if s.drill and await self._clip(await self._marker(), s.volume, cancel):
@@ -386,7 +408,8 @@ class BroadcastService:
             if await _pause(cfg.tail_s, cancel):
                 return
             extra = {"duration_s": round(result.duration_s, 3), "total_s": round(time.monotonic() - t0, 3),
-                     "expected_s": None if result.expected_s is None else round(result.expected_s, 3)}
+                     "expected_s": None if result.expected_s is None else round(result.expected_s, 3),
+                     **self.live.stats.pop(item.id, {})}
         except (PlaybackError, MediaError) as exc:
             self._relay.off()  # the amplifier goes off at once when the player fails
             ok, reason = False, exc.reason
@@ -462,4 +485,5 @@ def make_services(ctx: AgentContext) -> list[Service]:
     service = BroadcastService(ctx, hw.relay, hw.player, hw.tts)
     ctx.commands.register("broadcast.play", service.on_play)
     ctx.commands.register("broadcast.cancel", service.on_cancel)
+    ctx.commands.register("broadcast.live", service.on_live)
     return [service]

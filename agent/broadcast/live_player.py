@@ -1,0 +1,377 @@
+"""Playing a live session: its own MQTT subscription, the packet gate, the jitter buffer, Opus, the output.
+
+Called by the broadcast service's play task in place of the file player (`BroadcastService._run_play`), so
+the relay warm-up, chime, `started` receipt, cancel, preemption, the engine's `max_play_s` and every
+`finally` that switches the relay off are the recorded broadcasts' own. The session ends:
+
+- `ended`: the END packet came and the buffer played out;
+- `silence`: no valid packet for `silence_s` (the speaker's browser died, the link is gone);
+- `max_duration`: the command's `max_s`;
+- stopped: a cancel (结束 sends `broadcast.cancel` too: QoS 1, in case the END packet is lost), a preemption.
+A session that never delivers a packet within `silence_s` fails (`no_audio`): the relay goes off at once.
+
+Why a second MQTT connection: the agent's link obeys only QoS 1 commands on its cmd topics and refuses
+QoS 0 there unread; live audio is QoS 0 by design (a late packet is worthless, a retransmitted one
+worse). The live client (client id `{box}-live-{random}`, the box's own credentials and TLS settings)
+exists only while a session plays and subscribes to that session's topic only.
+
+"Link too poor" is measured per session: lost + late packets over the packets the stream held
+(sequence numbers first..last). Above `POOR_LINK_FRACTION` the `finished` receipt says `link_poor: true`,
+and the county sends that box the recording as an ordinary `broadcast.play` (marked `live_fallback`).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.broadcast.items import Item
+from agent.broadcast.live import JitterBuffer, LiveSpec, PacketGate, audio_topic
+from agent.config import Config
+from agent.opus import Decoder, OpusError
+from drivers.aio import wait_within
+from drivers.audio.base import PlaybackError, PlayResult
+
+log = logging.getLogger("agent.broadcast.live")
+
+SILENCE_S = 5.0
+LEAD_S = 0.04  # frames go to the output this far ahead of their time (the output's own buffer)
+POLL_S = 0.02  # a cancel is noticed within this
+QUEUE_MAX = 2000  # packets waiting for the event loop; beyond, dropped (counted)
+POOR_LINK_FRACTION = 0.2
+LINGER_S = 5.0  # after the end, keep listening this long to count packets that still come (then unsubscribe)
+
+
+# ------------------------------------------------------------------------------------------- outputs
+class PcmSink(Protocol):
+    async def open(self, rate: int, channels: int, volume: int) -> None: ...
+    async def write(self, pcm: bytes) -> None: ...
+    async def close(self) -> None: ...
+
+
+def apply_gain(pcm: bytes, volume: int) -> bytes:
+    """Software gain (volume percent) on s16le; 100 = unchanged."""
+    if volume >= 100:
+        return pcm
+    a = array.array("h")
+    a.frombytes(pcm)
+    if sys.byteorder != "little":
+        a.byteswap()
+    g = max(0, volume) / 100.0
+    a = array.array("h", (int(s * g) for s in a))
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a.tobytes()
+
+
+class AplaySink:
+    """Raw PCM into `aplay -D device` (its own process group; killed on close, whatever state it is in)."""
+
+    def __init__(self, device: str = "default", aplay: str = "aplay") -> None:
+        self.device, self.aplay = device, aplay
+        self._proc: asyncio.subprocess.Process | None = None
+        self._volume = 100
+
+    async def open(self, rate: int, channels: int, volume: int) -> None:
+        self._volume = volume
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                self.aplay, "-q", "-D", self.device, "-t", "raw", "-f", "S16_LE", "-r", str(rate), "-c",
+                str(channels), "--buffer-time=200000", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        except FileNotFoundError:
+            raise PlaybackError("player_missing", "aplay not found") from None
+
+    async def write(self, pcm: bytes) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return
+        if proc.returncode is not None:
+            raise PlaybackError(f"player_exit_{proc.returncode}", "aplay ended during a live session")
+        proc.stdin.write(apply_gain(pcm, self._volume))
+        try:
+            await wait_within(proc.stdin.drain(), 1.0)
+        except (TimeoutError, ConnectionError):
+            raise PlaybackError("hang", "aplay does not take audio") from None
+
+    async def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await wait_within(proc.wait(), 0.5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+class NullSink:
+    """For a player that offers no live output: the audio is decoded and dropped (logged once)."""
+
+    async def open(self, rate: int, channels: int, volume: int) -> None:
+        log.warning("live broadcast: this box's player has no live output; the audio is not heard")
+
+    async def write(self, pcm: bytes) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def sink_factory_for(player: Any) -> Callable[[], PcmSink]:
+    """The live output next to the file player: the player's own `live_sink` factory when it has one (the
+    simulator's twin), aplay on the player's ALSA device for the real player, else NullSink."""
+    factory = getattr(player, "live_sink", None)
+    if callable(factory):
+        return factory  # type: ignore[no-any-return]
+    device = getattr(player, "device", None)
+    if isinstance(device, str) and getattr(player, "aplay", None):
+        return lambda: AplaySink(device, player.aplay)
+    return NullSink
+
+
+# --------------------------------------------------------------------------------------- the MQTT side
+class LiveLink:
+    """A QoS 0 subscription to one session's audio topic; arrivals go to `on_packet` in the event loop."""
+
+    def __init__(self, config: Config, topic: str, on_packet: Callable[[bytes, bool, float], None]) -> None:
+        self.config, self.topic, self.on_packet = config, topic, on_packet
+        self.loop = asyncio.get_running_loop()
+        self.client: mqtt.Client | None = None
+        self.subscribed = asyncio.Event()
+        self.overflow = 0
+        self._pending: collections.deque[tuple[bytes, bool, float]] = collections.deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    async def start(self) -> None:
+        from agent.link import Broker  # the link's own URL rules (credentials in the URL win)
+
+        cfg = self.config.mqtt
+        password = None
+        if cfg.password_file is not None:
+            password = (await asyncio.to_thread(cfg.password_file.read_text)).strip()
+        brokers = [Broker.parse(u, cfg.username, password) for u in cfg.url]
+        errors: list[str] = []
+        for b in brokers:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.config.box.id}-live-"
+                                 f"{secrets.token_hex(3)}", protocol=mqtt.MQTTv311, clean_session=True)
+            if b.username is not None:
+                client.username_pw_set(b.username, b.password)
+            if b.tls:
+                ctx = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca else None)
+                if cfg.cert is not None and cfg.key is not None:
+                    ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
+                client.tls_set_context(ctx)
+            client.on_connect = self._on_connect
+            client.on_message = self._on_message
+            client.on_subscribe = self._on_subscribe
+            try:
+                await asyncio.to_thread(client.connect, b.host, b.port, 30)
+            except (OSError, ValueError) as exc:
+                errors.append(f"{b.url}: {exc}")
+                continue
+            client.loop_start()
+            self.client = client
+            return
+        raise PlaybackError("no_audio_link", "; ".join(errors)[:200])
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe(self.topic, qos=0)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        self.loop.call_soon_threadsafe(self.subscribed.set)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # paho's thread: note the arrival time here (the event loop may be busy), hand over in batches
+        item = (bytes(msg.payload), bool(msg.retain), time.monotonic())
+        with self._lock:
+            if len(self._pending) >= QUEUE_MAX:
+                self.overflow += 1
+                return
+            self._pending.append(item)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            batch, self._pending = list(self._pending), collections.deque()
+            self._scheduled = False
+        for payload, retained, t in batch:
+            self.on_packet(payload, retained, t)
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+
+
+# ------------------------------------------------------------------------------------------ the player
+class LivePlayer:
+    def __init__(self, config: Config, sink_factory: Callable[[], PcmSink], *, silence_s: float = SILENCE_S,
+                 jitter_min_s: float = 0.2, jitter_max_s: float = 0.5, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.config = config
+        self.sink_factory = sink_factory
+        self.silence_s = silence_s
+        self.jitter_min_s, self.jitter_max_s = jitter_min_s, jitter_max_s
+        self.clock = clock
+        self.stats: dict[str, dict[str, Any]] = {}  # item id -> the receipt's counts, taken by the service
+        self.counters: collections.Counter[str] = collections.Counter()  # every session, for status / tests
+        self._lingering: set[asyncio.Task[None]] = set()
+
+    async def play(self, item: Item, volume: int, cancel: asyncio.Event) -> PlayResult:
+        spec = LiveSpec.from_item_extra(item.extra, item.cls, item.level, item.title, item.volume)
+        topic = audio_topic(self.config.mqtt.topic_prefix, spec.session)
+        gate = PacketGate(spec.session, spec.key)
+        jb = JitterBuffer(spec.rate, min_s=self.jitter_min_s, max_s=self.jitter_max_s,
+                          start_s=(self.jitter_min_s + self.jitter_max_s) / 2)
+        decoder = Decoder(spec.rate, spec.channels)
+        arrived = asyncio.Event()
+        seqs: list[int] = []  # first and last accepted
+        state = {"last": self.clock(), "open": True}
+
+        def samples_of(frame: bytes) -> int:
+            try:
+                return decoder.samples_in(frame)
+            except OpusError:
+                return 0
+
+        def on_packet(raw: bytes, retained: bool, t: float) -> None:
+            if not state["open"]:
+                self.counters["dropped.after_end"] += 1
+                return
+            pkt = gate.admit(raw, retained)
+            if pkt is None:
+                return
+            if not pkt.end:
+                if not seqs:
+                    seqs.append(pkt.seq)
+                seqs[1:] = [max(pkt.seq, seqs[-1])]
+            state["last"] = t
+            jb.put(pkt, t, samples_of)
+            arrived.set()
+
+        link = LiveLink(self.config, topic, on_packet)
+        sink = self.sink_factory()
+        t0 = self.clock()
+        played = 0
+        why = "ended"
+        try:
+            await link.start()
+            await sink.open(spec.rate, spec.channels, volume)
+            state["last"] = self.clock()
+            while True:
+                now = self.clock()
+                if cancel.is_set():
+                    return PlayResult(now - t0, stopped=True)
+                if now - t0 >= spec.max_s:
+                    why = "max_duration"
+                    break
+                if jb.ended and not jb.frames:
+                    break
+                if now - state["last"] >= self.silence_s:
+                    if jb.next_pos is None:
+                        raise PlaybackError("no_audio", f"no audio packet in {self.silence_s:.0f} s")
+                    why = "silence"
+                    break
+                if jb.next_pos is not None and now >= jb.next_t - LEAD_S:
+                    kind, value = jb.take()
+                    if kind == "frame":
+                        assert isinstance(value, bytes)
+                        try:
+                            pcm = decoder.decode(value)
+                        except OpusError:
+                            jb.counters["frames_bad"] += 1
+                            pcm = decoder.conceal(jb.frame_samples)
+                        jb.advance(len(pcm) // (2 * spec.channels))
+                    else:
+                        assert isinstance(value, int)
+                        pcm = decoder.conceal(value)
+                    played += len(pcm) // (2 * spec.channels)
+                    await sink.write(pcm)
+                    continue
+                wake = POLL_S if jb.next_pos is None else max(0.0, min(POLL_S, jb.next_t - LEAD_S - now))
+                arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await wait_within(arrived.wait(), wake)
+        finally:
+            state["open"] = False
+            await sink.close()
+            decoder.close()
+            self._count(item.id, spec, gate, jb, seqs, link.overflow, played, why)
+            self._linger(link)
+        return PlayResult(self.clock() - t0, expected_s=None)
+
+    def _count(self, item_id: str, spec: LiveSpec, gate: PacketGate, jb: JitterBuffer, seqs: list[int],
+               overflow: int, played: int, why: str) -> None:
+        received = jb.counters["packets"]  # audio packets accepted (not the END packet)
+        expected = seqs[-1] - seqs[0] + 1 if seqs else 0
+        lost = max(0, expected - received)
+        late = jb.counters["packets_late"]
+        dropped = {k.split(".", 1)[1]: v for k, v in gate.counters.items() if k.startswith("dropped.")}
+        self.counters.update(gate.counters)
+        self.counters.update({f"jitter.{k}": v for k, v in jb.counters.items()})
+        poor = expected > 0 and (lost + late) / expected > POOR_LINK_FRACTION
+        self.stats[item_id] = {
+            "live": True, "session": spec.session, "end": why, "packets": {
+                "received": received, "lost": lost, "late": late, "dropped": dropped, "overflow": overflow},
+            "concealed": jb.counters["concealed"], "underrun": jb.counters["underrun"],
+            "played_s": round(played / spec.rate, 3), "jitter_ms": round(jb.wanted_target() * 1000),
+            "link_poor": poor}
+        log.info("live %s ended (%s): %d packets, %d lost, %d late, %d refused", spec.session, why, received,
+                 lost, late, sum(dropped.values()))
+
+    def _linger(self, link: LiveLink) -> None:
+        """Keep the subscription a little longer so packets sent after the end are counted, not played."""
+        async def later() -> None:
+            try:
+                await asyncio.sleep(LINGER_S)
+            finally:
+                await link.close()
+
+        task = asyncio.get_running_loop().create_task(later(), name="broadcast.live.linger")
+        self._lingering.add(task)
+        task.add_done_callback(self._lingering.discard)
+
+    async def close(self) -> None:
+        for task in list(self._lingering):
+            task.cancel()
+        if self._lingering:
+            await asyncio.wait(set(self._lingering))
+
+
+def write_wav(path: Path, pcm: bytes, rate: int, channels: int = 1) -> None:
+    """A PCM WAV of s16le `pcm` (the twin's recording, the server's fallback)."""
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)

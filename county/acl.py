@@ -113,6 +113,8 @@ def render(fleet: Fleet) -> str:
         f"pattern write {p}/box/%u/up/#",
         f"pattern write {p}/box/%u/state",
         f"pattern read {p}/box/%u/cmd",
+        "# live broadcast audio (docs/live-broadcast.md): every box may listen, only consoles speak",
+        f"pattern read {p}/live/+/audio",
         "",
     ]
     for console in sorted(fleet.consoles):
@@ -121,6 +123,7 @@ def render(fleet: Fleet) -> str:
             f"user {console}",
             f"topic write {p}/box/+/cmd",
             f"topic write {p}/group/+/cmd",
+            f"topic write {p}/live/+/audio",
             f"topic read {p}/box/+/up/#",
             f"topic read {p}/box/+/state",
             "",

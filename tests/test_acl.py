@@ -38,7 +38,7 @@ def test_render_patterns_console_and_per_box_groups() -> None:
                          "pattern read vc/v1/box/%u/cmd"]
     assert "pattern write vc/v1/box/%u/#" not in text, "a box must not be able to write its own cmd topic"
     console = lines[lines.index("user county-console") + 1:lines.index("user box-1")]
-    assert console == ["topic write vc/v1/box/+/cmd", "topic write vc/v1/group/+/cmd",
+    assert console == ["topic write vc/v1/box/+/cmd", "topic write vc/v1/group/+/cmd", "topic write vc/v1/live/+/audio",
                        "topic read vc/v1/box/+/up/#", "topic read vc/v1/box/+/state"]
     assert lines[lines.index("user box-2") + 1:lines.index("user box-3")] == [
         "topic read vc/v1/group/town-a/cmd", "topic read vc/v1/group/town-b/cmd"]

@@ -273,3 +273,40 @@ async def test_the_box_applies_the_push_and_its_receipt_reaches_the_board_throug
     finally:
         box.stop()
         await ingest.close()
+
+
+async def test_resend_republishes_the_same_token_to_the_boxes_that_did_not_answer(env: Env) -> None:
+    import base64
+
+    assert (await put(env, "admin", "home", {"feature": SQUARE})).status_code == 201
+    r = await env.post("admin", "/api/v1/fences/push", {"fences": ["home"], "to": ["group:town-a", "box:b1"]})
+    pid = r.json()["id"]
+    token = (await env.rows(fence_pushes, fence_pushes.c.id == pid))[0]["token"]
+    await env.add_receipt(pid, "a1", "applied")
+    await env.add_receipt(pid, "b1", "rejected", reason="invalid_fences")  # an answer: not sent again
+    box = box_side(env.broker)
+    try:
+        r = await env.post("admin", f"/api/v1/fences/push/{pid}/resend")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"id": pid, "resent_to": ["a2"]}
+        got = await marker(env, box)
+    finally:
+        box.stop()
+    assert [m.topic for m in got] == ["vc/v1/box/a2/cmd"]
+    assert got[0].payload.decode() == token and not got[0].retain
+    b64 = jws.split(token)[2]
+    assert json.loads(base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)))["id"] == pid  # what the board tracks
+    audit = (await env.audit_rows("fence.push.resend"))[0]
+    assert audit["detail"]["count"] == 1 and audit["detail"]["boxes"] == ["a2"]
+    for user in ("viewer", "reviewer", "gw-a"):
+        assert (await env.post(user, f"/api/v1/fences/push/{pid}/resend")).status_code == 403
+    assert (await env.post("admin", "/api/v1/fences/push/nope/resend")).status_code == 404
+
+
+async def test_resend_of_an_expired_fence_push_is_409(env: Env) -> None:
+    assert (await put(env, "admin", "home", {"feature": SQUARE})).status_code == 201
+    r = await env.post("admin", "/api/v1/fences/push", {"fences": ["home"], "to": ["box:a1"], "ttl_s": 60})
+    pid = r.json()["id"]
+    env.app.state.clock = lambda: NOW_MS + 61_000
+    r = await env.post("admin", f"/api/v1/fences/push/{pid}/resend")
+    assert r.status_code == 409 and r.json()["state"] == "expired"

@@ -188,6 +188,7 @@ SCHEMAS: J = {
                               description="`cancel_id`: the broadcast.cancel command sent (null when it had "
                                           "not been signed yet)"),
     "BroadcastResent": obj({"id": STR, "state": {"const": "sent"}, "resent_to": arr(STR)}),
+    "FencePushResent": obj({"id": STR, "resent_to": arr(STR)}),
     "BoxReceipt": obj({"box": STR, "state": STR, "reason": NSTR, "ts": NMS},
                       {"name": NSTR, "extra": {"type": "object", "description": "what the receipt said besides its "
                                                "state: at, until (epoch s), detail, by, occurrence, late_s, missed"}},
@@ -424,6 +425,12 @@ def paths() -> J:
         "/api/v1/fences/push/{id}": {"get": op(
             "get fence push", "fences", {"200": json_body(ref("FencePushBoard"), "the push and where it applied"),
                                          **err(403, 404)}, action="fences.read", params=[ID])},
+        "/api/v1/fences/push/{id}/resend": {"post": op(
+            "resend fence push", "fences",
+            {"200": json_body(ref("FencePushResent"), "published again to the boxes in scope with no receipt"),
+             **err(403, 404, 409, 503)}, action="fence.push", params=[ID],
+            description="409 `expired` once the signed command expired, `no_token` for a push stored before "
+                        "tokens were kept")},
         "/api/v1/events": {"get": op(
             "event stream", "events",
             {"200": {"description": "the stream", "content": {"text/event-stream": {"schema": STR}}},

@@ -12,7 +12,10 @@ uses, signs it with the county key and publishes it QoS 1, not retained, to each
 broadcast is (county/server/routes_common.py: the same signing key, target resolution, scope refusal and
 publisher). The push is stored in `fence_pushes` (id = the command id, which the boxes' receipts name);
 GET /api/v1/fences/push/{id} shows one row per targeted box inside the caller's scope: its latest receipt
-(`applied`, `rejected` with the reason, ...) or `no_answer`.
+(`applied`, `rejected` with the reason, ...) or `no_answer`. POST /api/v1/fences/push/{id}/resend publishes the
+same signed token again to the cmd topic of each targeted box (inside the caller's scope) that has not
+answered, as a broadcast's resend does (409 once the command has expired or for a push stored before
+tokens were kept, 503 if the broker does not take it); audited as `fence.push.resend`.
 
 One geofence.set carries one `crs`: the fences of a push must share it (else 422 `mixed_crs`); the boxes
 convert GCJ-02 / BD-09 to WGS-84 themselves. A geofence.set replaces the box's county fences as a whole.
@@ -241,7 +244,8 @@ async def push_fences(request: Request) -> Response:
     async with p.db.begin() as conn:
         await conn.execute(pushes_t.insert().values(
             id=pid, fences={"ids": ids, "crs": data["crs"], "collection": data["fences"]}, assign=data["assign"],
-            targets=targets, boxes=boxes, created_by=user.name, created_at=p.now_ms()))
+            targets=targets, boxes=boxes, created_by=user.name, created_at=p.now_ms(),
+            token=token.decode("ascii"), exp=int(payload["exp"])))
         await audit_append(conn, user.name, "fence.push", pid,
                            {"fences": ids, "crs": data["crs"], "wearers": len(assign), "targets": targets,
                             "boxes": len(boxes)})
@@ -285,11 +289,42 @@ async def get_push(request: Request) -> Response:
     return JSONResponse(push_json(row, got, p, user.scope))
 
 
+@api
+async def resend_push(request: Request) -> Response:
+    user = authorize(request, "fence.push")
+    p = parts(request)
+    pid = str(request.path_params["id"])
+    async with p.db.connect() as conn:
+        row = (await conn.execute(select(pushes_t).where(pushes_t.c.id == pid))).mappings().first()
+        answered = set() if row is None else {r[0] for r in (await conn.execute(
+            select(receipts_t.c.box).where(receipts_t.c.cmd == pid))).all()}
+    if row is None:
+        raise ApiError(404, "no such fence push")
+    mine = [b for b in row["boxes"] if in_scope(p.regions, user.scope, b)]
+    if not mine:
+        raise ApiError(403, "that push reaches no box inside your scope")
+    if row["token"] is None:
+        raise ApiError(409, "this push was stored before pushes kept their token; push the fences again",
+                       state="no_token")
+    if row["exp"] is not None and row["exp"] <= p.now_s():
+        raise ApiError(409, "the signed command has expired; push the fences again", state="expired")
+    silent = [b for b in mine if b not in answered]
+    t = topics_of(p)
+    failure = await publish_all(p, row["token"].encode("ascii"), [t.box_cmd(b) for b in silent]) if silent else None
+    async with p.db.begin() as conn:
+        await audit_append(conn, user.name, "fence.push.resend", pid,
+                           {"boxes": silent[:200], "count": len(silent), "error": failure})
+    if failure is not None:
+        raise ApiError(503, f"the broker did not take it: {failure}")
+    return JSONResponse({"id": pid, "resent_to": silent})
+
+
 def routes() -> list[Route]:
     return [
         Route("/api/v1/fences", list_fences, methods=["GET"]),
         Route("/api/v1/fences/push", push_fences, methods=["POST"]),
         Route("/api/v1/fences/push/{id}", get_push, methods=["GET"]),
+        Route("/api/v1/fences/push/{id}/resend", resend_push, methods=["POST"]),
         Route("/api/v1/fences/{id}", put_fence, methods=["PUT"]),
         Route("/api/v1/fences/{id}", delete_fence, methods=["DELETE"]),
     ]

@@ -143,6 +143,7 @@ broadcasts = Table(
     Column("token", Text),                          # the signed JWS, once signed
     Column("approved_by", USER), Column("approved_at", BigInteger),
     Column("cancelled_by", USER), Column("cancelled_at", BigInteger),
+    Column("repeat", JSON),                         # the repeat rule (docs/broadcast.md), NULL = one-shot
     Index(None, "created_at"),
 )
 
@@ -195,6 +196,17 @@ fence_pushes = Table(
     Column("assign", JSON, nullable=False),
     Column("targets", JSON, nullable=False), Column("boxes", JSON, nullable=False),
     Column("created_by", USER, nullable=False), Column("created_at", BigInteger, nullable=False),
+    Column("token", Text),                          # the signed JWS (resend to the boxes that did not answer)
+    Column("exp", BigInteger),                      # its expiry, epoch s
+)
+
+login_failures = Table(                             # failed logins, shared by every instance (auth.LoginLimiter)
+    "login_failures", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(300), nullable=False),     # "user:NAME" or "addr:HOST"
+    Column("ts", BigInteger, nullable=False),       # epoch ms
+    Index("ix_login_failures_key_ts", "key", "ts"),
+    Index("ix_login_failures_ts", "ts"),
 )
 
 users = Table(

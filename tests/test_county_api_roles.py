@@ -7,6 +7,9 @@ viewer pushing) are in test_county_api_broadcasts.py with their audit rows."""
 
 from __future__ import annotations
 
+import base64
+import io
+import wave
 from typing import Any
 
 import httpx
@@ -17,6 +20,17 @@ from tests.county_api import ROLE_USER, ROLES, Env, review_env_fixture  # noqa: 
 from tests.test_county_api_events import served
 
 OK, CREATED, FORBIDDEN = 200, 201, 403
+
+
+def media_wav() -> bytes:
+    """0.2 s of 16-bit silence: a real WAV for the upload route (it probes it with ffprobe)."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(bytes(3200))
+    return out.getvalue()
 A, OP, R, V, G = ROLES  # admin, operator, reviewer, viewer, gridworker
 
 # route name -> expected status per role
@@ -46,7 +60,17 @@ EXPECTED: dict[str, dict[str, int]] = {
     "GET alarm":              {A: OK, OP: OK, R: OK, V: OK, G: OK},
     "GET alarm track":        {A: OK, OP: OK, R: OK, V: OK, G: OK},
     "GET alarm assignees":    {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    # the compose page's helpers (routes_media.py): broadcast.create
+    "POST tts preview":       {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "POST audio upload":      {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "POST cap import":        {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "GET broadcast targets":  {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "POST broadcast targets": {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
 }
+CAP_XML = ('<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>r-1</identifier><sender>s</sender>'
+           "<sent>2026-12-01T15:00:00+08:00</sent><status>Exercise</status><msgType>Alert</msgType>"
+           "<scope>Public</scope><info><event>演练</event><severity>Minor</severity><headline>演练</headline>"
+           "</info></alert>")
 SQUARE = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
     [[100.45, 21.95], [100.46, 21.95], [100.46, 21.96], [100.45, 21.96], [100.45, 21.95]]]}}
 
@@ -91,6 +115,11 @@ def _requests(ids: dict[str, str]) -> dict[str, tuple[str, str, Any]]:
         "GET alarm": ("GET", "/api/v1/alarms/a1:assigned", None),
         "GET alarm track": ("GET", "/api/v1/alarms/a1:assigned/track", None),
         "GET alarm assignees": ("GET", "/api/v1/alarms/a1:assigned/assignees", None),
+        "POST tts preview": ("POST", "/api/v1/media/tts-preview", {"text": "你好"}),
+        "POST audio upload": ("POST", "/api/v1/media/audio", {"audio_b64": base64.b64encode(media_wav()).decode()}),
+        "POST cap import": ("POST", "/api/v1/media/cap", {"xml": CAP_XML}),
+        "GET broadcast targets": ("GET", "/api/v1/broadcast-targets", None),
+        "POST broadcast targets": ("POST", "/api/v1/broadcast-targets", {"regions": ["town-a"]}),
     }
 
 

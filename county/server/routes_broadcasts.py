@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import uuid
 from typing import Any
@@ -52,6 +53,7 @@ from county.server.routes_common import (
     topics_of,
 )
 from county.store.tables import broadcasts as broadcasts_t
+from county.store.tables import messages as messages_t
 from county.store.tables import receipts as receipts_t
 
 log = logging.getLogger("county.broadcasts")
@@ -64,7 +66,7 @@ MAX_TITLE_CHARS = 200
 LIST_DEFAULT_LIMIT = 100
 LIST_MAX_LIMIT = 1000
 BODY_KEYS = frozenset({"to", "text", "audio_b64", "audio_mime", "class", "level", "start", "end", "volume", "title",
-                       "ttl_s", "force"})
+                       "ttl_s", "force", "repeat"})
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -119,6 +121,26 @@ def _time(body: dict[str, Any], key: str, now: float, tz: Any) -> int | None:
         raise ApiError(400, f"{key}: {exc}") from None
 
 
+def _repeat(body: dict[str, Any], cls: str, tz: Any) -> dict[str, Any] | None:
+    """`repeat` (docs/broadcast.md) checked by the box's own parser, so what the server signs the box takes;
+    `tz` defaults to the county's timezone, written into the rule so the boxes need not agree on theirs."""
+    raw = body.get("repeat")
+    if raw is None:
+        return None
+    from agent.broadcast.items import BadBroadcast, parse_repeat
+
+    if cls == "emergency":
+        raise ApiError(400, "an emergency does not repeat")
+    zone_name = getattr(tz, "key", None) or push.DEFAULT_TZ
+    if isinstance(raw, dict) and "tz" not in raw:
+        raw = {**raw, "tz": zone_name}
+    try:
+        parse_repeat(raw, zone_name)
+    except BadBroadcast as exc:
+        raise ApiError(400, f"repeat: {exc.detail}") from None
+    return dict(raw)
+
+
 def parse_body(body: dict[str, Any], now: float, tz: Any) -> tuple[dict[str, Any], list[str], int, bytes | None]:
     """(play data, targets, ttl s, raw audio) from the request body; ApiError 400 on a bad value."""
     unknown = sorted(set(body) - BODY_KEYS)
@@ -140,6 +162,9 @@ def parse_body(body: dict[str, Any], now: float, tz: Any) -> tuple[dict[str, Any
                        .replace("give --text, --audio or --cap", "give text or audio_b64")) from None
     if ttl is not None and not 0 < ttl <= push.MAX_TTL_S:
         raise ApiError(400, f"ttl_s must be 1..{push.MAX_TTL_S}")
+    repeat = _repeat(body, data["class"], tz)
+    if repeat is not None:
+        data["repeat"] = repeat
     return data, targets, ttl or push.DEFAULT_TTL_S, raw
 
 
@@ -170,6 +195,8 @@ async def _sign_and_send(p: Parts, request: Request, row: Any, *, now: float) ->
                  "b64": base64.b64encode(row["audio"]).decode()}
     data = {"class": row["class"], "level": row["level"], "title": row["title"], "text": row["text"] or "",
             "audio": audio, "start": row["start"], "end": row["end"], "volume": row["volume"]}
+    if row.get("repeat"):
+        data["repeat"] = row["repeat"]
     payload = push.command("broadcast.play", data, list(row["targets"]), now=now, ttl_s=ttl, cmd_id=row["id"])
     try:
         token = push.sign(payload, key, kid)
@@ -234,7 +261,7 @@ async def create(request: Request) -> Response:
            "text": data["text"], "audio_mime": audio["mime"] if audio else None,
            "audio_sha256": audio["sha256"] if audio else None, "audio": raw_audio, "volume": data["volume"],
            "start": data["start"], "end": data["end"], "exp": created // 1000 + ttl, "targets": targets,
-           "boxes": boxes, "token": None}
+           "boxes": boxes, "token": None, "repeat": data.get("repeat")}
     async with p.db.begin() as conn:
         await conn.execute(broadcasts_t.insert().values(**row))
         await audit_append(conn, user.name, "broadcast.create", bid,
@@ -296,9 +323,25 @@ async def cancel(request: Request) -> Response:
     return JSONResponse({"id": bid, "state": "cancelled", "cancel_id": cancel_id})
 
 
+RECEIPT_EXTRAS = ("at", "until", "detail", "by", "occurrence", "late_s", "missed")
+
+
 async def _board(conn: Any, row: Any) -> dict[str, Any]:
-    got = {r["box"]: r for r in (await conn.execute(
+    got: dict[str, Any] = {r["box"]: dict(r) for r in (await conn.execute(
         select(receipts_t).where(receipts_t.c.cmd == row["id"]))).mappings()}
+    # what the latest receipt said besides its state (a scheduled one's `at`, a rejected one's `detail`),
+    # from the stored envelope
+    envelopes = [r["envelope"] for r in got.values()]
+    for i in range(0, len(envelopes), 500):
+        for m in (await conn.execute(select(messages_t.c.box, messages_t.c.raw)
+                                     .where(messages_t.c.id.in_(envelopes[i:i + 500])))).all():
+            try:
+                data = json.loads(m.raw).get("data") or {}
+            except (ValueError, AttributeError):
+                continue
+            if m.box in got and isinstance(data, dict):
+                got[m.box]["extra"] = {k: data[k] for k in RECEIPT_EXTRAS
+                                       if isinstance(data.get(k), (int, float, str)) and not isinstance(data[k], bool)}
     return got
 
 
@@ -339,14 +382,15 @@ def broadcast_json(row: Any, got: dict[str, Any], p: Parts, scope: str | None) -
         r = got.get(box)
         name = place(p.regions, box)[0]
         receipts.append({"box": box, "name": name, "state": r["state"] if r else NO_ANSWER,
-                         "reason": r["reason"] if r else None, "ts": r["ts"] if r else None})
+                         "reason": r["reason"] if r else None, "ts": r["ts"] if r else None,
+                         **({"extra": r["extra"]} if r and r.get("extra") else {})})
     return {"id": row["id"], "state": row["state"], "receipts": receipts,
             "class": row["class"], "level": row["level"], "title": row["title"], "text": row["text"],
             "audio_mime": row["audio_mime"], "audio_sha256": row["audio_sha256"], "volume": row["volume"],
             "start": row["start"], "end": row["end"], "exp": row["exp"], "targets": row["targets"],
             "created_by": row["created_by"], "created_at": row["created_at"],
             "approved_by": row["approved_by"], "approved_at": row["approved_at"],
-            "cancelled_by": row["cancelled_by"], "cancelled_at": row["cancelled_at"]}
+            "cancelled_by": row["cancelled_by"], "cancelled_at": row["cancelled_at"], "repeat": row["repeat"]}
 
 
 @api

@@ -169,7 +169,9 @@ def create_app(config: CountyConfig, db: Any, hub: Any = None, mqtt: Any = None,
     routes: list[BaseRoute] = [Route(openapi.PATH, openapi.endpoint, methods=["GET"])]
     for module in (route_modules() if modules is None else modules):
         routes.extend(_routes_of(module))
-    app = Starlette(routes=routes, middleware=[Middleware(AuthMiddleware)],
+    from county.web.security import SecurityHeaders  # CSP, nosniff, no framing: on every response
+
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders), Middleware(AuthMiddleware)],
                     exception_handlers={HTTPException: _http_error})
     clock = clock or now_ms
     app.state.config = config
@@ -178,8 +180,8 @@ def create_app(config: CountyConfig, db: Any, hub: Any = None, mqtt: Any = None,
     app.state.mqtt = mqtt
     app.state.regions = regions if regions is not None else Regions.empty()
     app.state.clock = clock
-    app.state.limiter = auth.LoginLimiter(config.server.login_max_failures, config.server.login_window_s,
-                                          clock=lambda: clock() / 1000)
+    app.state.limiter = auth.DbLoginLimiter(db, config.server.login_max_failures, config.server.login_window_s,
+                                            clock=clock)  # in the database: every instance counts the same failures
     return app
 
 

@@ -18,6 +18,7 @@ from agent.cameras.settings import CameraConfig, CamerasConfig
 from agent.protocol.broker import parse_broker_url, redact_url
 from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX
 from agent.schema import SchemaError, build, dump, positive, read_toml
+from agent.uplink_settings import UplinkConfig
 from agent.wearables.settings import GatewayConfig, WearablesConfig, WearerConfig
 
 
@@ -81,7 +82,8 @@ class BoxConfig:
     profile: str = field(metadata={"check": _profile_name})
     groups: tuple[str, ...] = field(default=(), metadata={"check": _groups})
     state_dir: Path = Path("/var/lib/village-agent")
-    heartbeat_s: float = field(default=60.0, metadata={"check": positive})
+    # 4G (issue 14, docs/data-budget.md): under the county reports' 5-minute online slot even when batched
+    heartbeat_s: float = field(default=240.0, metadata={"check": positive})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,7 @@ class MqttConfig:
     password_file: Path | None = field(default=None, metadata={"check": readable_file})
     topic_prefix: str = DEFAULT_PREFIX
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
-    keepalive_s: int = field(default=30, metadata={"check": positive})
+    keepalive_s: int = field(default=300, metadata={"check": positive})  # 4G: see docs/data-budget.md
     connect_timeout_s: float = field(default=10.0, metadata={"check": positive})
     session_expiry_s: int = field(default=7 * 24 * 3600, metadata={"check": positive})
     inflight: int = field(default=1000, metadata={"check": positive})
@@ -149,6 +151,7 @@ class Config:
     wearers: tuple[WearerConfig, ...] = field(default=(), metadata={"key": "wearer"})
     cameras: CamerasConfig = field(default_factory=CamerasConfig)
     camera_list: tuple[CameraConfig, ...] = field(default=(), metadata={"key": "camera"})
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
 
     def __post_init__(self) -> None:
         ids = (("gateway", [g.id for g in self.gateways]), ("wearer", [w.id for w in self.wearers]),

@@ -45,7 +45,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -60,11 +60,13 @@ from agent.clock import Clock, SystemClock
 from agent.clocksanity import EPOCH_FLOOR
 from agent.config import Config
 from agent.linkstate import LinkStateFile
-from agent.outbox import Outbox
+from agent.outbox import Outbox, Row
+from agent.protocol import batch
 from agent.protocol.broker import parse_broker_url
 from agent.protocol.envelope import MsgClass
 from agent.protocol.topics import Topics
 from agent.service import CommandSink, InboundCommand
+from agent.uplink_usage import SocketMeter, Usage
 
 log = logging.getLogger("agent.link")
 
@@ -75,6 +77,9 @@ COMMAND_WINDOW = 32  # MQTT 5 Receive Maximum: unacknowledged commands the broke
 COMMAND_QUEUE = 256  # commands held (received, not yet acknowledged) before paho stops reading the socket
 QOS0_LOG_EVERY_S = 60.0  # refused QoS 0 commands: one log line at most this often
 STOP_BUDGET_S = 2.0
+BATCH_INFLIGHT = 2  # batches in flight at most: each is up to [uplink] batch_max_bytes before compression
+ALIAS_MAX = 32  # MQTT 5 topic aliases we use at most (fewer if the broker's CONNACK allows fewer)
+METER_EVERY_S = 10.0  # the socket's byte counts are read this often (and when it closes)
 FALLBACK_HOLD_S = 3600.0  # after an ambiguous MQTT 5 failure that 3.1.1 survived: stay on 3.1.1 this long
 
 
@@ -148,6 +153,15 @@ class Link:
         self._v311: dict[str, float] = {}  # URL -> monotonic time until which it gets MQTT 3.1.1
         self._statefile = LinkStateFile(config.box.state_dir / "link.json")
         self._had_session = False
+        up = config.uplink
+        self.usage = Usage.beside(outbox.path, self.clock, budget_bytes=int(up.monthly_budget_mb * 1_000_000),
+                                  thin_at=up.thin_at)
+        self.batches = 0  # batch messages acknowledged by the broker
+        self.thinned = 0  # telemetry rows dropped unsent because the monthly budget is near
+        self.tls_resumed = 0  # connections whose TLS handshake resumed the previous session
+        self.urgent_timeouts = 0  # connections given up because an alarm or receipt got no PUBACK in time
+        self._thin_last: dict[tuple[str, str], int] = {}  # (kind, subject) -> ts of the last one kept
+        self._tls: dict[str, tuple[tuple[Any, ...], _ResumingContext]] = {}  # URL -> (what made it, context)
 
     # ------------------------------------------------------------------ service
     async def run(self, ready: Callable[[], None]) -> None:
@@ -206,8 +220,10 @@ class Link:
 
     def _lost(self, conn: _Connection) -> None:
         self._outage = _Outage(self.clock.monotonic(), warned="lost")
+        held = sum(len(f.seqs) for f in conn.inflight.values()) + sum(len(b.rows) for b in conn.building.values())
         log.warning("link: lost connection to %s (%s); %d messages were in flight, kept in the outbox; reconnecting",
-                    conn.broker.url, conn.lost_reason, len(conn.inflight))
+                    conn.broker.url, conn.lost_reason, held)
+        self.usage.save(force=True)
 
     def _refused_qos0(self, topic: str) -> None:
         """paho's thread: a QoS 0 message on a cmd topic. Counted; a log line at most once a minute."""
@@ -267,6 +283,91 @@ class Link:
         return conn
 
 
+    def _tls_context(self, broker: Broker) -> _ResumingContext:
+        """The TLS context for `broker`: kept from one connection to the next (a session can be resumed only
+        with the context that made it) until the CA, certificate or key file changes or the clock's verdict
+        does. Raises OSError / ssl.SSLError / ValueError for files that cannot be read (a setup fault)."""
+        cfg = self.config.mqtt
+        unchecked = self.clock.time() < EPOCH_FLOOR
+        if unchecked and not self.tls_time_unchecked:
+            log.warning("link: wall clock is not set (before %s): TLS certificate dates are not checked "
+                        "until it is", dt.datetime.fromtimestamp(EPOCH_FLOOR, dt.UTC).date())
+        self.tls_time_unchecked = unchecked
+        files = tuple(p.stat().st_mtime_ns if p is not None else None for p in (cfg.ca, cfg.cert, cfg.key))
+        made = (unchecked, files)
+        kept = self._tls.get(broker.url)
+        if kept is not None and kept[0] == made and self.config.uplink.tls_resumption:
+            return kept[1]
+        ctx = _ResumingContext(ssl.PROTOCOL_TLS_CLIENT)  # what create_default_context makes, resumable
+        if cfg.ca is not None:
+            ctx.load_verify_locations(cafile=str(cfg.ca))
+        else:
+            ctx.load_default_certs()
+        if unchecked:
+            # A box without RTC boots in 1970: every certificate is "not yet valid" and the box could
+            # never connect, not even to hear an emergency. With a clock that is certainly wrong, check
+            # the chain to the county CA and the host name but not the validity dates (the broker
+            # still checks the box's certificate with its own clock). Back to full checks once set.
+            ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
+        if cfg.cert is not None and cfg.key is not None:
+            ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
+        self._tls[broker.url] = (made, ctx)
+        return ctx
+
+    def keep_row(self, row: Row) -> bool:
+        """False for a telemetry row the monthly budget thins (at most one per kind and subject per
+        thin_interval_s, by the envelope's ts); everything else, and everything while not thinning, is kept."""
+        if row.cls is not MsgClass.TELEMETRY or not self.usage.thinning:
+            return True
+        try:
+            obj = json.loads(row.body)
+            data, ts = obj.get("data") or {}, int(obj["ts"])
+            subject = next((str(data[k]) for k in ("wearer", "camera", "device") if k in data), "")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return True  # not ours to judge: sent as it is
+        key = (row.kind, subject)
+        last = self._thin_last.get(key)
+        if last is not None and 0 <= ts - last < self.config.uplink.thin_interval_s * 1000:
+            self.thinned += 1
+            self.usage.add_thinned()
+            self.outbox.thin(row.seq)
+            return False
+        self._thin_last[key] = ts
+        return True
+
+
+class _ResumingContext(ssl.SSLContext):
+    """An SSLContext whose sockets resume `session` (paho wraps the socket itself and passes no session).
+
+    Python's ssl resumes a TLS 1.2 session or a TLS 1.3 ticket given to `wrap_socket(session=...)`, and only
+    with the context that made it, hence one context per broker kept across connections."""
+
+    session: ssl.SSLSession | None = None
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.session is not None and kwargs.get("session") is None:
+            kwargs["session"] = self.session
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One publish in flight: the outbox rows it carries (one, or a batch's)."""
+
+    seqs: tuple[int, ...]
+    bulk: bool  # telemetry or event: counts against the bulk share
+    batch: bool = False
+
+
+@dataclass(slots=True)
+class _Building:
+    """An uplink batch being filled: sent when full or at `deadline` (loop time)."""
+
+    deadline: float
+    rows: list[Row] = field(default_factory=list)
+    size: int = 0
+
+
 @dataclass(slots=True)
 class _Outage:
     since: float  # monotonic
@@ -288,8 +389,13 @@ class _Connection:
         self.lost = asyncio.Event()
         self.lost_reason = "closed"
         self.acked = asyncio.Event()
-        self.inflight: dict[int, tuple[int, bool]] = {}  # paho mid -> (outbox seq, bulk: telemetry or event)
+        self.inflight: dict[int, _Flight] = {}  # paho mid -> what that publish carries
         self.bulk_inflight = 0
+        self.urgent_sent: dict[int, float] = {}  # mid -> loop time it was published, for alarms and receipts
+        self.alias_max = 0  # MQTT 5 topic aliases the broker allows (CONNACK), capped at ALIAS_MAX
+        self.aliases: dict[str, int] = {}
+        self.building: dict[MsgClass, _Building] = {}  # uplink batches being filled, per class
+        self.meter = SocketMeter(link.usage)
         # held commands: received and not yet acknowledged. The semaphore is taken in paho's thread before a
         # command is handed over and given back after its PUBACK, so at most COMMAND_QUEUE are ever held
         self.commands: asyncio.Queue[tuple[InboundCommand, int, int]] = asyncio.Queue()
@@ -316,28 +422,15 @@ class _Connection:
         if broker.username is not None:
             self.client.username_pw_set(broker.username, broker.password)
         if broker.tls:
-            ctx = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca else None)
-            if link.clock.time() < EPOCH_FLOOR:
-                # A box without RTC boots in 1970: every certificate is "not yet valid" and the box could
-                # never connect, not even to hear an emergency. With a clock that is certainly wrong, check
-                # the chain to the county CA and the host name but not the validity dates (the broker
-                # still checks the box's certificate with its own clock). Back to full checks once set.
-                ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
-                if not link.tls_time_unchecked:
-                    log.warning("link: wall clock is not set (before %s): TLS certificate dates are not checked "
-                                "until it is", dt.datetime.fromtimestamp(EPOCH_FLOOR, dt.UTC).date())
-                link.tls_time_unchecked = True
-            else:
-                link.tls_time_unchecked = False
-            if cfg.cert is not None and cfg.key is not None:
-                ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
-            self.client.tls_set_context(ctx)
+            self.client.tls_set_context(link._tls_context(broker))
         self.client.will_set(link.topics.state(link.box), self._state_payload("offline"), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
         self.client.on_log = self._on_log  # only until CONNACK: see _on_log
+        self.client.on_socket_close = self._socket_closing
+
 
     def _state_payload(self, state: str) -> bytes:
         return json.dumps({
@@ -355,7 +448,12 @@ class _Connection:
             self.socket_error = buf.removeprefix("failed to receive on socket: ")
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self.alias_max = min(ALIAS_MAX, int(getattr(props, "TopicAliasMaximum", 0) or 0)) \
+            if self.v5 and self.link.config.uplink.topic_aliases else 0
         self.loop.call_soon_threadsafe(self._connack, flags.session_present, reason)
+
+    def _socket_closing(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self.meter.sample(sock)  # paho's thread, just before the close: the connection's last bytes
 
     def _connack(self, session_present: bool, reason: Any) -> None:
         self.client.on_log = None
@@ -387,8 +485,8 @@ class _Connection:
         entry = self.inflight.pop(mid, None)
         if entry is None:
             return  # the state message, or a message from before a rewind
-        seq, bulk = entry
-        self.bulk_inflight -= bulk
+        self.urgent_sent.pop(mid, None)
+        self.bulk_inflight -= entry.bulk
         if getattr(reason, "is_failure", False):
             # the broker refused it (v5 PUBACK >= 0x80, e.g. not authorized): keep the row for the next
             # connection and count it; it is not lost, and the operator sees it in the heartbeat
@@ -397,8 +495,10 @@ class _Connection:
             if self.refused_by_broker == 1:
                 log.warning("link: broker refused a publish (%s); kept for retry", reason)
         else:
-            self.link.outbox.ack(seq)
-            self.link.published += 1
+            for seq in entry.seqs:  # a batch's PUBACK acknowledges every row it carried
+                self.link.outbox.ack(seq)
+            self.link.published += len(entry.seqs)
+            self.link.batches += entry.batch
             # "last publish" means the broker took it: status must not look healthy while nothing is acked
             self.link._statefile.published(self.link.clock.time())
         self.acked.set()
@@ -472,7 +572,16 @@ class _Connection:
 
     async def serve(self) -> None:
         link = self.link
-        log.info("%s", link._connected_line(self))
+        sock = self.client.socket()
+        if isinstance(sock, ssl.SSLSocket):
+            if sock.session_reused:
+                link.tls_resumed += 1
+            ctx = sock.context
+            if isinstance(ctx, _ResumingContext) and link.config.uplink.tls_resumption:
+                # read after CONNACK: a TLS 1.3 server sends its session ticket after the handshake
+                ctx.session = sock.session
+        log.info("%s%s", link._connected_line(self),
+                 ", TLS session resumed" if isinstance(sock, ssl.SSLSocket) and sock.session_reused else "")
         if link._had_session and not self.session_present:
             log.warning("link: the broker lost this box's session; commands sent meanwhile may be missed")
             link.outbox.send_nowait(MsgClass.EVENT, "session_lost", {"broker": self.broker.url})
@@ -489,41 +598,143 @@ class _Connection:
         link.reconnects += 1
         link._set_state(LinkState.CONNECTED, self.broker, "5" if self.v5 else "3.1.1")
         async with asyncio.TaskGroup() as tg:
-            drain = tg.create_task(self._drain(), name="link.drain")
-            commands = tg.create_task(self._commands(), name="link.commands")
+            tasks = [tg.create_task(self._drain(), name="link.drain"),
+                     tg.create_task(self._commands(), name="link.commands"),
+                     tg.create_task(self._watch(), name="link.watch")]
             await self.lost.wait()
-            drain.cancel()
-            commands.cancel()
+            for task in tasks:
+                task.cancel()
         link._lost(self)
+
+    async def _watch(self) -> None:
+        """Every second: an alarm or receipt without PUBACK for urgent_ack_timeout_s means the connection is dead
+        though TCP has not noticed (a 4G link gone silent; the 4G keepalive is long): drop it, so the alarm goes
+        again on a new one (same id). Every METER_EVERY_S: the socket's byte counts into the month's usage."""
+        timeout = self.link.config.uplink.urgent_ack_timeout_s
+        metered = self.loop.time()
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.loop.time()
+            if self.urgent_sent and now - min(self.urgent_sent.values()) > timeout:
+                self.link.urgent_timeouts += 1
+                self.lost_reason = f"no PUBACK for an alarm or receipt within {timeout:.0f} s"
+                self.lost.set()
+                return
+            if now - metered >= METER_EVERY_S:
+                metered = now
+                self.meter.sample(self.client.socket())
+
+    def _publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
+        """QoS 1, with an MQTT 5 topic alias when the broker allows one: the first use of a topic sends it
+        with its alias, later ones send the alias alone (2 bytes instead of ~45). Aliases live as long as the
+        connection, as does this client."""
+        props = None
+        if self.alias_max:
+            alias = self.aliases.get(topic)
+            if alias is None and len(self.aliases) < self.alias_max:
+                alias = self.aliases[topic] = len(self.aliases) + 1
+                props = Properties(PacketTypes.PUBLISH)
+                props.TopicAlias = alias
+            elif alias is not None:
+                props = Properties(PacketTypes.PUBLISH)
+                props.TopicAlias = alias
+                topic = ""
+        info = self.client.publish(topic, payload, qos=1, properties=props)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning("link: publish failed locally: %s", mqtt.error_string(info.rc))
+        return info
+
+    def _send_row(self, row: Row) -> None:
+        link = self.link
+        info = self._publish(link.topics.up(link.box, row.cls, row.kind), row.body)
+        bulk = row.cls > MsgClass.RECEIPT
+        self.inflight[info.mid] = _Flight((row.seq,), bulk)
+        self.bulk_inflight += bulk
+        if not bulk:
+            self.urgent_sent[info.mid] = self.loop.time()
+
+    def _send_batch(self, cls: MsgClass) -> None:
+        """One batch of `cls`: its oldest rows up to batch_max_bytes / batch_max_count (at least one); what is
+        left stays for the next one, due at once."""
+        up = self.link.config.uplink
+        building = self.building[cls]
+        take, size = 0, 0
+        for row in building.rows:
+            if take and (size + len(row.body) > up.batch_max_bytes or take >= up.batch_max_count):
+                break
+            take, size = take + 1, size + len(row.body)
+        rows, building.rows = building.rows[:take], building.rows[take:]
+        building.size -= size
+        if not building.rows:
+            del self.building[cls]
+        link = self.link
+        info = self._publish(batch.batch_topic(link.topics.prefix, link.box, cls), batch.pack([r.body for r in rows]))
+        self.inflight[info.mid] = _Flight(tuple(r.seq for r in rows), True, batch=True)
+        self.bulk_inflight += 1
 
     async def _drain(self) -> None:
         window = self.link.config.mqtt.inflight
-        bulk_max = min(window, self.link.bulk_window)
+        up = self.link.config.uplink
+        batching = up.batching
+        bulk_max = min(window, BATCH_INFLIGHT if batching else self.link.bulk_window)
         outbox = self.link.outbox
-        topics, box = self.link.topics, self.link.box
         while True:
             # clear before reading: a commit or PUBACK that lands meanwhile sets them again
             outbox.available.clear()
             self.acked.clear()
             # alarms and receipts first, up to the window plus the reserve (next_batch reads nothing for a
-            # class the outbox has no rows of); then telemetry and events, within their share
+            # class the outbox has no rows of), each at once on its own; then telemetry and events, within
+            # their share: one publish each, or (batching) into the batch of their class
             rows = await outbox.next_batch(window + ALARM_RESERVE - len(self.inflight), max_cls=MsgClass.RECEIPT)
-            bulk_room = min(window - len(self.inflight) - len(rows), bulk_max - self.bulk_inflight)
-            if bulk_room > 0:
-                rows += await outbox.next_batch(bulk_room)  # best class first: an alarm committed meanwhile too
-            if not rows:
+            for row in rows:
+                self._send_row(row)
+            more = False  # rows may be waiting that were not read (the read stopped at its limit)
+            if not batching:
+                bulk_room = min(window - len(self.inflight), bulk_max - self.bulk_inflight)
+                if bulk_room > 0:
+                    got = await outbox.next_batch(bulk_room)  # best class first: an alarm committed meanwhile too
+                    for row in got:
+                        if row.cls <= MsgClass.RECEIPT or self.link.keep_row(row):
+                            self._send_row(row)
+                    rows += got
+                if rows:
+                    continue
                 if bulk_room > 0:  # nothing waiting: only a commit can bring work
                     await outbox.available.wait()
                 else:  # bulk at its bound: a PUBACK makes room, and an alarm may still come
                     await _first(outbox.available, self.acked)
                 continue
-            for row in rows:
-                info = self.client.publish(topics.up(box, row.cls, row.kind), row.body, qos=1)
-                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                    log.warning("link: publish failed locally: %s", mqtt.error_string(info.rc))
-                bulk = row.cls > MsgClass.RECEIPT
-                self.inflight[info.mid] = (row.seq, bulk)
-                self.bulk_inflight += bulk
+            room = up.batch_max_count - sum(len(b.rows) for b in self.building.values())
+            if room > 0 and len(self.inflight) < window:
+                got = await outbox.next_batch(room)
+                more = len(got) == room
+                for row in got:
+                    if row.cls <= MsgClass.RECEIPT:  # committed meanwhile: never waits for a batch
+                        self._send_row(row)
+                    elif self.link.keep_row(row):
+                        b = self.building.get(row.cls)
+                        if b is None:
+                            b = self.building[row.cls] = _Building(self.loop.time() + up.batch_window_s)
+                        b.rows.append(row)
+                        b.size += len(row.body)
+                rows += got
+            now = self.loop.time()
+            full = sum(len(b.rows) for b in self.building.values()) >= up.batch_max_count
+            for cls in sorted(self.building):
+                while (b := self.building.get(cls)) is not None and self.bulk_inflight < bulk_max and (
+                        full or now >= b.deadline or b.size >= up.batch_max_bytes or len(b.rows) >= up.batch_max_count):
+                    self._send_batch(cls)
+            if rows and (more or not self.building):
+                continue
+            if self.building and self.bulk_inflight < bulk_max:
+                left = min(b.deadline for b in self.building.values()) - self.loop.time()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, left)):
+                        await _first(outbox.available, self.acked)
+            elif self.bulk_inflight >= bulk_max or len(self.inflight) >= window:
+                await _first(outbox.available, self.acked)
+            else:
+                await outbox.available.wait()
 
     async def _commands(self) -> None:
         while True:

@@ -231,6 +231,14 @@ class Outbox:
         self._acks.append(seq)
         self._wake.set()
 
+    def thin(self, seq: int) -> None:
+        """A telemetry row the link will not send (the monthly 4G budget thins it, agent/uplink_usage.py):
+        deleted with the next commit like an acknowledged one, and counted as `thinned.telemetry`."""
+        if seq in self._acked:
+            return
+        self.ack(seq)
+        self._count_now("thinned.telemetry")
+
     def rewind(self) -> None:
         """Hand out every unacknowledged row again (after a reconnect: paho's in-flight state is gone)."""
         self._cursor = dict.fromkeys(MsgClass, 0)

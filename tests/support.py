@@ -19,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.protocol.batch import expand
 from sim.agentproc import toml_dumps  # noqa: F401 - one TOML writer for tests and the simulator
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -156,8 +157,9 @@ class Collector:
             self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
+        with self._lock:  # an uplink batch (issue 14) as the envelopes it carries, byte for byte
+            for topic, payload in expand(msg.topic, bytes(msg.payload)):
+                self.messages.append(Received(topic, payload, bool(msg.retain)))
 
     def start(self) -> Collector:
         self.client.connect(self.host, self.port, keepalive=30)
@@ -191,6 +193,7 @@ def agent_config_dict(state_dir: Path, broker_url: str, box: str = "box-1", **se
         "box": {"id": box, "groups": ["town-test"], "profile": "sim", "state_dir": str(state_dir),
                 "heartbeat_s": 3600},
         "mqtt": {"url": broker_url, "backoff_min_s": 0.05, "backoff_max_s": 0.5, "connect_timeout_s": 3},
+        "uplink": {"batch_window_s": 0.05},  # batched as in the field, without the field's minute of waiting
     }
     for name, value in sections.items():
         if isinstance(value, dict) and isinstance(raw.get(name), dict):

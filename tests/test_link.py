@@ -129,8 +129,9 @@ class HandoutWatchingOutbox(Outbox):
 
 async def test_telemetry_in_flight_stays_within_its_share_while_alarms_pass(tmp_path: Path, broker: Mosquitto) -> None:
     """paho sends in order: every telemetry message in flight is queued ahead of an alarm. A backlog of
-    telemetry and events (drained after an outage) may use only BULK_INFLIGHT of the 1000-message window."""
-    config = config_for(tmp_path, broker.url)
+    telemetry and events (drained after an outage) may use only BULK_INFLIGHT of the 1000-message window.
+    Single envelopes (`[uplink] batching = false`); batches have their own bound (tests/test_uplink_batching.py)."""
+    config = config_for(tmp_path, broker.url, uplink={"batching": False})
     assert config.mqtt.inflight > 10 * BULK_INFLIGHT
     outbox = HandoutWatchingOutbox(config.outbox_path, config.box.id, max_bytes=10**8, telemetry_ttl_s=3600.0,
                                    commit_interval_s=0.01)

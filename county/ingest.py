@@ -77,6 +77,7 @@ from county.store.tables import (
     quarantine,
     receipts,
 )
+from county.uplink_batch import parse_all
 from drivers.aio import wait_within
 
 log = logging.getLogger("county.ingest")
@@ -1000,7 +1001,7 @@ class Ingest:
             self.stats["not_acked"] += not_acked
 
     async def _handle(self, batch: list[Incoming]) -> None:
-        parsed = [(it, self._parse(it)) for it in batch]
+        parsed = parse_all(batch, self._parse)  # an uplink batch (issue 14) as the envelopes it carries
         try:
             outcomes = [await self.store.write(parsed)]
         except Exception as exc:  # the database, or a value it cannot take: store them one by one

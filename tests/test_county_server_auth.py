@@ -411,3 +411,26 @@ def test_user_add_refuses_short_or_empty_passwords(tmp_path: Path) -> None:
         assert r.returncode == 2 and message in r.stderr, r.stderr
     r = county_cli("user", "add", "bad name", "--role", "viewer", "--password-file", str(pw), "-c", str(cfg))
     assert r.returncode == 2 and "is not [A-Za-z0-9_.@-]" in r.stderr
+
+
+async def test_two_instances_on_one_database_share_the_login_limit(db: Database, db_url: str) -> None:
+    """Two server instances (two apps, each with its own engine) on one database: 3 guesses on one and 2 on
+    the other reach the limit of 5 on both; a success on either clears the user's count for both."""
+    await add(db)
+    clock = Clock()
+    async with await Database.open(db_url) as db2:
+        a, b = make_app(db, clock), make_app(db2, clock)
+        async with client(a, "10.0.0.1") as ca, client(b, "10.0.0.2") as cb:
+            for _ in range(3):
+                assert (await login(ca, password="guess")).status_code == 401
+            for _ in range(2):
+                assert (await login(cb, password="guess")).status_code == 401
+            for c in (ca, cb):  # the right password, on either instance: the user's limit is reached
+                r = await login(c)
+                assert r.status_code == 429 and r.headers["Retry-After"] == "300"
+            clock.now += 300_000
+            assert (await login(cb)).status_code == 200
+            assert (await login(ca, password="guess")).status_code == 401  # counting starts again, shared
+            for _ in range(3):
+                assert (await login(cb, password="guess")).status_code == 401
+            assert (await login(ca)).status_code == 200  # 4 failures since the success: not yet limited

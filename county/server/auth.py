@@ -9,7 +9,8 @@
 - CSRF: a write (any method but GET/HEAD/OPTIONS) authenticated by the cookie needs the session's CSRF token
   in the `X-CSRF-Token` header; a bearer token needs none (a browser never sends it on its own).
 - Login rate limit: `[server] login_max_failures` failures (default 5) within `login_window_s` (300) for one
-  user name, or from one client address, answer 429 until the window has passed (per server instance).
+  user name, or from one client address, answer 429 until the window has passed. The failures are rows of
+  the database (`login_failures`, `DbLoginLimiter`), so every instance of the server counts the same ones.
 - Policy: `allowed(user, action, region, regions)` is the only place roles × actions × scopes are decided;
   `require(request, action, region)` is what routes call (401 without a user, 403 when refused).
 """
@@ -26,8 +27,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import delete, insert, select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+
+from county.store.tables import login_failures as _lf
 
 ROLES = ("admin", "operator", "reviewer", "viewer", "gridworker")
 COOKIE = "vc_session"
@@ -236,3 +240,53 @@ class LoginLimiter:
         while len(self._failures) >= self.max_keys:
             oldest = min(self._failures, key=lambda k: self._failures[k][-1])
             del self._failures[oldest]
+
+    async def aretry_after(self, keys: Iterable[tuple[str, str]]) -> float | None:
+        return self.retry_after(keys)
+
+    async def afailed(self, keys: Iterable[tuple[str, str]]) -> None:
+        self.failed(keys)
+
+    async def asucceeded(self, key: tuple[str, str]) -> None:
+        self.succeeded(key)
+
+
+def _limit_key(key: tuple[str, str]) -> str:
+    return f"{key[0]}:{key[1]}"[:300]
+
+
+class DbLoginLimiter:
+    """LoginLimiter's rule over the `login_failures` table: N server instances on one database share the
+    limit (an attacker gains nothing by spreading guesses over them). `clock` is epoch ms (the app's).
+
+    Each failure is one row (key "user:NAME" or "addr:HOST", ts); a success deletes the user's rows; each
+    failure also deletes the rows past the window (by the ts index), so the table holds at most the
+    failures of the last `window_s` seconds."""
+
+    def __init__(self, db: Any, max_failures: int, window_s: float, *, clock: Callable[[], int]) -> None:
+        self.db = db
+        self.max_failures = max_failures
+        self.window_ms = int(window_s * 1000)
+        self.clock = clock
+
+    async def aretry_after(self, keys: Iterable[tuple[str, str]]) -> float | None:
+        now = self.clock()
+        waits = []
+        async with self.db.connect() as conn:
+            for key in keys:
+                recent = [r[0] for r in (await conn.execute(
+                    select(_lf.c.ts).where(_lf.c.key == _limit_key(key), _lf.c.ts > now - self.window_ms)
+                    .order_by(_lf.c.ts.desc()).limit(self.max_failures))).all()]
+                if len(recent) >= self.max_failures:
+                    waits.append((recent[-1] + self.window_ms - now) / 1000)
+        return max(waits) if waits else None
+
+    async def afailed(self, keys: Iterable[tuple[str, str]]) -> None:
+        now = self.clock()
+        async with self.db.begin() as conn:
+            await conn.execute(delete(_lf).where(_lf.c.ts <= now - self.window_ms))
+            await conn.execute(insert(_lf), [{"key": _limit_key(k), "ts": now} for k in keys])
+
+    async def asucceeded(self, key: tuple[str, str]) -> None:
+        async with self.db.begin() as conn:
+            await conn.execute(delete(_lf).where(_lf.c.key == _limit_key(key)))

@@ -52,7 +52,7 @@ async def login(request: Request) -> Response:
     st = request.app.state
     addr = _client(request)
     keys = [("user", username.lower()[:64]), ("addr", addr)]
-    wait = st.limiter.retry_after(keys)
+    wait = await st.limiter.aretry_after(keys)
     if wait is not None:
         seconds = max(1, math.ceil(wait))
         return json_error(429, f"too many failed logins: try again in {seconds} s",
@@ -64,13 +64,13 @@ async def login(request: Request) -> Response:
     ok = await auth.verify_password_async(stored, password)
     now = st.clock()
     if not ok or row is None:
-        st.limiter.failed(keys)
+        await st.limiter.afailed(keys)
         reason = "unknown user" if row is None else ("disabled" if row.disabled else "wrong password")
         async with st.db.begin() as conn:
             await audit.append(conn, username[:64] if valid_name else "?", "login.failed", None,
                                {"username": username[:200], "addr": addr, "reason": reason}, ts=now)
         return json_error(401, "wrong user name or password", headers={"WWW-Authenticate": "Bearer"})
-    st.limiter.succeeded(keys[0])
+    await st.limiter.asucceeded(keys[0])
     ttl_ms = int(st.config.server.session_hours * 3600 * 1000)
     async with st.db.begin() as conn:
         session = await create_session(conn, row.name, now, ttl_ms)

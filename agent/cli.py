@@ -11,15 +11,20 @@ import asyncio
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
+
+from agent import i18n
+from agent.i18n import N_, _
 
 EXIT_CONFIG = 2
 
 _DELEGATES = {
-    "county": ("county.cli", "the county console: push, cancel, fences, watch, status"),
-    "sim": ("sim.cli", "the simulator: a whole village in a box, fleet mode"),
-    "keys": ("agent.keys", "county signing keys"),
+    "county": ("county.cli", N_("the county console: push, cancel, fences, watch, status")),
+    "sim": ("sim.cli", N_("the simulator: a whole village in a box, fleet mode")),
+    "keys": ("agent.keys", N_("county signing keys")),
+    "release": ("agent.release", "signed release bundles for box updates (docs/updates.md)"),
 }
 # what each delegate needs beyond the box's own packages: pyproject.toml's extra of that name, by module
 # the import name of each package an extra brings (its distribution name where they differ is in pyproject)
@@ -30,17 +35,17 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
 
 
 def _agent_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="village agent", description="the village box agent")
+    parser = argparse.ArgumentParser(prog="village agent", description=_("the village box agent"))
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("identity", help="make the box key pair (once) and a CSR for the county CA", add_help=False)
-    for name, text in (("run", "run the agent in the foreground until SIGTERM/SIGINT"),
-                       ("check", "validate the config and hardware profile, print them (secrets masked)"),
-                       ("status", "read the state directory: outbox depth, link state, seq"),
-                       ("relay-off", "drive the amplifier relay pin off and exit (systemd ExecStopPost)")):
+    sub.add_parser("identity", help=_("make the box key pair (once) and a CSR for the county CA"), add_help=False)
+    for name, text in (("run", _("run the agent in the foreground until SIGTERM/SIGINT")),
+                       ("check", _("validate the config and hardware profile, print them (secrets masked)")),
+                       ("status", _("read the state directory: outbox depth, link state, seq")),
+                       ("relay-off", _("drive the amplifier relay pin off and exit (systemd ExecStopPost)"))):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("-c", "--config", required=True, metavar="FILE", help="the agent's TOML config")
+        p.add_argument("-c", "--config", required=True, metavar="FILE", help=_("the agent's TOML config"))
         if name not in ("run", "relay-off"):
-            p.add_argument("--json", action="store_true", help="print JSON")
+            p.add_argument("--json", action="store_true", help=_("print JSON"))
     return parser
 
 
@@ -102,6 +107,8 @@ def agent_main(argv: Sequence[str]) -> int:
     from agent.app import run_agent
     from agent.logsetup import setup_logging
 
+    os.environ["VILLAGE_AGENT_CONFIG"] = os.path.abspath(args.config)  # agent.update checks new slots with it
+
     setup_logging(config.log.level)
     try:
         return asyncio.run(run_agent(config, profile=profile))
@@ -125,13 +132,18 @@ def _print_tree(doc: object, indent: str = "") -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    top = argparse.ArgumentParser(prog="village", description="village-edge: the village box and its tools")
-    top.add_argument("area", choices=["agent", *_DELEGATES], help="agent | county | sim | keys")
+    try:  # --lang zh|en anywhere, else $VILLAGE_LANG, else the locale (agent/i18n.py)
+        argv = i18n.setup(sys.argv[1:] if argv is None else argv, fresh=True)
+    except i18n.LangError as exc:
+        print(f"village: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    top = argparse.ArgumentParser(prog="village", description=_("village-edge: the village box and its tools"),
+                                  epilog=_("every command takes --lang zh|en (else $VILLAGE_LANG, else the locale)"))
+    top.add_argument("area", choices=["agent", *_DELEGATES], help="agent | " + " | ".join(_DELEGATES))
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
-        for name, (_mod, text) in {"agent": ("", "the box agent: run, check, status"), **_DELEGATES}.items():
-            print(f"  village {name:<7} {text}")
+        for name, (_mod, text) in {"agent": ("", N_("the box agent: run, check, status")), **_DELEGATES}.items():
+            print(f"  village {name:<7} {_(text)}")
         return 0 if argv else EXIT_CONFIG
     area, rest = argv[0], argv[1:]
     if area == "agent":
@@ -146,8 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             missing = exc.name
         if module is None:
-            print(f"village {area}: needs the [{area}] extra ({missing} is not installed): "
-                  f"pip install 'village-edge[{area}]'", file=sys.stderr)
+            print(f"village {area}: " + _("needs the [{area}] extra ({missing} is not installed): "
+                                          "pip install 'village-edge[{area}]'").format(area=area, missing=missing),
+                  file=sys.stderr)
             return EXIT_CONFIG
         return int(module.main(rest))
     top.parse_args(argv[:1])  # prints the usage error and exits 2

@@ -16,6 +16,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent import i18n
+from agent.i18n import _
+
 # the loaders live with the JWS code (agent.protocol) so the county console shares them; re-exported here
 from agent.protocol.jws import (  # noqa: F401
     MAX_PEM_BYTES,
@@ -68,23 +71,39 @@ def new_keypair(name: str, directory: Path | str) -> tuple[Path, Path]:
     return key_path, pub_path
 
 
+def _keys_error(exc: KeysError, name: str) -> str:
+    """The two errors `keys new` meets, in words; anything else as the library says it."""
+    if isinstance(exc, KeyExists):
+        return _("{file} already exists; refusing to overwrite a key").format(file=exc.path)
+    if "key name must be" in str(exc):
+        return _("key name must be [A-Za-z0-9][A-Za-z0-9_.-]{0,63}") + f" ({name!r})"
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="village keys", description="Ed25519 signing keys for county commands")
+    try:
+        argv = i18n.setup(sys.argv[1:] if argv is None else argv)
+    except i18n.LangError as exc:
+        print(f"village keys: {exc}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="village keys", description=_("Ed25519 signing keys for county commands"))
     sub = parser.add_subparsers(dest="cmd", required=True)
-    new = sub.add_parser("new", help="write NAME.key (private, 0600) and NAME.pub (public) into --dir")
+    new = sub.add_parser("new", help=_("write NAME.key (private, 0600) and NAME.pub (public) into --dir"))
     new.add_argument("name")
-    new.add_argument("--dir", default=".", type=Path, help="directory for the pair (default: current)")
+    new.add_argument("--dir", default=".", type=Path, help=_("directory for the pair (default: current)"))
     args = parser.parse_args(argv)
     try:
         key_path, pub_path = new_keypair(args.name, args.dir)
     except KeysError as exc:
-        print(f"village keys: {exc}", file=sys.stderr)
+        print(f"village keys: {_keys_error(exc, args.name)}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"village keys: cannot write in {args.dir}: {exc.strerror}", file=sys.stderr)
+        print("village keys: " + _("cannot write in {dir}: {error}").format(dir=args.dir, error=exc.strerror),
+              file=sys.stderr)
         return 1
-    print(f"private key: {key_path} (mode 0600; keep it on the county signing host only)")
-    print(f"public key:  {pub_path} (install on boxes under [trust.keys] {args.name} = \"...\")")
+    print(_("private key: {file} (mode 0600; keep it on the county signing host only)").format(file=key_path))
+    print(_("public key:  {file} (install on boxes under [trust.keys] {name} = \"...\")").format(file=pub_path,
+                                                                                              name=args.name))
     return 0
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from agent import i18n
+from agent.i18n import _
 from agent.protocol.jws import KeysError, load_private_key
 from agent.protocol.topics import DEFAULT_PREFIX, Topics
 from county import cap as cap_mod
@@ -57,7 +59,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit 2) like every other console error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: " + _("{message} (see {prog} --help)").format(message=message,
+                                                                                        prog=self.prog) + "\n")
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -137,7 +140,8 @@ def _ttl(text: str) -> int:
     except push.UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if not 1 <= ttl <= push.MAX_TTL_S:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 1s..31d (the boxes refuse a longer lifetime)")
+        raise argparse.ArgumentTypeError(_("{text!r} is not 1s..31d (the boxes refuse a longer lifetime)").format(
+            text=text))
     return int(ttl)
 
 
@@ -145,9 +149,9 @@ def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(_("{text!r} is not a number of seconds").format(text=text)) from None
     if not 0 <= value < 1e9:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+        raise argparse.ArgumentTypeError(_("{text!r} is not a number of seconds >= 0").format(text=text))
     return value
 
 
@@ -155,9 +159,9 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(_("{text!r} is not a whole number").format(text=text)) from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 1 or more")
+        raise argparse.ArgumentTypeError(_("{text!r} is not 1 or more").format(text=text))
     return value
 
 
@@ -485,7 +489,12 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        rest = i18n.setup(list(sys.argv[1:] if argv is None else argv))
+    except i18n.LangError as exc:
+        print(f"village county: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args = build_parser().parse_args(rest)
     previous = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
     try:
         return COMMANDS[args.cmd](args)
@@ -501,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.cmd == "watch":
             return EXIT_OK
-        _say(args, "interrupted")
+        _say(args, _("interrupted"))
         return EXIT_ERROR
     finally:
         if previous is not None:

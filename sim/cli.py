@@ -13,6 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent import i18n
+from agent.i18n import _
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SETUP = 3
@@ -23,49 +26,49 @@ def _positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(_("{text!r} is not a number").format(text=text)) from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        raise argparse.ArgumentTypeError(_("must be > 0, got {text}").format(text=text))
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="village sim", description="the simulator: a whole village in a box")
+    parser = argparse.ArgumentParser(prog="village sim", description=_("the simulator: a whole village in a box"))
     sub = parser.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="run a scenario: broker, the real agent, twins, county view, live dashboard")
+    run = sub.add_parser("run", help=_("run a scenario: broker, the real agent, twins, county view, live dashboard"))
     run.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO, metavar="FILE",
-                     help="scenario TOML (default: the bundled menglou village)")
-    run.add_argument("--duration", type=_positive, metavar="S", help="scenario seconds to run (default: the file's)")
-    run.add_argument("--broker", metavar="URL", help="use this broker (mqtt://host:port) instead of starting one")
+                     help=_("scenario TOML (default: the bundled menglou village)"))
+    run.add_argument("--duration", type=_positive, metavar="S", help=_("scenario seconds to run (default: the file's)"))
+    run.add_argument("--broker", metavar="URL", help=_("use this broker (mqtt://host:port) instead of starting one"))
     run.add_argument("--broker-kind", choices=("auto", "mosquitto", "amqtt"), default="auto",
-                     help="which broker to start when there is no --broker (auto: mosquitto if installed)")
+                     help=_("which broker to start when there is no --broker (auto: mosquitto if installed)"))
     run.add_argument("--mqtt-protocol", choices=("auto", "5", "3.1.1"),
-                     help="the agent's [mqtt] protocol (default: 3.1.1 against a started amqtt, else auto)")
-    run.add_argument("--speed", type=_positive, metavar="X", help="run X times faster (default: the file's)")
-    run.add_argument("--check", action="store_true", help="exit 1 when any [[expect]] fails")
-    run.add_argument("--seed", type=int, metavar="N", help="override the scenario's seed")
-    run.add_argument("--timeline", type=Path, metavar="FILE", help="write the JSON-lines timeline here")
-    run.add_argument("--no-live", action="store_true", help="plain lines instead of the live dashboard")
+                     help=_("the agent's [mqtt] protocol (default: 3.1.1 against a started amqtt, else auto)"))
+    run.add_argument("--speed", type=_positive, metavar="X", help=_("run X times faster (default: the file's)"))
+    run.add_argument("--check", action="store_true", help=_("exit 1 when any [[expect]] fails"))
+    run.add_argument("--seed", type=int, metavar="N", help=_("override the scenario's seed"))
+    run.add_argument("--timeline", type=Path, metavar="FILE", help=_("write the JSON-lines timeline here"))
+    run.add_argument("--no-live", action="store_true", help=_("plain lines instead of the live dashboard"))
     run.add_argument("--external-box", action="store_true",
-                     help="rehearsal: start no agent; drive the twins for the real box named in the scenario, "
-                          "watched at --broker (docs/simulator.md)")
-    run.add_argument("--key", type=Path, metavar="FILE", help="--external-box: county signing key for broadcasts")
-    run.add_argument("--kid", default="county-sim", metavar="ID", help="--external-box: the key's id")
-    run.add_argument("--workdir", type=Path, metavar="DIR", help="keep the run's files here (agent config, logs)")
+                     help=_("rehearsal: start no agent; drive the twins for the real box named in the scenario, "
+                          "watched at --broker (docs/simulator.md)"))
+    run.add_argument("--key", type=Path, metavar="FILE", help=_("--external-box: county signing key for broadcasts"))
+    run.add_argument("--kid", default="county-sim", metavar="ID", help=_("--external-box: the key's id"))
+    run.add_argument("--workdir", type=Path, metavar="DIR", help=_("keep the run's files here (agent config, logs)"))
     run.add_argument("--county", action=argparse.BooleanOptionalAction, default=None,
-                     help="start the county server too (default: when the [county] extra is installed)")
+                     help=_("start the county server too (default: when the [county] extra is installed)"))
 
-    fleet = sub.add_parser("fleet", help="N lightweight simulated boxes against one broker")
+    fleet = sub.add_parser("fleet", help=_("N lightweight simulated boxes against one broker"))
     fleet.add_argument("--boxes", type=int, required=True, metavar="N")
     fleet.add_argument("--broker", required=True, metavar="URL")
-    fleet.add_argument("--duration", type=_positive, required=True, metavar="S", help="wall seconds to run")
+    fleet.add_argument("--duration", type=_positive, required=True, metavar="S", help=_("wall seconds to run"))
     fleet.add_argument("--speed", type=_positive, default=1.0, metavar="X",
-                       help="divide the periods (heartbeat 60 s, positions 10 s) by X")
+                       help=_("divide the periods (heartbeat 60 s, positions 10 s) by X"))
     fleet.add_argument("--ramp", type=_positive, default=None, metavar="S",
-                       help="spread the boxes' first connects over S seconds (default: boxes/200, >= 1)")
+                       help=_("spread the boxes' first connects over S seconds (default: boxes/200, >= 1)"))
     fleet.add_argument("--p99-ms", type=_positive, default=None, metavar="MS",
-                       help="exit 1 when the county-side latency p99 exceeds this")
-    fleet.add_argument("--json", action="store_true", help="print the result as JSON")
+                       help=_("exit 1 when the county-side latency p99 exceeds this"))
+    fleet.add_argument("--json", action="store_true", help=_("print the result as JSON"))
     return parser
 
 
@@ -81,8 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"village sim: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.broker is not None and not args.broker.startswith("mqtt://"):
-        print("village sim: --broker takes mqtt://host:port (the agent reaches it through the link proxy, "
-              "which forwards plain TCP)", file=sys.stderr)
+        print("village sim: " + _("--broker takes mqtt://host:port (the agent reaches it through the link proxy, "
+                                  "which forwards plain TCP)"), file=sys.stderr)
         return EXIT_USAGE
     opts = RunOptions(speed=args.speed, duration_s=args.duration, broker_url=args.broker,
                       broker_kind=args.broker_kind, seed=args.seed, live=not args.no_live and sys.stdout.isatty(),
@@ -99,10 +102,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     for line in result.summary:
         print(line)
-    print(f"timeline: {result.timeline}")
+    print(_("timeline: {file}").format(file=result.timeline))
     if args.check and not result.ok:
         failed = [o for o in result.outcomes if not o.ok]
-        print(f"village sim: {len(failed)} expectation(s) failed", file=sys.stderr)
+        print("village sim: " + _("{n} expectation(s) failed").format(n=len(failed)), file=sys.stderr)
         return EXIT_FAILED
     return 0
 
@@ -113,7 +116,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     from sim.fleet import FleetError, FleetOptions, run_fleet
 
     if args.boxes < 1:
-        print("village sim fleet: --boxes must be >= 1", file=sys.stderr)
+        print("village sim fleet: " + _("--boxes must be >= 1"), file=sys.stderr)
         return EXIT_USAGE
     opts = FleetOptions(boxes=args.boxes, broker_url=args.broker, duration_s=args.duration, speed=args.speed,
                         ramp_s=args.ramp)
@@ -131,7 +134,12 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        rest = i18n.setup(sys.argv[1:] if argv is None else argv)
+    except i18n.LangError as exc:
+        print(f"village sim: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args = build_parser().parse_args(rest)
     if args.cmd == "run":
         return cmd_run(args)
     return cmd_fleet(args)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.protocol.batch import expand
 from agent.protocol.envelope import MsgClass
 from agent.protocol.topics import Topics
 
@@ -93,9 +94,17 @@ class CountyView:
 
     def take(self) -> list[Seen]:
         """What arrived since the last call."""
+        return self.take_upto()[0]
+
+    def take_upto(self) -> tuple[list[Seen], float]:
+        """What arrived since the last call, and a scenario time no later arrival can be stamped before.
+
+        Arrivals are stamped inside the lock (`_on_message`), so anything taken later has a time at least
+        this one: the plain dashboard prints every line up to it in time order."""
         with self._lock:
             new, self._new = self._new, []
-        return new
+            upto = self.scenario_time()
+        return new, upto
 
     def unique(self, box: str | None = None) -> list[Seen]:
         """Envelopes de-duplicated by id (first arrival), in arrival order."""
@@ -110,28 +119,35 @@ class CountyView:
         client.subscribe([(self.topics.all_up(), 1), (self.topics.all_state(), 1)])
 
     def _on_message(self, _client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        now, t = time.monotonic(), self.scenario_time()
+        # an uplink batch (issue 14: telemetry and events, one message a minute) as the envelopes it carries
+        for topic, payload in expand(msg.topic, bytes(msg.payload)):
+            self._one(topic, payload)
+
+    def _one(self, topic: str, payload: bytes) -> None:
         try:
-            body = json.loads(msg.payload)
+            body = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
             body = None
         if not isinstance(body, dict):
             self.bad += 1
             return
-        if (box := self.topics.parse_state(msg.topic)) is not None:
-            seen = Seen(t, now, box, "state", str(body.get("state")), body)
-        elif (up := self.topics.parse_up(msg.topic)) is not None:
-            box, cls, kind = up
-            env_id = body.get("id")
-            if not isinstance(env_id, str):
+        up = None
+        if (box := self.topics.parse_state(topic)) is None:
+            if (up := self.topics.parse_up(topic)) is None:
+                return
+            if not isinstance(body.get("id"), str):
                 self.bad += 1
                 return
-            with self._lock:
+        with self._lock:  # stamped under the lock: see take_upto
+            now, t = time.monotonic(), self.scenario_time()
+            if up is None:
+                assert box is not None
+                seen = Seen(t, now, box, "state", str(body.get("state")), body)
+            else:
+                box, cls, kind = up
+                env_id = body["id"]
                 dup = env_id in self.ids
                 self.ids.add(env_id)
-            seen = Seen(t, now, box, MsgClass(cls).wire, kind, body, dup)
-        else:
-            return
-        with self._lock:
+                seen = Seen(t, now, box, MsgClass(cls).wire, kind, body, dup)
             self.seen.append(seen)
             self._new.append(seen)

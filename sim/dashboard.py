@@ -4,24 +4,77 @@
 did (`action(...)`) and what the box did (relay clicks and link edges from the agent's STATUS= line,
 backlog from its outbox), and both renderers read only it. Relay state comes from the agent's own
 `relay=on|off` status (see sim/agentproc.py): the box's view, which the county cannot see directly.
+
+Everything a person reads goes through the catalog (agent/i18n.py) and shows things by the scenario's
+names (`Names`): cameras by name, wearers by their display label, broadcasts by title; the id beside
+them only in the wide layout. `render` picks a compact layout below 100 columns or 30 rows, so the
+dashboard fits an 80x24 terminal (tests/test_i18n_sim_pty.py runs it there in a real pty).
 """
 
 from __future__ import annotations
 
+import heapq
 import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from agent import words
+from agent.i18n import _
 from sim.countyview import Seen
 
 MAX_LOG = 12
+COMPACT_BELOW = (100, 30)  # columns, rows
+ALARM_KINDS = ("sos", "fall", "geofence_exit", "band_removed", "lost_contact")
+
+
+def clock(t_s: float) -> str:
+    """Scenario time as mm:ss (h:mm:ss past an hour): the same in every language."""
+    t = max(0, int(t_s))  # floored: 59.6 s is still minute 00
+    h, rem = divmod(t, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+@dataclass
+class Names:
+    """The scenario's names for what it holds; ids stay the keys."""
+
+    cameras: dict[str, str] = field(default_factory=dict)
+    wearers: dict[str, str] = field(default_factory=dict)  # id -> display label (never a real name)
+    broadcasts: dict[str, str] = field(default_factory=dict)  # id -> title
+    box: str = ""
+    gateway: str = ""
+
+    @staticmethod
+    def _pick(table: dict[str, str], key: str, with_id: bool) -> str:
+        name = table.get(key, "")
+        if not name or name == key:
+            return key
+        return f"{name} ({key})" if with_id else name
+
+    def camera(self, cam: str, with_id: bool = False) -> str:
+        return self._pick(self.cameras, cam, with_id)
+
+    def wearer(self, wearer: str, with_id: bool = False) -> str:
+        return self._pick(self.wearers, wearer, with_id)
+
+    def broadcast(self, cmd: str, with_id: bool = False) -> str:
+        base = cmd.removesuffix("-cancel")
+        if base != cmd and base in self.broadcasts:
+            return _("cancel of «{title}»").format(title=self._pick(self.broadcasts, base, with_id))
+        title = self.broadcasts.get(cmd, "")
+        if not title:
+            return cmd
+        return f"«{title}» ({cmd})" if with_id else f"«{title}»"
+
+    def box_name(self, box: str) -> str:
+        return f"{self.box} ({box})" if self.box else box
 
 
 @dataclass
@@ -30,8 +83,9 @@ class WearerRow:
     lat: float | None = None
     lon: float | None = None
     battery: int | None = None
-    fence: str = ""  # inside / outside (from the box's alarms/events)
-    last: str = ""  # last alarm/event kind
+    fence: str = ""  # fence id
+    outside: bool | None = None  # from the box's geofence alarms/events
+    last: str = ""  # last alarm/event kind (a code; shown in words)
     last_t: float | None = None
 
 
@@ -48,27 +102,42 @@ class VillageState:
     agent_runs: int = 0
     mqtt_version: str | None = None
     link: str = "up"  # the proxy's view: up / down / shaped
+    link_detail: str = ""  # shaped: "80 ms, loss 0.02"
     link_up_agent: bool = False
     backlog: int | None = None
     backlog_max: int = 0
     relay: str = "off"
     relay_clicks: int = 0
     playing: str = ""
+    names: Names = field(default_factory=Names)
+    title: str = ""  # the scenario's description, shown in the wide header
     wearers: dict[str, WearerRow] = field(default_factory=dict)
     cameras: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (twin mode, reported state)
-    broadcasts: dict[str, str] = field(default_factory=dict)  # id -> last receipt state
-    alarms: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+    camera_reasons: dict[str, str] = field(default_factory=dict)  # id -> the reported state's reason code
+    broadcasts: dict[str, str] = field(default_factory=dict)  # id -> last receipt state (a code)
+    broadcast_reasons: dict[str, str] = field(default_factory=dict)  # id -> that receipt's reason code
+    alarms: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=8))  # (t, kind, subject)
     log: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_LOG))
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # unique envelopes by class (as the summary counts)
+
+    def subject(self, data: dict[str, Any], with_id: bool = False) -> str:
+        if isinstance(data.get("wearer"), str):
+            return self.names.wearer(data["wearer"], with_id)
+        if isinstance(data.get("camera"), str):
+            return self.names.camera(data["camera"], with_id)
+        if isinstance(data.get("gateway"), str):
+            return _("gateway {name}").format(name=data["gateway"])
+        return self.names.box_name(self.box) if with_id else (self.names.box or self.box)
 
     def apply(self, s: Seen) -> str | None:
         """Fold one county message in; returns a line worth printing (None for routine telemetry)."""
-        self.counts[s.cls] = self.counts.get(s.cls, 0) + 1
         if s.cls == "state":
             self.box_state = s.kind
-            return f"county: box {s.box} {s.kind}"
+            return _("county: box {box} is {state}").format(box=self.names.box_name(s.box),
+                                                             state=words.state(s.kind))
         if s.duplicate:
             return None
+        self.counts[s.cls] = self.counts.get(s.cls, 0) + 1
         data: dict[str, Any] = s.envelope.get("data") or {}
         wearer = data.get("wearer")
         if isinstance(wearer, str):
@@ -78,47 +147,68 @@ class VillageState:
                 row.lat, row.lon = pos.get("lat"), pos.get("lon")
             if isinstance(data.get("battery_pct"), int):
                 row.battery = data["battery_pct"]
-            if s.kind == "geofence_exit":
-                row.fence = f"OUT {data.get('fence', '')}"
-            elif s.kind == "geofence_enter":
-                row.fence = f"in {data.get('fence', '')}"
+            if s.kind in ("geofence_exit", "geofence_enter"):
+                row.fence, row.outside = str(data.get("fence", "")), s.kind == "geofence_exit"
             if s.cls != "telemetry":
                 row.last, row.last_t = s.kind, s.t_s
         if s.kind == "camera":
             cam = str(data.get("camera"))
             self.cameras[cam] = (self.cameras.get(cam, ("?", ""))[0], str(data.get("state")))
-        if s.kind == "heartbeat":
+            self.camera_reasons[cam] = str(data.get("reason") or "")
+        if s.kind == "heartbeat" or s.cls == "telemetry":
             return None
         if s.cls == "receipt":
             cmd = str(data.get("cmd"))
-            self.broadcasts[cmd] = str(data.get("state")) + (f" ({data['reason']})" if data.get("reason") else "")
-            return f"county: receipt {cmd} {self.broadcasts[cmd]}"
-        if s.cls == "telemetry":
-            return None
-        keys = ("wearer", "camera", "state", "fence", "gateway")
-        what = f"{s.cls} {s.kind} " + " ".join(f"{k}={data[k]}" for k in keys if isinstance(data.get(k), str))
+            self.broadcasts[cmd] = str(data.get("state"))
+            self.broadcast_reasons[cmd] = str(data.get("reason") or "")
+            return _("county: broadcast {title}: {state}").format(
+                title=self.names.broadcast(cmd), state=words.state_reason(self.broadcasts[cmd], data.get("reason")))
+        who = self.subject(data)
         if s.cls == "alarm":
-            self.alarms.appendleft(f"t={s.t_s:5.0f}s {s.kind} {wearer or data.get('camera') or ''}")
-        return f"county: {what.strip()}"
+            self.alarms.appendleft((s.t_s, s.kind, who))
+        if s.kind == "camera":
+            return _("county: camera {name}: {state}").format(
+                name=who, state=words.state_reason(str(data.get("state")), data.get("reason")))
+        if s.kind in ("geofence_exit", "geofence_enter"):
+            return _("county: {kind}: {who} (fence {fence})").format(kind=words.kind(s.kind), who=who,
+                                                                     fence=data.get("fence", ""))
+        if s.kind == "geofence_state":
+            return _("county: {kind}: {who} {state} (fence {fence})").format(
+                kind=words.kind(s.kind), who=who, state=words.state(data.get("state")), fence=data.get("fence", ""))
+        if s.cls == "alarm":
+            return _("county: ALARM {kind}: {who}").format(kind=words.kind(s.kind), who=who)
+        return _("county: {kind}: {who}").format(kind=words.kind(s.kind), who=who)
 
-    def note(self, line: str) -> None:
-        self.log.appendleft(f"t={self.t_s:5.0f}s {line}")
+    def note(self, line: str, t_s: float | None = None) -> None:
+        self.log.appendleft(f"{clock(self.t_s if t_s is None else t_s)} {line}")
 
 
 class PlainDashboard:
-    """One line per thing that happened, with its scenario time. For CI logs and pipes."""
+    """One line per thing that happened, with its scenario time, in time order. For CI logs and pipes.
+
+    Lines are held until `release(t)` says nothing earlier can still come (the runner knows: the county
+    view's arrival clock and the next scenario item), then printed sorted by time; the rest at exit."""
 
     def __init__(self, out: TextIO = sys.stdout) -> None:
         self.out = out
+        self._held: list[tuple[float, int, str]] = []
+        self._order = 0
 
     def __enter__(self) -> PlainDashboard:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release(float("inf"))
         self.out.flush()
 
-    def line(self, state: VillageState, text: str) -> None:
-        print(f"[t={state.t_s:6.1f}s] {text}", file=self.out, flush=True)
+    def line(self, state: VillageState, text: str, t_s: float | None = None) -> None:
+        self._order += 1
+        heapq.heappush(self._held, (state.t_s if t_s is None else t_s, self._order, text))
+
+    def release(self, upto: float) -> None:
+        while self._held and self._held[0][0] <= upto:
+            t, _order, text = heapq.heappop(self._held)
+            print(f"[{clock(t)}] {text}", file=self.out, flush=True)
 
     def refresh(self, state: VillageState) -> None:
         return None
@@ -138,56 +228,158 @@ class LiveDashboard:
     def __exit__(self, *exc: object) -> None:
         self.live.__exit__(None, None, None)
 
-    def line(self, state: VillageState, text: str) -> None:
-        state.note(text)
+    def line(self, state: VillageState, text: str, t_s: float | None = None) -> None:
+        state.note(text, t_s)
+
+    def release(self, upto: float) -> None:
+        return None
 
     def refresh(self, state: VillageState) -> None:
-        self.live.update(render(state), refresh=True)
+        width, height = self.console.size
+        self.live.update(render(state, width, height), refresh=True)
 
 
-def render(state: VillageState) -> Group:
-    head = Table.grid(expand=True)
+# ---- drawing ---------------------------------------------------------------------------------------
+
+def _agent_words(state: VillageState) -> str:
+    running = _("running") if state.agent_running else _("DOWN")
+    return _("agent {running} (start {runs}, MQTT {mqtt})").format(running=running, runs=state.agent_runs,
+                                                                   mqtt=state.mqtt_version or "-")
+
+
+def _link_words(state: VillageState) -> Text:
+    style = "green" if state.link == "up" else "bold red" if state.link == "down" else "yellow"
+    value = {"up": _("up"), "down": _("DOWN")}.get(state.link) or _("slow ({detail})").format(
+        detail=state.link_detail)
+    return Text(_("4G link: {state}").format(state=value), style=style)
+
+
+def _relay_text(state: VillageState) -> Text:
+    on = state.relay == "on"
+    return (Text(_("amplifier") + " ") + Text(_("ON") if on else _("off"), style="bold green" if on else "dim")
+            + Text(" " + _("({n} clicks)").format(n=state.relay_clicks)))
+
+
+def _backlog_words(state: VillageState) -> str:
+    return _("backlog {n} (max {max})").format(n=state.backlog if state.backlog is not None else "-",
+                                               max=state.backlog_max)
+
+
+def _wearer_cells(state: VillageState, w: WearerRow, with_id: bool) -> tuple[str, str, str, str, Text]:
+    pos = f"{w.lat:.5f},{w.lon:.5f}" if w.lat is not None and w.lon is not None else "-"
+    battery = f"{w.battery}%" if w.battery is not None else "-"
+    if w.outside is None:
+        fence = ""
+    else:
+        fence = (_("outside {fence}") if w.outside else _("inside {fence}")).format(fence=w.fence)
+    last = f"{words.kind(w.last)} {clock(w.last_t)}" if w.last_t is not None else ""
+    style = "bold red" if w.last in ALARM_KINDS else ""
+    return state.names.wearer(w.id, with_id), pos, battery, fence, Text(last, style=style)
+
+
+def _camera_state(state: VillageState, cam: str) -> str:
+    reported = state.cameras.get(cam, ("", ""))[1]
+    return words.state_reason(reported, state.camera_reasons.get(cam)) if reported else "-"
+
+
+def _broadcast_state(state: VillageState, bid: str) -> str:
+    return words.state_reason(state.broadcasts[bid], state.broadcast_reasons.get(bid))
+
+
+def _progress(state: VillageState, bar_width: int) -> Text:
+    frac = min(1.0, state.t_s / state.duration_s) if state.duration_s else 1.0
+    bar = "█" * int(frac * bar_width) + "░" * (bar_width - int(frac * bar_width))
+    return Text(f"{clock(state.t_s)} / {clock(state.duration_s)} {bar} x{state.speed:g}")
+
+
+def _counts(state: VillageState) -> str:
+    parts = [f"{words.cls(k)} {v}" for k, v in sorted(state.counts.items())]
+    return _("county received: {counts}").format(counts="  ".join(parts) or "-")
+
+
+def render(state: VillageState, width: int = 140, height: int = 60) -> RenderableType:
+    if width < COMPACT_BELOW[0] or height < COMPACT_BELOW[1]:
+        return render_compact(state, width, height)
+    return render_wide(state)
+
+
+def render_wide(state: VillageState) -> Group:
+    head = Table.grid(expand=True, padding=(0, 2))
     head.add_row(
-        Text(f"村村响 village sim: {state.scenario}", style="bold"),
-        Text(f"box {state.box}: {state.box_state}  agent {'running' if state.agent_running else 'DOWN'}"
-             f" (run {state.agent_runs}, MQTT {state.mqtt_version or '-'})"),
+        Text(_("Village sim: {name}").format(name=state.title or state.scenario), style="bold"),
+        Text(_("box {box}: {state}").format(box=state.names.box_name(state.box), state=words.state(state.box_state))
+             + "  " + _agent_words(state)),
     )
-    link_style = "green" if state.link == "up" else "bold red" if state.link == "down" else "yellow"
     head.add_row(
-        Text(f"4G link: {state.link}", style=link_style)
-        + Text(f"   agent link {'connected' if state.link_up_agent else 'not connected'}"),
-        Text(f"backlog {state.backlog if state.backlog is not None else '-'} (max {state.backlog_max})   relay ")
-        + Text(state.relay.upper(), style="bold green" if state.relay == "on" else "dim")
-        + Text(f" ({state.relay_clicks} clicks)"),
+        _link_words(state) + Text("   " + (_("agent link connected") if state.link_up_agent
+                                           else _("agent link not connected"))),
+        Text(_backlog_words(state) + "   ") + _relay_text(state),
     )
 
-    wearers = Table(title="wearers", expand=True)
-    for col in ("id", "position", "battery", "fence", "last"):
+    wearers = Table(title=_("wearers"), expand=True)
+    for col in (_("who"), _("position"), _("battery"), _("fence"), _("last")):
         wearers.add_column(col)
     for w in state.wearers.values():
-        pos = f"{w.lat:.5f},{w.lon:.5f}" if w.lat is not None and w.lon is not None else "-"
-        last = f"{w.last} @{w.last_t:.0f}s" if w.last_t is not None else ""
-        wearers.add_row(w.id, pos, f"{w.battery}%" if w.battery is not None else "-", w.fence,
-                        Text(last, style="bold red" if w.last in ("sos", "fall", "geofence_exit") else ""))
+        wearers.add_row(*_wearer_cells(state, w, with_id=True))
 
-    side = Table(title="cameras / broadcasts", expand=True)
-    side.add_column("what")
-    side.add_column("state")
-    for cam, (mode, reported) in state.cameras.items():
-        side.add_row(f"cam {cam} (twin {mode})", Text(reported or "-", style="red" if reported == "offline" else ""))
-    for bid, st in state.broadcasts.items():
-        side.add_row(f"broadcast {bid}", st)
+    side = Table(title=_("cameras / broadcasts"), expand=True)
+    side.add_column(_("what"))
+    side.add_column(_("state"))
+    for cam, (_mode, reported) in state.cameras.items():
+        side.add_row(_("camera {name}").format(name=state.names.camera(cam, with_id=True)),
+                     Text(_camera_state(state, cam), style="red" if reported == "offline" else ""))
+    for bid in state.broadcasts:
+        side.add_row(_("broadcast {title}").format(title=state.names.broadcast(bid, with_id=True)),
+                     _broadcast_state(state, bid))
 
     grid = Table.grid(expand=True)
     grid.add_column(ratio=3)
     grid.add_column(ratio=2)
     grid.add_row(wearers, side)
 
-    alarms = Text("\n".join(state.alarms) or "none", style="red")
+    alarms = Text("\n".join(f"{clock(t)} " + _("{what}: {value}").format(what=words.kind(k), value=who)
+                            for t, k, who in state.alarms) or _("none"),
+                  style="red")
     log = Text("\n".join(state.log))
-    frac = min(1.0, state.t_s / state.duration_s) if state.duration_s else 1.0
-    bar = "█" * int(frac * 40) + "░" * (40 - int(frac * 40))
-    counts = "  ".join(f"{k} {v}" for k, v in sorted(state.counts.items()))
-    progress = Text(f"t={state.t_s:5.0f}s / {state.duration_s:.0f}s  {bar}  x{state.speed:g}   county: {counts}")
-    return Group(Panel(head), grid, Panel(alarms, title="alarms (latest first)"), Panel(log, title="what happened"),
-                 progress)
+    progress = _progress(state, 40) + Text("   " + _counts(state))
+    return Group(Panel(head), grid, Panel(alarms, title=_("alarms (latest first)")),
+                 Panel(log, title=_("what happened")), progress)
+
+
+def render_compact(state: VillageState, width: int, height: int) -> Group:
+    """One line per thing, most important first, each cut to the width (never wrapped into the next)."""
+    lines: list[Text] = []
+    sep = Text("  ")
+
+    def add(*parts: Text | str, style: str = "") -> None:
+        line = Text(style=style)
+        for i, part in enumerate(parts):
+            if i:
+                line.append_text(sep)
+            line.append_text(part if isinstance(part, Text) else Text(part))
+        line.no_wrap, line.overflow = True, "ellipsis"
+        line.truncate(width, overflow="ellipsis")
+        lines.append(line)
+
+    add(Text(_("Village sim: {name}").format(name=state.names.box or state.scenario), style="bold"),
+        _("box {state}").format(state=words.state(state.box_state)), _agent_words(state))
+    add(_link_words(state), _backlog_words(state), _relay_text(state))
+    add(_progress(state, max(10, min(30, width - 40))))
+    add(Text(_("wearers"), style="bold underline"))
+    for w in state.wearers.values():
+        who, _pos, battery, fence, last = _wearer_cells(state, w, with_id=False)
+        add(" " + who, battery, fence or "-", last)
+    if state.cameras or state.broadcasts:
+        add(Text(_("cameras / broadcasts"), style="bold underline"))
+    for cam, (_mode, reported) in state.cameras.items():
+        add(Text(" " + _("camera {name}").format(name=state.names.camera(cam))),
+            Text(_camera_state(state, cam), style="red" if reported == "offline" else ""))
+    for bid in state.broadcasts:
+        add(" " + _("broadcast {title}").format(title=state.names.broadcast(bid)), _broadcast_state(state, bid))
+    add(_counts(state))
+    room = height - 1 - len(lines)  # the last row stays free: Live's cursor sits there
+    if room >= 2:
+        add(Text(_("what happened"), style="bold underline"))
+        for entry in list(state.log)[:room - 1]:
+            add(" " + entry, style="red" if any(words.kind(k) in entry for k in ALARM_KINDS) else "")
+    return Group(*lines[:max(1, height - 1)])

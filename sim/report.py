@@ -17,13 +17,17 @@ happen in the same second may reach the outbox in either order on a busy machine
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import words
+from agent.i18n import N_, _
 from sim.countyview import Seen
-from sim.scenario import Expect, Scenario
+from sim.dashboard import Names, clock
+from sim.scenario import Action, Expect, Scenario
 
 SUBJECT_KEYS = ("wearer", "camera", "cmd", "gateway")
 
@@ -88,10 +92,11 @@ def check(scenario: Scenario, seen: list[Seen], *, relay_clicks: list[tuple[floa
     for e in scenario.expects:
         if e.kind == "no_loss":
             ok = loss is not None and loss.ok
-            out.append(Outcome(e, ok, loss.describe() if loss is not None else "not measured"))
+            out.append(Outcome(e, ok, loss.describe() if loss is not None else _("not measured")))
             continue
         if e.kind == "link_fallback_311":
-            out.append(Outcome(e, mqtt_version == "3.1.1", f"agent spoke MQTT {mqtt_version}"))
+            out.append(Outcome(e, mqtt_version == "3.1.1",
+                               _("the agent spoke MQTT {version}").format(version=mqtt_version)))
             continue
         if e.kind in ("relay_on", "relay_off"):
             times = [t for t, state in relay_clicks if state == e.kind.removeprefix("relay_")]
@@ -99,8 +104,9 @@ def check(scenario: Scenario, seen: list[Seen], *, relay_clicks: list[tuple[floa
             times = [s.t_s for s in seen if _matches(e, s)]
         n = sum(1 for t in times if e.by_s is None or t <= e.by_s)
         ok = (e.count is None or n == e.count) and (e.min_count is None or n >= e.min_count)
-        when = ", ".join(f"t={t:.0f}s" for t in times[:6]) + (" ..." if len(times) > 6 else "")
-        out.append(Outcome(e, ok, f"{n} in time" + (f" ({when})" if times else "")))
+        when = ", ".join(clock(t) for t in times[:6]) + (" ..." if len(times) > 6 else "")
+        got = _("{n} in time").format(n=n)
+        out.append(Outcome(e, ok, got + (f" ({when})" if times else "")))
     return out
 
 
@@ -118,8 +124,12 @@ class LossReport:
         return self.last_seq is not None and self.backlog == 0 and not self.missing
 
     def describe(self) -> str:
-        miss = f"{len(self.missing)} missing (first {list(self.missing[:5])})" if self.missing else "none missing"
-        return f"seq 1..{self.last_seq}: {miss}; backlog {self.backlog}; {self.duplicates} duplicate(s) de-duplicated"
+        if self.missing:
+            miss = _("{n} missing (first {first})").format(n=len(self.missing), first=list(self.missing[:5]))
+        else:
+            miss = _("none missing")
+        return _("seq 1..{last}: {missing}; backlog {backlog}; {dups} duplicate(s) de-duplicated").format(
+            last=self.last_seq, missing=miss, backlog=self.backlog, dups=self.duplicates)
 
 
 def loss_report(box: str, seen: list[Seen], last_seq: int | None, backlog: int | None) -> LossReport:
@@ -129,35 +139,153 @@ def loss_report(box: str, seen: list[Seen], last_seq: int | None, backlog: int |
     return LossReport(last_seq, backlog, missing, dups)
 
 
+def names_for(scenario: Scenario) -> Names:
+    """The scenario's names: cameras, wearers' display labels, broadcast titles, the box and its gateway."""
+    return Names(
+        cameras={c.id: c.name for c in scenario.cameras if c.name},
+        wearers={w.id: w.label for w in scenario.wearers if w.label},
+        broadcasts={a.id: a.title for a in scenario.actions if a.do == "broadcast" and a.id and a.title},
+        box=scenario.box.name, gateway=scenario.gateway.name)
+
+
+CAMERA_MODES = {
+    "healthy": N_("works again"), "unreachable": N_("loses power (unreachable)"), "hung": N_("hangs"),
+    "unauthorized": N_("refuses the password"), "not_found": N_("loses its stream path"),
+    "slow": N_("answers slowly"), "flapping": N_("keeps dropping out"),
+}
+BROADCAST_CLASSES = {"emergency": N_("emergency"), "daily": N_("daily"), "drill": N_("drill")}
+
+
+def describe_action(a: Action, names: Names) -> str:
+    """A scenario action in words, by names (the timeline keeps `Action.describe()`, the machine form)."""
+    who = names.wearer(a.wearer) if a.wearer else ""
+    simple = {
+        "sos": N_("{who} presses SOS"), "fall": N_("{who} falls"), "remove_band": N_("{who} takes the band off"),
+        "silence": N_("{who}'s band goes silent"), "unsilence": N_("{who}'s band reports again"),
+        "noise": N_("the gateway line picks up noise"), "unplug": N_("the gateway is unplugged"),
+        "replug": N_("the gateway is plugged back in"), "link_up": N_("the 4G link comes back"),
+    }
+    if a.do in simple:
+        return _(simple[a.do]).format(who=who)
+    if a.do == "drain":
+        return _("{who}'s battery drops to {pct}%").format(who=who, pct=a.pct)
+    if a.do == "camera":
+        mode = CAMERA_MODES.get(a.mode or "")
+        return _("camera {name} {what}").format(name=names.camera(a.camera or ""),
+                                                 what=_(mode) if mode else a.mode)
+    if a.do == "link_down":
+        return _("the 4G link drops for {s:g} s").format(s=a.for_s)
+    if a.do == "link_shape":
+        return _("the 4G link slows: {ms:g} ms, loss {loss:.0%}").format(ms=a.latency_ms or 0, loss=a.loss or 0)
+    if a.do == "link_stall":
+        return _("the 4G link stalls for {s:g} s").format(s=a.for_s)
+    if a.do == "power_cut":
+        return _("power cut for {s:g} s").format(s=a.for_s)
+    if a.do == "broadcast":
+        cls = BROADCAST_CLASSES.get(a.cls)
+        return _("the county pushes broadcast {title} ({cls})").format(title=names.broadcast(a.id or ""),
+                                                                      cls=_(cls) if cls else a.cls)
+    if a.do == "cancel":
+        return _("the county cancels broadcast {title}").format(title=names.broadcast(a.id or ""))
+    return a.describe()
+
+
+def describe_expect(e: Expect, names: Names) -> str:
+    """An [[expect]] in words, by names: "SOS, 在家的奶奶, 恰好 1 次, 03:00 前"."""
+    special = {"no_loss": _("nothing lost"), "relay_on": _("amplifier relay on"),
+               "relay_off": _("amplifier relay off"), "link_fallback_311": _("link falls back to MQTT 3.1.1")}
+    parts = [special.get(e.kind) or words.kind(e.kind)]
+    if e.wearer is not None:
+        parts.append(names.wearer(e.wearer))
+    if e.camera is not None:
+        parts.append(names.camera(e.camera))
+    if e.cmd is not None:
+        parts.append(names.broadcast(e.cmd))
+    if e.state is not None:
+        parts.append(words.state(e.state))
+    if e.reason is not None:
+        parts.append(words.reason(e.reason))
+    if e.count is not None:
+        parts.append(_("exactly {n}").format(n=e.count))
+    elif e.min_count is not None:
+        parts.append(_("at least {n}").format(n=e.min_count))
+    if e.by_s is not None:
+        parts.append(_("by {t}").format(t=clock(e.by_s)))
+    return _(", ").join(parts)
+
+
 def summary(scenario: Scenario, seen: list[Seen], outcomes: list[Outcome], *, duration_s: float, speed: float,
             wall_s: float,
             relay_clicks: list[tuple[float, str]], agent_runs: int, mqtt_version: str | None,
-            loss: LossReport | None, max_backlog: int, broker: str) -> list[str]:
+            loss: LossReport | None, max_backlog: int, broker: str, started: float | None = None) -> list[str]:
+    """The closing summary: one thing per line, by names, with the final state of every camera and broadcast
+    (what the dashboard's last frame shows: both fold the same de-duplicated messages in arrival order)."""
+    names = names_for(scenario)
     unique = [s for s in seen if s.cls != "state" and not s.duplicate]
     by_class = Counter(s.cls for s in unique)
+    meta = scenario.scenario
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started is not None else "-"
     lines = [
-        f"scenario {scenario.scenario.name}: {duration_s:g} s at x{speed:g} in {wall_s:.0f} s wall "
-        f"(seed {scenario.scenario.seed}, broker {broker}, agent MQTT {mqtt_version}, {agent_runs} agent run(s))",
-        "county received: " + ", ".join(f"{n} {c}" for c, n in sorted(by_class.items()))
-        + f" ({sum(1 for s in seen if s.duplicate)} duplicate(s) by id)",
+        _("Scenario {name}: {duration} of village time at x{speed:g} in {wall:.0f} s, started {when} "
+          "(local time)").format(name=meta.description or meta.name, duration=clock(duration_s), speed=speed,
+                                 wall=wall_s, when=when),
+        "  " + _("seed {seed}, broker {broker}, MQTT {mqtt}, agent started {runs} time(s)").format(
+            seed=meta.seed, broker=broker, mqtt=mqtt_version or "-", runs=agent_runs),
+        _("County received: {counts} ({dups} duplicate(s) by id)").format(
+            counts=_(", ").join(f"{words.cls(c)} {n}" for c, n in sorted(by_class.items())) or "-",
+            dups=sum(1 for s in seen if s.duplicate)),
     ]
     alarms = [s for s in unique if s.cls == "alarm"]
     if alarms:
-        lines.append("alarms: " + "; ".join(f"t={s.t_s:.0f}s {s.kind} {subject(s)}" for s in alarms[:12]))
-    cams = [s for s in unique if s.kind == "camera"]
+        lines.append(_("Alarms:"))
+        for s in alarms[:12]:
+            lines.append(f"  {clock(s.t_s)} " + _("{what}: {value}").format(what=words.kind(s.kind),
+                                                                         value=_who(s, names)))
+    cams: dict[str, list[Seen]] = {c.id: [] for c in scenario.cameras}
+    for s in unique:
+        if s.kind == "camera":
+            cams.setdefault(str(s.envelope["data"].get("camera")), []).append(s)
     if cams:
-        lines.append("cameras: " + "; ".join(f"t={s.t_s:.0f}s {s.envelope['data'].get('camera')} "
-                                            f"{s.envelope['data'].get('state')}" for s in cams[:12]))
-    receipts = [s for s in unique if s.cls == "receipt"]
+        lines.append(_("Cameras (final state, then the changes):"))
+        for cam, changes in cams.items():
+            last = changes[-1].envelope["data"] if changes else {}
+            final = words.state_reason(last.get("state"), last.get("reason")) if changes else _("no report")
+            steps = _(", ").join(f"{clock(c.t_s)} {words.state(c.envelope['data'].get('state'))}"
+                                 for c in changes[:8])
+            lines.append("  " + _("{what}: {value}").format(what=names.camera(cam, with_id=True), value=final)
+                         + (f"  [{steps}]" if steps else ""))
+    receipts: dict[str, list[Seen]] = {}
+    for s in unique:
+        if s.cls == "receipt":
+            receipts.setdefault(str(s.envelope["data"].get("cmd")), []).append(s)
     if receipts:
-        lines.append("receipts: " + "; ".join(f"{s.envelope['data'].get('cmd')}={s.envelope['data'].get('state')}"
-                                             for s in receipts[:16]))
-    clicks = " ".join(f"{state}@{t:.0f}s" for t, state in relay_clicks)
-    lines.append(f"relay: {len(relay_clicks)} click(s) {clicks}".rstrip())
-    lines.append(f"backlog: max {max_backlog} queued in the box; " + (loss.describe() if loss else "not measured"))
+        lines.append(_("Broadcasts (final state, then the receipts):"))
+        for cmd, rs in receipts.items():
+            last = rs[-1].envelope["data"]
+            steps = " → ".join(words.state(r.envelope["data"].get("state")) for r in rs[:10])
+            final = words.state_reason(last.get("state"), last.get("reason"))
+            lines.append("  " + _("{what}: {value}").format(what=names.broadcast(cmd, with_id=True), value=final)
+                         + f"  [{steps}]")
+    on, off = _("on"), _("off")
+    clicks = _(", ").join(f"{on if st == 'on' else off} {clock(t)}" for t, st in relay_clicks)
+    relay = _("Amplifier relay: {n} click(s)").format(n=len(relay_clicks))
+    lines.append(_("{what}: {value}").format(what=relay, value=clicks) if clicks else relay)
+    lines.append(_("Backlog: at most {n} queued in the box; {loss}").format(
+        n=max_backlog, loss=loss.describe() if loss else _("not measured")))
     for o in outcomes:
-        lines.append(f"{'PASS' if o.ok else 'FAIL'} expect {o.expect.describe()}: {o.got}")
+        verdict = _("PASS") if o.ok else _("FAIL")
+        lines.append(_("{verdict} expected: {what}: {got}").format(verdict=verdict,
+                                                                   what=describe_expect(o.expect, names), got=o.got))
     return lines
+
+
+def _who(s: Seen, names: Names) -> str:
+    data = s.envelope.get("data") or {}
+    if isinstance(data.get("wearer"), str):
+        return names.wearer(data["wearer"], with_id=True)
+    if isinstance(data.get("camera"), str):
+        return names.camera(data["camera"], with_id=True)
+    return names.box_name(s.box)
 
 
 def write_timeline(path: Path, lines: list[str]) -> None:

@@ -68,6 +68,7 @@ class Meta:
 @dataclass(frozen=True, slots=True)
 class BoxSpec:
     id: str = "sim-box-001"
+    name: str = ""  # shown on the dashboard and in the summary beside the id
     groups: tuple[str, ...] = ("town-sim",)
     heartbeat_s: float = field(default=60.0, metadata={"check": positive})  # scenario seconds
     clock_offset_s: float = 0.0  # the agent's wall clock is this far off (VILLAGE_CLOCK_OFFSET_S)
@@ -82,6 +83,7 @@ class BoxSpec:
 class GatewaySpec:
     codec: Literal["watch"] = "watch"  # the twin scenario wearers walk through (watch frames carry GPS)
     link: Literal["pty", "tcp"] = "pty"
+    name: str = ""  # shown on the dashboard
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,7 @@ class WearerSpec:
     jitter_m: float = field(default=5.0, metadata={"check": non_negative})
     battery_pct: int = 100
     fences: tuple[str, ...] = ()
+    label: str = ""  # the display label on the dashboard and in the summary: a role, never a real name
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from agent.i18n import _
 from agent.keys import new_keypair
 from agent.protocol.jws import load_private_key
 from agent.protocol.topics import Topics
@@ -39,7 +40,18 @@ from sim.cameras import Mode, SimCamera
 from sim.countyview import CountyView, CountyViewError, Seen
 from sim.dashboard import LiveDashboard, PlainDashboard, VillageState, WearerRow
 from sim.netem import NetemProxy
-from sim.report import LossReport, Outcome, canonical, check, loss_report, summary, timeline_lines, write_timeline
+from sim.report import (
+    LossReport,
+    Outcome,
+    canonical,
+    check,
+    describe_action,
+    loss_report,
+    names_for,
+    summary,
+    timeline_lines,
+    write_timeline,
+)
 from sim.scenario import Action, Scenario
 from sim.wristband import GatewayTwin, SimWearer
 
@@ -97,6 +109,7 @@ class _Item:
     order: int
     what: str = field(compare=False)
     run: Callable[[], Any] = field(compare=False)
+    label: str = field(default="", compare=False)  # what the dashboard says (translated); "" = say nothing
 
 
 class Village:
@@ -107,7 +120,10 @@ class Village:
         self.duration_s = opts.duration_s or scenario.scenario.duration_s
         self.seed = opts.seed if opts.seed is not None else scenario.scenario.seed
         self.topics = Topics()
-        self.state = VillageState(scenario.scenario.name, scenario.box.id, self.duration_s, self.speed, "")
+        self.state = VillageState(scenario.scenario.name, scenario.box.id, self.duration_s, self.speed, "",
+                                  names=names_for(scenario), title=scenario.scenario.description)
+        self._pending_t = 0.0  # the time of the next scenario item not yet said (plain lines wait for it)
+        self._wall_start = time.time()
         self.actions_done: list[dict[str, Any]] = []
         self.box_events: list[dict[str, Any]] = []
         self._t0: float | None = None
@@ -131,9 +147,9 @@ class Village:
         assert self._t0 is not None
         await asyncio.sleep(max(0.0, self._t0 + t_s / self.speed - time.monotonic()))
 
-    def _at(self, t_s: float, what: str, run: Callable[[], Any]) -> None:
+    def _at(self, t_s: float, what: str, run: Callable[[], Any], label: str = "") -> None:
         self._order += 1
-        heapq.heappush(self._queue, _Item(t_s, self._order, what, run))
+        heapq.heappush(self._queue, _Item(t_s, self._order, what, run, label))
 
     # ---- the run -----------------------------------------------------------------------------------
 
@@ -141,12 +157,13 @@ class Village:
         if not self.opts.external:
             return
         if self.opts.broker_url is None:
-            raise SimError("--external-box needs --broker: the county broker the real box talks to")
+            raise SimError(_("--external-box needs --broker: the county broker the real box talks to"))
         local_only = {"link_down", "link_up", "link_shape", "link_stall", "power_cut"}
         if bad := sorted({a.do for a in self.sc.actions} & local_only):
-            raise SimError(f"--external-box: the scenario does {', '.join(bad)}, which needs the local agent")
+            raise SimError(_("--external-box: the scenario does {actions}, which needs the local agent").format(
+                actions=", ".join(bad)))
         if self.opts.key_file is None and any(a.do in ("broadcast", "cancel") for a in self.sc.actions):
-            raise SimError("--external-box: broadcasts need --key FILE --kid ID (a county key the box trusts)")
+            raise SimError(_("--external-box: broadcasts need --key FILE --kid ID (a county key the box trusts)"))
 
     async def run(self) -> RunResult:
         self._refuse_for_external()
@@ -219,7 +236,7 @@ class Village:
             if self.county_server is not None:
                 seqs = [int(x.envelope.get("seq", 0)) for x in county.unique(sc.box.id)]
                 if not await asyncio.to_thread(self.county_server.settle, sc.box.id, max(seqs, default=None)):
-                    self._say("county server: it had not stored everything the county view saw when stopped")
+                    self._say(_("county server: it had not stored everything the county view saw when stopped"))
                 await asyncio.to_thread(self.county_server.stop)
             await asyncio.to_thread(county.stop)
         return self._finish(workdir, county, loss, time.monotonic() - wall0, broker_name)
@@ -231,17 +248,17 @@ class Village:
         if not self.opts.county:
             return
         if not county_installed():
-            raise SimError("--county: the county server is not installed (pip install 'village-edge[county]')")
+            raise SimError(_("--county: the county server is not installed (pip install 'village-edge[county]')"))
         if broker_name == "amqtt":
-            self._say("county server not started: it needs MQTT 5 shared subscriptions, which amqtt lacks "
-                      "(install mosquitto)")
+            self._say(_("county server not started: it needs MQTT 5 shared subscriptions, which amqtt lacks "
+                        "(install mosquitto)"))
             return
         server = CountyServer(workdir, url, key_path, self.kid, self.sc.scenario.name, self.sc.scenario.description,
                               self.sc.box.id, tuple(self.sc.box.groups))
         try:
             self.county_server = await asyncio.to_thread(server.start)
         except (RuntimeError, OSError) as exc:  # CountyServer.start says what failed
-            raise SimError(f"county server: {exc}") from exc
+            raise SimError(_("county server: {error}").format(error=exc)) from exc
         self._say(server.banner())
 
     async def _run_local(self, workdir: Path, pub_path: Path, cams: list[dict[str, Any]]) -> LossReport | None:
@@ -271,20 +288,23 @@ class Village:
             await asyncio.sleep(0.3)  # the retained "offline" state reaches the county view
             self._fold(self.county.take())
             watcher.cancel()
+        self._final_frame()
         return loss
 
     async def _run_external(self, cams: list[dict[str, Any]]) -> None:
         """Rehearsal: the box is real. Only the twins and the county view run here (docs/simulator.md)."""
         box = self.sc.box.id
-        self._say(f"external box {box}: point its [[gateway]] url at {self.twin.url}")
+        self._say(_("external box {box}: point its [[gateway]] url at {url}").format(box=box, url=self.twin.url))
         for cam in cams:
-            self._say(f"camera twin {cam['id']}: {cam['rtsp']} (credentials in {cam['credentials']})")
-        self._say(f"waiting up to {self.opts.connect_timeout_s:g} s for {box} to be online at the county broker")
+            self._say(_("camera twin {name}: {url} (credentials in {file})").format(
+                name=self.state.names.camera(cam["id"], with_id=True), url=cam["rtsp"], file=cam["credentials"]))
+        self._say(_("waiting up to {s:g} s for {box} to be online at the county broker").format(
+            s=self.opts.connect_timeout_s, box=box))
         deadline = time.monotonic() + self.opts.connect_timeout_s
         while not any(s.cls == "state" and s.box == box and s.kind == "online" for s in list(self.county.seen)):
             if time.monotonic() > deadline:
-                raise SimError(f"box {box} did not show up online at the broker within "
-                               f"{self.opts.connect_timeout_s:g} s")
+                raise SimError(_("box {box} did not show up online at the broker within {s:g} s").format(
+                    box=box, s=self.opts.connect_timeout_s))
             await asyncio.sleep(0.2)
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
@@ -294,6 +314,7 @@ class Village:
             await asyncio.sleep(max(2.0, self.sc.scenario.drain_s / self.speed))  # what was sent arrives
             self._fold(self.county.take())
             watcher.cancel()
+        self._final_frame()
         return None
 
     def _box_running(self) -> bool:
@@ -307,7 +328,7 @@ class Village:
         lines = summary(self.sc, seen, outcomes, duration_s=self.duration_s, speed=self.speed, wall_s=wall_s,
                         relay_clicks=watch.relay_clicks,
                         agent_runs=self.agent.runs if self.agent else 0, mqtt_version=watch.mqtt_version, loss=loss,
-                        max_backlog=self.state.backlog_max, broker=broker_name)
+                        max_backlog=self.state.backlog_max, broker=broker_name, started=self._wall_start)
         box_events = [{"t": t, "src": "box", "kind": "relay", "state": st} for t, st in watch.relay_clicks]
         path = self.opts.timeline or default_timeline(self.sc.scenario.name)
         write_timeline(path, timeline_lines(self.actions_done, seen, box_events))
@@ -333,16 +354,18 @@ class Village:
             self._at(k * meta.tick_s, "tick", self._tick)
         for a in self.sc.actions:
             if a.t_s <= self.duration_s:
-                self._at(a.t_s, a.describe(), functools.partial(self._act, a))
+                self._at(a.t_s, a.describe(), functools.partial(self._act, a), describe_action(a, self.state.names))
         while self._queue:
             item = heapq.heappop(self._queue)
             if item.t_s > self.duration_s:
                 continue
+            self._pending_t = item.t_s
             await self._until(item.t_s)
             self.state.t_s = item.t_s
             if item.what != "tick":
                 self.actions_done.append({"t": item.t_s, "src": "scenario", "action": item.what})
-                self._say(f"scenario: {item.what}")
+                self._say(_("scenario: {what}").format(what=item.label or item.what), item.t_s)
+            self._pending_t = self._queue[0].t_s if self._queue else float("inf")
             result = item.run()
             if asyncio.iscoroutine(result):
                 await result
@@ -360,7 +383,7 @@ class Village:
             for f in frames:
                 await asyncio.wait_for(twin.send(f, split=True), max(1.0, tick / self.speed))
         except TimeoutError:
-            self._say("gateway twin: the box is not reading (frames dropped, as a gateway with no host does)")
+            self._say(_("gateway twin: the box is not reading (frames dropped, as a gateway with no host does)"))
 
     async def _act(self, a: Action) -> None:
         twin = self.twin
@@ -389,13 +412,16 @@ class Village:
         elif a.do == "link_down":
             await self.proxy.down(a.how)
             self.state.link = "down"
-            self._at(a.t_s + (a.for_s or 0), "link_up (end of outage)", self._link_up)
+            self._at(a.t_s + (a.for_s or 0), "link_up (end of outage)", self._link_up,
+                     _("4G link back (end of outage)"))
         elif a.do == "link_up":
             self._link_up()
         elif a.do == "link_shape":
             self.proxy.set_shape(latency_ms=a.latency_ms, jitter_ms=a.jitter_ms, loss=a.loss)
             shaped = self.proxy.latency_ms or self.proxy.jitter_ms or self.proxy.loss
             self.state.link = f"shaped {self.proxy.latency_ms:g} ms, loss {self.proxy.loss:g}" if shaped else "up"
+            self.state.link_detail = _("{ms:g} ms, loss {loss:.0%}").format(ms=self.proxy.latency_ms,
+                                                                            loss=self.proxy.loss)
         elif a.do == "link_stall":
             assert self._tg is not None
             self._tg.create_task(self.proxy.stall((a.for_s or 0) / self.speed), name="sim.stall")
@@ -422,7 +448,7 @@ class Village:
             await self._start_agent()
             self.box_events.append({"t": round(self.scenario_time(), 3), "src": "box", "kind": "power", "state": "on"})
 
-        self._at(a.t_s + (a.for_s or 0), "power back on", power_on)
+        self._at(a.t_s + (a.for_s or 0), "power back on", power_on, _("power back on"))
 
     async def _command(self, a: Action) -> None:
         now = time.time()
@@ -439,15 +465,22 @@ class Village:
 
     # ---- watching ----------------------------------------------------------------------------------
 
-    def _say(self, text: str) -> None:
+    def _say(self, text: str, t_s: float | None = None) -> None:
+        """A line for the dashboard at scenario time t_s (default: now, which no released line is after)."""
         if self._dash is not None:
-            self._dash.line(self.state, text)
+            self._dash.line(self.state, text, self.scenario_time() if t_s is None else t_s)
 
     def _fold(self, seen: list[Seen]) -> None:
         for s in seen:
             self.state.t_s = min(s.t_s, self.duration_s)
             if (line := self.state.apply(s)) is not None:
-                self._say(line)
+                self._say(line, s.t_s)
+
+    def _final_frame(self) -> None:
+        """The last frame shows everything the summary counts: drawn after the final fold."""
+        if self._dash is not None:
+            self.state.t_s = min(self.scenario_time(), self.duration_s)
+            self._dash.refresh(self.state)
 
     async def _watch(self) -> None:
         """Fold in what the county saw and what the box did; read the backlog; redraw."""
@@ -455,10 +488,11 @@ class Village:
         last_backlog = 0.0
         while True:
             self.state.t_s = min(self.scenario_time(), self.duration_s)
-            self._fold(self.county.take())
+            arrived, upto = self.county.take_upto()
+            self._fold(arrived)
             watch = self.agent.watch if self.agent is not None else AgentWatch()
-            for _t, st in watch.relay_clicks[clicks:]:
-                self._say(f"box: amplifier relay {st}")
+            for t, st in watch.relay_clicks[clicks:]:
+                self._say(_("box: amplifier relay on") if st == "on" else _("box: amplifier relay off"), t)
             clicks = len(watch.relay_clicks)
             self.state.relay, self.state.relay_clicks = watch.relay, clicks
             self.state.link_up_agent = watch.link_up
@@ -466,11 +500,12 @@ class Village:
             self.state.agent_running = self._box_running()
             if time.monotonic() - last_backlog >= 0.5:
                 last_backlog = time.monotonic()
-                depth, _ = await self._outbox()
+                depth, _last_seq = await self._outbox()
                 if depth is not None:
                     self.state.backlog = depth
                     self.state.backlog_max = max(self.state.backlog_max, depth)
             assert self._dash is not None
+            self._dash.release(min(upto, self._pending_t))  # nothing earlier can still come: print in order
             self._dash.refresh(self.state)
             await asyncio.sleep(0.2)
 

@@ -1,0 +1,163 @@
+"""The one table of codes a person sees in words: reasons, receipt and camera states, alarm and event kinds.
+
+`reason("bad_signature")` -> "签名无效 (bad_signature)" in Chinese, "bad signature (bad_signature)" in
+English: the words first, the code beside them (it is what the logs, the JSON and docs/zh/现场排查.md use).
+An unknown code is shown as itself. Every code the agent, the county and the simulator emit is listed
+here; docs/zh/现场排查.md explains each (tests/test_i18n_docs.py checks the doc names them all).
+"""
+
+from __future__ import annotations
+
+from agent.i18n import N_, _
+
+# why a command was rejected, a broadcast did not play, a camera is degraded/offline/unknown, a fence failed
+REASONS: dict[str, str] = {
+    # command checks (agent/commands.py, agent/protocol/jws.py)
+    "bad_signature": N_("bad signature"),
+    "unknown_kid": N_("unknown signing key"),
+    "alg_not_allowed": N_("signature algorithm not allowed"),
+    "malformed": N_("malformed command"),
+    "too_large": N_("too large"),
+    "expired": N_("expired"),
+    "not_yet_valid": N_("not yet valid (box clock behind?)"),
+    "replay": N_("already received (replay)"),
+    "replay_unknown": N_("replay check impossible"),
+    "retained": N_("retained message refused"),
+    "unknown_kind": N_("unknown command kind"),
+    "not_addressed": N_("not addressed to this box"),
+    "clock_unsynchronised": N_("box clock not synchronised"),
+    "internal_error": N_("internal error on the box"),
+    "closed": N_("box shutting down"),
+    "maintenance": N_("maintenance"),
+    # broadcasts (agent/broadcast)
+    "quiet_hours": N_("quiet hours"),
+    "max_play_s": N_("played too long, stopped"),
+    "tts_failed": N_("text-to-speech failed"),
+    "unknown_broadcast": N_("no such broadcast"),
+    "window_passed": N_("time window passed"),
+    "missed": N_("start missed"),
+    "preempted": N_("interrupted by a more urgent broadcast"),
+    "cancelled": N_("cancelled"),
+    "no_device": N_("no audio device"),
+    # fences (agent/wearables, county)
+    "invalid_fences": N_("invalid fences"),
+    "invalid_wearers": N_("invalid wearer list"),
+    "invalid_crs": N_("unknown coordinate system"),
+    "invalid_feature": N_("invalid fence shape"),
+    "mixed_crs": N_("mixed coordinate systems"),
+    "unknown_fence": N_("no such fence"),
+    "store_error": N_("storage error on the box"),
+    "handler_error": N_("handler error on the box"),
+    "nobody_hears": N_("no box answers to the target"),
+    # cameras (agent/cameras, drivers/camera)
+    "unreachable": N_("unreachable"),
+    "timeout": N_("no answer in time"),
+    "auth_failed": N_("wrong camera password"),
+    "auth_required": N_("camera asks for a password"),
+    "no_credentials": N_("no camera password configured"),
+    "credentials_unreadable": N_("camera password file unreadable"),
+    "not_found": N_("wrong stream path"),
+    "no_video": N_("no video in the stream"),
+    "protocol_error": N_("not an RTSP camera"),
+    "error": N_("camera error"),
+    "no_frame": N_("no picture"),
+    "black": N_("black picture"),
+    "frozen": N_("frozen picture"),
+    "agent_start": N_("box just started"),
+    "agent_down": N_("box agent was not running"),
+    "lan_down": N_("box LAN down"),
+}
+
+# receipt states (contract 4) and camera states
+STATES: dict[str, str] = {
+    "received": N_("received"),
+    "rejected": N_("rejected"),
+    "scheduled": N_("scheduled"),
+    "started": N_("playing"),
+    "finished": N_("finished"),
+    "failed": N_("failed"),
+    "cancelled": N_("cancelled"),
+    "preempted": N_("interrupted"),
+    "expired": N_("expired"),
+    "applied": N_("applied"),
+    "pushed": N_("sent"),
+    "no_answer": N_("no answer"),
+    "online": N_("online"),
+    "degraded": N_("degraded"),
+    "offline": N_("offline"),
+    "unknown": N_("unknown"),
+    "inside": N_("inside"),
+    "outside": N_("outside"),
+    "ok": N_("ok"),
+    "up": N_("up"),
+    "down": N_("down"),
+}
+
+# envelope kinds (contract 4) a person sees on the dashboard and in the summary
+KINDS: dict[str, str] = {
+    "sos": N_("SOS"),
+    "fall": N_("fall"),
+    "band_removed": N_("band removed"),
+    "geofence_exit": N_("left the fence"),
+    "geofence_enter": N_("back inside the fence"),
+    "lost_contact": N_("lost contact"),
+    "low_battery": N_("low battery"),
+    "geofence_state": N_("fence position"),
+    "alarm_episode": N_("alarm episode"),
+    "band_alarm": N_("band alarm"),
+    "contact_restored": N_("contact restored"),
+    "camera": N_("camera"),
+    "camera_device": N_("camera device"),
+    "cameras": N_("camera summary"),
+    "gateway": N_("gateway"),
+    "gateway_setup": N_("gateway setup"),
+    "outbox_reset": N_("outbox reset"),
+    "replay_reset": N_("replay memory reset"),
+    "session_lost": N_("broker session lost"),
+    "cmd": N_("receipt"),
+    "heartbeat": N_("heartbeat"),
+    "position": N_("position"),
+}
+
+# message classes (contract 4)
+CLASSES: dict[str, str] = {
+    "alarm": N_("alarms"),
+    "event": N_("events"),
+    "telemetry": N_("telemetry"),
+    "receipt": N_("receipts"),
+    "state": N_("state"),
+}
+
+
+def reason(code: str | None) -> str:
+    """'签名无效 (bad_signature)'; '' for no reason; an unknown code as itself."""
+    if not code:
+        return ""
+    words = REASONS.get(code)
+    return f"{_(words)} ({code})" if words else code
+
+
+def state(code: str | None) -> str:
+    if not code:
+        return ""
+    words = STATES.get(code)
+    return _(words) if words else code
+
+
+def kind(code: str | None) -> str:
+    if not code:
+        return ""
+    words = KINDS.get(code)
+    return _(words) if words else code
+
+
+def cls(code: str) -> str:
+    words = CLASSES.get(code)
+    return _(words) if words else code
+
+
+def state_reason(code: str | None, why: str | None) -> str:
+    """'rejected: 签名无效 (bad_signature)' in words: '已拒绝：签名无效 (bad_signature)'."""
+    if not why:
+        return state(code)
+    return _("{state}: {reason}").format(state=state(code), reason=reason(why))

@@ -42,6 +42,11 @@ POSITION_S = 10.0
 OUTBOX_MAX = 1000  # per box
 
 
+def _state(state: str) -> str:
+    """A retained box state as the contract has it (section 2: state, ts, version)."""
+    return json.dumps({"state": state, "ts": int(time.time() * 1000), "version": "fleet"})
+
+
 class FleetError(Exception):
     """The fleet could not run (no broker, bad URL)."""
 
@@ -113,7 +118,8 @@ class FleetBox:
         lat, lon = 21.9 + fleet.rng.random() * 0.2, 101.2 + fleet.rng.random() * 0.2
         self.pos = (lat, lon)
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.box, protocol=mqtt.MQTTv311, clean_session=False)
-        c.will_set(fleet.topics.state(self.box), json.dumps({"state": "offline", "version": "fleet"}), 1, True)
+        # the contract's state carries `ts` (the county refuses one without): the will's is the time it was set
+        c.will_set(fleet.topics.state(self.box), _state("offline"), 1, True)
         c.max_inflight_messages_set(50)
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
@@ -132,8 +138,7 @@ class FleetBox:
         self.connected = True
         self.fleet.connects += 1
         self.fleet.connect_times.append(time.monotonic())
-        client.publish(self.fleet.topics.state(self.box),
-                       json.dumps({"state": "online", "ts": int(time.time() * 1000), "version": "fleet"}), 1, True)
+        client.publish(self.fleet.topics.state(self.box), _state("online"), 1, True)
         # whatever paho held in flight it resends itself; hand it what waited in the outbox
         self.pump()
 
@@ -281,7 +286,7 @@ class Fleet:
             misc.cancel()
         connected = sum(b.connected for b in self.boxes)
         for b in self.boxes:  # a clean stop says so itself (the will is only for an unclean one)
-            b.client.publish(self.topics.state(b.box), json.dumps({"state": "offline", "version": "fleet"}), 1, True)
+            b.client.publish(self.topics.state(b.box), _state("offline"), 1, True)
             b.client.disconnect()
             b.client.loop_write()
         county_stats = await asyncio.to_thread(_ask_county, control, results, start + opts.ramp)

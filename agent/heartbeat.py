@@ -1,4 +1,5 @@
-"""Heartbeat telemetry (contract section 4): uptime, outbox depth per class and oldest ts, disk free."""
+"""Heartbeat telemetry (contract section 4): uptime, outbox depth per class and oldest ts, disk free; and
+(issue 14) `usage`: the link's bytes sent and received this UTC day and month, the budget, thinning."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from agent.clock import Clock
 from agent.clocksanity import check_now
 from agent.outbox import Outbox, OutboxRefused
 from agent.protocol.envelope import MsgClass
+from agent.uplink_usage import usage_beside
 
 log = logging.getLogger("agent.heartbeat")
 
@@ -48,6 +50,9 @@ class Heartbeat:
         }
         if self.extra is not None:
             data.update(self.extra())
+        usage = usage_beside(self.outbox.path)
+        if usage is not None:  # the link's 4G bytes this day and month, and the budget (issue 14)
+            data["usage"] = usage.report()
         return data
 
     def _clock_report(self) -> dict[str, Any]:

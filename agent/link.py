@@ -160,6 +160,7 @@ class Link:
         self.thinned = 0  # telemetry rows dropped unsent because the monthly budget is near
         self.tls_resumed = 0  # connections whose TLS handshake resumed the previous session
         self.urgent_timeouts = 0  # connections given up because an alarm or receipt got no PUBACK in time
+        self.current: _Connection | None = None  # the connection being served (for tests and benches)
         self._thin_last: dict[tuple[str, str], int] = {}  # (kind, subject) -> ts of the last one kept
         self._tls: dict[str, tuple[tuple[Any, ...], _ResumingContext]] = {}  # URL -> (what made it, context)
 
@@ -266,9 +267,11 @@ class Link:
             hold = float("inf") if exc.protocol else FALLBACK_HOLD_S
             self._v311[broker.url] = self.clock.monotonic() + hold
             conn.fallback = exc.reason  # said in the "connected" line: one INFO per recovery
+        self.current = conn
         try:
             await conn.serve()
         finally:
+            self.current = None
             await conn.close(graceful=not conn.lost.is_set())
             self.outbox.rewind()
 

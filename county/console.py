@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from agent.protocol.batch import expand
 from agent.protocol.broker import parse_broker_url, redact_url
 from agent.protocol.envelope import Envelope, EnvelopeError, MsgClass
 from agent.protocol.topics import Topics
@@ -187,10 +188,12 @@ class CountyClient:
             self.notice(f"reconnected to broker {self.spec.display}; subscribed again to {what}")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self.messages.put_nowait(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
-        except queue.Full:  # a console that stopped reading: dropping here beats growing without bound,
-            self.dropped += 1  # and the reader reports the count (`watch` prints it)
+        # an uplink batch (issue 14) is read as the envelopes it carries, each on its single topic, byte for byte
+        for topic, payload in expand(msg.topic, bytes(msg.payload)):
+            try:
+                self.messages.put_nowait(Message(topic, payload, bool(msg.retain)))
+            except queue.Full:  # a console that stopped reading: dropping here beats growing without bound,
+                self.dropped += 1  # and the reader reports the count (`watch` prints it)
 
     def __enter__(self) -> CountyClient:
         self.connect()

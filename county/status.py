@@ -228,7 +228,8 @@ def collect(spec: BrokerSpec, topics: Topics, cid: str, listen_s: float,
     stderr; the persistent session keeps what arrived meanwhile once the broker has it saved.
     """
     subs = [(topics.all_state(), 1), (f"{topics.prefix}/box/+/up/telemetry/heartbeat", 1),
-            (f"{topics.prefix}/box/+/up/telemetry/cameras", 1), (f"{topics.prefix}/box/+/up/event/camera", 1)]
+            (f"{topics.prefix}/box/+/up/telemetry/cameras", 1), (f"{topics.prefix}/box/+/up/event/camera", 1),
+            (f"{topics.prefix}/box/+/up/batch/+", 1)]  # uplink batches (issue 14): CountyClient unpacks them
     # unbounded: what the broker queued for this session between two runs is the history's input
     with CountyClient(spec, max_queued=0, client_id=cid, clean_session=False, name="status", tz=UTC) as client:
         client.subscribe(subs)

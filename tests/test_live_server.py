@@ -1,0 +1,140 @@
+"""The county server's live WebSocket (`/ws/v1/live`) served by real uvicorn over a real database (SQLite and
+PostgreSQL), with the real publisher on mosquitto, and a real box (link, router, broadcast service, live
+player, libopus) hearing it. The client is a Python WebSocket client sending Opus frames the way the page's
+WebCodecs encoder does (20 ms frames, 48 kHz mono)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+from cryptography.hazmat.primitives import serialization
+
+from agent.opus import Encoder, available
+from county.server.users import create_session
+from county.store.tables import broadcasts
+from sim.live_audio import click_train, find_clicks
+from tests.county_api import Env, close_env, open_env
+from tests.live_support import Box, County, box_config, relative, running
+from tests.support import Collector, Mosquitto, free_port
+
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(not available(), reason="libopus0 is not installed (apt-get install libopus0)")]
+
+CLICKS = [0.3, 1.0, 1.6]
+
+
+@contextlib.asynccontextmanager
+async def served(db_url: str, broker: Mosquitto, tmp: Path) -> AsyncIterator[tuple[Env, str]]:
+    env = await open_env(db_url, broker, tmp)
+    # the boxes judge the command by the real clock: the app runs on it too, with sessions made for it
+    env.app.state.clock = lambda: int(time.time() * 1000)
+    async with env.db.begin() as conn:
+        for name in list(env.tokens):
+            env.tokens[name] = (await create_session(conn, name, int(time.time() * 1000), 3_600_000)).token
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=port, log_level="warning",
+                                           ws="websockets-sansio", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        yield env, f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        audio = getattr(env.app.state, "live_audio", None)
+        if audio is not None:
+            await audio.close()
+        await close_env(env)
+
+
+def frames(pcm: bytes, frame_ms: int = 20) -> list[bytes]:
+    enc = Encoder(48000, 1)
+    step = 48000 * frame_ms // 1000 * 2
+    return [enc.encode(pcm[i:i + step]) for i in range(0, len(pcm) - step + 1, step)]
+
+
+async def speak(ws: Any, opus: list[bytes], frame_ms: int = 20) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i, f in enumerate(opus):
+        await asyncio.sleep(max(0.0, t0 + (i + 1) * frame_ms / 1000 - loop.time()))
+        await ws.send(f)
+
+
+async def test_a_session_from_the_websocket_plays_on_the_box(db_url: str, broker: Mosquitto, collector: Collector,
+                                                            tmp_path: Path) -> None:
+    async with served(db_url, broker, tmp_path) as (env, host):
+        pub = tmp_path / "county.pub"
+        pub.write_bytes(env.public_key.public_bytes(serialization.Encoding.PEM,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+        box = Box(box_config(tmp_path, broker.url, pub, box="a1"))
+        county = County(collector, None, box="a1")  # type: ignore[arg-type]  # reads receipts only
+        async with running(box, collector):
+            async with websockets.connect(f"ws://{host}/ws/v1/live", additional_headers=env.auth("operator")) as ws:
+                await ws.send(json.dumps({"type": "start", "to": ["box:a1"], "class": "emergency", "title": "测试"}))
+                started = json.loads(await ws.recv())
+                assert started["type"] == "started" and started["boxes"] == ["a1"], started
+                await county.wait(started["id"], "started")
+                await speak(ws, frames(click_train(CLICKS, 2.2)))
+                await ws.send(json.dumps({"type": "end"}))
+                ended = json.loads(await ws.recv())
+            finished = await county.wait(started["id"], "finished")
+            await asyncio.to_thread(collector.wait_for, lambda _: not box.relay.is_on)
+        rows = await env.rows(broadcasts, broadcasts.c.id == started["id"])
+        audits = [a["action"] for a in await env.audit_rows()]
+    assert ended["type"] == "ended" and ended["end"] == "ended" and ended["frames"] == 110
+    assert finished["end"] == "ended" and finished["packets"]["lost"] == 0
+    assert finished["packets"]["received"] == ended["packets"]
+    got = find_clicks(box.speaker.pcm())
+    assert len(got) == len(CLICKS)
+    for want, have in zip(relative(CLICKS), relative(got), strict=True):
+        assert abs(want - have) <= 0.04
+    assert box.relay.events() == ["off", "on", "off"]
+    assert rows[0]["audio_mime"] == "application/x-village-live" and rows[0]["state"] == "sent"
+    assert "broadcast.live" in audits and "broadcast.live.end" in audits
+
+
+async def test_the_websocket_refuses_before_anything_is_sent(db_url: str, broker: Mosquitto, collector: Collector,
+                                                             tmp_path: Path) -> None:
+    async with served(db_url, broker, tmp_path) as (env, host):
+        url = f"ws://{host}/ws/v1/live"
+        cookie = {"Cookie": f"vc_session={env.tokens['operator']}"}
+        # a cookie session from another site's page: refused at the handshake (CSRF for WebSockets)
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(url, additional_headers=cookie, origin="http://evil.example"):
+                pass
+        assert refused.value.response.status_code == 403
+        # the same cookie from the server's own origin is let in
+        async with websockets.connect(url, additional_headers=cookie, origin=f"http://{host}") as ws:
+            await ws.send(json.dumps({"type": "start", "to": ["group:nobody-here"]}))
+            assert json.loads(await ws.recv())["status"] == 422  # nobody_hears: nothing is sent
+
+        async def answer(user: str | None, start: dict[str, Any]) -> dict[str, Any]:
+            headers = env.auth(user) if user else {}
+            async with websockets.connect(url, additional_headers=headers) as ws:
+                try:
+                    await ws.send(json.dumps({"type": "start", **start}))
+                    return json.loads(await ws.recv())  # type: ignore[no-any-return]
+                except websockets.ConnectionClosed:  # refused before the start was read: the code says it
+                    assert ws.close_code is not None
+                    return {"status": ws.close_code - 4000}
+
+        assert (await answer(None, {"to": ["box:a1"]}))["status"] == 401
+        assert (await answer("viewer", {"to": ["box:a1"]}))["status"] == 403
+        assert (await answer("op-a", {"to": ["box:b1"]}))["status"] == 403  # outside her township
+        assert (await answer("operator", {"to": ["box:a1"], "class": "loud"}))["status"] == 400
+        rows = await env.rows(broadcasts)
+        denied = await env.audit_rows("denied")
+    assert rows == []
+    assert not [m for m in collector.snapshot() if m.topic.endswith("/cmd")]
+    assert any(d["detail"].get("why") == "origin" for d in denied)

@@ -27,6 +27,7 @@ from typing import Any
 
 from agent.clocksanity import check_now
 from agent.config import Config, redact_url
+from agent.i18n import _, pad
 from agent.linkstate import LinkStateFile
 from agent.protocol.envelope import MsgClass
 from agent.uplink_usage import read_usage
@@ -157,44 +158,52 @@ def collect(config: Config, now: float | None = None) -> Status:
 
 
 def _ago(now: float, ts: float | None) -> str:
+    """Local date and time (the box's zone), and how long ago."""
     if ts is None:
-        return "never"
-    stamp = dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        return _("never")
+    stamp = dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     delta = now - ts
     if delta < 0:
-        return f"{stamp} (in the future: clock stepped back?)"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        return _("{stamp} (in the future: clock stepped back?)").format(stamp=stamp)
+    for unit, size in ((_("d"), 86400), (_("h"), 3600), (_("min"), 60)):
         if delta >= size:
-            return f"{stamp} ({delta / size:.1f} {unit} ago)"
-    return f"{stamp} ({delta:.0f} s ago)"
+            return _("{stamp} ({n:.1f} {unit} ago)").format(stamp=stamp, n=delta / size, unit=unit)
+    return _("{stamp} ({n:.0f} s ago)").format(stamp=stamp, n=delta)
 
 
 def render(status: Status) -> str:
-    lines = [f"box        {status.box}", f"state dir  {status.state_dir}"]
+    def row(label: str, value: str) -> str:  # labels padded by display width: Chinese is two columns a character
+        return f"{pad(label, 11)}{value}"
+
+    lines = [row(_("box"), status.box), row(_("state dir"), status.state_dir)]
     link = status.link
     if link.present:
-        lines.append(f"link       {link.state} {link.broker or ''} since {_ago(status.now, link.since_ts)}")
-        lines.append(f"published  {_ago(status.now, link.last_publish_ts)} (updated at most once a minute)")
+        lines.append(row(_("link"), _("{state} {broker} since {when}").format(
+            state=link.state, broker=link.broker or "", when=_ago(status.now, link.since_ts))))
+        lines.append(row(_("published"), _("{when} (updated at most once a minute)").format(
+            when=_ago(status.now, link.last_publish_ts))))
     else:
-        lines.append("link       no link.json yet (the link has not run)")
+        lines.append(row(_("link"), _("no link.json yet (the link has not run)")))
     out = status.outbox
     if out.present:
-        lines.append(f"seq        last {out.last_seq if out.last_seq is not None else '-'}"
-                     f", reserved to {out.seq_reserved_to if out.seq_reserved_to is not None else '-'}")
-        lines.append(f"outbox     {sum(out.depth.values())} messages, {out.bytes} bytes")
+        lines.append(row(_("seq"), _("last {last}, reserved to {reserved}").format(
+            last=out.last_seq if out.last_seq is not None else "-",
+            reserved=out.seq_reserved_to if out.seq_reserved_to is not None else "-")))
+        lines.append(row(_("outbox"), _("{n} messages, {bytes} bytes").format(n=sum(out.depth.values()),
+                                                                              bytes=out.bytes)))
         for cls in MsgClass:
             oldest = out.oldest_ts_ms.get(cls.wire)
             age = _ago(status.now, oldest / 1000) if oldest is not None else "-"
-            lines.append(f"  {cls.wire:<10} {out.depth.get(cls.wire, 0):>8}   oldest {age}")
+            lines.append(f"  {cls.wire:<10} {out.depth.get(cls.wire, 0):>8}   " + _("oldest {age}").format(age=age))
         if out.counters:
-            lines.append("  dropped    " + ", ".join(f"{k}={v}" for k, v in sorted(out.counters.items())))
+            lines.append("  " + row(_("dropped"), ", ".join(f"{k}={v}" for k, v in sorted(out.counters.items()))))
     else:
-        lines.append("outbox     no outbox.db yet")
+        lines.append(row(_("outbox"), _("no outbox.db yet")))
     if status.usage:
         lines.append(usage_line(status.usage))
     clock = status.clock
-    lines.append(f"clock      {'ok' if clock['plausible'] and clock['synchronised'] else 'WARNING'}: "
-                 f"{clock['reason']}")
+    verdict = _("ok") if clock["plausible"] and clock["synchronised"] else _("WARNING")
+    lines.append(row(_("clock"), f"{verdict}: {clock['reason']}"))
     return "\n".join(lines)
 
 

@@ -274,6 +274,7 @@ class Link:
             self.current = None
             await conn.close(graceful=not conn.lost.is_set())
             self.outbox.rewind()
+            self.usage.save(force=True)  # the connection's last bytes (sampled as its socket closed)
 
     async def _connect(self, broker: Broker, v5: bool) -> _Connection:
         try:

@@ -113,10 +113,11 @@ if __name__ == "__main__":
 
     if "--dict" in sys.argv:  # how agent/protocol/batchdict.py was written (once: a shipped dictionary is frozen)
         d = make_dictionary()
-        sys.stdout.write('"""The preset DEFLATE dictionary of uplink batch format 1, id 1 (agent/protocol/batch.py).\n\n'
-                         'FROZEN: boxes in the field compress with it; a county decodes with it forever. Written once by\n'
-                         '`python -m bench.village_day --dict`; a better one gets a new id.\n"""\n\n'
-                         'DICT_V1 = (\n')
+        head = ('"""The preset DEFLATE dictionary of uplink batch format 1, id 1 (agent/protocol/batch.py).\n\n'
+                'FROZEN: boxes in the field compress with it; a county decodes with it forever. Written\n'
+                'once by `python -m bench.village_day --dict`; a better one gets a new id.\n"""\n\n'
+                'DICT_V1 = (\n')
+        sys.stdout.write(head)
         for i in range(0, len(d), 100):
             sys.stdout.write(f"    {d[i:i + 100]!r}\n")
         sys.stdout.write(")\n")

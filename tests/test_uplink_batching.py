@@ -272,3 +272,81 @@ async def test_the_monthly_budget_thins_telemetry_only_and_says_so(tmp_path: Pat
         assert report["measured"] and report["sent_day"] > 0 and report["received_day"] > 0
     finally:
         wire.close()
+
+
+class Child:
+    """tests/uplink_child.py as a process we can kill -9."""
+
+    def __init__(self, config: Path) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.uplink_child", str(config)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+        assert self.line() == "ready"
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def ask(self, cmd: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+
+    def send(self, n: int) -> dict[str, bytes]:
+        self.ask(f"send {n}")
+        acked = {}
+        for _ in range(n):
+            word, env_id, body = self.line().split(" ", 2)
+            assert word == "acked"
+            acked[env_id] = body.encode()
+        return acked
+
+    def building(self) -> tuple[int, str]:
+        self.ask("building")
+        _word, rows, state = self.line().split()
+        return int(rows), state
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_kill_9_with_a_half_built_batch_loses_nothing_acknowledged_and_reuses_no_seq(
+        tmp_path: Path, broker: Mosquitto) -> None:
+    from tests.support import agent_config_dict, toml_dumps
+
+    (tmp_path / "state").mkdir()
+    conf = tmp_path / "agent.toml"
+
+    def write(window: float) -> None:
+        conf.write_text(toml_dumps(agent_config_dict(tmp_path / "state", broker.url,
+                                                     uplink={"batch_window_s": window, "batch_max_count": 10_000})))
+    wire = Wire(broker.url)
+    try:
+        write(3600)  # the batch fills and is not due: it is half built when the agent dies
+        child = Child(conf)
+        try:
+            wait_until(lambda: child.building()[1] == "connected")
+            acked = child.send(40)
+            wait_until(lambda: child.building()[0] == 40)
+            assert wire.snapshot() == [], "nothing of the half-built batch left the box"
+        finally:
+            child.kill()
+        write(0.05)
+        child = Child(conf)
+        try:
+            wait_until(lambda: len(wire.envelopes()) >= 40)
+            later = child.send(10)
+            wait_until(lambda: len(wire.envelopes()) >= 50)
+        finally:
+            child.kill()
+        got = {json.loads(b)["id"]: b for _, b in wire.envelopes()}
+        assert {k: got.get(k) for k in acked} == acked, "every acknowledged envelope arrived, byte for byte"
+        old = max(int(k.split(":")[1]) for k in acked)
+        assert min(int(k.split(":")[1]) for k in later) > old, "the new run's seqs start above the dead one's"
+        assert {k: got.get(k) for k in later} == later
+        assert len(wire.envelopes()) == 50, "each envelope once: the dead run sent nothing of its batch"
+    finally:
+        wire.close()

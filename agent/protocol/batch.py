@@ -108,9 +108,9 @@ def unpack(payload: bytes) -> list[bytes]:
         raw = dec.decompress(payload[2:], MAX_UNPACKED)
     except zlib.error as exc:
         raise BatchError(f"not DEFLATE: {exc}") from None
-    if dec.unconsumed_tail:
-        raise BatchError(f"batch inflates past {MAX_UNPACKED} bytes")
     if not dec.eof:
+        if dec.unconsumed_tail or len(raw) >= MAX_UNPACKED:  # stopped at the limit, not at the end
+            raise BatchError(f"batch inflates past {MAX_UNPACKED} bytes")
         raise BatchError("batch truncated")
     if dec.unused_data:
         raise BatchError("bytes after the end of the batch")

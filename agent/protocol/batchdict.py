@@ -1,7 +1,7 @@
 """The preset DEFLATE dictionary of uplink batch format 1, id 1 (agent/protocol/batch.py).
 
-FROZEN: boxes in the field compress with it; a county decodes with it forever. Written once by
-`python -m bench.village_day --dict`; a better one gets a new id.
+FROZEN: boxes in the field compress with it; a county decodes with it forever. Written
+once by `python -m bench.village_day --dict`; a better one gets a new id.
 """
 
 DICT_V1 = (

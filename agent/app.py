@@ -30,6 +30,7 @@ from agent.receipts import Receipts
 from agent.service import Service
 from agent.statusled import StatusLedService
 from agent.supervisor import Supervisor
+from agent.update.service import make_services as update_services
 from agent.wearables.service import make_services as wearable_services
 from drivers.amp.relay import AmpRelay
 
@@ -128,7 +129,7 @@ def build_agent(config: Config, *, clock: Clock | None = None, hardware: Hardwar
     services: list[Service] = [outbox, router, link, heartbeat]
     if hardware.status_led is not None:
         services.append(StatusLedService(hardware.status_led, lambda: link.state is LinkState.CONNECTED))
-    for make in (broadcast_services, wearable_services):
+    for make in (broadcast_services, wearable_services, update_services):
         services += make(ctx)
     if config.camera_list:  # imported only where cameras are watched: about 1 MB of RSS otherwise
         from agent.cameras.service import make_services as camera_services

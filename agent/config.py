@@ -18,6 +18,8 @@ from agent.cameras.settings import CameraConfig, CamerasConfig
 from agent.protocol.broker import parse_broker_url, redact_url
 from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX
 from agent.schema import SchemaError, build, dump, positive, read_toml
+from agent.update.remote import with_overlay
+from agent.update.settings import UpdateConfig
 from agent.uplink_settings import UplinkConfig
 from agent.wearables.settings import GatewayConfig, WearablesConfig, WearerConfig
 
@@ -115,13 +117,16 @@ class MqttConfig:
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
     keys: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))  # read-only mapping
+    # release signing keys (docs/updates.md): a separate set, never used for commands, nor keys for releases
+    release_keys: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
-        for kid, path in self.keys.items():
-            try:
-                readable_file(path)
-            except ValueError as exc:
-                raise SchemaError(f"keys.{kid}", str(exc)) from None
+        for name, table in (("keys", self.keys), ("release_keys", self.release_keys)):
+            for kid, path in table.items():
+                try:
+                    readable_file(path)
+                except ValueError as exc:
+                    raise SchemaError(f"{name}.{kid}", str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +156,7 @@ class Config:
     wearers: tuple[WearerConfig, ...] = field(default=(), metadata={"key": "wearer"})
     cameras: CamerasConfig = field(default_factory=CamerasConfig)
     camera_list: tuple[CameraConfig, ...] = field(default=(), metadata={"key": "camera"})
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
 
     def __post_init__(self) -> None:
@@ -181,7 +187,8 @@ def load_config(path: Path | str) -> Config:
         raw = read_toml(path)
     except SchemaError as exc:
         raise ConfigError(path, exc.key, exc.problem) from None
-    return parse_config(raw, path)
+    # what the county set remotely (config.set, docs/updates.md) is merged over the file, never written into it
+    return parse_config(with_overlay(raw), path)
 
 
 def masked(config: Config) -> dict[str, Any]:

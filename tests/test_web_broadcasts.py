@@ -1,0 +1,288 @@
+"""广播 pages in a real headless Chromium against a real `village county serve`, a real mosquitto and simulated
+boxes that verify each signed command with the county's public key and answer as the box's broadcast engine
+does (received; then started and finished for one due now, scheduled with `at` for one in the future,
+cancelled for a cancel naming it).
+
+Log in; compose a text broadcast to one township on the region tree (the page shows the exact boxes first);
+the broadcast page shows every box of that township going to `finished`; a scheduled one shows its local
+play time and, cancelled from the page, `cancelled` per box; a rejected receipt shows its reason in words;
+resend reaches a box that did not answer; the server's spoken preview plays in the page; every reason code
+the box's code can send has words; screenshots at 1366x768 and 375x812; no untranslated string."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+import zoneinfo
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from selenium.webdriver.common.by import By
+
+from agent.protocol import jws
+from agent.protocol.envelope import Envelope, MsgClass
+from agent.protocol.topics import Topics
+from tests.browser import (  # noqa: F401 - the browser and console fixtures
+    KID,
+    Console,
+    browser_errors,
+    browser_fixture,
+    console_fixture,
+    login,
+    page_text,
+    shoot,
+    untranslated,
+    wait,
+    wait_loaded,
+)
+from tests.support import wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+T = Topics("vc/v1")
+TZ = zoneinfo.ZoneInfo("Asia/Shanghai")
+
+
+class SimBox:
+    """A box twin on the broker: retained online state with its groups, its cmd topics subscribed, every
+    command verified (signature with the county key, `to` naming it) and answered with the receipts the
+    box's broadcast engine sends. `silent` boxes verify but never answer (until `silent` is cleared)."""
+
+    def __init__(self, url: str, box: str, groups: list[str], key: Any, *, silent: bool = False,
+                 reject: str | None = None) -> None:
+        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        self.box, self.groups, self.silent, self.reject = box, groups, silent, reject
+        self.keys = {KID: key}
+        self.seq = 0
+        self.items: dict[str, str] = {}   # broadcast id -> its state on this box
+        self.got: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"simbox-{box}")
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a, **k: self._subscribed.set()
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+        assert self._subscribed.wait(10)
+
+    def _on_connect(self, client: mqtt.Client, *a: Any) -> None:
+        client.publish(T.state(self.box), json.dumps({"state": "online", "ts": 0, "groups": self.groups}),
+                       qos=1, retain=True)
+        client.subscribe([(T.box_cmd(self.box), 1)] + [(T.group_cmd(g), 1) for g in self.groups])
+
+    def _receipt(self, cmd: str, state: str, **extra: Any) -> None:
+        with self._lock:
+            self.seq += 1
+            seq = self.seq
+        env = Envelope(self.box, seq, int(dt.datetime.now(dt.UTC).timestamp() * 1000) + seq, MsgClass.RECEIPT,
+                       "cmd", {"cmd": cmd, "state": state, **extra})
+        self.client.publish(T.up(self.box, MsgClass.RECEIPT, "cmd"), env.encode(), qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        _header, cmd = jws.verify(bytes(msg.payload), self.keys)
+        if not {f"box:{self.box}", *(f"group:{g}" for g in self.groups)}.intersection(cmd["to"]):
+            return
+        self.got.append(cmd)
+        if self.silent:
+            return
+        data, cid = cmd["data"], cmd["id"]
+        if cmd["kind"] == "broadcast.play":
+            self._receipt(cid, "received")
+            if self.reject:
+                self._receipt(cid, "rejected", reason=self.reject, detail="refused by the twin")
+            elif data.get("start") and data["start"] > dt.datetime.now(dt.UTC).timestamp() + 5:
+                self.items[cid] = "scheduled"
+                self._receipt(cid, "scheduled", at=data["start"])
+            else:
+                self._receipt(cid, "started", volume=data.get("volume") or 70, lead_s=1.2)
+                self._receipt(cid, "finished", duration_s=3.0, total_s=5.1)
+                self.items[cid] = "finished"
+        elif cmd["kind"] == "broadcast.cancel":
+            target = data.get("broadcast")
+            if self.items.get(target) == "scheduled":
+                self.items[target] = "cancelled"
+                self._receipt(target, "cancelled", by=cid)
+                self._receipt(cid, "applied", cancelled=[target])
+            else:
+                self._receipt(cid, "failed", reason="unknown_broadcast", broadcast=target)
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture(scope="module")
+def boxes(console: Console) -> Iterator[dict[str, SimBox]]:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key((console.dir / "county.key").read_bytes(), None).public_key()
+    sims = {"a1": SimBox(console.broker.url, "a1", ["town-a"], key),
+            "a2": SimBox(console.broker.url, "a2", ["town-a"], key),
+            "b1": SimBox(console.broker.url, "b1", ["town-b"], key)}
+    token = console.token("admin")
+    import httpx
+
+    def known() -> bool:  # ingest has stored each box's retained state (with its groups)
+        r = httpx.get(f"{console.url}/api/v1/boxes", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        return {b["id"] for b in r.json() if b.get("state") == "online"} >= set(sims)
+
+    wait_until(known, timeout=30, interval=0.1)
+    try:
+        yield sims
+    finally:
+        for s in sims.values():
+            s.stop()
+
+
+def board(driver: Any) -> dict[str, str]:
+    return {tr.get_attribute("data-box"): tr.get_attribute("data-state")
+            for tr in driver.find_elements(By.CSS_SELECTOR, "#bc-board tbody tr")}
+
+
+def tick(driver: Any, target: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f'#target-tree input[data-target="{target}"]').click()
+
+
+def compose(driver: Any, console: Console, text: str, target: str, *, start: str | None = None) -> str:
+    """Fill the compose form (text, one target on the tree), wait for the exact box list, send; the id."""
+    driver.get(console.url + "/broadcasts/new")
+    wait_loaded(driver)
+    driver.find_element(By.ID, "text").send_keys(text)
+    if start is not None:
+        field = driver.find_element(By.ID, "start")
+        driver.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input', "
+                              "{bubbles: true}))", field, start)
+    tick(driver, target)
+    wait(driver, lambda d: not d.find_element(By.ID, "send").get_attribute("disabled"))
+    driver.find_element(By.ID, "send").click()
+    wait(driver, lambda d: re.search(r"/broadcasts/[0-9a-f-]{36}$", d.current_url))
+    wait_loaded(driver)
+    return str(driver.current_url.rsplit("/", 1)[1])
+
+
+def test_push_to_a_township_and_watch_every_box_finish(console: Console, browser: Any,
+                                                       boxes: dict[str, SimBox]) -> None:
+    login(browser, console, "operator")
+    browser.get(console.url + "/broadcasts/new")
+    wait_loaded(browser)
+    tick(browser, "town-a")
+    wait(browser, lambda d: d.find_element(By.ID, "target-boxes").get_attribute("data-count") == "2")
+    listed = [li.get_attribute("data-box") for li in browser.find_elements(By.CSS_SELECTOR, "#target-boxes li")]
+    assert listed == ["a1", "a2"]  # exactly the township's boxes, by name
+    assert "甲一村委会" in browser.find_element(By.ID, "target-boxes").text
+    assert untranslated(page_text(browser)) == []
+    shoot(browser, "broadcast-compose")
+
+    bid = compose(browser, console, "今晚八点村委会开会，请准时参加。", "town-a")
+    wait(browser, lambda d: board(d) == {"a1": "finished", "a2": "finished"})
+    assert browser.find_element(By.CSS_SELECTOR, '#bc-board tr[data-box="a1"] [data-field=state]').text == "完成"
+    assert [c["id"] for c in boxes["a1"].got] == [bid] and boxes["b1"].got == []  # the other township heard nothing
+    assert boxes["a1"].got[0]["to"] == ["group:town-a"]
+    times = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#bc-board time")]
+    assert times and all(re.match(r"\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}$", x) for x in times), times
+    assert untranslated(page_text(browser)) == []
+    shoot(browser, "broadcast-finished")
+    assert browser_errors(browser) == []
+
+
+def test_cancel_a_scheduled_broadcast_and_see_cancelled(console: Console, browser: Any,
+                                                        boxes: dict[str, SimBox]) -> None:
+    login(browser, console, "operator")
+    later = (dt.datetime.now(TZ) + dt.timedelta(hours=3)).replace(second=0, microsecond=0)
+    bid = compose(browser, console, "明天上午九点停水。", "town-a", start=later.strftime("%Y-%m-%dT%H:%M"))
+    wait(browser, lambda d: board(d) == {"a1": "scheduled", "a2": "scheduled"})
+    shown = browser.find_element(By.CSS_SELECTOR, '#bc-board tr[data-box="a1"]').text
+    assert f"{later:%Y/%m/%d %H:%M}:00" in shown and "播放" in shown  # the local play time, in words
+    button = browser.find_element(By.ID, "bc-cancel")
+    button.click()  # arms it
+    wait(browser, lambda d: d.find_element(By.ID, "bc-cancel").get_attribute("data-armed") == "1")
+    button.click()
+    wait(browser, lambda d: board(d) == {"a1": "cancelled", "a2": "cancelled"})
+    wait(browser, lambda d: d.find_element(By.ID, "bc-state").get_attribute("data-state") == "cancelled")
+    assert boxes["a1"].items[bid] == "cancelled"
+    browser.get(console.url + "/broadcasts")
+    wait_loaded(browser)
+    row = browser.find_element(By.CSS_SELECTOR, f'#broadcast-list tr[data-id="{bid}"]')
+    assert row.get_attribute("data-state") == "cancelled" and "已取消" in row.text
+    assert untranslated(page_text(browser)) == []
+    shoot(browser, "broadcast-list")
+
+
+def test_a_rejection_in_words_and_resend_to_the_silent_box(console: Console, browser: Any,
+                                                            boxes: dict[str, SimBox]) -> None:
+    boxes["a1"].reject = "audio_type"
+    boxes["a2"].silent = True
+    try:
+        login(browser, console, "operator")
+        bid = compose(browser, console, "测试", "town-a")
+        wait(browser, lambda d: board(d) == {"a1": "rejected", "a2": "no_answer"})
+        reason = browser.find_element(By.CSS_SELECTOR, '#bc-board tr[data-box="a1"] [data-field=reason]')
+        assert reason.text == "广播箱不能播放这种音频格式" and reason.get_attribute("title") == "audio_type"
+        boxes["a2"].silent = False
+        resend = browser.find_element(By.ID, "bc-resend")
+        assert "1" in resend.text
+        resend.click()
+        wait(browser, lambda d: board(d) == {"a1": "rejected", "a2": "finished"})
+        assert [c["id"] for c in boxes["a2"].got].count(bid) == 2
+    finally:
+        boxes["a1"].reject = None
+        boxes["a2"].silent = False
+
+
+def test_the_servers_spoken_preview_plays_in_the_page(console: Console, browser: Any) -> None:
+    login(browser, console, "operator")
+    browser.get(console.url + "/broadcasts/new")
+    wait_loaded(browser)
+    browser.find_element(By.ID, "text").send_keys("请注意，这是一条测试广播。")
+    browser.find_element(By.ID, "preview").click()
+    wait(browser, lambda d: d.find_element(By.ID, "preview-state").get_attribute("data-ready") == "1", 60)
+    duration = browser.execute_script("return document.getElementById('preview-audio').duration")
+    assert duration > 1.0  # the browser decoded the server's Ogg/Opus rendering
+    assert browser_errors(browser) == []
+
+
+def test_a_viewer_sees_no_compose_button_and_cannot_open_the_form(console: Console, browser: Any) -> None:
+    login(browser, console, "viewer")
+    browser.get(console.url + "/broadcasts")
+    wait_loaded(browser)
+    assert browser.find_elements(By.ID, "new-broadcast") == []
+    browser.get(console.url + "/broadcasts/new")
+    assert "403" in browser.title or "无权" in page_text(browser) or "不能" in page_text(browser)
+
+
+# ------------------------------------------------------------------------------------------ reason words
+CODE_PATTERNS = (
+    r'(?:CommandRejected|BadBroadcast|MediaError|PlaybackError|CommandFailed)\(\s*"([a-z_]+)"',
+    r'reason = "([a-z_]+)"',
+    r'Notify\([^()]*?"(?:scheduled|failed|rejected|expired|preempted|cancelled)", "([a-z_]+)"',
+    r'self\._receipt\([^()]*?reason="([a-z_]+)"',
+)
+SOURCES = ("agent/commands.py", "agent/protocol/jws.py", "agent/broadcast", "drivers/audio")
+
+
+def box_reason_codes() -> set[str]:
+    codes: set[str] = set()
+    for src in SOURCES:
+        path = REPO / src
+        for f in ([path] if path.is_file() else sorted(path.rglob("*.py"))):
+            text = f.read_text(encoding="utf-8")
+            for pattern in CODE_PATTERNS:
+                codes.update(re.findall(pattern, text))
+    return codes
+
+
+def test_every_reason_the_box_sends_has_words() -> None:
+    js = (REPO / "county/web/static/js/broadcastwords.js").read_text(encoding="utf-8")
+    block = js.split("export const REASONS = {", 1)[1].split("\n};", 1)[0]
+    words = set(re.findall(r"^\s*([a-z_]+): t\(", block, re.M))
+    codes = box_reason_codes()
+    assert {"bad_signature", "expired", "hash_mismatch", "quiet_hours", "tts_failed", "player_missing"} <= codes
+    assert codes - words == set(), "reason codes without words in broadcastwords.js"
+    families = re.findall(r'f"\{[^}]*\}_(exit|killed)_\{', (REPO / "drivers/audio/player.py").read_text())
+    assert set(families) <= {"exit", "killed"} and all(f"_{f}_" in js for f in families)

@@ -49,6 +49,10 @@ REASONS: dict[str, str] = {
     "store_error": N_("storage error on the box"),
     "handler_error": N_("handler error on the box"),
     "nobody_hears": N_("no box answers to the target"),
+    # configuration and updates (config.set, agent.update)
+    "invalid_config": N_("invalid configuration"),
+    "update_error": N_("update failed"),
+    "rolled_back": N_("update rolled back"),
     # cameras (agent/cameras, drivers/camera)
     "unreachable": N_("unreachable"),
     "timeout": N_("no answer in time"),
@@ -81,6 +85,7 @@ STATES: dict[str, str] = {
     "expired": N_("expired"),
     "applied": N_("applied"),
     "pushed": N_("sent"),
+    "starting": N_("starting"),
     "no_answer": N_("no answer"),
     "online": N_("online"),
     "degraded": N_("degraded"),

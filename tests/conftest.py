@@ -15,6 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 # the team's shared test data sits beside the repo (../shared); VILLAGE_SHARED_DIR points elsewhere
 SHARED = Path(os.environ.get("VILLAGE_SHARED_DIR") or REPO.parent / "shared")
 PEERS = SHARED / "testdata" / "peers"
+# the CLI's words are English in the tests whatever the machine's locale (LANG=zh_CN.UTF-8 would switch them:
+# agent/i18n.py); the tests of the Chinese side pass --lang zh or set VILLAGE_LANG themselves
+os.environ["VILLAGE_LANG"] = "en"
 
 
 def in_ci() -> bool:

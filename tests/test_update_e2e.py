@@ -4,75 +4,27 @@ root in a temp dir, a real mosquitto, a real HTTPS release server with client ce
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from tests.pki import TestCA
 from tests.support import Collector, Mosquitto, wait_until
-from tests.update_harness import (
+from tests.update_harness import (  # noqa: F401  (the fixtures, by their pytest names)
     BROKEN,
     A,
     B,
-    Box,
     Bundles,
     ReleaseServer,
-    provision_template,
+    fixture_bundles,
+    fixture_ca,
+    fixture_county,
+    fixture_make_box,
+    fixture_server,
+    fixture_template,
     receipts,
     running_version,
     wait_receipt,
 )
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
-    return Bundles(tmp_path_factory.mktemp("bundles"))
-
-
-@pytest.fixture(scope="session")
-def template(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return provision_template(bundles, tmp_path_factory.mktemp("template") / "root")
-
-
-@pytest.fixture(scope="session")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return TestCA(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture
-def server(tmp_path: Path, ca: TestCA) -> Iterator[ReleaseServer]:
-    s = ReleaseServer(tmp_path / "www", ca)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
-def county(broker: Mosquitto) -> Iterator[Collector]:
-    c = Collector(broker.url, client_id="county-test").start()  # a persistent session: nothing missed
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-def make_box(tmp_path: Path, template: Path, bundles: Bundles, ca: TestCA, broker: Mosquitto,
-             server: ReleaseServer) -> Iterator:
-    boxes: list[Box] = []
-
-    def make(**update: object) -> Box:
-        box = Box(tmp_path / f"box{len(boxes)}", template, bundles, ca, broker.url, server, **update)
-        boxes.append(box)
-        return box.start()
-
-    yield make
-    for box in boxes:
-        box.stop()
 
 
 def test_update_a_to_b_is_healthy_on_b_and_the_outbox_queued_before_is_delivered_after(

@@ -25,9 +25,12 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agent.keys import load_private_key, new_keypair
 from agent.profile import PROFILE_DIR_ENV
@@ -48,7 +51,7 @@ from agent.release import (
 from agent.update.install import install_slot
 from agent.update.layout import Layout
 from tests.pki import TestCA
-from tests.support import Collector, toml_dumps, wait_until
+from tests.support import Collector, Mosquitto, toml_dumps, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "systemd" / "village-launch"
@@ -401,3 +404,62 @@ def running_version(collector: Collector, box: Box, timeout: float = 60.0) -> st
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)
+
+
+# ------------------------------------------------------------------------- fixtures (imported by the tests)
+# Built once per pytest process whichever test module asks first (imported fixtures are per module).
+_CACHE: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="session", name="bundles")
+def fixture_bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    if "bundles" not in _CACHE:
+        _CACHE["bundles"] = Bundles(tmp_path_factory.mktemp("bundles"))
+    return _CACHE["bundles"]
+
+
+@pytest.fixture(scope="session", name="template")
+def fixture_template(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if "template" not in _CACHE:
+        _CACHE["template"] = provision_template(bundles, tmp_path_factory.mktemp("template") / "root")
+    return _CACHE["template"]
+
+
+@pytest.fixture(scope="session", name="ca")
+def fixture_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    if "ca" not in _CACHE:
+        _CACHE["ca"] = TestCA(tmp_path_factory.mktemp("ca"))
+    return _CACHE["ca"]
+
+
+@pytest.fixture(name="server")
+def fixture_server(tmp_path: Path, ca: TestCA) -> Iterator[ReleaseServer]:
+    s = ReleaseServer(tmp_path / "www", ca)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(name="county")
+def fixture_county(broker: Mosquitto) -> Iterator[Collector]:
+    c = Collector(broker.url, client_id="county-test").start()  # a persistent session: nothing missed
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(name="make_box")
+def fixture_make_box(tmp_path: Path, template: Path, bundles: Bundles, ca: TestCA, broker: Mosquitto,
+             server: ReleaseServer) -> Iterator[Callable[..., Box]]:
+    boxes: list[Box] = []
+
+    def make(**update: Any) -> Box:
+        box = Box(tmp_path / f"box{len(boxes)}", template, bundles, ca, broker.url, server, **update)
+        boxes.append(box)
+        return box.start()
+
+    yield make
+    for box in boxes:
+        box.stop()

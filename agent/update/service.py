@@ -105,12 +105,7 @@ class UpdateService(Service):
 
     # -------------------------------------------------------------------------------- service
     async def run(self, ready: Any) -> None:
-        try:
-            self.layout.ensure()
-        except OSError as exc:
-            log.warning("update: release root %s is not usable (%s); updates are refused", self.layout.root,
-                        exc.strerror)
-        await self._report_outcome()
+        await self._report_outcome()  # nothing is created under the release root until a command needs it
         self.trial = self.layout.read_trial()
         if self.trial is not None and self.trial.kind == "release" and self.trial.to_version != self.version:
             # the switch never happened (power cut after the trial was written): nothing to undo
@@ -246,6 +241,10 @@ class UpdateService(Service):
         if not url.startswith(self.settings.server) or "/../" in url or "?" in url or "#" in url:
             raise CommandFailed("not_allowed", "data.url is not under this box's [update] server")
         self._check_idle()
+        try:
+            self.layout.ensure()
+        except OSError as exc:
+            raise CommandFailed("not_configured", f"release root {self.layout.root}: {exc.strerror}") from None
         self._busy = asyncio.create_task(self._update(cmd, version, digest, url), name="update.release")
 
     async def _update(self, cmd: Command, version: str, digest: str, url: str) -> None:

@@ -48,11 +48,11 @@ def raw_public(key: Ed25519PrivateKey) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def box_config(tmp_path: Path, url: str, pub: Path, box: str = "box-live", **broadcast: Any) -> Config:
+def box_config(tmp_path: Path, url: str, pub: Path, box: str = "box-live", kid: str = KID, **broadcast: Any) -> Config:
     return parse_config({
         "box": {"id": box, "groups": ["town-live"], "profile": "sim", "state_dir": str(tmp_path / box)},
         "mqtt": {"url": url, "backoff_min_s": 0.2, "backoff_max_s": 1.0},
-        "trust": {"keys": {KID: str(pub)}},
+        "trust": {"keys": {kid: str(pub)}},
         "outbox": {"commit_interval_ms": 5},
         "broadcast": {"warmup_s": 0.05, "tail_s": 0.0, "off_delay_s": 0.1, "chime": "", **broadcast},
     })

@@ -1,0 +1,149 @@
+// 实时喊话: microphone -> WebCodecs AudioEncoder (Opus, 20 ms frames) -> the WebSocket /ws/v1/live, which signs
+// the frames into packets for the boxes (county/server/routes_live.py). The level meter reads the same track.
+// Processing (echo cancellation, noise suppression, automatic gain) is off: a loudspeaker announcement wants
+// the voice as spoken, and those filters smear clicks and cut the first syllable.
+import { explain } from "./api.js";
+import { $ } from "./dom.js";
+import { t } from "./i18n.js";
+import { loaded } from "./session.js";
+import { TargetPicker } from "./targets.js";
+
+const FRAME_US = 20000;
+const startBtn = $("#live-start");
+const endBtn = $("#live-end");
+const state = $("#live-state");
+const meter = $("#live-level");
+let session = null;
+
+const picker = new TargetPicker($("#target-tree"), $("#target-list"), $("#target-count"), () => {
+  startBtn.disabled = session !== null || !picker.result.to.length;
+});
+
+function say(text, cls = "muted") {
+  state.className = cls;
+  state.textContent = text;
+}
+
+class Session {
+  constructor() {
+    this.ws = null;
+    this.stream = null;
+    this.encoder = null;
+    this.reader = null;
+    this.audio = null;
+    this.running = false;
+    this.frames = 0;
+  }
+
+  async start(body) {
+    if (typeof AudioEncoder === "undefined" || typeof MediaStreamTrackProcessor === "undefined") {
+      throw new Error(t("This browser cannot encode Opus audio (WebCodecs AudioEncoder is missing)"));
+    }
+    this.stream = await navigator.mediaDevices.getUserMedia({audio: {
+      channelCount: 1, sampleRate: 48000, echoCancellation: false, noiseSuppression: false, autoGainControl: false}});
+    this.meter();
+    const proto = location.protocol === "https:" ? "wss://" : "ws://";
+    this.ws = new WebSocket(proto + location.host + "/ws/v1/live");
+    this.ws.binaryType = "arraybuffer";
+    this.ws.onmessage = (ev) => this.message(JSON.parse(ev.data));
+    this.ws.onclose = () => this.stop(false);
+    this.ws.onopen = () => this.ws.send(JSON.stringify({type: "start", ...body}));
+  }
+
+  meter() {
+    this.audio = new AudioContext();
+    const analyser = this.audio.createAnalyser();
+    analyser.fftSize = 1024;
+    this.audio.createMediaStreamSource(this.stream).connect(analyser);
+    const buf = new Float32Array(analyser.fftSize);
+    const tick = () => {
+      if (!this.audio) return;
+      analyser.getFloatTimeDomainData(buf);
+      let peak = 0;
+      for (const v of buf) peak = Math.max(peak, Math.abs(v));
+      meter.value = peak;
+      requestAnimationFrame(tick);
+    };
+    tick();
+  }
+
+  message(msg) {
+    if (msg.type === "started") {
+      say(t("Speaking to {n} boxes", {n: msg.boxes.length}), "ok");
+      document.body.dataset.liveId = msg.id;
+      endBtn.disabled = false;
+      this.capture();
+    } else if (msg.type === "error") {
+      say(msg.detail, "error");
+    } else if (msg.type === "ended") {
+      say(t("Live broadcast ended"));
+      document.body.dataset.liveEnded = "1";
+    }
+  }
+
+  async capture() {
+    const track = this.stream.getAudioTracks()[0];
+    this.reader = new MediaStreamTrackProcessor({track}).readable.getReader();
+    this.running = true;
+    while (this.running) {
+      const {value, done} = await this.reader.read();
+      if (done) break;
+      if (!this.encoder) {
+        this.encoder = new AudioEncoder({
+          output: (chunk) => {
+            const bytes = new Uint8Array(chunk.byteLength);
+            chunk.copyTo(bytes);
+            if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(bytes);
+            this.frames += 1;
+            document.body.dataset.liveFrames = String(this.frames);
+          },
+          error: (err) => say(String(err), "error"),
+        });
+        this.encoder.configure({codec: "opus", sampleRate: value.sampleRate,
+          numberOfChannels: value.numberOfChannels, bitrate: 24000, opus: {frameDuration: FRAME_US}});
+      }
+      this.encoder.encode(value);
+      value.close();
+    }
+  }
+
+  async end() {
+    this.running = false;
+    if (this.encoder && this.encoder.state === "configured") await this.encoder.flush();
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({type: "end"}));
+    this.stop(true);
+  }
+
+  stop(keepSocket) {
+    this.running = false;
+    if (this.stream) this.stream.getTracks().forEach((tr) => tr.stop());
+    this.stream = null;
+    if (this.audio) this.audio.close();
+    this.audio = null;
+    if (!keepSocket && this.ws) this.ws = null;
+    session = null;
+    endBtn.disabled = true;
+    startBtn.disabled = !picker.result.to.length;
+  }
+}
+
+startBtn.addEventListener("click", async () => {
+  if (!picker.result.to.length) {
+    say(t("Pick the targets first"), "error");
+    return;
+  }
+  say(t("Connecting…"));
+  startBtn.disabled = true;
+  session = new Session();
+  try {
+    await session.start({to: picker.result.to, class: $("#live-class").value, title: $("#live-title").value});
+  } catch (err) {
+    say(err.message || explain(err), "error");
+    session.stop(false);
+  }
+});
+
+endBtn.addEventListener("click", () => { if (session) session.end(); });
+
+await picker.load();
+loaded();

@@ -8,7 +8,8 @@ the tiles are drawn in: "GCJ02" for 高德, so the page shifts WGS-84 points bef
 anyway (a 天地图 browser key is bound to the server's domain); no other secret is in the answer. With
 `tiles = "none"` `layers` is empty and the page draws the outline and the points on a plain background:
 a county intranet with no internet has a working map. The outline is the [map] outline GeoJSON file, else
-the convex hull of the regions file's points (villages and boxes with lat/lon), else null. `places` are
+the convex hull around the regions file's points (townships, villages and boxes with lat/lon, each padded
+so a few villages make an area), else null. `places` are
 the registered boxes inside the caller's scope that have a position (their own, else their village's).
 
 GET /api/v1/alarms/{id}: one alarm as in the list, plus `data` (the alarm's data), `raw` (the envelope as
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,17 @@ def _region_points(regions: Any) -> list[tuple[float, float]]:
     return pts
 
 
+def _padded(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Each point with a ring of 12 around it (15 % of the points' extent, at least ~1 km), so the hull of a
+    few villages is an area around them rather than a sliver between them."""
+    if not points:
+        return []
+    lons, lats = [p[0] for p in points], [p[1] for p in points]
+    r = max(0.01, 0.15 * max(max(lons) - min(lons), max(lats) - min(lats)))
+    return [(lon + r * math.cos(a * math.pi / 6) / max(0.2, math.cos(math.radians(lat))),
+             lat + r * math.sin(a * math.pi / 6)) for lon, lat in points for a in range(12)]
+
+
 async def outline(request: Request) -> tuple[dict[str, Any] | None, str | None]:
     """(the outline, where it came from), read once per app and kept."""
     st = request.app.state
@@ -186,7 +199,7 @@ async def outline(request: Request) -> tuple[dict[str, Any] | None, str | None]:
         except (OSError, ValueError) as exc:
             log.warning("[map] outline %s cannot be drawn: %s", json.dumps(str(path)), json.dumps(str(exc)))
     if got[0] is None:
-        hull = convex_hull(_region_points(st.regions))
+        hull = convex_hull(_padded(_region_points(st.regions)))
         if len(hull) >= 3:
             ring = [[lon, lat] for lon, lat in hull] + [[hull[0][0], hull[0][1]]]
             got = ({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},

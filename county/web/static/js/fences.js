@@ -57,6 +57,9 @@ function onClick(ev) {
   draw.points.push(ev.latlng);
   draw.vertices.push(L.circleMarker(ev.latlng, {radius: 4, color: "#b42318", weight: 2}).addTo(m.map));
   mapEl.dataset.vertices = String(draw.points.length);
+  // what was clicked, as drawn (the tile layer's datum) and as it will be stored (WGS-84): tests compare them
+  mapEl.dataset.viewPoints = JSON.stringify(draw.points.map((p) => [p.lat, p.lng]));
+  mapEl.dataset.wgsPoints = JSON.stringify(draw.points.map((p) => m.wgs(p)));
   if (draw.mode === "polygon") {
     if (draw.preview) draw.preview.remove();
     draw.preview = L.polyline(draw.points, {color: "#b42318", dashArray: "4 4"}).addTo(m.map);

@@ -54,12 +54,13 @@ def box_config(tmp_path: Path, url: str, pub: Path, box: str = "box-live", kid: 
         "mqtt": {"url": url, "backoff_min_s": 0.2, "backoff_max_s": 1.0},
         "trust": {"keys": {kid: str(pub)}},
         "outbox": {"commit_interval_ms": 5},
-        "broadcast": {"warmup_s": 0.05, "tail_s": 0.0, "off_delay_s": 0.1, "chime": "", **broadcast},
+        "broadcast": {"warmup_s": 0.05, "tail_s": 0.0, "off_delay_s": 0.1, "chime": "", "live_silence_s": 1.5,
+                      **broadcast},
     })
 
 
 class Box:
-    def __init__(self, cfg: Config, silence_s: float = 1.5) -> None:
+    def __init__(self, cfg: Config, silence_s: float | None = None) -> None:
         self.cfg = cfg
         self.relay = TwinAmpRelay(17)
         self.player = TwinPlayer(speed=8.0, hang_slack_s=0.05)
@@ -86,7 +87,8 @@ async def running(box: Box, collector: Collector) -> AsyncIterator[Box]:
                        commands=router, hardware=Hardware(relay=box.relay, player=box.player, tts=SilentTts()))
     (service,) = make_services(ctx)
     assert isinstance(service, BroadcastService)
-    service.live.silence_s = box.silence_s
+    if box.silence_s is not None:
+        service.live.silence_s = box.silence_s
     box.service, box.router = service, router
     link = Link(cfg, outbox, router, clock=clock)
 

@@ -175,11 +175,12 @@ async def test_lossy_jittery_link_conceals_and_keeps_the_relay_on(tmp_path: Path
 
 async def test_sender_gone_ends_after_the_silence_timeout(tmp_path: Path, broker: Mosquitto, collector: Collector,
                                                           keys: Any) -> None:
-    box = Box(box_config(tmp_path, broker.url, keys[1]), silence_s=1.0)
+    box = Box(box_config(tmp_path, broker.url, keys[1], live_silence_s=1.0))  # the config key, as a box has it
     county = County(collector, keys[0])
     sid = session_id()
     sender = LiveSender(sid)
     async with running(box, collector):
+        assert box.live.silence_s == 1.0
         cmd = county.live(sid, sender.key)
         await county.wait(cmd, "started")
         await sender.stream(SPEECH[:48000 * 2 * 2], audio_publisher(collector, sid), end=False)  # no END

@@ -117,7 +117,9 @@ class BroadcastService:
         self._preparing: dict[str, _Job] = {}  # plays waiting for text to speech, by id
         self._urgent: asyncio.Queue[_Job] = asyncio.Queue()  # emergencies
         self._routine: asyncio.Queue[_Job] = asyncio.Queue()  # daily, drill
-        self.live = LivePlayer(ctx.config, sink_factory_for(player))  # live sessions (live_player.py)
+        self.live = LivePlayer(ctx.config, sink_factory_for(player), silence_s=self._cfg.live_silence_s,
+                               jitter_min_s=self._cfg.live_jitter_min_s,
+                               jitter_max_s=self._cfg.live_jitter_max_s)  # live sessions (live_player.py)
 
     @property
     def engine(self) -> Engine | None:

@@ -62,9 +62,16 @@ class BroadcastConfig:
     tts_voice: str = "cmn"  # espeak-ng voice
     drill_marker: str = "演习。现在进行的是演习。"  # spoken before and after every drill
     db_file: str = "broadcast.db"  # in box.state_dir
+    # live broadcast (docs/live-broadcast.md): a session with no valid audio packet for this long ends
+    live_silence_s: float = field(default=5.0, metadata={"check": positive})
+    # the live jitter buffer's delay adapts between these (seconds)
+    live_jitter_min_s: float = field(default=0.2, metadata={"check": positive})
+    live_jitter_max_s: float = field(default=0.5, metadata={"check": positive})
 
     def __post_init__(self) -> None:
         if self.max_volume > self.emergency_volume:
             raise ValueError("max_volume must not exceed emergency_volume")
         if self.default_volume > self.max_volume:
             raise ValueError("default_volume must not exceed max_volume")
+        if self.live_jitter_min_s > self.live_jitter_max_s:
+            raise ValueError("live_jitter_min_s must not exceed live_jitter_max_s")

@@ -64,6 +64,7 @@ A, B, BROKEN = "1.0.0", "1.0.1", "1.0.2"
 class Bundle:
     dir: Path
     manifest: Manifest
+    name: str
 
     @property
     def digest(self) -> str:
@@ -76,6 +77,7 @@ class Bundles:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.keys = root / "keys"
+        self._made = 0
         self.rel_key_path, self.rel_pub = new_keypair("release-test", self.keys)
         self.cmd_key_path, self.cmd_pub = new_keypair("county-test", self.keys)
         self.rogue_key_path, _ = new_keypair("rogue", self.keys)
@@ -100,7 +102,8 @@ class Bundles:
 
     def bundle(self, name: str, version: str, *, arch: str = "any", min_from: str = "0", key: Any = None,
                kid: str = "release-test", with_deps: bool = True) -> Bundle:
-        out = self.root / "bundles" / name
+        self._made += 1
+        out = self.root / "bundles" / f"{self._made}-{name}"
         wheels = out / WHEELS_DIR
         wheels.mkdir(parents=True)
         files = [Path(shutil.copy2(self.project[version], wheels))]
@@ -110,7 +113,7 @@ class Bundles:
         manifest = Manifest("village-edge", version, python_tag(), arch, min_from, int(time.time()), with_deps,
                             entries)
         (out / MANIFEST_FILE).write_text(sign_manifest(manifest, key or self.rel_key, kid))
-        return Bundle(out, manifest)
+        return Bundle(out, manifest, name)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -197,7 +200,7 @@ class ReleaseServer:
 
     def publish(self, bundle: Bundle, name: str | None = None) -> str:
         """Copy a bundle under releases/<name>/; returns the manifest URL."""
-        name = name or bundle.dir.name
+        name = name or bundle.name
         dest = self.docroot / "releases" / name
         shutil.copytree(bundle.dir, dest)
         return f"{self.base}releases/{name}/{MANIFEST_FILE}"

@@ -66,6 +66,7 @@ from agent.protocol.text import escape, scrub
 from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX, Topics
 from county.server.events import EventHub
 from county.store import Database
+from county.store.db import upsert_on
 from county.store.tables import (
     alarms,
     boxes,
@@ -96,6 +97,12 @@ _RANK = {"received": 0, "scheduled": 1, "started": 2}  # a final state ranks 3
 NAME_MAX = 64  # wearer, device, camera, command id, version: String(64) columns
 REASON_MAX = 2000
 DB_RETRY_S = 1.0
+# the columns of the rows Store writes with Database.write_rows (one array each on PostgreSQL)
+MESSAGE_COLUMNS = ("id", "box", "seq", "ts", "class", "kind", "received", "raw")
+BOX_AGG_COLUMNS = ("id", "first_seen", "last_seen", "last_seq", "stored", "min_seq")
+POSITION_COLUMNS = ("box", "wearer", "lat", "lon", "acc_m", "ts")
+LATEST_COLUMNS = ("box", "wearer", "device", "lat", "lon", "acc_m", "fix_ts", "ts")
+CAMERA_STATE_COLUMNS = ("box", "camera", "state", "reason", "since", "updated")
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 16
 
 
@@ -413,9 +420,9 @@ class Store:
             return
         rows = [{"id": p.env.id, "box": p.env.box, "seq": p.env.seq, "ts": p.env.ts, "class": p.env.cls.wire,
                  "kind": p.env.kind, "received": it.received, "raw": p.raw} for it, p in good.values()]
-        res = await conn.execute(self._stmt("messages", lambda: db.insert_ignore(messages).returning(messages.c.id)),
-                                 rows)
-        new_ids = {r[0] for r in res.all()}
+        new_ids = {r[0] for r in await db.write_rows(
+            conn, "ingest.messages", messages, MESSAGE_COLUMNS, rows,
+            lambda ins: ins.on_conflict_do_nothing().returning(messages.c.id), returning=True)}
         out.stored = len(new_ids)
         out.duplicates = sum(1 for it, p in items if isinstance(p, Good)) - len(new_ids)
         await self._boxes(conn, [(it, p.env) for it, p in good.values()], new_ids, out)
@@ -497,8 +504,9 @@ class Store:
                 hb = heartbeats.get(env.box)
                 if hb is None or env.ts > hb.ts:
                     heartbeats[env.box] = env
-        stmt = self._stmt("boxes", lambda: self.db.upsert(
-            boxes, ["id"],
+        await self.db.write_rows(conn, "ingest.boxes", boxes, BOX_AGG_COLUMNS, [agg[b] for b in sorted(agg)],
+                                 lambda ins: upsert_on(
+            ins, ["id"],
             lambda ex: {"first_seen": _older_int(boxes.c.first_seen, ex.first_seen),
                         "last_seen": _newer_int(boxes.c.last_seen, ex.last_seen),
                         "last_seq": _newer_int(boxes.c.last_seq, ex.last_seq),
@@ -506,7 +514,6 @@ class Store:
                         # a NULL (nothing new of the box) keeps the stored value: NULL < x is not true
                         "min_seq": case((ex.min_seq.is_(None), boxes.c.min_seq),
                                         else_=_older_int(boxes.c.min_seq, ex.min_seq))}))
-        await conn.execute(stmt, [agg[b] for b in sorted(agg)])
         if heartbeats:
             hb_rows = []
             for b in sorted(heartbeats):
@@ -597,20 +604,20 @@ class Store:
                     row = alarm_row(by_id[a["id"]], a["pos"])
                     out.events.append(("alarm", row, ("alarm", a["id"], "new")))
         if history:
-            await conn.execute(positions.insert(), history)
+            await db.write_rows(conn, "ingest.positions", positions, POSITION_COLUMNS, history)
         if latest:
-            stmt = self._stmt("positions_latest", lambda: db.upsert(
-                positions_latest, ["box", "wearer"], ["device", "lat", "lon", "acc_m", "fix_ts", "ts"],
-                where=lambda ex: positions_latest.c.ts < ex.ts))
-            await conn.execute(stmt, [latest[k] for k in sorted(latest)])
+            await db.write_rows(conn, "ingest.positions_latest", positions_latest, LATEST_COLUMNS,
+                                [latest[k] for k in sorted(latest)], lambda ins: upsert_on(
+                                    ins, ["box", "wearer"], ["device", "lat", "lon", "acc_m", "fix_ts", "ts"],
+                                    where=lambda ex: positions_latest.c.ts < ex.ts))
         if periods:
             await conn.execute(self._stmt("camera_periods", lambda: db.insert_ignore(camera_periods)),
                                [periods[k] for k in sorted(periods)])
         if cams:
-            stmt = self._stmt("camera_states", lambda: db.upsert(
-                camera_states, ["box", "camera"], ["state", "reason", "since", "updated"],
-                where=lambda ex: camera_states.c.updated < ex.updated))
-            await conn.execute(stmt, [cams[k] for k in sorted(cams)])
+            await db.write_rows(conn, "ingest.camera_states", camera_states, CAMERA_STATE_COLUMNS,
+                                [cams[k] for k in sorted(cams)], lambda ins: upsert_on(
+                                    ins, ["box", "camera"], ["state", "reason", "since", "updated"],
+                                    where=lambda ex: camera_states.c.updated < ex.updated))
         if rcpts:
             t = receipts.c
             stmt = self._stmt("receipts", lambda: db.upsert(

@@ -157,6 +157,62 @@ async def test_upsert_updates_only_when_asked(db_url: str) -> None:
             db.upsert(alarms, ["id"], [])
 
 
+async def test_write_rows_stores_any_text_nulls_and_big_ints_and_returns_only_new_rows(db_url: str) -> None:
+    """Database.write_rows: executemany on SQLite, one INSERT ... SELECT FROM unnest(binary arrays) on
+    PostgreSQL; the same rows and answers on both, whatever the text (quotes, backslashes, braces, commas,
+    CJK, an empty string) and with NULLs; a rollback takes its rows back (the same transaction)."""
+    from county.store.db import upsert_on
+    from county.store.tables import positions_latest
+
+    odd = ['{"a": "b\\"}', 'NULL', '', '勐海 "村" \\N', '{1,2}', "x" * 70_000, "tab\tnew\nline"]
+    cols = ("id", "box", "seq", "ts", "class", "kind", "received", "raw")
+    rows = [{"id": f"b1:{i}", "box": "b1", "seq": (1 << 62) + i, "ts": i, "class": "event", "kind": "k",
+             "received": 1, "raw": raw} for i, raw in enumerate(odd)]
+
+    def ignore(ins: Any) -> Any:
+        return ins.on_conflict_do_nothing().returning(messages.c.id)
+
+    async with await Database.open(db_url) as db:
+        async with db.begin() as conn:
+            got = await db.write_rows(conn, "t.messages", messages, cols, rows, ignore, returning=True)
+        assert sorted(r[0] for r in got) == sorted(r["id"] for r in rows)
+        async with db.begin() as conn:  # a resend with one new row: only that one comes back
+            again = rows[:3] + [{**rows[0], "id": "b1:99"}]
+            assert [r[0] for r in await db.write_rows(conn, "t.messages", messages, cols, again, ignore,
+                                                      returning=True)] == ["b1:99"]
+        with pytest.raises(RuntimeError):
+            async with db.begin() as conn:
+                await db.write_rows(conn, "t.messages", messages, cols, [{**rows[0], "id": "b1:100"}], ignore)
+                raise RuntimeError("roll back")
+        async with db.connect() as conn:
+            stored = dict((await conn.execute(select(messages.c.id, messages.c.raw))).all())
+            seqs = {r[0]: r[1] for r in (await conn.execute(select(messages.c.id, messages.c.seq))).all()}
+        assert {k: stored[k] for k in (r["id"] for r in rows)} == {r["id"]: r["raw"] for r in rows}
+        assert "b1:100" not in stored and seqs["b1:6"] == (1 << 62) + 6
+
+        lcols = ("box", "wearer", "device", "lat", "lon", "acc_m", "fix_ts", "ts")
+
+        def newest(ins: Any) -> Any:
+            return upsert_on(ins, ["box", "wearer"], ["device", "lat", "lon", "acc_m", "fix_ts", "ts"],
+                             where=lambda ex: positions_latest.c.ts < ex.ts)
+
+        first = [{"box": "b1", "wearer": "w1", "device": None, "lat": 21.5, "lon": 100.25, "acc_m": None,
+                  "fix_ts": None, "ts": 10},
+                 {"box": "b1", "wearer": "w2", "device": "d", "lat": -1.0, "lon": 2.0, "acc_m": 3.5, "fix_ts": 9,
+                  "ts": 10}]
+        later = [{**first[0], "lat": 22.0, "ts": 20}, {**first[1], "lat": 5.0, "ts": 5}]  # w2's is older: kept out
+        for batch in (first, later):
+            async with db.begin() as conn:
+                await db.write_rows(conn, "t.latest", positions_latest, lcols, batch, newest)
+        async with db.connect() as conn:
+            got_rows = {r[0]: tuple(r[1:]) for r in (await conn.execute(
+                select(positions_latest.c.wearer, positions_latest.c.lat, positions_latest.c.acc_m,
+                       positions_latest.c.device, positions_latest.c.ts))).all()}
+        assert got_rows == {"w1": (22.0, None, None, 20), "w2": (-1.0, 3.5, "d", 10)}
+        async with db.begin() as conn:
+            assert await db.write_rows(conn, "t.latest", positions_latest, lcols, [], newest) == []
+
+
 async def test_a_database_from_a_newer_version_is_refused_not_migrated_down(db_url: str) -> None:
     async with await Database.open(db_url) as db, db.begin() as conn:
         await conn.execute(db.insert_ignore(messages), [_message(1)])

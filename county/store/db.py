@@ -103,7 +103,23 @@ def upsert(dialect: str, table: Table, index_elements: Sequence[str],
     mapping: `lambda ex: {"n": table.c.n + ex.n}`. `where(excluded)` makes the update conditional, e.g.
     `lambda ex: ex.ts > table.c.ts` keeps the newest row.
     """
-    stmt = _insert(dialect, table)
+    return upsert_on(_insert(dialect, table), index_elements, set_, where)
+
+
+def unnest_source(table: Table, columns: Sequence[str]) -> Any:
+    """PostgreSQL: SELECT r.col, ... FROM unnest(:a_col::TYPE[], ...) AS r(col, ...): rows from one array per column."""
+    from sqlalchemy import bindparam, select
+    from sqlalchemy import func as sa_func
+
+    arrays = [bindparam(f"a_{c}", type_=pg_dialect.ARRAY(table.c[c].type)) for c in columns]
+    src = sa_func.unnest(*arrays).table_valued(*columns).render_derived(name="r")
+    return select(*[src.c[c] for c in columns])
+
+
+def upsert_on(stmt: Any, index_elements: Sequence[str],
+              set_: Sequence[str] | Mapping[str, Any] | Callable[[Any], Mapping[str, Any]],
+              where: Callable[[Any], Any] | None = None) -> Any:
+    """`upsert` on a given dialect insert (`stmt`: e.g. an INSERT ... SELECT)."""
     excluded = stmt.excluded
     if callable(set_):
         values = dict(set_(excluded))
@@ -173,6 +189,7 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect: str = engine.dialect.name  # "sqlite" | "postgresql"
+        self._bulk: dict[str, Any] = {}  # write_rows' statements: SQLAlchemy's (SQLite) or SQL text (PostgreSQL)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, echo: bool = False) -> Database:
@@ -256,6 +273,45 @@ class Database:
     def insert_ignore(self, table: Table) -> Insert:
         """INSERT ... ON CONFLICT DO NOTHING (see the module function)."""
         return insert_ignore(self.dialect, table)
+
+    async def write_rows(self, conn: AsyncConnection, name: str, table: Table, columns: Sequence[str],
+                         rows: Sequence[Mapping[str, Any]], build: Callable[[Any], Any] | None = None, *,
+                         returning: bool = False) -> list[Any]:
+        """Many rows of `columns` into `table` in `conn`'s transaction, by one statement `build(insert)` adds
+        ON CONFLICT / RETURNING to (`name` caches it); the RETURNING rows if `returning`.
+
+        SQLite: `build(insert(table))` run as executemany of `rows`. PostgreSQL: `build(INSERT INTO table
+        (columns) SELECT ... FROM unnest(:a_col::TYPE[], ...))` run once with one array per column, sent in
+        binary. Why: SQLAlchemy's executemany on PostgreSQL is either one round of the pipeline per row or,
+        with RETURNING, a multi-row VALUES whose text changes with the number of rows, which psycopg parses
+        anew each time (it caches only short texts) while escaping text arrays element by element; that
+        was most of ingest's cost there. The statement here has one text for any number of rows (parsed
+        once, prepared by the server). It runs on a psycopg cursor of `conn`'s own connection (the same
+        transaction): SQLAlchemy has no way to ask for binary parameters (psycopg's `%(name)b`).
+        Rows with the same conflict key must be merged first (ON CONFLICT DO UPDATE takes a row once).
+        """
+        if not rows:
+            return []
+        stmt = self._bulk.get(name)
+        if self.dialect != "postgresql":
+            if stmt is None:
+                base = _insert(self.dialect, table)
+                stmt = self._bulk[name] = build(base) if build is not None else base
+            res = await conn.execute(stmt, list(rows))
+            return list(res.all()) if returning else []
+        if stmt is None:
+            base = _insert("postgresql", table).from_select(list(columns), unnest_source(table, columns))
+            sql = str((build(base) if build is not None else base).compile(dialect=self.engine.dialect))
+            for c in columns:  # %b: this parameter in binary (psycopg's placeholder); the names are ours
+                sql = sql.replace(f"%(a_{c})s", f"%(a_{c})b")
+            stmt = self._bulk[name] = sql
+        params = {f"a_{c}": [r[c] for r in rows] for c in columns}
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        async with driver.cursor() as cur:
+            await cur.execute(stmt, params)
+            return list(await cur.fetchall()) if returning else []
 
     def upsert(self, table: Table, index_elements: Sequence[str],
                set_: Sequence[str] | Mapping[str, Any] | Callable[[Any], Mapping[str, Any]],

@@ -177,7 +177,7 @@ async def test_write_rows_stores_any_text_nulls_and_big_ints_and_returns_only_ne
             got = await db.write_rows(conn, "t.messages", messages, cols, rows, ignore, returning=True)
         assert sorted(r[0] for r in got) == sorted(r["id"] for r in rows)
         async with db.begin() as conn:  # a resend with one new row: only that one comes back
-            again = rows[:3] + [{**rows[0], "id": "b1:99"}]
+            again = [*rows[:3], {**rows[0], "id": "b1:99"}]
             assert [r[0] for r in await db.write_rows(conn, "t.messages", messages, cols, again, ignore,
                                                       returning=True)] == ["b1:99"]
         with pytest.raises(RuntimeError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
 import threading
 import zoneinfo
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from agent.protocol import jws
 from agent.protocol.envelope import Envelope, MsgClass
@@ -37,6 +39,7 @@ from tests.browser import (  # noqa: F401 - the browser and console fixtures
     login,
     page_text,
     shoot,
+    start_console,
     untranslated,
     wait,
     wait_loaded,
@@ -141,8 +144,17 @@ def boxes(console: Console) -> Iterator[dict[str, SimBox]]:
 
 
 def board(driver: Any) -> dict[str, str]:
-    return {tr.get_attribute("data-box"): tr.get_attribute("data-state")
-            for tr in driver.find_elements(By.CSS_SELECTOR, "#bc-board tbody tr")}
+    """{box: state} of the board, read in one script (the rows are re-rendered as receipts arrive)."""
+    return dict(driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#bc-board tbody tr')]"
+        ".map((tr) => [tr.dataset.box, tr.dataset.state]))"))
+
+
+def text_of(driver: Any, css: str, attr: str | None = None) -> str:
+    """An element's visible text (or attribute), read in one script: no stale element between find and read."""
+    return str(driver.execute_script(
+        "const el = document.querySelector(arguments[0]); if (!el) return null;"
+        "return arguments[1] ? el.getAttribute(arguments[1]) : el.innerText", css, attr))
 
 
 def tick(driver: Any, target: str) -> None:
@@ -181,7 +193,7 @@ def test_push_to_a_township_and_watch_every_box_finish(console: Console, browser
 
     bid = compose(browser, console, "今晚八点村委会开会，请准时参加。", "town-a")
     wait(browser, lambda d: board(d) == {"a1": "finished", "a2": "finished"})
-    assert browser.find_element(By.CSS_SELECTOR, '#bc-board tr[data-box="a1"] [data-field=state]').text == "完成"
+    assert text_of(browser, '#bc-board tr[data-box="a1"] [data-field=state]') == "完成"
     assert [c["id"] for c in boxes["a1"].got] == [bid] and boxes["b1"].got == []  # the other township heard nothing
     assert boxes["a1"].got[0]["to"] == ["group:town-a"]
     times = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#bc-board time")]
@@ -197,7 +209,7 @@ def test_cancel_a_scheduled_broadcast_and_see_cancelled(console: Console, browse
     later = (dt.datetime.now(TZ) + dt.timedelta(hours=3)).replace(second=0, microsecond=0)
     bid = compose(browser, console, "明天上午九点停水。", "town-a", start=later.strftime("%Y-%m-%dT%H:%M"))
     wait(browser, lambda d: board(d) == {"a1": "scheduled", "a2": "scheduled"})
-    shown = browser.find_element(By.CSS_SELECTOR, '#bc-board tr[data-box="a1"]').text
+    shown = text_of(browser, '#bc-board tr[data-box="a1"]')
     assert f"{later:%Y/%m/%d %H:%M}:00" in shown and "播放" in shown  # the local play time, in words
     button = browser.find_element(By.ID, "bc-cancel")
     button.click()  # arms it
@@ -222,8 +234,9 @@ def test_a_rejection_in_words_and_resend_to_the_silent_box(console: Console, bro
         login(browser, console, "operator")
         bid = compose(browser, console, "测试", "town-a")
         wait(browser, lambda d: board(d) == {"a1": "rejected", "a2": "no_answer"})
-        reason = browser.find_element(By.CSS_SELECTOR, '#bc-board tr[data-box="a1"] [data-field=reason]')
-        assert reason.text == "广播箱不能播放这种音频格式" and reason.get_attribute("title") == "audio_type"
+        reason = '#bc-board tr[data-box="a1"] [data-field=reason]'
+        assert text_of(browser, reason) == "广播箱不能播放这种音频格式"
+        assert text_of(browser, reason, "title") == "audio_type"
         boxes["a2"].silent = False
         resend = browser.find_element(By.ID, "bc-resend")
         assert "1" in resend.text
@@ -254,6 +267,103 @@ def test_a_viewer_sees_no_compose_button_and_cannot_open_the_form(console: Conso
     assert browser.find_elements(By.ID, "new-broadcast") == []
     browser.get(console.url + "/broadcasts/new")
     assert "403" in browser.title or "无权" in page_text(browser) or "不能" in page_text(browser)
+
+
+def test_an_uploaded_file_is_fitted_and_sent(console: Console, browser: Any, boxes: dict[str, SimBox],
+                                            tmp_path: Path) -> None:
+    wav = tmp_path / "通知.wav"  # 15 s of 48 kHz stereo PCM, 2.9 MB: over the 2 MiB a command carries
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=15", "-ac", "2", "-ar", "48000", str(wav)], check=True, timeout=60)
+    login(browser, console, "operator")
+    browser.get(console.url + "/broadcasts/new")
+    wait_loaded(browser)
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=audio]").click()
+    browser.find_element(By.ID, "audio-file").send_keys(str(wav))
+    wait(browser, lambda d: d.find_element(By.ID, "audio-state").get_attribute("data-ready") == "1", 60)
+    state = browser.find_element(By.ID, "audio-state").text
+    assert "转码为 Opus 64 kbit/s" in state and "15 秒" in state, state
+    assert browser.find_element(By.ID, "title").get_attribute("value") == "通知"
+    tick(browser, "a1")
+    wait(browser, lambda d: not d.find_element(By.ID, "send").get_attribute("disabled"))
+    browser.find_element(By.ID, "send").click()
+    wait(browser, lambda d: re.search(r"/broadcasts/[0-9a-f-]{36}$", d.current_url))
+    wait(browser, lambda d: board(d) == {"a1": "finished"})
+    audio = boxes["a1"].got[-1]["data"]["audio"]
+    assert audio["mime"] == "audio/ogg" and len(audio["b64"]) * 3 // 4 <= 2 * 1024 * 1024
+
+
+CAP_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
+  <identifier>storm-7</identifier><sender>weather@menghai.gov.cn</sender>
+  <sent>2026-12-01T15:00:00+08:00</sent><status>Exercise</status><msgType>Alert</msgType><scope>Public</scope>
+  <info><language>zh-CN</language><event>暴雨</event><urgency>Immediate</urgency><severity>Moderate</severity>
+    <certainty>Likely</certainty><headline>暴雨演练</headline><description>这是暴雨预警演练。</description></info>
+</alert>"""
+
+
+def test_a_cap_file_fills_the_form_and_a_weekly_repeat_is_shown(console: Console, browser: Any,
+                                                                 boxes: dict[str, SimBox], tmp_path: Path) -> None:
+    cap = tmp_path / "storm.xml"
+    cap.write_text(CAP_XML, encoding="utf-8")
+    login(browser, console, "operator")
+    browser.get(console.url + "/broadcasts/new")
+    wait_loaded(browser)
+    browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=cap]").click()
+    browser.find_element(By.ID, "cap-file").send_keys(str(cap))
+    wait(browser, lambda d: d.find_element(By.ID, "cap-state").get_attribute("data-ready") == "1")
+    assert browser.find_element(By.ID, "text").get_attribute("value") == "暴雨演练\n这是暴雨预警演练。"
+    assert browser.find_element(By.ID, "class").get_attribute("value") == "drill"  # Exercise
+    assert browser.find_element(By.ID, "level").get_attribute("value") == "3"
+    Select(browser.find_element(By.ID, "repeat")).select_by_value("weekly")
+    for day in ("mon", "thu"):  # Monday is ticked already: untick it, tick Thursday and Saturday
+        browser.find_element(By.CSS_SELECTOR, f'#repeat-days input[value="{day}"]').click()
+    browser.find_element(By.CSS_SELECTOR, '#repeat-days input[value="sat"]').click()
+    at = browser.find_element(By.ID, "repeat-at")
+    browser.execute_script("arguments[0].value = '07:30'; arguments[0].dispatchEvent(new Event('input', "
+                           "{bubbles: true}))", at)
+    tick(browser, "b1")
+    wait(browser, lambda d: not d.find_element(By.ID, "send").get_attribute("disabled"))
+    browser.find_element(By.ID, "send").click()
+    wait(browser, lambda d: re.search(r"/broadcasts/[0-9a-f-]{36}$", d.current_url))
+    wait_loaded(browser)
+    facts = browser.find_element(By.ID, "bc-facts").text
+    assert "周四、周六 07:30" in facts and "演练" in facts, facts
+    sent = boxes["b1"].got[-1]["data"]
+    assert sent["repeat"]["days"] == ["thu", "sat"] and sent["repeat"]["at"] == "07:30"
+    assert sent["repeat"]["tz"] == "Asia/Shanghai" and sent["class"] == "drill"
+
+
+@pytest.fixture(scope="module")
+def review_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    c = start_console(tmp_path_factory.mktemp("review"), extra_toml="[review]\ndaily = true\n")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_with_review_on_a_reviewer_approves_and_it_is_sent(review_console: Console, browser: Any) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key((review_console.dir / "county.key").read_bytes(), None).public_key()
+    box = SimBox(review_console.broker.url, "b1", ["town-b"], key)
+    try:
+        login(browser, review_console, "operator")
+        browser.get(review_console.url + "/broadcasts/new")
+        wait_loaded(browser)
+        assert browser.find_element(By.ID, "review-note").is_displayed()
+        bid = compose(browser, review_console, "需要审核的通知", "b1")
+        wait(browser, lambda d: d.find_element(By.ID, "bc-state").get_attribute("data-state") == "awaiting_review")
+        assert browser.find_elements(By.ID, "bc-approve") == [] and box.got == []  # an operator may not approve
+        login(browser, review_console, "reviewer")
+        browser.get(f"{review_console.url}/broadcasts/{bid}")
+        wait_loaded(browser)
+        browser.find_element(By.ID, "bc-approve").click()
+        wait(browser, lambda d: board(d) == {"b1": "finished"})
+        assert "张审核" in browser.find_element(By.ID, "bc-facts").text or "reviewer" in browser.find_element(
+            By.ID, "bc-facts").text
+    finally:
+        box.stop()
 
 
 # ------------------------------------------------------------------------------------------ reason words

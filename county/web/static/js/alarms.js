@@ -87,4 +87,5 @@ $("#filter-state").addEventListener("change", (ev) => { filter = ev.target.value
 alarmStream(onAlarm, reload);
 await loadBoxNames(api);
 await reload();
+document.body.dataset.renderedMs = String(Math.round(performance.now()));  // first render, for the benchmark
 loaded();

@@ -273,3 +273,20 @@ async def _receipt(env: Env, bid: str, box: str, data: dict[str, Any], env_id: s
     await env.insert(receipts, {"cmd": bid, "box": box, "state": data["state"], "reason": data.get("reason"),
                                 "ts": NOW_MS, "envelope": env_id})
 
+
+
+# ------------------------------------------------------------------------------------------ children
+async def test_a_childs_output_reaches_a_log_line_escaped() -> None:
+    rc, out, err = await media.run_child(["sh", "-c", "printf 'ok'; printf 'bad\\nINFO forged line\\033[31m' >&2; "
+                                          "exit 3"])
+    assert (rc, out) == (3, b"ok")
+    assert "\n" not in err and "\x1b" not in err and "\\n" in err and "\\x1b" in err
+
+
+async def test_a_child_past_its_limit_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    with pytest.raises(media.MediaError) as got:
+        await media.run_child(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"], limit_s=0.5)
+    assert got.value.reason == "timeout" and got.value.status == 503
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped when the limit passed, not left running

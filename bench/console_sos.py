@@ -74,9 +74,13 @@ def run(work: Path, presses: int, big: bool) -> dict[str, Any]:
             before = {a["id"] for a in village.alarms(f"W{i}")}
             pressed = int(browser.execute_script("return Date.now()"))
             village.press_sos(i)
-            new = wait(browser, lambda d, i=i, before=before: [
-                a for a in village.alarms(f"W{i}") if a["id"] not in before], 60)
-            shown = wait(browser, lambda d, aid=new[0]["id"]: row_shown_at(d, aid), 60)
+            def fresh(_d: Any, i: int = i, before: set[str] = before) -> list[dict[str, Any]]:
+                assert village is not None
+                return [a for a in village.alarms(f"W{i}") if a["id"] not in before]
+
+            new = wait(browser, fresh, 60)
+            alarm_id = str(new[0]["id"])
+            shown = wait(browser, lambda d, aid=alarm_id: row_shown_at(d, aid), 60)
             visible.append(shown - pressed)
             stored.append(new[0]["received"] - pressed)
         return {"visible": visible, "stored": stored, "renders": renders}

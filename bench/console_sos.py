@@ -80,7 +80,10 @@ def run(work: Path, presses: int, big: bool) -> dict[str, Any]:
 
             new = wait(browser, fresh, 60)
             alarm_id = str(new[0]["id"])
-            shown = wait(browser, lambda d, aid=alarm_id: row_shown_at(d, aid), 60)
+            def seen(d: Any, aid: str = alarm_id) -> int | None:
+                return row_shown_at(d, aid)
+
+            shown = wait(browser, seen, 60)
             visible.append(shown - pressed)
             stored.append(new[0]["received"] - pressed)
         return {"visible": visible, "stored": stored, "renders": renders}

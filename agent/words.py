@@ -39,6 +39,7 @@ REASONS: dict[str, str] = {
     "preempted": N_("interrupted by a more urgent broadcast"),
     "cancelled": N_("cancelled"),
     "no_device": N_("no audio device"),
+    "hash_mismatch": N_("audio checksum does not match"),
     # fences (agent/wearables, county)
     "invalid_fences": N_("invalid fences"),
     "invalid_wearers": N_("invalid wearer list"),

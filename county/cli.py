@@ -65,39 +65,39 @@ class _Parser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------------------------------- parser
 def _broker_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("broker")
+    g = p.add_argument_group(_("broker"))
     g.add_argument("--broker", default=os.environ.get("VILLAGE_BROKER"), metavar="URL",
-                   help="mqtt://[user:pass@]host:port or mqtts://... (default: $VILLAGE_BROKER)")
-    g.add_argument("--ca", type=Path, help="CA certificate (PEM) for mqtts:// (with --server: for https://)")
-    g.add_argument("--cert", type=Path, help="client certificate (PEM) for mutual TLS")
-    g.add_argument("--client-key", type=Path, help="client certificate key (PEM) for mutual TLS")
+                   help=_("mqtt://[user:pass@]host:port or mqtts://... (default: $VILLAGE_BROKER)"))
+    g.add_argument("--ca", type=Path, help=_("CA certificate (PEM) for mqtts:// (with --server: for https://)"))
+    g.add_argument("--cert", type=Path, help=_("client certificate (PEM) for mutual TLS"))
+    g.add_argument("--client-key", type=Path, help=_("client certificate key (PEM) for mutual TLS"))
     g.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
 
 
 def _signing_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("signing and delivery")
-    g.add_argument("--key", type=Path, metavar="FILE", help="county private key (PKCS#8 PEM); not with --server")
-    g.add_argument("--kid", help="key id the boxes know the public key under ([trust.keys]); not with --server")
+    g = p.add_argument_group(_("signing and delivery"))
+    g.add_argument("--key", type=Path, metavar="FILE", help=_("county private key (PKCS#8 PEM); not with --server"))
+    g.add_argument("--kid", help=_("key id the boxes know the public key under ([trust.keys]); not with --server"))
     g.add_argument("--to", action="append", metavar="TARGET", type=_target,
-                   help="box:ID or group:NAME (repeatable; required, except for cancel --server)")
+                   help=_("box:ID or group:NAME (repeatable; required, except for cancel --server)"))
     g.add_argument("--ttl", type=_ttl, default=push.DEFAULT_TTL_S, metavar="DURATION",
-                   help="how long a box may still accept the command: 90s, 30m, 12h, 1d or seconds "
-                        "(default 1d, at most 31d)")
+                   help=_("how long a box may still accept the command: 90s, 30m, 12h, 1d or seconds "
+                        "(default 1d, at most 31d)"))
     g.add_argument("--wait", type=_seconds, default=0.0, metavar="S",
-                   help="collect receipts for up to S seconds (ends early when every expected box reached a "
-                        "final state; progress on stderr) and print one row per box")
+                   help=_("collect receipts for up to S seconds (ends early when every expected box reached a "
+                        "final state; progress on stderr) and print one row per box"))
     g.add_argument("--force", action="store_true",
-                   help="send even to a target no known box answers to, or with a start already past")
-    g.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+                   help=_("send even to a target no known box answers to, or with a start already past"))
+    g.add_argument("--json", action="store_true", help=_("print JSON lines instead of text"))
     _tz_arg(p)
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("through the county server (instead of --key/--kid: the server signs and publishes)")
-    g.add_argument("--server", metavar="URL", help="the county server, http(s)://HOST:PORT (--ca for https)")
-    g.add_argument("--user", metavar="NAME", help="the county server user to log in as")
+    g = p.add_argument_group(_("through the county server (instead of --key/--kid: the server signs and publishes)"))
+    g.add_argument("--server", metavar="URL", help=_("the county server, http(s)://HOST:PORT (--ca for https)"))
+    g.add_argument("--user", metavar="NAME", help=_("the county server user to log in as"))
     g.add_argument("--password-file", type=Path, metavar="F",
-                   help="the user's password (first line); default $VILLAGE_COUNTY_PASSWORD. Never on argv")
+                   help=_("the user's password (first line); default $VILLAGE_COUNTY_PASSWORD. Never on argv"))
 
 
 def _signing_mode(args: argparse.Namespace) -> bool:
@@ -105,18 +105,20 @@ def _signing_mode(args: argparse.Namespace) -> bool:
     server = getattr(args, "server", None)
     if server is not None:
         if args.key is not None or args.kid is not None:
-            raise push.UsageError("give either --server URL (the county server signs) or --key FILE and --kid ID "
-                                  "(sign here), not both")
+            raise push.UsageError(_("give either --server URL (the county server signs) or --key FILE and --kid ID "
+                                    "(sign here), not both"))
         if not getattr(args, "user", None):
-            raise push.UsageError("--server needs --user NAME (and --password-file F or $VILLAGE_COUNTY_PASSWORD)")
+            raise push.UsageError(_("--server needs --user NAME (and --password-file F or $VILLAGE_COUNTY_PASSWORD)"))
         if args.cmd == "cancel" and args.to:
-            raise push.UsageError("--to is not for cancel --server: the server sends the cancel to the broadcast's "
-                                  "own targets")
+            raise push.UsageError(_("--to is not for cancel --server: the server sends the cancel to the "
+                                    "broadcast's own targets"))
     elif args.key is None or args.kid is None:
-        either = " or --server URL --user NAME (the county server signs)" if hasattr(args, "server") else ""
-        raise push.UsageError(f"give --key FILE and --kid ID (sign here){either}")
+        if hasattr(args, "server"):
+            raise push.UsageError(_("give --key FILE and --kid ID (sign here) or --server URL --user NAME (the county "
+                                    "server signs)"))
+        raise push.UsageError(_("give --key FILE and --kid ID (sign here)"))
     if not args.to and not (server is not None and args.cmd == "cancel"):
-        raise push.UsageError("the following arguments are required: --to")
+        raise push.UsageError(_("the following arguments are required: %s") % "--to")
     return server is not None
 
 
@@ -173,57 +175,57 @@ def _target(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="village county", description="the county console",
+    parser = _Parser(prog="village county", description=_("the county console"),
                      epilog="exit codes: 0 done, 1 error, 2 usage, 3 --wait: a box did not answer or refused, "
                             "4 nothing sent: no known box answers to a target")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("push", help="sign and publish a broadcast.play")
+    p = sub.add_parser("push", help=_("sign and publish a broadcast.play"))
     _broker_args(p)
     _signing_args(p)
     _server_args(p)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--text", help="text spoken by the box's TTS")
-    what.add_argument("--audio", type=Path, metavar="FILE", help="mp3, ogg, opus or wav, sent inline")
-    what.add_argument("--cap", type=Path, metavar="FILE", help="a CAP 1.2 alert (XML)")
-    p.add_argument("--title", help="short title (default: the start of the text)")
-    p.add_argument("--spoken", metavar="TEXT", help="with --audio: a transcript, spoken if the audio cannot play")
+    what.add_argument("--text", help=_("text spoken by the box's TTS"))
+    what.add_argument("--audio", type=Path, metavar="FILE", help=_("mp3, ogg, opus or wav, sent inline"))
+    what.add_argument("--cap", type=Path, metavar="FILE", help=_("a CAP 1.2 alert (XML)"))
+    p.add_argument("--title", help=_("short title (default: the start of the text)"))
+    p.add_argument("--spoken", metavar="TEXT", help=_("with --audio: a transcript, spoken if the audio cannot play"))
     p.add_argument("--class", dest="cls", choices=["emergency", "daily", "drill"],
-                   help="default daily; with --cap: from the alert")
-    p.add_argument("--level", type=int, choices=[1, 2, 3, 4], help="1 most severe (default 1 emergency, 3 else)")
+                   help=_("default daily; with --cap: from the alert"))
+    p.add_argument("--level", type=int, choices=[1, 2, 3, 4], help=_("1 most severe (default 1 emergency, 3 else)"))
     p.add_argument("--at", metavar="TIME",
-                   help="start: ISO 8601 (without an offset: in --tz), now, or +10m (default now)")
-    p.add_argument("--until", metavar="TIME", help="end: ISO 8601 (without an offset: in --tz) or +2h")
-    p.add_argument("--volume", type=int, metavar="0-100", help="volume (capped by each box)")
-    p.add_argument("--id", dest="cmd_id", help="command (= broadcast) id; default a new UUID")
+                   help=_("start: ISO 8601 (without an offset: in --tz), now, or +10m (default now)"))
+    p.add_argument("--until", metavar="TIME", help=_("end: ISO 8601 (without an offset: in --tz) or +2h"))
+    p.add_argument("--volume", type=int, metavar="0-100", help=_("volume (capped by each box)"))
+    p.add_argument("--id", dest="cmd_id", help=_("command (= broadcast) id; default a new UUID"))
 
-    p = sub.add_parser("cancel", help="sign and publish a broadcast.cancel")
+    p = sub.add_parser("cancel", help=_("sign and publish a broadcast.cancel"))
     _broker_args(p)
     _signing_args(p)
     _server_args(p)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("broadcast", nargs="?", metavar="ID", help="the broadcast id to cancel")
-    which.add_argument("--all", action="store_true", help="stop and drop every broadcast")
+    which.add_argument("broadcast", nargs="?", metavar="ID", help=_("the broadcast id to cancel"))
+    which.add_argument("--all", action="store_true", help=_("stop and drop every broadcast"))
 
-    p = sub.add_parser("fences", help="sign and publish a geofence.set from a GeoJSON file")
+    p = sub.add_parser("fences", help=_("sign and publish a geofence.set from a GeoJSON file"))
     _broker_args(p)
     _signing_args(p)
     p.add_argument("--file", type=Path, required=True, metavar="F.geojson")
     p.add_argument("--crs", default="WGS84", choices=["WGS84", "GCJ02", "BD09"])
     p.add_argument("--assign", action="append", default=[], metavar="W1=f1,f2",
-                   help="wearer to fence ids (repeatable)")
+                   help=_("wearer to fence ids (repeatable)"))
 
-    p = sub.add_parser("watch", help="print every uplink message as it arrives")
+    p = sub.add_parser("watch", help=_("print every uplink message as it arrives"))
     _broker_args(p)
-    p.add_argument("--json", action="store_true", help="each envelope exactly as received, one per line")
+    p.add_argument("--json", action="store_true", help=_("each envelope exactly as received, one per line"))
     p.add_argument("--state", action="store_true",
                    help='also print box state (online/offline) messages; with --json as {"state_topic", "state"}')
-    p.add_argument("--count", type=_positive_int, metavar="N", help="stop after N messages")
-    p.add_argument("--duration", type=_seconds, metavar="S", help="stop after S seconds")
+    p.add_argument("--count", type=_positive_int, metavar="N", help=_("stop after N messages"))
+    p.add_argument("--duration", type=_seconds, metavar="S", help=_("stop after S seconds"))
     _tz_arg(p)
 
     # resolve: county.status may define some of the shared options itself; its definition wins
-    p = sub.add_parser("status", help="one row per box: state, last seen, backlog, cameras",
+    p = sub.add_parser("status", help=_("one row per box: state, last seen, backlog, cameras"),
                        conflict_handler="resolve")
     _broker_args(p)
     status = _status_module()
@@ -260,13 +262,14 @@ def _names(names: Iterable[str], most: int = 8) -> str:
 
 def _unheard_line(unheard: list[str], board: ReceiptBoard, prefix: str) -> str:
     if not board.known:
-        why = (f"no box is known on this broker (no retained state under {prefix}/box/+/state: "
-               "wrong --broker or --prefix?)")
+        why = _("no box is known on this broker (no retained state under {prefix}/box/+/state: "
+                "wrong --broker or --prefix?)").format(prefix=prefix)
     else:
         groups = sorted({g for gs in board.known.values() for g in gs})
-        why = (f"no known box answers to {', '.join(unheard)} ({len(board.known)} box(es) known from their "
-               f"retained state; their groups: {_names(groups) or 'none'})")
-    return f"{why}; nothing sent (check the name, or --force to send anyway)"
+        why = _("no known box answers to {targets} ({n} box(es) known from their retained state; their groups: "
+                "{groups})").format(targets=", ".join(unheard), n=len(board.known),
+                                    groups=_names(groups) or _("none"))
+    return _("{why}; nothing sent (check the name, or --force to send anyway)").format(why=why)
 
 
 def _publish(args: argparse.Namespace, payloads: list[dict[str, Any]], main: dict[str, Any]) -> int:
@@ -290,7 +293,8 @@ def _publish(args: argparse.Namespace, payloads: list[dict[str, Any]], main: dic
         if unheard and not args.force:
             raise NobodyHears(_unheard_line(unheard, board, args.prefix))
         if unheard:
-            _say(args, f"--force: sending although no known box answers to {', '.join(unheard)}")
+            _say(args, _("--force: sending although no known box answers to {targets}").format(
+                targets=", ".join(unheard)))
         for payload, token in tokens:
             dests = [push.target_topic(t, topics) for t in payload["to"]]
             for topic in dests:
@@ -298,14 +302,16 @@ def _publish(args: argparse.Namespace, payloads: list[dict[str, Any]], main: dic
             _say_published(args, payload, dests)
         if args.wait <= 0:
             return EXIT_OK
-        _say(args, f"waiting up to {args.wait:g} s for {len(board.rows)} box(es): {_names(board.rows)}")
+        _say(args, _("waiting up to {s:g} s for {n} box(es): {names}").format(s=args.wait, n=len(board.rows),
+                                                                             names=_names(board.rows)))
 
         def progress(row: BoxRow, left: float) -> None:
             reason = f" ({row.reason})" if row.reason else ""
-            _say(args, f"{row.box} {row.state}{reason}: {board.progress()}, {left:.0f} s left")
+            _say(args, _("{box} {state}{reason}: {progress}, {left:.0f} s left").format(
+                box=row.box, state=row.state, reason=reason, progress=board.progress(), left=left))
 
         if collect(client, board, args.wait, progress):
-            _say(args, f"every box reached a final state: {board.progress()}")
+            _say(args, _("every box reached a final state: {progress}").format(progress=board.progress()))
     print_board(board, sys.stdout, as_json=args.json, tz=tz)
     return EXIT_OK if board.all_good else EXIT_UNANSWERED
 
@@ -315,12 +321,14 @@ def _say_published(args: argparse.Namespace, payload: dict[str, Any], dests: lis
             "exp": payload["exp"]}
     if payload["kind"] == "broadcast.play":
         line.update(start=payload["data"]["start"], end=payload["data"]["end"])
+    said = _("published {kind} {id} to {topics}").format(kind=payload["kind"], id=payload["id"],
+                                                         topics=", ".join(dests))
     if args.wait > 0:  # stdout carries the receipt rows then
-        _say(args, f"published {payload['kind']} {payload['id']} to {', '.join(dests)}")
+        _say(args, said)
     elif args.json:
         print(json.dumps(line, ensure_ascii=False))
     else:
-        print(f"published {payload['kind']} {payload['id']} to {', '.join(dests)}")
+        print(said)
 
 
 def _check_times(args: argparse.Namespace, data: dict[str, Any], now: float, tz: Any) -> None:
@@ -332,10 +340,10 @@ def _check_times(args: argparse.Namespace, data: dict[str, Any], now: float, tz:
             continue
         past = ts < int(now) if key == "start" else ts <= now
         if past and not args.force:
-            what = f"{opt} {given}" if given else f"the alert's {key}"
-            raise push.UsageError(f"{what} is {push.describe_time(ts, tz)}, {push.describe_span(now - ts)} ago; "
-                                  "nothing sent (--force sends it anyway)")
-        lines.append(f"{key:<5} {push.describe_time(ts, tz)}" + (" (past: --force)" if past else ""))
+            what = f"{opt} {given}" if given else (_("the alert's start") if key == "start" else _("the alert's end"))
+            raise push.UsageError(_("{what} is {when}, {span} ago; nothing sent (--force sends it anyway)").format(
+                what=what, when=push.describe_time(ts, tz), span=push.describe_span(now - ts)))
+        lines.append(f"{key:<5} {push.describe_time(ts, tz)}" + (_(" (past: --force)") if past else ""))
     for line in lines:
         _say(args, line)
 
@@ -359,11 +367,12 @@ def cmd_push(args: argparse.Namespace) -> int:
             payloads.append(push.command("broadcast.cancel", {"broadcast": ref}, args.to, now=now, ttl_s=args.ttl))
         if plan.play is None:  # msgType Cancel: the cancels are the whole message
             if not payloads:
-                raise ConsoleError(f"{args.cap}: nothing to cancel")
+                raise ConsoleError(_("{file}: nothing to cancel").format(file=args.cap))
             return _publish(args, payloads, payloads[-1])
         data = dict(plan.play)
         if data["end"] is not None and data["end"] <= now and end is None:
-            raise ConsoleError(f"{args.cap}: the alert expired already (pass --until to broadcast it anyway)")
+            raise ConsoleError(_("{file}: the alert expired already (pass --until to broadcast it anyway)").format(
+                file=args.cap))
         overrides = {"class": args.cls, "level": args.level, "title": args.title, "volume": args.volume,
                      "start": start, "end": end}
         data.update({k: v for k, v in overrides.items() if v is not None})
@@ -388,7 +397,7 @@ def _read_cap(path: Path) -> bytes:
         with path.open("rb") as f:
             return f.read(cap_mod.MAX_CAP_BYTES + 1)
     except OSError as exc:
-        raise ConsoleError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConsoleError(_("{file}: cannot read: {error}").format(file=path, error=exc.strerror)) from None
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -408,12 +417,12 @@ def cmd_fences(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != "county.fences":
             raise
-        raise ConsoleError("geofence support (county/fences.py) is not installed in this build") from None
+        raise ConsoleError(_("geofence support (county/fences.py) is not installed in this build")) from None
     assign: dict[str, list[str]] = {}
     for item in args.assign:
         wearer, sep, ids = item.partition("=")
         if not sep or not wearer or not ids:
-            raise push.UsageError(f"--assign {item!r} is not WEARER=fence1,fence2")
+            raise push.UsageError(_("--assign {item!r} is not WEARER=fence1,fence2").format(item=item))
         assign.setdefault(wearer, []).extend(i for i in ids.split(",") if i)
     try:
         data = fences.build_geofence_command_data(args.file, args.crs, assign)
@@ -441,7 +450,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         held = client.messages.maxsize
         try:
             client.subscribe(subs)
-            print(f"watching {client.spec.display} ({args.prefix})", file=sys.stderr, flush=True)
+            print(_("watching {broker} ({prefix})").format(broker=client.spec.display, prefix=args.prefix),
+                  file=sys.stderr, flush=True)
             while args.count is None or seen < args.count:
                 left = deadline - time.monotonic() if deadline is not None else 0.5
                 if left <= 0:
@@ -468,15 +478,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 seen += 1
         finally:  # also on Ctrl-C/SIGTERM (KeyboardInterrupt passes through here)
             if client.dropped:
-                print(f"village county watch: {client.dropped} message(s) dropped in all (the queue holds {held})",
-                      file=sys.stderr)
+                print("village county watch: " + _("{n} message(s) dropped in all (the queue holds {held})").format(
+                    n=client.dropped, held=held), file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     status = _status_module()
     if status is None or not hasattr(status, "run_status"):
-        raise ConsoleError("`county status` (county/status.py) is not installed in this build")
+        raise ConsoleError(_("`county status` (county/status.py) is not installed in this build"))
     return int(asyncio.run(status.run_status(args)))
 
 

@@ -25,6 +25,8 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from agent import i18n, words
+from agent.i18n import _
 from agent.protocol.batch import expand
 from agent.protocol.broker import parse_broker_url, redact_url
 from agent.protocol.envelope import Envelope, EnvelopeError, MsgClass
@@ -60,19 +62,19 @@ class BrokerSpec:
     def parse(cls, url: str | None, *, ca: Path | None = None, cert: Path | None = None,
               client_key: Path | None = None) -> BrokerSpec:
         if not url:
-            raise ConsoleError("no broker: pass --broker URL or set VILLAGE_BROKER")
+            raise ConsoleError(_("no broker: pass --broker URL or set VILLAGE_BROKER"))
         try:
             u = parse_broker_url(url)
         except ValueError as exc:
-            raise ConsoleError(f"broker {exc}") from None
+            raise ConsoleError(_("broker {error}").format(error=exc)) from None
         if (cert is None) != (client_key is None):
-            raise ConsoleError("--cert and --client-key go together")
+            raise ConsoleError(_("--cert and --client-key go together"))
         tls = u.tls
         if not tls and (ca or cert):
-            raise ConsoleError("--ca/--cert/--client-key need an mqtts:// broker URL")
+            raise ConsoleError(_("--ca/--cert/--client-key need an mqtts:// broker URL"))
         for p in (ca, cert, client_key):
             if p is not None and not p.is_file():
-                raise ConsoleError(f"{p}: file does not exist")
+                raise ConsoleError(_("{file}: file does not exist").format(file=p))
         return cls(url=url, host=u.host, port=u.port, tls=tls, username=u.username, password=u.password,
                    ca=ca, cert=cert, client_key=client_key)
 
@@ -206,16 +208,20 @@ class CountyClient:
         try:
             self.client.connect(self.spec.host, self.spec.port, keepalive=30)
         except ssl.SSLError as exc:
-            raise ConsoleError(f"TLS with {self.spec.display} failed: {exc.reason or exc}") from None
+            raise ConsoleError(_("TLS with {broker} failed: {error}").format(broker=self.spec.display,
+                                                                            error=exc.reason or exc)) from None
         except OSError as exc:
-            raise ConsoleError(f"cannot reach broker {self.spec.display}: {exc.strerror or exc}") from None
+            raise ConsoleError(_("cannot reach broker {broker}: {error}").format(broker=self.spec.display,
+                                                                                error=exc.strerror or exc)) from None
         self.client.loop_start()
         if not self._connected.wait(timeout):
             self.close()
-            raise ConsoleError(f"no answer from broker {self.spec.display} within {timeout:.0f} s")
+            raise ConsoleError(_("no answer from broker {broker} within {s:.0f} s").format(broker=self.spec.display,
+                                                                                          s=timeout))
         if self._connect_rc is not None and getattr(self._connect_rc, "is_failure", False):
             self.close()
-            raise ConsoleError(f"broker {self.spec.display} refused the connection: {self._connect_rc}")
+            raise ConsoleError(_("broker {broker} refused the connection: {reason}").format(
+                broker=self.spec.display, reason=self._connect_rc))
 
     def subscribe(self, topics: Sequence[str | tuple[str, int]], timeout: float = CONNECT_TIMEOUT_S) -> None:
         """Subscribe (QoS 1 unless a `(filter, qos)` says otherwise) and wait for the SUBACK.
@@ -232,11 +238,11 @@ class CountyClient:
                 raise ConsoleError(f"subscribe failed: {mqtt.error_string(rc)}")
             self._subacks[mid] = (ev, codes)
         if not ev.wait(timeout):
-            raise ConsoleError(f"broker {self.spec.display} did not confirm the subscription")
+            raise ConsoleError(_("broker {broker} did not confirm the subscription").format(broker=self.spec.display))
         refused = [s[0] for s, c in zip(subs, codes, strict=False) if getattr(c, "is_failure", False)]
         if refused:
-            raise ConsoleError(f"broker {self.spec.display} refused the subscription to {', '.join(refused)} "
-                               "(not allowed by its ACL?)")
+            raise ConsoleError(_("broker {broker} refused the subscription to {topics} (not allowed by its ACL?)"
+                                 ).format(broker=self.spec.display, topics=", ".join(refused)))
 
     def publish(self, topic: str, payload: bytes, timeout: float = PUBLISH_TIMEOUT_S) -> None:
         """QoS 1, never retained (mqtt-notes 7); returns once the broker acknowledged it."""
@@ -248,7 +254,8 @@ class CountyClient:
         except (ValueError, RuntimeError) as exc:
             raise ConsoleError(f"publish to {topic} failed: {exc}") from None
         if not info.is_published():
-            raise ConsoleError(f"broker {self.spec.display} did not acknowledge the publish within {timeout:.0f} s")
+            raise ConsoleError(_("broker {broker} did not acknowledge the publish within {s:.0f} s").format(
+                broker=self.spec.display, s=timeout))
 
     def get(self, timeout: float) -> Message | None:
         try:
@@ -372,8 +379,8 @@ class ReceiptBoard:
 
     def progress(self) -> str:
         rows = self.rows.values()
-        return (f"{sum(r.answered for r in rows)} of {len(self.rows)} box(es) answered, "
-                f"{sum(r.final for r in rows)} final")
+        return _("{answered} of {n} box(es) answered, {final} final").format(
+            answered=sum(r.answered for r in rows), n=len(self.rows), final=sum(r.final for r in rows))
 
 
 def _local(ts_ms: int | None, tz: dt.tzinfo | None = None) -> str:
@@ -383,18 +390,30 @@ def _local(ts_ms: int | None, tz: dt.tzinfo | None = None) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _board_state(state: str) -> str:
+    """A receipt state in words; "no answer" (no receipt at all) too. English keeps the codes as they were."""
+    return words.state("no_answer" if state == "no answer" else state) if i18n.current() != "en" else state
+
+
 def print_board(board: ReceiptBoard, out: TextIO, *, as_json: bool, tz: dt.tzinfo | None = None) -> None:
     rows = board.sorted_rows()
     if as_json:
         for row in rows:
             out.write(json.dumps(row.to_json(board.cmd_id), ensure_ascii=False) + "\n")
         return
-    width = max([len("BOX"), *(len(r.box) for r in rows)])
-    out.write(f"{'BOX':<{width}}  {'STATE':<10} {'REASON':<20} AT\n")
-    for r in rows:
-        out.write(f"{r.box:<{width}}  {r.state:<10} {r.reason or '':<20} {_local(r.ts, tz)}\n".rstrip() + "\n")
+    # the column heads and the states in the chosen language (the codes themselves stay in --json); padded by
+    # display width, as a Chinese character takes two columns
+    head, states = (_("BOX"), _("STATE"), _("REASON"), _("AT")), [_board_state(r.state) for r in rows]
+    reasons = [words.reason(r.reason) for r in rows]
+    width = max([i18n.width(head[0]), *(i18n.width(r.box) for r in rows)])
+    sw = max([10, *(i18n.width(st) for st in states)])
+    rw = max([20, *(i18n.width(x) for x in reasons)])
+    out.write(f"{i18n.pad(head[0], width + 2)}{i18n.pad(head[1], sw + 1)}{i18n.pad(head[2], rw + 1)}{head[3]}\n")
+    for r, st, why in zip(rows, states, reasons, strict=True):
+        line = f"{i18n.pad(r.box, width + 2)}{i18n.pad(st, sw + 1)}{i18n.pad(why, rw + 1)}{_local(r.ts, tz)}"
+        out.write(line.rstrip() + "\n")
     if not rows:
-        out.write("(no box known for these targets: none answered and none lists the group in its state)\n")
+        out.write(_("(no box known for these targets: none answered and none lists the group in its state)") + "\n")
 
 
 def collect(client: CountyClient, board: ReceiptBoard, seconds: float,
@@ -466,8 +485,8 @@ def state_json_line(topic: str, payload: bytes) -> bytes:
 
 def dropped_line(dropped: int, held: int) -> str:
     """What `watch` says about messages lost to a full queue (`held` = the queue's size)."""
-    return (f"(console: {dropped} message(s) dropped so far: they arrived faster than this output was read; "
-            f"at most {held} are held)")
+    return _("(console: {n} message(s) dropped so far: they arrived faster than this output was read; "
+             "at most {held} are held)").format(n=dropped, held=held)
 
 
 def format_state(box: str, payload: bytes, tz: dt.tzinfo | None = None) -> str:

@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent import i18n, words
+from agent.i18n import _
 from agent.protocol.envelope import Envelope, EnvelopeError, MsgClass
 from agent.protocol.topics import DEFAULT_PREFIX, Topics
 from county.console import BrokerSpec, ConsoleError, CountyClient, Message
@@ -57,7 +59,7 @@ def parse_period(text: str) -> float:
     """"90s", "30m", "24h", "7d", "2w" or plain seconds -> seconds."""
     m = _PERIOD_RE.match(text)
     if not m or float(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"not a period: {text!r} (e.g. 30m, 24h, 7d)")
+        raise argparse.ArgumentTypeError(_("not a period: {text!r} (e.g. 30m, 24h, 7d)").format(text=text))
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
@@ -74,18 +76,18 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--broker", default=os.environ.get("VILLAGE_BROKER"), metavar="URL",
-         help="mqtt://[user:pass@]host:port (default: $VILLAGE_BROKER)")
+         help=_("mqtt://[user:pass@]host:port (default: $VILLAGE_BROKER)"))
     _add(parser, "--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
-    _add(parser, "--ca", type=Path, help="CA certificate (PEM) for mqtts://")
-    _add(parser, "--cert", type=Path, help="client certificate (PEM) for mutual TLS")
-    _add(parser, "--client-key", type=Path, help="client certificate key (PEM) for mutual TLS")
+    _add(parser, "--ca", type=Path, help=_("CA certificate (PEM) for mqtts://"))
+    _add(parser, "--cert", type=Path, help=_("client certificate (PEM) for mutual TLS"))
+    _add(parser, "--client-key", type=Path, help=_("client certificate key (PEM) for mutual TLS"))
     _add(parser, "--since", type=parse_period, default=parse_period("24h"), metavar="PERIOD",
-         help="window for the online rate: 30m, 24h, 7d ... (default 24h)")
-    _add(parser, "--json", action="store_true", help="JSON lines: one per box, then one per village")
+         help=_("window for the online rate: 30m, 24h, 7d ... (default 24h)"))
+    _add(parser, "--json", action="store_true", help=_("JSON lines: one per box, then one per village"))
     _add(parser, "--listen", type=float, default=2.0, metavar="S",
-         help="seconds to collect what the broker holds for this console (default 2)")
+         help=_("seconds to collect what the broker holds for this console (default 2)"))
     _add(parser, "--db", type=Path, default=None, metavar="FILE", help=f"history file (default {default_db()})")
-    _add(parser, "--villages", type=Path, default=None, metavar="FILE", help="JSON map box id -> village")
+    _add(parser, "--villages", type=Path, default=None, metavar="FILE", help=_("JSON map box id -> village"))
 
 
 def village_of(box: str, overrides: dict[str, str]) -> str:
@@ -261,9 +263,10 @@ def ingest(history: History, topics: Topics, items: Iterable[Message]) -> int:
 
 # ----------------------------------------------------------------------------------------- output
 def _when(ms: int | None) -> str:
+    """Local date and time (this machine's zone, named), as a technician reads a clock."""
     if ms is None:
-        return "never"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        return _("never")
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _pct(x: float | None) -> str:
@@ -285,16 +288,23 @@ def render(rows: list[dict[str, Any]], villages: list[dict[str, Any]], since_s: 
         for v in villages:
             out.write(json.dumps({**v, "since_s": since_s}, ensure_ascii=False) + "\n")
         return
-    w = max([len("BOX"), *(len(r["box"]) for r in rows)])
-    out.write(f"{'BOX':<{w}}  {'STATE':<8}  {'LAST SEEN (UTC)':<20}  {'BACKLOG':>7}  CAMERAS\n")
-    for r in rows:
+    # headings in the chosen language, padded by display width (a Chinese character takes two columns)
+    pad, cw = i18n.pad, i18n.width
+    head = (_("BOX"), _("STATE"), _("LAST SEEN"), _("BACKLOG"), _("CAMERAS"))
+    states = [r["state"] if i18n.current() == "en" else words.state(r["state"]) for r in rows]
+    w = max([cw(head[0]), *(cw(r["box"]) for r in rows)])
+    sw = max([8, cw(head[1]), *(cw(x) for x in states)])
+    out.write(f"{pad(head[0], w + 2)}{pad(head[1], sw + 2)}{pad(head[2], 26)}{head[3]:>7}  {head[4]}\n")
+    for r, st in zip(rows, states, strict=True):
         bl = "-" if r["backlog"] is None else str(r["backlog"])
-        out.write(f"{r['box']:<{w}}  {r['state']:<8}  {_when(r['last_seen']):<20}  {bl:>7}  "
+        out.write(f"{pad(r['box'], w + 2)}{pad(st, sw + 2)}{pad(_when(r['last_seen']), 26)}{bl:>7}  "
                   f"{r['cameras_online']}/{r['cameras_total']}\n")
-    vw = max([len("VILLAGE"), *(len(v["village"]) for v in villages)])
-    out.write(f"\n{'VILLAGE':<{vw}}  {'BOXES':>5}  {'ONLINE RATE ' + _period(since_s):>16}  OBSERVED\n")
+    vhead = (_("VILLAGE"), _("BOXES"), _("ONLINE RATE {period}").format(period=_period(since_s)), _("OBSERVED"))
+    vw = max([cw(vhead[0]), *(cw(v["village"]) for v in villages)])
+    out.write(f"\n{pad(vhead[0], vw + 2)}{vhead[1]:>5}  {vhead[2]:>16}  {vhead[3]}\n")
     for v in villages:
-        out.write(f"{v['village']:<{vw}}  {v['boxes']:>5}  {_pct(v['online_rate']):>16}  {_pct(v['observed'])}\n")
+        out.write(f"{pad(v['village'], vw + 2)}{v['boxes']:>5}  {_pct(v['online_rate']):>16}  "
+                  f"{_pct(v['observed'])}\n")
 
 
 async def run_status(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -330,7 +340,8 @@ def status_main(args: argparse.Namespace, out: TextIO, stop: threading.Event | N
         print(f"village county status: {exc}", file=sys.stderr)
         return 1
     except sqlite3.Error as exc:
-        print(f"village county status: history {args.db or default_db()}: {exc}", file=sys.stderr)
+        print("village county status: " + _("history {file}: {error}").format(file=args.db or default_db(), error=exc),
+              file=sys.stderr)
         return 1
     render(rows, villages, args.since, args.json, out)
     return 0

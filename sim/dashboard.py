@@ -149,6 +149,8 @@ class VillageState:
                 row.battery = data["battery_pct"]
             if s.kind in ("geofence_exit", "geofence_enter"):
                 row.fence, row.outside = str(data.get("fence", "")), s.kind == "geofence_exit"
+            elif s.kind == "geofence_state" and data.get("state") in ("inside", "outside"):
+                row.fence, row.outside = str(data.get("fence", "")), data.get("state") == "outside"
             if s.cls != "telemetry":
                 row.last, row.last_t = s.kind, s.t_s
         if s.kind == "camera":
@@ -257,7 +259,7 @@ def _link_words(state: VillageState) -> Text:
 def _relay_text(state: VillageState) -> Text:
     on = state.relay == "on"
     return (Text(_("amplifier") + " ") + Text(_("ON") if on else _("off"), style="bold green" if on else "dim")
-            + Text(" " + _("({n} clicks)").format(n=state.relay_clicks)))
+            + Text(" " + _("(clicks: {n})").format(n=state.relay_clicks)))
 
 
 def _backlog_words(state: VillageState) -> str:
@@ -304,11 +306,12 @@ def render(state: VillageState, width: int = 140, height: int = 60) -> Renderabl
 
 
 def render_wide(state: VillageState) -> Group:
+    title = Text(_("Village sim: {name}").format(name=state.title or state.scenario), style="bold")
+    title.truncate(150, overflow="ellipsis")
     head = Table.grid(expand=True, padding=(0, 2))
     head.add_row(
-        Text(_("Village sim: {name}").format(name=state.title or state.scenario), style="bold"),
-        Text(_("box {box}: {state}").format(box=state.names.box_name(state.box), state=words.state(state.box_state))
-             + "  " + _agent_words(state)),
+        Text(_("box {box}: {state}").format(box=state.names.box_name(state.box), state=words.state(state.box_state))),
+        Text(_agent_words(state)),
     )
     head.add_row(
         _link_words(state) + Text("   " + (_("agent link connected") if state.link_up_agent
@@ -342,7 +345,7 @@ def render_wide(state: VillageState) -> Group:
                   style="red")
     log = Text("\n".join(state.log))
     progress = _progress(state, 40) + Text("   " + _counts(state))
-    return Group(Panel(head), grid, Panel(alarms, title=_("alarms (latest first)")),
+    return Group(Panel(Group(title, head)), grid, Panel(alarms, title=_("alarms (latest first)")),
                  Panel(log, title=_("what happened")), progress)
 
 
@@ -368,7 +371,11 @@ def render_compact(state: VillageState, width: int, height: int) -> Group:
     add(Text(_("wearers"), style="bold underline"))
     for w in state.wearers.values():
         who, _pos, battery, fence, last = _wearer_cells(state, w, with_id=False)
-        add(" " + who, battery, fence or "-", last)
+        parts: list[Text | str] = [" " + who]
+        if w.battery is not None:
+            parts.append(_("battery {pct}").format(pct=battery))
+        parts += [p for p in (fence, last) if p]
+        add(*parts)
     if state.cameras or state.broadcasts:
         add(Text(_("cameras / broadcasts"), style="bold underline"))
     for cam, (_mode, reported) in state.cameras.items():

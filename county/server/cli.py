@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agent.i18n import _
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 ROLES = ("admin", "operator", "reviewer", "viewer", "gridworker")  # auth.ROLES, without importing it here
 UNREGISTERED = "unregistered"
@@ -36,32 +38,32 @@ class Failure(Exception):
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the county server in the foreground until SIGTERM/SIGINT")
-    p.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help="county.toml")
+    p = sub.add_parser("serve", help=_("run the county server in the foreground until SIGTERM/SIGINT"))
+    p.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help=_("county.toml"))
 
-    p = sub.add_parser("user", help="manage the server's users")
+    p = sub.add_parser("user", help=_("manage the server's users"))
     usub = p.add_subparsers(dest="user_cmd", required=True)
-    a = usub.add_parser("add", help="create a user (or change one with --update)")
-    a.add_argument("name", help="user name: [A-Za-z0-9_.@-]{1,64}")
+    a = usub.add_parser("add", help=_("create a user (or change one with --update)"))
+    a.add_argument("name", help=_("user name: [A-Za-z0-9_.@-]{1,64}"))
     a.add_argument("--role", required=True, choices=ROLES)
     a.add_argument("--scope", metavar="REGION",
-                   help="a township or village id of the regions file (default: the whole county)")
+                   help=_("a township or village id of the regions file (default: the whole county)"))
     a.add_argument("--password-file", type=Path, required=True, metavar="F",
-                   help="a file holding the password (one trailing newline is ignored); at least 8 characters")
-    a.add_argument("--display-name", metavar="TEXT", help="the name shown, e.g. 李明")
-    a.add_argument("--phone", metavar="TEXT", help="a phone number (gridworkers: shown on assigned alarms)")
+                   help=_("a file holding the password (one trailing newline is ignored); at least 8 characters"))
+    a.add_argument("--display-name", metavar="TEXT", help=_("the name shown, e.g. 李明"))
+    a.add_argument("--phone", metavar="TEXT", help=_("a phone number (gridworkers: shown on assigned alarms)"))
     a.add_argument("--update", action="store_true",
-                   help="change an existing user's role, scope and password (ends their sessions)")
-    a.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help="county.toml")
-    a = usub.add_parser("list", help="one line per user: name, role, scope")
-    a.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help="county.toml")
+                   help=_("change an existing user's role, scope and password (ends their sessions)"))
+    a.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help=_("county.toml"))
+    a = usub.add_parser("list", help=_("one line per user: name, role, scope"))
+    a.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help=_("county.toml"))
 
-    p = sub.add_parser("audit", help="the audit log")
+    p = sub.add_parser("audit", help=_("the audit log"))
     asub = p.add_subparsers(dest="audit_cmd", required=True)
-    a = asub.add_parser("check", help="verify the audit log's hash chain: exit 0 intact, 1 broken")
-    a.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help="county.toml")
+    a = asub.add_parser("check", help=_("verify the audit log's hash chain: exit 0 intact, 1 broken"))
+    a.add_argument("-c", "--config", type=Path, required=True, metavar="FILE", help=_("county.toml"))
     a.add_argument("--head", metavar="SEQ:HASH",
-                   help="a head printed by an earlier check: also fails when rows after it were deleted")
+                   help=_("a head printed by an earlier check: also fails when rows after it were deleted"))
 
 
 def _say(cmd: str, text: str) -> None:
@@ -100,9 +102,10 @@ async def _open_db(config: Any, path: Path) -> Any:
     except DatabaseUrlError as exc:
         raise Usage(f"{path}: database.url: {exc}") from None
     except SchemaError as exc:
-        raise Failure(f"database: {exc}") from None
+        raise Failure(_("database: {error}").format(error=exc)) from None
     except Exception as exc:  # a server that is down, a directory we may not write, ...
-        raise Failure(f"database {_db_display(config.database.url)}: cannot open: {_one_line(exc)}") from None
+        raise Failure(_("database {url}: cannot open: {error}").format(url=_db_display(config.database.url),
+                                                                       error=_one_line(exc))) from None
 
 
 def _db_display(url: str) -> str:
@@ -140,15 +143,18 @@ def _user_add(args: argparse.Namespace) -> int:
             return await users.add_user(db, name, args.role, scope, password, actor="cli", display_name=display,
                                         phone=phone, update_existing=args.update)
         except users.UserExists:
-            raise Failure(f"user {name!r} exists (--update changes its role, scope and password)") from None
+            raise Failure(_("user {name!r} exists (--update changes its role, scope and password)").format(
+                name=name)) from None
         except users.NoSuchUser:
-            raise Failure(f"user {name!r} does not exist (leave out --update to create it)") from None
+            raise Failure(_("user {name!r} does not exist (leave out --update to create it)").format(
+                name=name)) from None
         finally:
             await db.close()
 
     done = asyncio.run(go())
-    where = f"scope {scope}" if scope else "the whole county"
-    print(f"{done} user {name}: {args.role}, {where}")
+    where = _("scope {scope}").format(scope=scope) if scope else _("the whole county")
+    said = {"added": _("added user {name}: {role}, {where}"), "updated": _("updated user {name}: {role}, {where}")}
+    print(said.get(done, f"{done} user {{name}}: {{role}}, {{where}}").format(name=name, role=args.role, where=where))
     return EXIT_OK
 
 
@@ -166,7 +172,7 @@ def _user_list(args: argparse.Namespace) -> int:
             await db.close()
 
     for u in asyncio.run(go()):
-        flags = " (disabled)" if u.disabled else ""
+        flags = _(" (disabled)") if u.disabled else ""
         print(f"{u.name}\t{u.role}\t{u.scope or '-'}{flags}")
     return EXIT_OK
 
@@ -184,7 +190,7 @@ def _audit_check(args: argparse.Namespace) -> int:
     if args.head:
         seq, sep, digest = args.head.partition(":")
         if not sep or not seq.isdigit() or len(digest) != 64:
-            raise Usage(f"--head {args.head[:80]!r} is not SEQ:HASH as printed by audit check")
+            raise Usage(_("--head {head!r} is not SEQ:HASH as printed by audit check").format(head=args.head[:80]))
         head = (int(seq), digest.lower())
 
     async def go() -> Any:
@@ -196,12 +202,14 @@ def _audit_check(args: argparse.Namespace) -> int:
 
     report = asyncio.run(go())
     if report.broken is not None:
-        _say("audit check", f"broken at {report.broken} ({report.rows} row(s) before it intact)")
+        _say("audit check", _("broken at {where} ({n} row(s) before it intact)").format(where=report.broken,
+                                                                                         n=report.rows))
         return EXIT_ERROR
     if report.head_seq is None:
-        print("audit log intact: 0 rows")
+        print(_("audit log intact: 0 rows"))
     else:
-        print(f"audit log intact: {report.rows} row(s), head {report.head_seq}:{report.head_hash}")
+        print(_("audit log intact: {n} row(s), head {seq}:{hash}").format(n=report.rows, seq=report.head_seq,
+                                                                           hash=report.head_hash))
     return EXIT_OK
 
 

@@ -290,3 +290,27 @@ async def test_a_child_past_its_limit_is_killed(tmp_path: Path) -> None:
     assert got.value.reason == "timeout" and got.value.status == 503
     pid = int(pid_file.read_text())
     assert not Path(f"/proc/{pid}").exists()  # killed and reaped when the limit passed, not left running
+
+
+# ------------------------------------------------------------------------------------------ described
+def _matches(schema: dict[str, Any], real: dict[str, Any], name: str) -> None:
+    props = set(schema["properties"])
+    assert set(schema["required"]) <= set(real) <= props, (name, set(real) ^ props)
+
+
+async def test_the_answers_are_as_openapi_describes_them(env: Env, tmp_path: Path) -> None:
+    from county.server import openapi
+
+    schemas = openapi.document()["components"]["schemas"]
+    wav = tone(tmp_path / "d.wav", 0.3, "-ac", "1")
+    r = await env.post("operator", "/api/v1/media/audio", {"audio_b64": base64.b64encode(wav).decode()})
+    _matches(schemas["AudioFitted"], r.json(), "AudioFitted")
+    _matches(schemas["AudioFitted"]["properties"]["source"], r.json()["source"], "source")
+    r = await env.post("operator", "/api/v1/media/cap", {"xml": CAP.format(ident="d-1", kind="Alert", refs="")})
+    _matches(schemas["CapDraft"], r.json(), "CapDraft")
+    r = await env.post("operator", "/api/v1/broadcast-targets", {"regions": ["town-a"]})
+    _matches(schemas["TargetsResolved"], r.json(), "TargetsResolved")
+    tree = (await env.get("operator", "/api/v1/broadcast-targets")).json()
+    node = schemas["TargetNode"]
+    for n in (tree, tree["children"][0], tree["children"][0]["children"][0]["children"][0]):
+        assert set(node["required"]) <= set(n) <= set(node["properties"]), n

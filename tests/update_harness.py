@@ -86,19 +86,25 @@ class Bundles:
         deps = root / "deps"
         self.deps = [repack_distribution(d, deps) for d in dependency_closure()]
         self.project: dict[str, Path] = {}
-        for version in (A, B):
-            self.project[version] = build_project_wheel(REPO, root / "project" / version, version)
-        broken_src = root / "broken-src"
-        broken_src.mkdir()
-        for part in ("pyproject.toml", "README.md", "agent", "drivers", "sim", "county", "firmware_cfg"):
-            src = REPO / part
-            if src.is_dir():
-                shutil.copytree(src, broken_src / part, ignore=shutil.ignore_patterns("__pycache__"))
-            elif src.exists():
-                shutil.copy2(src, broken_src / part)
-        app = broken_src / "agent" / "app.py"  # `agent check` passes, `agent run` cannot even import
-        app.write_text(app.read_text() + "\nimport village_edge_deliberately_missing_module  # noqa\n")
-        self.project[BROKEN] = build_project_wheel(broken_src, root / "project" / BROKEN, BROKEN)
+
+    def project_wheel(self, version: str) -> Path:
+        """The project built as `version` (once; BROKEN with an import error `agent run` hits, `check` not)."""
+        if version in self.project:
+            return self.project[version]
+        source = REPO
+        if version == BROKEN:
+            source = self.root / "broken-src"
+            source.mkdir()
+            for part in ("pyproject.toml", "README.md", "agent", "drivers", "sim", "county", "firmware_cfg"):
+                src = REPO / part
+                if src.is_dir():
+                    shutil.copytree(src, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+                elif src.exists():
+                    shutil.copy2(src, source / part)
+            app = source / "agent" / "app.py"
+            app.write_text(app.read_text() + "\nimport village_edge_deliberately_missing_module  # noqa\n")
+        self.project[version] = build_project_wheel(source, self.root / "project" / version, version)
+        return self.project[version]
 
     def bundle(self, name: str, version: str, *, arch: str = "any", min_from: str = "0", key: Any = None,
                kid: str = "release-test", with_deps: bool = True) -> Bundle:
@@ -106,7 +112,7 @@ class Bundles:
         out = self.root / "bundles" / f"{self._made}-{name}"
         wheels = out / WHEELS_DIR
         wheels.mkdir(parents=True)
-        files = [Path(shutil.copy2(self.project[version], wheels))]
+        files = [Path(shutil.copy2(self.project_wheel(version), wheels))]
         if with_deps:
             files += [Path(shutil.copy2(d, wheels)) for d in self.deps]
         entries = tuple(WheelEntry(f.name, sha256_file(f), f.stat().st_size, i == 0) for i, f in enumerate(files))

@@ -196,6 +196,7 @@ function update() {
   const why = problem();
   $("#send").disabled = why !== null;
   $("#send").title = why || "";
+  $("#send-why").textContent = why || "";
 }
 
 function body() {

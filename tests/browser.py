@@ -267,9 +267,12 @@ def browser_fixture() -> Iterator[Any]:
 
 
 def wait(driver: Any, condition: Callable[[Any], Any], timeout: float = WAIT_S) -> Any:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(condition)
+    # a page re-rendering a list replaces its elements: look again rather than fail
+    return WebDriverWait(driver, timeout, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                         ).until(condition)
 
 
 def wait_loaded(driver: Any, timeout: float = WAIT_S) -> None:
@@ -363,9 +366,12 @@ def shoot(driver: Any, name: str, sizes: tuple[tuple[int, int], ...] = SIZES, *,
 
 
 def page_text(driver: Any) -> str:
-    """The page's visible text plus its title/placeholder/aria-label attributes."""
+    """The page's visible text plus its title/placeholder/aria-label attributes, without the content of
+    elements marked `translate="no"` (records shown as stored, e.g. an audit row's detail JSON)."""
     return str(driver.execute_script("""
-const parts = [document.title, document.body.innerText];
+let body = document.body.innerText;
+for (const el of document.querySelectorAll('[translate="no"]')) body = body.replace(el.innerText, '');
+const parts = [document.title, body];
 for (const el of document.querySelectorAll('[title],[placeholder],[aria-label]'))
   for (const a of ['title', 'placeholder', 'aria-label']) if (el.hasAttribute(a)) parts.push(el.getAttribute(a));
 return parts.join('\\n');"""))

@@ -1,6 +1,6 @@
 """The console's catalogs are complete: every string of a template, script or page module is translated in
 zh_CN and en with the same placeholders, and no template shows text that is not marked for translation
-(county/web/i18n.py `check`, also `./scripts/i18n check`). The check itself catches each kind of gap."""
+(county/web/i18n.py `check`, also `./scripts/web-i18n check`). The check itself catches each kind of gap."""
 
 from __future__ import annotations
 

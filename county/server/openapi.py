@@ -500,6 +500,69 @@ def paths() -> J:
             {"200": json_body(arr(obj({"name": STR, "display_name": NSTR, "phone": NSTR})),
                               "enabled gridworkers whose scope covers the alarm's box"), **err(403, 404)},
             action="alarm.assign", params=[ID])},
+        # the web console's overview, boxes, cameras, users and audit pages (county/server/routes_console.py)
+        "/api/v1/overview": {"get": op(
+            "overview", "boxes", {"200": json_body(obj({"now": MS, "timezone": STR, "county": {"type": "object"},
+                                                        "scope": NSTR, "counts": {"type": "object"},
+                                                        "townships": arr({"type": "object"}),
+                                                        "unregistered": {"type": ["object", "null"]}}),
+                                                   "the region tree with a health line per village")},
+            action="boxes.read")},
+        "/api/v1/fleet": {"get": op(
+            "list fleet", "boxes", {"200": json_body(arr({"type": "object"}), "boxes in scope with their last "
+                                                                             "heartbeat's clock and outbox")},
+            action="boxes.read")},
+        "/api/v1/boxes/{id}": {"get": op(
+            "get box", "boxes", {"200": json_body({"type": "object"}, "the box, its last heartbeat, cameras and "
+                                                                      "(with messages.read) its recent timeline"),
+                                 **err(400, 403, 404)},
+            action="boxes.read", params=[param("id", "path", STR, "the box id")])},
+        "/api/v1/cameras": {"get": op(
+            "list cameras", "reports", {"200": json_body(arr({"type": "object"}), "current camera states in scope")},
+            action="reports.read")},
+        "/api/v1/reports/cameras/sheet": {"get": op(
+            "camera assessment sheet", "reports",
+            {"200": {"description": "a download: the camera report as a county assessment sheet (by township, "
+                                    "with subtotals), XLSX or CSV",
+                     "content": {"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
+                         "schema": {"type": "string", "contentEncoding": "binary"}},
+                         "text/csv": {"schema": STR}}}, **err(400, 403)},
+            action="reports.read",
+            params=[param("period", "query", {"enum": ["day", "month"]}, "day (default) or month"),
+                    param("date", "query", STR, "YYYY-MM-DD (a month: any day of it, or YYYY-MM)"),
+                    param("region", "query", STR, "a township or village id inside the caller's scope"),
+                    param("format", "query", {"enum": ["xlsx", "csv"]}, "xlsx (default) or csv"),
+                    param("lang", "query", {"enum": ["zh_CN", "en"]}, "headings' language (default zh_CN)")])},
+        "/api/v1/users": {
+            "get": op("list users", "users", {"200": json_body(arr({"type": "object"}), "users in scope")},
+                      action="users.read"),
+            "post": op("add user", "users", {"201": json_body({"type": "object"}, "the new user"),
+                                             **err(400, 403, 409)},
+                       action="user.manage", body=obj({"name": STR, "role": {"enum": ROLES}, "password": STR},
+                                                      {"scope": NSTR, "display_name": NSTR, "phone": NSTR})),
+        },
+        "/api/v1/users/{name}": {"patch": op(
+            "change user", "users", {"200": json_body({"type": "object"}, "the user as changed"),
+                                     **err(400, 403, 404, 409)},
+            action="user.manage", params=[param("name", "path", STR, "the user name")],
+            body=obj({}, {"role": {"enum": ROLES}, "scope": NSTR, "display_name": NSTR, "phone": NSTR,
+                          "password": STR, "disabled": BOOL}))},
+        "/api/v1/audit": {"get": op(
+            "list audit", "users", {"200": json_body(obj({"rows": arr({"type": "object"}), "next_before": NINT}),
+                                                     "newest first"), **err(400)},
+            action="audit.read",
+            params=[param("actor", "query", STR, "exactly this user"),
+                    param("action", "query", STR, "exactly this action, or a prefix ending in '.'"),
+                    param("target", "query", STR, "exactly this target"),
+                    param("from", "query", MS, "ts at or after"), param("to", "query", MS, "ts before"),
+                    param("before", "query", INT, "seq below (the previous page's next_before)"),
+                    LIMIT({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "rows")])},
+        "/api/v1/audit/check": {"get": op(
+            "check audit", "users", {"200": json_body(obj({"ok": BOOL, "rows": INT, "head_seq": NINT,
+                                                           "head_hash": NSTR,
+                                                           "broken": {"type": ["object", "null"]}}),
+                                                      "the hash chain's check")},
+            action="audit.read")},
     }
 
 
@@ -512,7 +575,8 @@ def _document() -> J:
                                 "unless a field says seconds; ISO 8601 is accepted on input."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}, {"cookie": []}],
-        "tags": [{"name": t} for t in ("session", "boxes", "alarms", "broadcasts", "fences", "events", "reports")],
+        "tags": [{"name": t} for t in ("session", "boxes", "alarms", "broadcasts", "fences", "events", "reports",
+                                                  "users")],
         "paths": paths(),
         "components": {
             "schemas": SCHEMAS,

@@ -39,6 +39,7 @@ LANG_COOKIE = "vc_lang"
 BCP47 = {"zh_CN": "zh-CN", "en": "en"}
 
 KEYWORDS = {"_": None, "gettext": None, "N_": None, "t": None}
+PY_KEYWORDS = {"_": None, "gettext": None, "N_": None}
 METHODS = [
     ("templates/**.html", "jinja2.ext:babel_extract"),
     ("static/js/**.js", "javascript"),
@@ -117,11 +118,13 @@ def extract() -> list[Found]:
     from babel.messages.extract import extract_from_dir
 
     out: list[Found] = []
-    for filename, lineno, message, _comments, _context in extract_from_dir(
-            HERE, METHODS, OPTIONS, KEYWORDS, directory_filter=_wanted_dir):
-        msgid = message if isinstance(message, str) else message[0]
-        if msgid:
-            out.append(Found(msgid, f"county/web/{filename}:{lineno}"))
+    # Python's keywords exclude t (a common variable name there); the scripts' include it
+    for methods, keywords in ((METHODS[:2], KEYWORDS), (METHODS[2:], PY_KEYWORDS)):
+        for filename, lineno, message, _comments, _context in extract_from_dir(
+                HERE, methods, OPTIONS, keywords, directory_filter=_wanted_dir):
+            msgid = message if isinstance(message, str) else message[0]
+            if msgid:
+                out.append(Found(msgid, f"county/web/{filename}:{lineno}"))
     return out
 
 

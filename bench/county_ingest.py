@@ -242,9 +242,9 @@ async def store_only(url: str, envs: list[Envelope]) -> float:
 
 async def _wait_stored(ingest: Any, n: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while ingest.stats["stored"] + ingest.stats["duplicates"] + ingest.stats["quarantined"] < n:
+    while (t := ingest.totals())["stored"] + t["duplicates"] + t["quarantined"] < n:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"ingest stored {ingest.stats} of {n} within {timeout_s} s")
+            raise TimeoutError(f"ingest stored {t} of {n} within {timeout_s} s")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ingest.committed.wait(), 1.0)
 
@@ -266,7 +266,7 @@ async def ingest_phase(name: str, url: str, broker_url: str, args: argparse.Name
                 seen.setdefault(ev.data["id"], time.monotonic())
 
     reader = asyncio.create_task(read(), name="bench-hub-reader")
-    cfg = IngestConfig(urls=[broker_url], client_id=f"bench-{name}")
+    cfg = IngestConfig(urls=[broker_url], client_id=f"bench-{name}", workers=args.workers)
     ingest = Ingest(cfg, db, hub)
     out: dict[str, Any] = {}
     try:
@@ -288,10 +288,11 @@ async def ingest_phase(name: str, url: str, broker_url: str, args: argparse.Name
         t1 = time.monotonic()
         if profile is not None:
             profile.disable()
-        out.update(rate=args.n / (t1 - t0), seconds=t1 - t0, batches=ingest.stats["batches"],
-                   mean_batch=ingest.stats["stored"] / max(1, ingest.stats["batches"]), stats=dict(ingest.stats))
+        tot = ingest.totals()
+        out.update(rate=args.n / (t1 - t0), seconds=t1 - t0, batches=tot["batches"],
+                   mean_batch=tot["stored"] / max(1, tot["batches"]), stats=tot)
         # 2. live: ingest running while the publisher sends another n as fast as it can
-        done = ingest.stats["stored"]
+        done = ingest.totals()["stored"]
         pub = await asyncio.to_thread(PublisherProcess, broker_url, args.boxes, args.n, 3, 5_000_000, args.conns, 0)
         await asyncio.to_thread(pub.ready)
         t0 = time.monotonic()
@@ -306,7 +307,7 @@ async def ingest_phase(name: str, url: str, broker_url: str, args: argparse.Name
                    alarms_missing_on_hub=sum(1 for a in res["pubacks"] if a not in seen))
         # 3. steady: a fleet at a fixed rate, after the burst
         n2 = int(args.steady_rate * args.steady_s)
-        before = dict(ingest.stats)
+        before = ingest.totals()
         live_before = ingest.live.announced if ingest.live is not None else 0
         pub = await asyncio.to_thread(PublisherProcess, broker_url, args.boxes, n2, 2, 10_000_000, args.conns,
                                       args.steady_rate)
@@ -318,7 +319,7 @@ async def ingest_phase(name: str, url: str, broker_url: str, args: argparse.Name
         steady = [1000 * (seen[a] - t) for a, t in res["pubacks"].items() if a in seen]
         out.update(steady_latency=lat_summary(steady), steady_n=n2,
                    steady_live_announced=(ingest.live.announced if ingest.live is not None else 0) - live_before,
-                   steady_batches=ingest.stats["batches"] - before["batches"],
+                   steady_batches=ingest.totals()["batches"] - before["batches"],
                    live_announced=ingest.live.announced if ingest.live is not None else 0)
     finally:
         await ingest.close()
@@ -623,6 +624,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n", type=int)
     ap.add_argument("--conns", type=int)
     ap.add_argument("--steady-rate", type=float, default=1000.0)
+    ap.add_argument("--workers", type=int, default=1, help="ingest processes (IngestConfig.workers; default 1)")
     ap.add_argument("--steady-s", type=float)
     # children
     ap.add_argument("--publish-child", action="store_true", help=argparse.SUPPRESS)

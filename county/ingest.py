@@ -48,6 +48,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclasses_fields
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +127,13 @@ class IngestConfig:
     live: bool = True  # the LiveFeed (non-shared alarm/receipt subscription) for the hub
     live_hold_s: float = 0.1  # a wire copy waits this long for this instance's own ingest to claim it
     keepalive_s: int = 30
+    workers: int = 1  # ingest processes on this host, this one included: see `Workers`
 
     def __post_init__(self) -> None:
         if not self.urls:
             raise ValueError("no broker URL")
+        if not 1 <= self.workers <= 64:
+            raise ValueError("workers must be 1..64")
         if self.inflight <= self.batch_max:
             raise ValueError("inflight must be larger than batch_max")
         if self.protocol not in (4, 5):
@@ -870,6 +874,16 @@ class Ingest:
             persistent=True, manual_ack=True, on_message=self._on_message, receive_max=cfg.inflight)
         self.live: LiveFeed | None = LiveFeed(cfg, hub) if (hub is not None and cfg.live) else None
         self.committed = asyncio.Event()  # set after every commit (tests wait on it with a condition)
+        self.workers = Workers(self) if cfg.workers > 1 else None
+
+    def totals(self) -> dict[str, int]:
+        """`stats` of this process plus those the worker processes last reported."""
+        out = dict(self.stats)
+        if self.workers is not None:
+            for st in self.workers.stats.values():
+                for k, v in st.items():
+                    out[k] = out.get(k, 0) + v
+        return out
 
     @property
     def subscribed(self) -> threading.Event:
@@ -881,16 +895,23 @@ class Ingest:
         if self.live is not None:
             await self.live.start()
         self.conn.start()
+        if self.workers is not None:
+            self.workers.start()
 
     async def wait_subscribed(self, within_s: float = 10.0) -> None:
-        """Until the broker answered the subscriptions (the live feed's too); TimeoutError after `within_s`."""
+        """Until the broker answered the subscriptions (the live feed's and every worker's too); TimeoutError
+        after `within_s`."""
         events = [self.conn.subscribed] + ([self.live.conn.subscribed] if self.live is not None else [])
         for ev in events:
             if not await asyncio.to_thread(ev.wait, within_s):
                 raise TimeoutError("ingest did not subscribe")
+        if self.workers is not None:
+            await self.workers.wait_ready(within_s)
 
     async def close(self) -> None:
         self._closing = True
+        if self.workers is not None:
+            await self.workers.close()
         await asyncio.to_thread(self.conn.close)
         if self.live is not None:
             await self.live.close()
@@ -1063,6 +1084,190 @@ class Ingest:
 
 
 # ---------------------------------------------------------------------------------------------------
+# worker processes: several ingest processes on one host behind one server
+
+
+WORKER_RESTART_MAX_S = 16.0
+
+
+class Workers:
+    """`workers - 1` more ingest processes (`python -m county.ingest --worker`) beside this one.
+
+    Why: one ingest process does its MQTT in paho's Python thread and its parsing and SQL in the event loop,
+    on one interpreter lock; a host with more cores takes more envelopes per second with more processes.
+    Each worker is an ordinary instance of the shared subscription (its own persistent session, client id
+    `CLIENT_ID-wK`, so the broker splits the envelopes between them and keeps a worker's share while it
+    restarts) and keeps every guarantee on its own: ack after its commit, dedupe, quarantine, the alarm
+    fast path. Nothing secret is on a command line: the configuration (database URL and broker password
+    included) goes as one JSON line on the worker's stdin, which then stays open: when this process ends,
+    even by kill -9, the worker reads end-of-file and stops (what it had not committed stays unacknowledged,
+    and the broker sends it again). Each worker's events (alarms, receipts, box changes: what this process's
+    ingest would publish after its commit) come back as JSON lines on its stdout and go to this process's
+    hub (box events get the regions' names here), with its stats after each commit. A worker that dies is
+    started again (after 1 s, doubling to 16 s).
+    """
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.n = ingest.cfg.workers - 1
+        self.stats: dict[int, dict[str, int]] = {}
+        self.ready: dict[int, asyncio.Event] = {}
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.restarts = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    def start(self) -> None:
+        for k in range(1, self.n + 1):
+            self.ready[k] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._supervise(k), name=f"county-ingest-worker-{k}"))
+
+    async def wait_ready(self, within_s: float) -> None:
+        for ev in self.ready.values():
+            try:
+                await wait_within(ev.wait(), within_s)
+            except TimeoutError:
+                raise TimeoutError("an ingest worker did not subscribe") from None
+
+    def _spec(self, k: int) -> bytes:
+        cfg = self.ingest.cfg
+        d: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in dataclasses_fields(cfg)}
+        d.update(urls=list(cfg.urls), client_id=f"{cfg.client_id}-w{k}"[:64], workers=1, live=False,
+                 ca=str(cfg.ca) if cfg.ca else None, cert=str(cfg.cert) if cfg.cert else None,
+                 key=str(cfg.key) if cfg.key else None)
+        url = self.ingest.db.engine.url.render_as_string(hide_password=False)
+        return json.dumps({"db": url, "cfg": d}).encode() + b"\n"
+
+    async def _supervise(self, k: int) -> None:
+        delay = 1.0
+        while not self._closing:
+            started = time.monotonic()
+            try:
+                await self._run_one(k)
+            except (OSError, ValueError) as exc:
+                log.error("ingest worker %d: %s", k, escape(exc, 300))
+            if self._closing:
+                return
+            self.restarts += 1
+            delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, WORKER_RESTART_MAX_S)
+            log.error("ingest worker %d ended; starting it again in %.0f s", k, delay)
+            await asyncio.sleep(delay)
+
+    async def _run_one(self, k: int) -> None:
+        import sys
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "county.ingest", "--worker", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, limit=1 << 22)
+        self.procs[k] = proc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(self._spec(k))
+            await proc.stdin.drain()
+            while line := await proc.stdout.readline():
+                self._line(k, line)
+        finally:
+            self.ready[k].clear()
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            await proc.wait()
+
+    def _line(self, k: int, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            log.warning("ingest worker %d said something that is not JSON: %s", k, escape(line, 200))
+            return
+        if "ready" in msg:
+            self.ready[k].set()
+        elif "stats" in msg:
+            self.stats[k] = msg["stats"]
+            self.ingest.committed.set()
+            self.ingest.committed.clear()
+        elif "event" in msg and self.ingest.hub is not None:
+            kind, data, key = msg["event"], msg["data"], msg.get("key")
+            describe = self.ingest.store.describe
+            if kind == "box" and describe is not None:
+                with contextlib.suppress(Exception):
+                    data.update({x: v for x, v in describe(data["id"]).items() if x in ("name", "village", "township")})
+            self.ingest.hub.publish(kind, data, key=tuple(key) if key is not None else None)
+
+    async def close(self) -> None:
+        self._closing = True
+        for proc in self.procs.values():
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.close()  # end-of-file: the worker stops as on SIGTERM
+        for k, proc in self.procs.items():
+            try:
+                await wait_within(proc.wait(), 15)
+            except TimeoutError:
+                log.warning("ingest worker %d did not stop within 15 s: killed", k)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+class _PipeHub:
+    """A worker's hub: each event one JSON line on stdout, for the parent's hub."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+
+    def publish(self, kind: str, data: dict[str, Any], *, key: Hashable | None = None) -> bool:
+        line = {"event": kind, "data": data, "key": list(key) if isinstance(key, tuple) else None}
+        self.out.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        self.out.flush()
+        return True
+
+
+async def _worker_main() -> int:
+    """`python -m county.ingest --worker`: the spec on stdin (Workers._spec), then ingest until stdin ends."""
+    import sys
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    spec = json.loads(await reader.readline())
+    d = spec["cfg"]
+    for name in ("ca", "cert", "key"):
+        d[name] = Path(d[name]) if d[name] else None
+    cfg = IngestConfig(**d)
+    out = sys.stdout.buffer
+    db = await Database.open(spec["db"], migrate=False)
+    ingest = Ingest(cfg, db, _PipeHub(out))  # type: ignore[arg-type]  # publish() is all ingest asks of a hub
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: reader.feed_eof())
+    try:
+        await ingest.start()
+        await ingest.wait_subscribed(60)
+        out.write(b'{"ready":true}\n')
+        out.flush()
+
+        async def report() -> None:  # the stats when they changed, every 50 ms at most
+            last: dict[str, int] = {}
+            while True:
+                if ingest.stats != last:
+                    last = dict(ingest.stats)
+                    out.write(json.dumps({"stats": last}).encode() + b"\n")
+                    out.flush()
+                await asyncio.sleep(0.05)
+
+        reporter = asyncio.create_task(report())
+        while await reader.read(4096):  # only its end matters: the parent closed it, or is gone
+            pass
+        reporter.cancel()
+    finally:
+        await ingest.close()
+        await db.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
 # the live feed: every instance's hub hears every alarm and receipt
 
 
@@ -1154,6 +1359,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--db", required=True, help="sqlite:///PATH or postgresql://...")
     ap.add_argument("--broker", required=True, action="append", help="mqtt://host:port (repeat for a list)")
     ap.add_argument("--client-id", required=True, help="stable per instance (the broker keeps its session)")
+    ap.add_argument("--workers", type=int, default=1, help="ingest processes, this one included (default 1)")
     ap.add_argument("--group", default=DEFAULT_GROUP)
     ap.add_argument("--prefix", default=DEFAULT_PREFIX)
     ap.add_argument("--batch-max", type=int, default=500)
@@ -1164,7 +1370,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def _main(args: argparse.Namespace) -> int:
     db = await Database.open(args.db)
     cfg = IngestConfig(urls=args.broker, client_id=args.client_id, group=args.group, prefix=args.prefix,
-                       batch_max=args.batch_max, batch_ms=args.batch_ms, live=False)
+                       batch_max=args.batch_max, batch_ms=args.batch_ms, live=False, workers=args.workers)
     ingest = Ingest(cfg, db)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -1180,7 +1386,11 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if list(sys.argv[1:] if argv is None else argv) == ["--worker"]:  # started by Workers: spec on stdin
+        return asyncio.run(_worker_main())
     return asyncio.run(_main(_parse_args(argv)))
 
 

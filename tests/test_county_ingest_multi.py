@@ -4,6 +4,7 @@ stored twice, and an alarm ingested by either instance reaches both instances' e
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -89,3 +90,130 @@ async def test_two_instances_split_the_load_and_both_streams_see_every_alarm(pg_
             await ing.close()
         for db in dbs:
             await db.close()
+
+
+async def test_worker_processes_split_the_load_feed_one_hub_and_come_back_after_a_kill(
+        db_url: str, broker: Mosquitto) -> None:
+    """IngestConfig(workers=2): this process and one `python -m county.ingest --worker` share the
+    subscription; each stores its share once; the worker's alarms and box changes reach this process's hub
+    (no live feed here: only through the worker's pipe, after its commit), box events with the regions'
+    names; a worker killed with SIGKILL is started again and its session's messages are stored."""
+    import os
+    import signal
+
+    db = await Database.open(db_url)
+    hub = EventHub()
+    sub = hub.open()
+    ing = Ingest(IngestConfig(urls=[broker.url], client_id="county-wk", workers=2, live=False), db, hub,
+                 describe=lambda box: {"name": f"名-{box}", "village": "v", "township": "t"})
+    pub = Publisher(broker.url)
+    events: list[Event] = []
+
+    def pump() -> list[Event]:
+        while (ev := sub.get_nowait()) is not None:
+            events.append(ev)
+        return events
+
+    try:
+        await ing.start()
+        await ing.wait_subscribed(60)
+        assert ing.workers is not None
+        burst = [envelope(f"box-{i % 20:02d}", 1 + i // 20, "telemetry", "heartbeat", {"uptime_s": i})
+                 for i in range(2000)]
+        pub.publish([*burst, *[sos(f"box-{i:02d}", 1000) for i in range(6)]])
+        await until(lambda: ing.totals()["stored"] >= 2006 and at_least(db, messages, 2006), 60)
+        assert ing.stats["stored"] > 0 and ing.workers.stats[1]["stored"] > 0  # the load split
+        assert ing.totals()["stored"] == 2006 == await count(db, messages)  # nothing twice
+        want = sorted(f"box-{i:02d}:1000" for i in range(6))
+        await until(lambda: sorted(e.data["id"] for e in pump() if e.kind == "alarm") == want)
+        boxes_seen = [e.data for e in events if e.kind == "box"]
+        assert boxes_seen and all(b["name"] == f"名-{b['id']}" for b in boxes_seen)
+
+        pid = ing.workers.procs[1].pid
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: ing.workers is not None and ing.workers.restarts == 1
+                    and ing.workers.procs[1].pid != pid and ing.workers.ready[1].is_set(), 60)
+        pub.publish([envelope(f"box-{i % 20:02d}", 2000 + i, "telemetry", "heartbeat", {}) for i in range(400)])
+        await until(lambda: at_least(db, messages, 2406), 60)
+        assert await count(db, messages) == 2406
+    finally:
+        pub.close()
+        await ing.close()
+        sub.close()
+        await db.close()
+    assert ing.workers is not None and all(p.returncode is not None for p in ing.workers.procs.values())
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_kill_9_of_the_server_stops_its_worker_and_loses_nothing(db_url: str, broker: Mosquitto,
+                                                                       tmp_path: Path) -> None:
+    """`python -m county.ingest --workers 2` killed with SIGKILL mid-burst: its worker reads the end of its
+    stdin and stops; after a restart every envelope is stored exactly once."""
+    import asyncio
+    import os
+    import threading
+
+    from tests.county_ingest_proc import IngestProcess
+
+    msgs = [envelope(f"box-{i % 50:02d}", 1 + i // 50, "telemetry", "position",
+                     {"wearer": "w", "pos": {"lat": 1.0, "lon": 2.0}}) for i in range(6000)]
+    half = len(msgs) // 2
+    db = await Database.open(db_url)
+    proc = IngestProcess(db_url, broker.url, "county-wkill", tmp_path / "ingest.log")
+    proc.args += ["--workers", "2"]
+    proc.start(60)
+    assert proc.proc is not None
+    workers = _children(proc.proc.pid)
+    assert len(workers) == 1
+    pub = Publisher(broker.url)
+    killed, second = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            pub.publish(msgs[:half])
+            if not killed.wait(60):
+                raise TimeoutError("never killed")
+            pub.publish(msgs[half:])
+            second.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=publish)
+    t.start()
+    try:
+        await until(lambda: at_least(db, messages, 300), 60)
+        proc.kill()
+        await until(lambda: not os.path.exists(f"/proc/{workers[0]}") or _zombie(workers[0]), 30)
+        at_kill = await count(db, messages)
+        killed.set()
+        assert at_kill < len(msgs)
+        await asyncio.to_thread(second.wait, 60)
+        assert not errors, errors
+        assert await count(db, messages) == at_kill  # nobody ingests: the worker is gone too
+        proc.start(60)
+        await until(lambda: at_least(db, messages, len(msgs)), 90)
+        async with db.connect() as conn:
+            ids = [r[0] for r in (await conn.execute(select(messages.c.id))).all()]
+        assert sorted(ids) == sorted(f"box-{i % 50:02d}:{1 + i // 50}" for i in range(len(msgs)))
+        assert proc.stop() == 0
+    finally:
+        killed.set()
+        t.join(60)
+        pub.close()
+        proc.kill()
+        await db.close()
+
+
+def _zombie(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except OSError:
+        return True

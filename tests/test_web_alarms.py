@@ -131,8 +131,12 @@ def test_an_sos_press_rings_and_is_acknowledged_assigned_and_resolved(county: tu
         assert cards[0].find_element(By.CSS_SELECTOR, 'a[data-link="geo"]').get_attribute("href").startswith(
             f"geo:{LAT0:.6f},{LON0:.6f}")
         assert untranslated(page_text(browser)) == []
-        cards[0].find_element(By.TAG_NAME, "textarea").send_keys("已到现场，老人安全")
-        cards[0].find_element(By.CSS_SELECTOR, 'button[data-action="resolve"]').click()
+        wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, f'[data-map-for="{alarm_id}"]').get_attribute(
+            "data-ready") == "1")
+        shoot(browser, "grid")  # (reloads the page at each size)
+        card = browser.find_element(By.CSS_SELECTOR, f'#grid-list li[data-id="{alarm_id}"]')
+        card.find_element(By.TAG_NAME, "textarea").send_keys("已到现场，老人安全")
+        card.find_element(By.CSS_SELECTOR, 'button[data-action="resolve"]').click()
         wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#grid-list li[data-id]"))
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

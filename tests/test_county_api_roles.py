@@ -66,6 +66,17 @@ EXPECTED: dict[str, dict[str, int]] = {
     "POST cap import":        {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
     "GET broadcast targets":  {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
     "POST broadcast targets": {A: OK, OP: OK, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    # the web console's overview, boxes, cameras, users and audit pages (routes_console.py)
+    "GET overview":           {A: OK, OP: OK, R: OK, V: OK, G: OK},
+    "GET fleet":              {A: OK, OP: OK, R: OK, V: OK, G: OK},
+    "GET box":                {A: OK, OP: OK, R: OK, V: OK, G: OK},  # a1 is in gw-a's town-a
+    "GET cameras":            {A: OK, OP: OK, R: OK, V: OK, G: FORBIDDEN},
+    "GET camera sheet":       {A: OK, OP: OK, R: OK, V: OK, G: FORBIDDEN},
+    "GET users":              {A: OK, OP: FORBIDDEN, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "POST users":             {A: CREATED, OP: FORBIDDEN, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "PATCH user":             {A: OK, OP: FORBIDDEN, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "GET audit":              {A: OK, OP: FORBIDDEN, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "GET audit check":        {A: OK, OP: FORBIDDEN, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
 }
 CAP_XML = ('<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>r-1</identifier><sender>s</sender>'
            "<sent>2026-12-01T15:00:00+08:00</sent><status>Exercise</status><msgType>Alert</msgType>"
@@ -120,6 +131,16 @@ def _requests(ids: dict[str, str]) -> dict[str, tuple[str, str, Any]]:
         "POST cap import": ("POST", "/api/v1/media/cap", {"xml": CAP_XML}),
         "GET broadcast targets": ("GET", "/api/v1/broadcast-targets", None),
         "POST broadcast targets": ("POST", "/api/v1/broadcast-targets", {"regions": ["town-a"]}),
+        "GET overview": ("GET", "/api/v1/overview", None),
+        "GET fleet": ("GET", "/api/v1/fleet", None),
+        "GET box": ("GET", "/api/v1/boxes/a1", None),
+        "GET cameras": ("GET", "/api/v1/cameras", None),
+        "GET camera sheet": ("GET", "/api/v1/reports/cameras/sheet?date=2026-12-01", None),
+        "GET users": ("GET", "/api/v1/users", None),
+        "POST users": ("POST", "/api/v1/users", {"name": "new-user", "role": "viewer", "password": "long enough"}),
+        "PATCH user": ("PATCH", "/api/v1/users/rev-a", {"display_name": "甲审核"}),
+        "GET audit": ("GET", "/api/v1/audit?limit=5", None),
+        "GET audit check": ("GET", "/api/v1/audit/check", None),
     }
 
 
@@ -151,7 +172,8 @@ async def test_every_route_for_every_role(review_env: Env, role: str) -> None:
                          ("POST alarm resolve", "alarm.resolve"), ("POST broadcasts", "broadcast.create"),
                          ("POST broadcast approve", "broadcast.approve"), ("POST broadcast cancel", "broadcast.cancel"),
                          ("POST broadcast resend", "broadcast.resend"), ("PUT fence", "fence.create"),
-                         ("POST fences push", "fence.push"), ("DELETE fence", "fence.delete")):
+                         ("POST fences push", "fence.push"), ("DELETE fence", "fence.delete"),
+                         ("POST users", "user.add"), ("PATCH user", "user.update")):
         assert (action in actions) == (EXPECTED[name][role] in (OK, CREATED)), (name, action)
 
 

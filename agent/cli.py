@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from agent import i18n
+from agent import i18n, words
 from agent.i18n import N_, _
 
 EXIT_CONFIG = 2
@@ -76,7 +76,7 @@ def agent_main(argv: Sequence[str]) -> int:
         try:
             config = load_config(args.config)
         except ConfigError as exc:
-            print(f"village: {exc}", file=sys.stderr)
+            print(f"village: {words.config_error(exc)}", file=sys.stderr)
             return EXIT_CONFIG
         status = importlib.import_module("agent.status")
         return int(status.main(config, as_json=args.json))
@@ -86,13 +86,13 @@ def agent_main(argv: Sequence[str]) -> int:
         try:
             config = load_config(args.config)
         except ConfigError as exc:
-            print(f"village: {exc}", file=sys.stderr)
+            print(f"village: {words.config_error(exc)}", file=sys.stderr)
             return EXIT_CONFIG
         return int(importlib.import_module("agent.relayoff").main(config))
     try:
         config, profile = _load(args.config)
     except (ConfigError, ProfileError) as exc:
-        print(f"village: {exc}", file=sys.stderr)
+        print(f"village: {words.config_error(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     if args.cmd == "check":
         from agent.config import masked
@@ -113,7 +113,7 @@ def agent_main(argv: Sequence[str]) -> int:
     try:
         return asyncio.run(run_agent(config, profile=profile))
     except (ConfigError, ProfileError) as exc:  # raised while building services (e.g. a bad trust key)
-        print(f"village: {exc}", file=sys.stderr)
+        print(f"village: {words.config_error(exc)}", file=sys.stderr)
         return EXIT_CONFIG
 
 
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # --lang zh|en anywhere, else $VILLAGE_LANG, else the locale (agent/i18n.py)
         argv = i18n.setup(sys.argv[1:] if argv is None else argv, fresh=True)
     except i18n.LangError as exc:
-        print(f"village: {exc}", file=sys.stderr)
+        print(f"village: {words.config_error(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     top = argparse.ArgumentParser(prog="village", description=_("village-edge: the village box and its tools"),
                                   epilog=_("every command takes --lang zh|en (else $VILLAGE_LANG, else the locale)"))

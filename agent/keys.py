@@ -71,6 +71,15 @@ def new_keypair(name: str, directory: Path | str) -> tuple[Path, Path]:
     return key_path, pub_path
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="village keys", description=_("Ed25519 signing keys for county commands"))
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    new = sub.add_parser("new", help=_("write NAME.key (private, 0600) and NAME.pub (public) into --dir"))
+    new.add_argument("name")
+    new.add_argument("--dir", default=".", type=Path, help=_("directory for the pair (default: current)"))
+    return parser
+
+
 def _keys_error(exc: KeysError, name: str) -> str:
     """The two errors `keys new` meets, in words; anything else as the library says it."""
     if isinstance(exc, KeyExists):
@@ -86,12 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except i18n.LangError as exc:
         print(f"village keys: {exc}", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog="village keys", description=_("Ed25519 signing keys for county commands"))
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    new = sub.add_parser("new", help=_("write NAME.key (private, 0600) and NAME.pub (public) into --dir"))
-    new.add_argument("name")
-    new.add_argument("--dir", default=".", type=Path, help=_("directory for the pair (default: current)"))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         key_path, pub_path = new_keypair(args.name, args.dir)
     except KeysError as exc:

@@ -8,6 +8,8 @@ here; docs/zh/现场排查.md explains each (tests/test_i18n_docs.py checks the 
 
 from __future__ import annotations
 
+import re
+
 from agent.i18n import N_, _
 
 # why a command was rejected, a broadcast did not play, a camera is degraded/offline/unknown, a fence failed
@@ -27,7 +29,7 @@ REASONS: dict[str, str] = {
     "not_addressed": N_("not addressed to this box"),
     "clock_unsynchronised": N_("box clock not synchronised"),
     "internal_error": N_("internal error on the box"),
-    "closed": N_("box shutting down"),
+    "closed": N_("connection closed"),
     "maintenance": N_("maintenance"),
     # broadcasts (agent/broadcast)
     "quiet_hours": N_("quiet hours"),
@@ -35,7 +37,7 @@ REASONS: dict[str, str] = {
     "tts_failed": N_("text-to-speech failed"),
     "unknown_broadcast": N_("no such broadcast"),
     "window_passed": N_("time window passed"),
-    "missed": N_("start missed"),
+    "missed": N_("occurrences missed"),
     "preempted": N_("interrupted by a more urgent broadcast"),
     "cancelled": N_("cancelled"),
     "no_device": N_("no audio device"),
@@ -167,3 +169,47 @@ def state_reason(code: str | None, why: str | None) -> str:
     if not why:
         return state(code)
     return _("{state}: {reason}").format(state=state(code), reason=reason(why))
+
+
+# The problems agent/schema.py, agent/config.py and agent/profile.py (and the scenario and county configs that
+# use them) put after "file: key:". Those modules stay free of the catalog (a box's config loader has no need
+# of it); the CLI shows their problem through this table when it prints one. A problem no pattern matches is
+# shown as it is, in English: the test of the catalog lists the patterns, not every message.
+_PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), m) for p, m in (
+    (r"^file does not exist$", N_("file does not exist")),
+    (r"^not UTF-8 text \((?P<why>.*)\)$", N_("not UTF-8 text ({why})")),
+    (r"^cannot read: (?P<error>.*)$", N_("cannot read: {error}")),
+    (r"^not valid TOML: (?P<error>.*)$", N_("not valid TOML: {error}")),
+    (r"^missing \(required\)$", N_("missing (required)")),
+    (r"^missing \(required for do = (?P<do>.*)\)$", N_("missing (required for do = {do})")),
+    (r"^unknown key \(known here: (?P<known>.*)\)$", N_("unknown key (known here: {known})")),
+    (r"^expected (?P<want>.*), got (?P<got>.*)$", N_("expected {want}, got {got}")),
+    (r"^must be one of (?P<choices>.*), got (?P<got>.*)$", N_("must be one of {choices}, got {got}")),
+    (r"^must be one of (?P<choices>.*)$", N_("must be one of {choices}")),
+    (r"^must be (?P<rule>[<>]=? ?[\d.]+|\d+\.\.\d+), got (?P<got>.*)$", N_("must be {rule}, got {got}")),
+    (r"^file (?P<file>'.*') does not exist$", N_("file {file} does not exist")),
+    (r"^file (?P<file>'.*') is not readable$", N_("file {file} is not readable")),
+    (r"^no such (?P<what>wearer|camera|fence) (?P<id>.*)$", N_("no such {what} {id}")),
+    (r"^duplicate id$", N_("duplicate id")),
+    (r"^duplicate id (?P<id>.*)$", N_("duplicate id {id}")),
+    (r"^unknown action (?P<do>\S+) \(known: (?P<known>.*)\)$", N_("unknown action {do} (known: {known})")),
+    (r"^after the end \(duration_s = (?P<d>.*)\)$", N_("after the end (duration_s = {d})")),
+    (r"^needs at least one broker URL$", N_("needs at least one broker URL")),
+))
+
+
+def problem(text: str) -> str:
+    """One validation problem in the chosen language (unmatched: as it is)."""
+    for pattern, msgid in _PROBLEMS:
+        if m := pattern.match(text):
+            return _(msgid).format(**m.groupdict())
+    return text
+
+
+def config_error(exc: Exception) -> str:
+    """`file: key: problem` of a ConfigError / ProfileError / ScenarioError (anything with those three), the
+    problem in words; any other exception as its str()."""
+    file, key, what = (getattr(exc, a, None) for a in ("file", "key", "problem"))
+    if not isinstance(file, str) or not isinstance(what, str):
+        return str(exc)
+    return f"{file}: {key}: {problem(what)}" if key else f"{file}: {problem(what)}"

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent import i18n
+from agent import i18n, words
 from agent.i18n import _
 
 EXIT_FAILED = 1
@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(args.scenario)
     except ScenarioError as exc:
-        print(f"village sim: {exc}", file=sys.stderr)
+        print(f"village sim: {words.config_error(exc)}", file=sys.stderr)
         return EXIT_USAGE
     if args.broker is not None and not args.broker.startswith("mqtt://"):
         print("village sim: " + _("--broker takes mqtt://host:port (the agent reaches it through the link proxy, "

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agent import words
 from agent.i18n import _
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -90,7 +91,7 @@ def _config(path: Path) -> tuple[Any, Any]:
         config = load_config(path)
         regions = load_regions(config.county.regions)
     except (ConfigError, RegionsError) as exc:
-        raise Usage(str(exc)) from None
+        raise Usage(words.config_error(exc)) from None
     return config, regions
 
 

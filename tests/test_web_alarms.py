@@ -105,6 +105,9 @@ def test_an_sos_press_rings_and_is_acknowledged_assigned_and_resolved(county: tu
     assert '"kind": "sos"' in raw and '"seq"' in raw
     wait(browser, lambda d: d.find_element(By.ID, "alarm-map").get_attribute("data-ready") == "1")
     assert int(browser.find_element(By.ID, "alarm-map").get_attribute("data-track")) >= 2
+    # no tiles configured: a plain background with the county's outline (from the regions' places) drawn on it
+    assert browser.find_element(By.ID, "alarm-map").get_attribute("data-tiles") == "none"
+    assert browser.execute_script("return document.querySelectorAll('#alarm-map path.map-outline').length") == 1
     assert "–" not in browser.find_element(By.ID, "time-ack").text  # acknowledged after N s
     assert "–" in browser.find_element(By.ID, "time-resolve").text  # not yet
     wait(browser, lambda d: [o.get_attribute("value") for o in Select(d.find_element(By.ID, "assign-to")).options]

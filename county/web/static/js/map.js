@@ -46,7 +46,7 @@ export async function createMap(el, {zoom = 13} = {}) {
   const drawn = [];
   let outline = null;
   if (settings.outline) {
-    outline = L.geoJSON(settings.outline, geoJsonOptions({color: "#12325a", weight: 2, fill: true,
+    outline = L.geoJSON(settings.outline, geoJsonOptions({className: "map-outline", color: "#12325a", weight: 2, fill: true,
       fillColor: "#dfe8f3", fillOpacity: gcj || tiles.layers.length ? 0.05 : 0.6})).addTo(map);
     drawn.push(outline);
   }

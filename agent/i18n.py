@@ -38,7 +38,8 @@ _configured = False
 
 
 class LangError(ValueError):
-    """--lang or $VILLAGE_LANG names a language there is no catalog for."""
+    """--lang or $VILLAGE_LANG names a language there is no catalog for. Said in both languages: which one
+    the reader wanted is exactly what is not known."""
 
 
 def normalize(value: str) -> str | None:
@@ -55,11 +56,11 @@ def choose(cli: str | None = None, env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     if cli is not None:
         if (lang := normalize(cli)) is None:
-            raise LangError(f"--lang {cli!r}: choose zh or en")
+            raise LangError(f"--lang {cli!r}: choose zh or en (请选择 zh 或 en)")
         return lang
     if value := env.get(ENV, "").strip():
         if (lang := normalize(value)) is None:
-            raise LangError(f"{ENV}={value!r}: choose zh or en")
+            raise LangError(f"{ENV}={value!r}: choose zh or en (请选择 zh 或 en)")
         return lang
     for var in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
         if value := env.get(var, ""):
@@ -81,7 +82,7 @@ def take_lang(argv: Sequence[str]) -> tuple[list[str], str | None]:
             break
         if arg == "--lang":
             if i + 1 >= len(items):
-                raise LangError("--lang needs a value: zh or en")
+                raise LangError("--lang needs a value: zh or en (请给出 zh 或 en)")
             lang = items[i + 1]
             i += 2
             continue

@@ -114,7 +114,7 @@ def read_outbox(path: Path) -> OutboxView:
     try:
         db = _open_read_only(path)
     except (sqlite3.Error, OSError) as exc:
-        raise StatusError(f"{path}: cannot open read-only: {exc}") from None
+        raise StatusError(_("{file}: cannot open read-only: {error}").format(file=path, error=exc)) from None
     try:
         depth = {c.wire: 0 for c in MsgClass}
         oldest: dict[str, int | None] = {c.wire: None for c in MsgClass}
@@ -127,7 +127,7 @@ def read_outbox(path: Path) -> OutboxView:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
     except (sqlite3.Error, ValueError) as exc:
-        raise StatusError(f"{path}: cannot read: {exc}") from None
+        raise StatusError(_("{file}: cannot read: {error}").format(file=path, error=exc)) from None
     finally:
         db.close()
     return OutboxView(True, depth, size, oldest, row[0] if row else None, hwm, counters)
@@ -151,7 +151,7 @@ def collect(config: Config, now: float | None = None) -> Status:
     now = time.time() if now is None else now
     state_dir = config.box.state_dir
     if not state_dir.is_dir():
-        raise StatusError(f"{state_dir}: state directory does not exist (has the agent ever run?)")
+        raise StatusError(_("{dir}: state directory does not exist (has the agent ever run?)").format(dir=state_dir))
     verdict = check_now(now)
     return Status(config.box.id, str(state_dir), now, read_outbox(config.outbox_path),
                   read_link(state_dir / "link.json"), asdict(verdict), read_usage(config.outbox_path) or None)

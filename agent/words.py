@@ -195,6 +195,16 @@ _PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), m) fo
     (r"^unknown action (?P<do>\S+) \(known: (?P<known>.*)\)$", N_("unknown action {do} (known: {known})")),
     (r"^after the end \(duration_s = (?P<d>.*)\)$", N_("after the end (duration_s = {d})")),
     (r"^needs at least one broker URL$", N_("needs at least one broker URL")),
+    # key files (agent/protocol/jws.py)
+    (r"^file is not readable$", N_("file is not readable")),
+    (r"^is a directory, not a key file$", N_("is a directory, not a key file")),
+    (r"^not a PEM private key$", N_("not a PEM private key")),
+    (r"^not a PEM public key$", N_("not a PEM public key")),
+    (r"^is not an Ed25519 private key$", N_("is not an Ed25519 private key")),
+    (r"^holds a PRIVATE key; a box must only be given the \.pub file$",
+     N_("holds a PRIVATE key; a box must only be given the .pub file")),
+    (r"^is encrypted; village keys are unencrypted PKCS#8 \(protect the file\)$",
+     N_("is encrypted; village keys are unencrypted PKCS#8 (protect the file)")),
 ))
 
 
@@ -207,9 +217,11 @@ def problem(text: str) -> str:
 
 
 def config_error(exc: Exception) -> str:
-    """`file: key: problem` of a ConfigError / ProfileError / ScenarioError (anything with those three), the
-    problem in words; any other exception as its str()."""
+    """`file: key: problem` of a ConfigError / ProfileError / ScenarioError (anything with those three), or
+    `path: problem` of a KeyFileError, the problem in words; any other exception as its str()."""
     file, key, what = (getattr(exc, a, None) for a in ("file", "key", "problem"))
+    if file is None:  # a key file (agent.protocol.jws.KeyFileError): path and problem
+        file = getattr(exc, "path", None)
     if not isinstance(file, str) or not isinstance(what, str):
         return str(exc)
     return f"{file}: {key}: {problem(what)}" if key else f"{file}: {problem(what)}"

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from agent import i18n
+from agent import i18n, words
 from agent.i18n import _
 from agent.protocol.jws import KeysError, load_private_key
 from agent.protocol.topics import DEFAULT_PREFIX, Topics
@@ -278,7 +278,7 @@ def _publish(args: argparse.Namespace, payloads: list[dict[str, Any]], main: dic
     try:
         key = load_private_key(args.key)
     except KeysError as exc:
-        raise ConsoleError(str(exc)) from None
+        raise ConsoleError(words.config_error(exc)) from None
     topics = Topics(args.prefix)
     tokens = [(p, push.sign(p, key, args.kid)) for p in payloads]
     tz = push.zone(args.tz)

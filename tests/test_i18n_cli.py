@@ -1,0 +1,156 @@
+"""The CLI's error paths that have tests in English (test_keys, test_agent_process, test_operations, test_sim_run,
+test_county_cli, test_county_server_*) replayed in Chinese: the same exit code, still one line on stderr, and
+the line in Chinese (its fixed words from the catalog; file names, ids and codes stay as they are). English
+stays English. Run in-process through `village`'s own main, as a shell would call it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import i18n
+from agent.cli import main
+from agent.keys import new_keypair
+from tests.support import Mosquitto
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@pytest.fixture(autouse=True)
+def back_to_english() -> Iterator[None]:
+    yield
+    i18n.set_lang("en")
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    key, pub = new_keypair("county-2026", tmp_path / "keys")
+    (tmp_path / "bad.toml").write_text("x = [\n")
+    (tmp_path / "not-a-key.pem").write_text("hello\n")
+    (tmp_path / "existing").mkdir()
+    new_keypair("taken", tmp_path / "existing")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[box]\nid = "b1"\nprofile = "sim"\nstate_dir = "{tmp_path / "never-ran"}"\n'
+                   '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n')
+    return {"key": str(key), "pub": str(pub), "bad": str(tmp_path / "bad.toml"), "cfg": str(cfg),
+            "notkey": str(tmp_path / "not-a-key.pem"), "dir": str(tmp_path / "existing"),
+            "missing": str(tmp_path / "missing.toml"), "tmp": str(tmp_path)}
+
+
+SIGN = ["--key", "{key}", "--kid", "county-2026"]
+# (name, argv with {placeholders}, the exit code, a fixed phrase of the Chinese line)
+CASES: list[tuple[str, list[str], int, str]] = [
+    ("keys: never overwrites", ["keys", "new", "taken", "--dir", "{dir}"], 1, "密钥绝不覆盖"),
+    ("keys: bad name", ["keys", "new", "bad name", "--dir", "{tmp}"], 1, "密钥名必须是"),
+    ("agent check: no such config", ["agent", "check", "-c", "{missing}"], 2, "文件不存在"),
+    ("agent check: not TOML", ["agent", "check", "-c", "{bad}"], 2, "不是有效的 TOML"),
+    ("agent status: not TOML", ["agent", "status", "-c", "{bad}"], 2, "不是有效的 TOML"),
+    ("agent status: agent never ran", ["agent", "status", "-c", "{cfg}"], 1, "状态目录不存在"),
+    ("agent: config required", ["agent", "check"], 2, "缺少必需的参数"),
+    ("village: no such area", ["nowhere"], 2, "无效的选择"),
+    ("village: bad --lang", ["--lang", "fr", "agent", "check", "-c", "{cfg}"], 2, "请选择 zh 或 en"),
+    ("sim: no such scenario", ["sim", "run", "--scenario", "{missing}"], 2, "文件不存在"),
+    ("sim: scenario not TOML", ["sim", "run", "--scenario", "{bad}"], 2, "不是有效的 TOML"),
+    ("sim: broker not mqtt", ["sim", "run", "--broker", "http://x:1"], 2, "只接受 mqtt://"),
+    ("sim: speed 0", ["sim", "run", "--speed", "0"], 2, "必须 > 0"),
+    ("sim fleet: no boxes", ["sim", "fleet", "--boxes", "0", "--broker", "mqtt://x:1", "--duration", "1"], 2,
+     "--boxes 必须"),
+    ("county push: ttl too long", ["county", "push", *SIGN, "--to", "box:a", "--text", "t", "--ttl", "99d"], 2,
+     "不在 1s..31d 之间"),
+    ("county push: no key", ["county", "push", "--to", "box:a", "--text", "t"], 2, "请给 --key"),
+    ("county push: server and key", ["county", "push", *SIGN, "--server", "http://x:1", "--user", "li", "--to",
+                                     "box:a", "--text", "t"], 2, "只能二选一"),
+    ("county push: server without user", ["county", "push", "--server", "http://x:1", "--to", "box:a", "--text",
+                                          "t"], 2, "--server 需要 --user"),
+    ("county push: unreachable broker, password masked",
+     ["county", "push", *SIGN, "--broker", "mqtt://admin:s3cr3t-pw@127.0.0.1:1", "--to", "box:a", "--text", "t"],
+     1, "连不上消息服务器"),
+    ("county push: not a key", ["county", "push", "--key", "{notkey}", "--kid", "k", "--broker", "mqtt://x:1",
+                                "--to", "box:a", "--text", "t"], 1, "不是 PEM 私钥"),
+    ("county push: start already past", ["county", "push", *SIGN, "--broker", "mqtt://127.0.0.1:1", "--to",
+                                         "box:a", "--text", "t", "--at", "2026-01-05T08:00"], 2, "没有发送"),
+    ("county push: no broker", ["county", "push", *SIGN, "--to", "box:a", "--text", "t"], 1, "没有消息服务器"),
+    ("county fences: bad --assign", ["county", "fences", *SIGN, "--to", "box:a", "--file", "{missing}",
+                                     "--assign", "W1"], 2, "不是 佩戴者=围栏1,围栏2"),
+    ("county watch: count 0", ["county", "watch", "--count", "0"], 2, "不是 1 或更大的数"),
+    ("county push: missing --to", ["county", "push", *SIGN, "--text", "t"], 2, "缺少必需的参数"),
+    ("county serve: no config", ["county", "serve", "-c", "{missing}"], 2, "文件不存在"),
+    ("county user add: no config", ["county", "user", "add", "li", "--role", "operator", "--password-file",
+                                    "{missing}", "-c", "{missing}"], 2, "文件不存在"),
+    ("county audit check: no config", ["county", "audit", "check", "-c", "{missing}"], 2, "文件不存在"),
+]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("name,argv,code,phrase", CASES, ids=[c[0] for c in CASES])
+def test_error_path_in_chinese_and_english(name: str, argv: list[str], code: int, phrase: str,
+                                           files: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VILLAGE_BROKER", raising=False)
+    args = [a.format(**files) for a in argv]
+    en_code, en_err = run(["--lang", "en", *args], capsys)
+    zh_code, zh_err = run(["--lang", "zh", *args], capsys)
+    assert en_code == code and zh_code == code, (en_err, zh_err)
+    assert not CJK.search(en_err.split(" (请")[0]), en_err  # English stays English (a bad --lang says both)
+    assert phrase in zh_err and CJK.search(zh_err), zh_err
+    if "usage" not in en_err:  # argparse's usage block aside, every error is one line
+        assert len(zh_err.splitlines()) == 1 == len(en_err.splitlines()), (en_err, zh_err)
+    assert "s3cr3t-pw" not in zh_err + en_err
+
+
+def test_language_from_the_environment(files: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VILLAGE_LANG", "")
+    monkeypatch.setenv("LANG", "zh_CN.UTF-8")
+    for var in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+        monkeypatch.delenv(var, raising=False)
+    assert run(["agent", "check", "-c", files["missing"]], capsys) == (2, f"village: {files['missing']}: 文件不存在")
+    monkeypatch.setenv("VILLAGE_LANG", "en")  # VILLAGE_LANG before the locale
+    assert run(["agent", "check", "-c", files["missing"]], capsys)[1].endswith("file does not exist")
+    assert run(["agent", "check", "-c", files["missing"], "--lang", "zh"], capsys)[1].endswith("文件不存在")
+
+
+def test_nobody_hears_on_a_real_broker(tmp_path: Path, files: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VILLAGE_BROKER", raising=False)
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        argv = ["county", "push", *[a.format(**files) for a in SIGN], "--broker", broker.url, "--to",
+                "group:nobody", "--text", "t"]
+        en = run(["--lang", "en", *argv], capsys)
+        zh = run(["--lang", "zh", *argv], capsys)
+    finally:
+        broker.stop()
+    assert en[0] == zh[0] == 4
+    assert "no box is known on this broker" in en[1]
+    assert "这台消息服务器上没有已知盒子" in zh[1] and "没有发送" in zh[1] and len(zh[1].splitlines()) == 1
+
+
+def test_the_receipt_board_and_status_headings_in_chinese(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from agent.protocol.topics import Topics
+    from county.console import ReceiptBoard, print_board
+
+    i18n.set_lang("zh")
+    board = ReceiptBoard("c1", ["box:lhk-1", "box:lhk-2"], Topics())
+    board.rows["lhk-1"].state, board.rows["lhk-1"].reason = "rejected", "bad_signature"
+    out = io.StringIO()
+    print_board(board, out, as_json=False)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["盒子", "状态", "原因", "时间"]
+    assert lines[1].split()[:3] == ["lhk-1", "已拒绝", "签名无效"] and "(bad_signature)" in lines[1]
+    assert lines[2].split() == ["lhk-2", "无应答"]
+    # columns line up by display width: "状态" starts where the states start
+    assert i18n.width(lines[0][:lines[0].index("状态")]) == i18n.width(lines[1][:lines[1].index("已拒绝")])

@@ -131,7 +131,8 @@ class County:
         return self.send("broadcast.live", live_data(session, session_key, cls, max_s), **kw)
 
     def receipts(self, cmd: str) -> list[dict[str, Any]]:
-        return [e["data"] for e in self.collector.envelopes() if e["kind"] == "cmd" and e["data"]["cmd"] == cmd]
+        return [e["data"] for e in self.collector.envelopes()
+                if e["kind"] == "cmd" and e["data"]["cmd"] == cmd and e["box"] == self.box]
 
     def states(self, cmd: str) -> list[str]:
         return [r["state"] for r in self.receipts(cmd)]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -51,6 +53,10 @@ async def served(db_url: str, broker: Mosquitto, tmp: Path) -> AsyncIterator[tup
     finally:
         server.should_exit = True
         await task
+        for t in list(getattr(env.app.state, "live_tasks", None) or ()):  # a fallback still waiting
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
         audio = getattr(env.app.state, "live_audio", None)
         if audio is not None:
             await audio.close()
@@ -138,3 +144,64 @@ async def test_the_websocket_refuses_before_anything_is_sent(db_url: str, broker
     assert rows == []
     assert not [m for m in collector.snapshot() if m.topic.endswith("/cmd")]
     assert any(d["detail"].get("why") == "origin" for d in denied)
+
+
+async def test_a_box_that_heard_it_poorly_gets_the_recording_later(db_url: str, broker: Mosquitto,
+                                                                    collector: Collector, tmp_path: Path) -> None:
+    """a1 hears the session over a good link; a2's link stalls for 2.5 s in the middle (a cell handover):
+    its receipt says link_poor, and the server sends a2, and only a2, the recording as a broadcast.play
+    marked live_fallback, which a2 plays as a recorded broadcast. The recording holds the speech."""
+    from county.ingest import Ingest, IngestConfig
+    from sim.netem import NetemProxy
+
+    async with served(db_url, broker, tmp_path) as (env, host):
+        env.app.state.live_fallback_after_s = 2.0
+        ingest = Ingest(IngestConfig(urls=[broker.url], client_id="live-test-ingest", live=False), env.db, env.hub)
+        await ingest.start()
+        pub = tmp_path / "county.pub"
+        pub.write_bytes(env.public_key.public_bytes(serialization.Encoding.PEM,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+        try:
+            await ingest.wait_subscribed()
+            async with NetemProxy("127.0.0.1", broker.port) as proxy:
+                good = Box(box_config(tmp_path, broker.url, pub, box="a1"))
+                poor = Box(box_config(tmp_path, proxy.url, pub, box="a2", live_silence_s=4.0))
+                county_a2 = County(collector, None, box="a2")  # type: ignore[arg-type]
+                async with running(good, collector), running(poor, collector):
+                    async with websockets.connect(f"ws://{host}/ws/v1/live",
+                                                  additional_headers=env.auth("operator")) as ws:
+                        await ws.send(json.dumps({"type": "start", "to": ["box:a1", "box:a2"], "class": "emergency"}))
+                        started = json.loads(await ws.recv())
+                        await county_a2.wait(started["id"], "started")
+                        opus = frames(click_train([0.3, 1.0, 3.6, 4.2], 4.6))
+                        await speak(ws, opus[:50])
+                        stall = asyncio.create_task(proxy.stall(2.5))
+                        await speak(ws, opus[50:])
+                        await stall
+                        await ws.send(json.dumps({"type": "end"}))
+                        await ws.recv()
+                    live_done = await county_a2.wait(started["id"], "finished")
+
+                    def fallback_of(box: str) -> list[dict[str, Any]]:
+                        return [e["data"] for e in collector.envelopes() if e["box"] == box and e["kind"] == "cmd"
+                                and e["data"].get("live_fallback") == started["session"]]
+
+                    await asyncio.to_thread(collector.wait_for, lambda _: any(
+                        r["state"] == "finished" for r in fallback_of("a2")), 40)
+                    good_player = good.player.events()
+                    poor_player = poor.player.events()
+            rows = await env.rows(broadcasts, broadcasts.c.audio_mime == "audio/ogg")
+            audits = await env.audit_rows("broadcast.live.fallback")
+        finally:
+            await ingest.close()
+    assert live_done["link_poor"] is True and live_done["packets"]["late"] > 0, {k: live_done[k] for k in ("packets", "concealed", "underrun", "jitter_ms", "played_s")}
+    assert [r["state"] for r in fallback_of("a2")] == ["started", "finished"]
+    assert fallback_of("a1") == []
+    assert good_player == []
+    assert [e[0] for e in poor_player] == ["play", "end"] and poor_player[0][1].endswith(".ogg")
+    assert len(rows) == 1 and rows[0]["boxes"] == ["a2"] and audits[0]["detail"]["boxes"] == ["a2"]
+    pcm = (await asyncio.to_thread(subprocess.run, ["ffmpeg", "-v", "error", "-i", "-", "-f", "s16le", "-ac", "1",
+                                                    "-ar", "48000", "-"], input=rows[0]["audio"], capture_output=True,
+                                   check=True)).stdout
+    got = find_clicks(pcm)
+    assert [round(b - a, 1) for a, b in itertools.pairwise(got)] == [0.7, 2.6, 0.6], got

@@ -124,6 +124,13 @@ def parse_live(data: Any, *, max_s_limit: float) -> LiveSpec:
                     float(min(max_s, max_s_limit)), raw)
 
 
+def fallback_mark(data: dict[str, Any]) -> dict[str, Any]:
+    """`{"live_fallback": session}` when a broadcast.play is the recording of a live session this box could
+    not hear well (the county sends it; docs/live-broadcast.md), for its receipts; else {}."""
+    value = data.get("live_fallback")
+    return {"live_fallback": value} if isinstance(value, str) and SESSION_RE.fullmatch(value) else {}
+
+
 # ------------------------------------------------------------------------------------------- packets
 @dataclass(frozen=True, slots=True)
 class Packet:
@@ -210,8 +217,8 @@ class JitterBuffer:
     link without queueing; a packet's *transit* is how far after that it came. The target delay follows
     the recent transit spread (p95 over the last `window` packets + one frame), between `min_s` and
     `max_s`; the player moves toward it one frame at a time, by concealing one frame more (grow) or
-    skipping one (shrink), so the sound never jumps. A packet whose time has passed when it arrives is
-    `late` (dropped, counted); a missing one is concealed when its time comes.
+    skipping a quiet one (shrink: never a frame of speech), so the sound never jumps. A packet whose time
+    has passed when it arrives is `late` (dropped, counted); a missing one is concealed when its time comes.
     """
 
     def __init__(self, rate: int, *, min_s: float = 0.2, max_s: float = 0.5, start_s: float = 0.3,
@@ -288,10 +295,6 @@ class JitterBuffer:
             self.counters["stretched"] += 1  # the link got worse: play one frame of concealment more
             self.next_t += step / self.rate
             return "conceal", step
-        if d > want + 2 * step / self.rate and len(self.frames) > 2 and self.next_pos in self.frames:
-            self.counters["skipped"] += 1  # the link got better: drop one frame to shorten the delay
-            self.frames.pop(self.next_pos)
-            self.next_pos += step
         frame = self.frames.pop(self.next_pos, None)
         for old in [p for p in self.frames if p < self.next_pos]:  # overlapping leftovers: never played
             self.frames.pop(old)
@@ -306,6 +309,17 @@ class JitterBuffer:
             self.next_t += gap / self.rate
             return "conceal", gap
         return "frame", frame
+
+    def over_target(self) -> bool:
+        """The delay is over the target by more than two frames: the player drops a quiet frame."""
+        step = self.frame_samples / self.rate
+        return self.delay() > self.wanted_target() + 2 * step and len(self.frames) > 2
+
+    def skip(self, samples: int) -> None:
+        """A decoded frame that is not played (silence while over target): the delay shrinks by it."""
+        assert self.next_pos is not None
+        self.counters["skipped"] += 1
+        self.next_pos += samples
 
     def advance(self, samples: int) -> None:
         """After a frame of `samples` was played."""

@@ -58,6 +58,17 @@ POOR_LINK_FRACTION = 0.2
 LINGER_S = 5.0  # after the end, keep listening this long to count packets that still come (then unsubscribe)
 
 
+QUIET = 600  # peak below this (about -35 dBFS): a frame the jitter buffer may drop to shorten the delay
+
+
+def quiet(pcm: bytes) -> bool:
+    a = array.array("h")
+    a.frombytes(pcm[: len(pcm) // 2 * 2])
+    if sys.byteorder != "little":
+        a.byteswap()
+    return not a or max(max(a), -min(a)) < QUIET
+
+
 # ------------------------------------------------------------------------------------------- outputs
 class PcmSink(Protocol):
     async def open(self, rate: int, channels: int, volume: int) -> None: ...
@@ -309,7 +320,11 @@ class LivePlayer:
                         except OpusError:
                             jb.counters["frames_bad"] += 1
                             pcm = decoder.conceal(jb.frame_samples)
-                        jb.advance(len(pcm) // (2 * spec.channels))
+                        n = len(pcm) // (2 * spec.channels)
+                        if jb.over_target() and quiet(pcm):
+                            jb.skip(n)  # the link got better: the delay shrinks by a frame nobody hears
+                            continue
+                        jb.advance(n)
                     else:
                         assert isinstance(value, int)
                         pcm = decoder.conceal(value)

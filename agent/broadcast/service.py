@@ -23,7 +23,7 @@ from typing import Any
 
 from agent.broadcast.engine import SYNC_EPOCH, Effect, Engine, Notify, Rules, Start, Stop
 from agent.broadcast.items import BadBroadcast, BroadcastError, Item, Klass, PlayRequest, parse_cancel, parse_play
-from agent.broadcast.live import LIVE_MIME, parse_live
+from agent.broadcast.live import LIVE_MIME, fallback_mark, parse_live
 from agent.broadcast.live_player import LivePlayer, sink_factory_for
 from agent.broadcast.settings import BroadcastConfig
 from agent.broadcast.store import BroadcastStore
@@ -157,12 +157,13 @@ class BroadcastService:
             log.warning("broadcast %s rejected: %s", cmd.id, exc.reason)
             await self._ctx.receipts.send(cmd.id, "rejected", reason=exc.reason, detail=exc.detail)
             return
-        self._add(cmd.id, req, media, mime, received)
+        self._add(cmd.id, req, media, mime, received, fallback_mark(cmd.data))
 
-    def _add(self, cmd_id: str, req: PlayRequest, media: str, mime: str, received: float) -> None:
+    def _add(self, cmd_id: str, req: PlayRequest, media: str, mime: str, received: float,
+             extra: dict[str, Any] | None = None) -> None:
         self._pending_media.add(media)
         item = Item(cmd_id, req.cls, req.level, req.title, req.text, media, mime, req.volume, req.start,
-                    req.end, req.repeat, 0, received)
+                    req.end, req.repeat, 0, received, extra=extra or {})
         self._inbox.put_nowait(_Add(item))
 
     async def on_live(self, cmd: Command) -> None:
@@ -395,7 +396,7 @@ class BroadcastService:
             lead = time.monotonic() - t0
             self._receipts.put_nowait(Notify(item.id, "started", extra={
                 "lead_s": round(lead, 3), "late_s": None if s.late_s is None else round(s.late_s, 3),
-                "volume": s.volume, "resumed": s.resumed,
+                "volume": s.volume, "resumed": s.resumed, **fallback_mark(item.extra),
                 **({"occurrence": s.occurrence} if s.occurrence is not None else {})}))
             if item.mime == LIVE_MIME:
                 result = await self.live.play(item, s.volume, cancel)
@@ -411,7 +412,7 @@ class BroadcastService:
                 return
             extra = {"duration_s": round(result.duration_s, 3), "total_s": round(time.monotonic() - t0, 3),
                      "expected_s": None if result.expected_s is None else round(result.expected_s, 3),
-                     **self.live.stats.pop(item.id, {})}
+                     **self.live.stats.pop(item.id, {}), **fallback_mark(item.extra)}
         except (PlaybackError, MediaError) as exc:
             self._relay.off()  # the amplifier goes off at once when the player fails
             ok, reason = False, exc.reason

@@ -25,6 +25,9 @@ audited.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import json
 import logging
 import time
@@ -37,7 +40,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agent.broadcast.live import LIVE_MIME, MAX_LIVE_S
 from county import push
-from county.live import DEFAULT_MAX_S, END_COPIES, AudioPublisher, LiveError, LiveSession, new_session_id
+from county.live import DEFAULT_MAX_S, END_COPIES, AudioPublisher, LiveError, LiveSession, new_session_id, ogg_opus
 from county.server import auth
 from county.server.routes_common import (
     ApiError,
@@ -51,10 +54,14 @@ from county.server.routes_common import (
     topics_of,
 )
 from county.store.tables import broadcasts as broadcasts_t
+from county.store.tables import messages as messages_t
+from county.store.tables import receipts as receipts_t
 
 log = logging.getLogger("county.live")
 
 PATH = "/ws/v1/live"
+FALLBACK_AFTER_S = 20.0  # after the end: boxes report finished (or fail after their 5 s silence timeout)
+NEEDS_FALLBACK = frozenset({"failed", "expired", "preempted"})  # and no receipt, or finished with link_poor
 START_KEYS = frozenset({"type", "to", "class", "level", "title", "max_s", "force"})
 
 
@@ -151,7 +158,14 @@ async def live(ws: WebSocket) -> None:
     await ws.send_text(json.dumps({"type": "started", "id": session.cmd_id, "session": session.session,
                                    "boxes": boxes}))
     await _stream(ws, p, user, session, start["max_s"])
-    del stored
+    task = asyncio.get_running_loop().create_task(fallback(ws, p, user.name, session, stored),
+                                                  name="county.live.fallback")
+    st = ws.app.state
+    if getattr(st, "live_tasks", None) is None:
+        st.live_tasks = set()  # kept until done (the loop holds only weak references to tasks)
+    tasks: set[asyncio.Task[Any]] = st.live_tasks
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 async def _begin(ws: WebSocket, p: Parts, user: auth.User, start: dict[str, Any],
@@ -249,3 +263,67 @@ async def _audit(ws: WebSocket, actor: str, action: str, detail: dict[str, Any])
 
 def routes() -> list[WebSocketRoute]:
     return [WebSocketRoute(PATH, live)]
+
+
+# --------------------------------------------------------------------------------------- the fallback
+async def poorly_heard(p: Parts, cmd_id: str, boxes: list[str]) -> list[str]:
+    """The targeted boxes that did not hear the session well: no receipt at all (offline: store-and-forward
+    brings them the recording later), failed (`no_audio`), expired or preempted, or finished with
+    `link_poor` (the box measured too many lost or late packets). Not: rejected, cancelled, still playing."""
+    stmt = (receipts_t.select().with_only_columns(receipts_t.c.box, receipts_t.c.state, messages_t.c.raw)
+            .select_from(receipts_t.outerjoin(messages_t, messages_t.c.id == receipts_t.c.envelope))
+            .where(receipts_t.c.cmd == cmd_id))
+    async with p.db.connect() as conn:
+        got = {r["box"]: r for r in (await conn.execute(stmt)).mappings()}
+    out = []
+    for box in boxes:
+        r = got.get(box)
+        if r is None or r["state"] in NEEDS_FALLBACK:
+            out.append(box)
+        elif r["state"] == "finished":
+            try:
+                data = json.loads(r["raw"] or "{}").get("data") or {}
+            except ValueError:
+                data = {}
+            if data.get("link_poor") is True:
+                out.append(box)
+    return out
+
+
+async def fallback(ws: WebSocket, p: Parts, actor: str, session: LiveSession, row: dict[str, Any]) -> list[str]:
+    """After a session: its recording as an ordinary signed broadcast.play (marked `live_fallback`) to the
+    boxes that heard it poorly, through store-and-forward like any broadcast. The boxes it went to."""
+    await asyncio.sleep(float(getattr(ws.app.state, "live_fallback_after_s", FALLBACK_AFTER_S)))
+    try:
+        boxes = await poorly_heard(p, session.cmd_id, list(row["boxes"]))
+        if not boxes or not session.recording:
+            return []
+        audio = ogg_opus(session.recording, session.rate, session.channels)
+        key, kid = await signing_key(ws)  # type: ignore[arg-type]
+        data = {"class": row["class"], "level": row["level"], "title": row["title"], "text": "",
+                "audio": {"mime": "audio/ogg", "sha256": hashlib.sha256(audio).hexdigest(),
+                          "b64": base64.b64encode(audio).decode()},
+                "start": None, "end": None, "volume": None, "live_fallback": session.session}
+        targets = [f"box:{b}" for b in boxes]
+        payload = push.command("broadcast.play", data, targets, now=p.now_s(), ttl_s=push.DEFAULT_TTL_S)
+        token = push.sign(payload, key, kid)
+        bid = payload["id"]
+        async with p.db.begin() as conn:
+            await conn.execute(broadcasts_t.insert().values(
+                id=bid, state="publishing", created_by=actor, created_at=p.now_ms(), **{"class": row["class"]},
+                level=row["level"], title=row["title"], text="", audio_mime="audio/ogg",
+                audio_sha256=data["audio"]["sha256"], audio=audio, volume=None, start=None, end=None,
+                exp=payload["exp"], targets=targets, boxes=boxes, token=token.decode()))
+            await audit_append(conn, actor, "broadcast.live.fallback", bid,
+                               {"live": session.cmd_id, "session": session.session, "boxes": boxes,
+                                "bytes": len(audio)})
+        t = topics_of(p)
+        failure = await publish_all(p, token, [push.target_topic(x, t) for x in targets])
+        async with p.db.begin() as conn:
+            await conn.execute(broadcasts_t.update().where(broadcasts_t.c.id == bid)
+                               .values(state="sent" if failure is None else "publish_failed"))
+        log.info("live %s: recording sent to %d box(es) that heard it poorly", session.session, len(boxes))
+        return boxes
+    except Exception:  # a background task: log, never take the server down
+        log.exception("live %s: the fallback recording could not be sent", session.session)
+        return []

@@ -240,9 +240,25 @@ async def store_only(url: str, envs: list[Envelope]) -> float:
         await db.close()
 
 
+def totals(ingest: Any) -> dict[str, int]:
+    """The ingest's stats with its worker processes' (an older county.ingest has neither: its stats)."""
+    return ingest.totals() if hasattr(ingest, "totals") else dict(ingest.stats)
+
+
+def cpu_s(ingest: Any) -> float:
+    """CPU seconds used so far by this process and the ingest's worker processes (user + system)."""
+    total = time.process_time()
+    workers = getattr(ingest, "workers", None)
+    for proc in (workers.procs.values() if workers is not None else []):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def _wait_stored(ingest: Any, n: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while (t := ingest.totals())["stored"] + t["duplicates"] + t["quarantined"] < n:
+    while (t := totals(ingest))["stored"] + t["duplicates"] + t["quarantined"] < n:
         if time.monotonic() > deadline:
             raise TimeoutError(f"ingest stored {t} of {n} within {timeout_s} s")
         with contextlib.suppress(TimeoutError):
@@ -266,7 +282,8 @@ async def ingest_phase(name: str, url: str, broker_url: str, args: argparse.Name
                 seen.setdefault(ev.data["id"], time.monotonic())
 
     reader = asyncio.create_task(read(), name="bench-hub-reader")
-    cfg = IngestConfig(urls=[broker_url], client_id=f"bench-{name}", workers=args.workers)
+    extra = {"workers": args.workers} if args.workers > 1 else {}
+    cfg = IngestConfig(urls=[broker_url], client_id=f"bench-{name}", **extra)
     ingest = Ingest(cfg, db, hub)
     out: dict[str, Any] = {}
     try:
@@ -284,15 +301,18 @@ async def ingest_phase(name: str, url: str, broker_url: str, args: argparse.Name
             profile.enable()
         t0 = time.monotonic()
         await ingest.start()
+        cpu0 = cpu_s(ingest)  # the workers' CPU counts from their start (they start at once)
         await _wait_stored(ingest, args.n, 1800)
         t1 = time.monotonic()
+        cpu = cpu_s(ingest) - cpu0
         if profile is not None:
             profile.disable()
-        tot = ingest.totals()
+        tot = totals(ingest)
         out.update(rate=args.n / (t1 - t0), seconds=t1 - t0, batches=tot["batches"],
+                   cpu_ms_per_1000=1e6 * cpu / args.n,
                    mean_batch=tot["stored"] / max(1, tot["batches"]), stats=tot)
         # 2. live: ingest running while the publisher sends another n as fast as it can
-        done = ingest.totals()["stored"]
+        done = totals(ingest)["stored"]
         pub = await asyncio.to_thread(PublisherProcess, broker_url, args.boxes, args.n, 3, 5_000_000, args.conns, 0)
         await asyncio.to_thread(pub.ready)
         t0 = time.monotonic()
@@ -307,7 +327,7 @@ async def ingest_phase(name: str, url: str, broker_url: str, args: argparse.Name
                    alarms_missing_on_hub=sum(1 for a in res["pubacks"] if a not in seen))
         # 3. steady: a fleet at a fixed rate, after the burst
         n2 = int(args.steady_rate * args.steady_s)
-        before = ingest.totals()
+        before = totals(ingest)
         live_before = ingest.live.announced if ingest.live is not None else 0
         pub = await asyncio.to_thread(PublisherProcess, broker_url, args.boxes, n2, 2, 10_000_000, args.conns,
                                       args.steady_rate)
@@ -319,7 +339,7 @@ async def ingest_phase(name: str, url: str, broker_url: str, args: argparse.Name
         steady = [1000 * (seen[a] - t) for a, t in res["pubacks"].items() if a in seen]
         out.update(steady_latency=lat_summary(steady), steady_n=n2,
                    steady_live_announced=(ingest.live.announced if ingest.live is not None else 0) - live_before,
-                   steady_batches=ingest.totals()["batches"] - before["batches"],
+                   steady_batches=totals(ingest)["batches"] - before["batches"],
                    live_announced=ingest.live.announced if ingest.live is not None else 0)
     finally:
         await ingest.close()
@@ -345,8 +365,12 @@ def mqtt_floor(broker_url: str, args: argparse.Namespace) -> float:
     props.SessionExpiryInterval = 3600
     props.ReceiveMaximum = 2000
 
+    import county.ingest as ci
+
+    cls = getattr(ci, "_Client", mqtt.Client)  # paho as ingest uses it (buffered reads), where it has one
+
     def client() -> Any:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-floor", protocol=mqtt.MQTTv5)
+        c = cls(CallbackAPIVersion.VERSION2, client_id="bench-floor", protocol=mqtt.MQTTv5)
         c.max_inflight_messages_set(2000)
         return c
 
@@ -374,12 +398,13 @@ def mqtt_floor(broker_url: str, args: argparse.Namespace) -> float:
 
     c = client()
     c.on_message = on_message
-    t = time.monotonic()
+    t, cpu = time.monotonic(), time.process_time()
     c.connect(host, int(port), clean_start=False, properties=props)
     c.loop_start()
     if not done.wait(900):
         raise RuntimeError(f"floor client got {count[0]} of {args.n}")
     rate = args.n / (time.monotonic() - t)
+    print(f"(MQTT floor: {1e6 * (time.process_time() - cpu) / args.n:.0f} ms CPU per 1,000 messages)")
     c.disconnect()
     c.loop_stop()
     return rate
@@ -539,7 +564,8 @@ def show(name: str, base: float, r: dict[str, Any], probe_r: dict[str, Any] | No
     print(f"\n== {name}")
     print(f"baseline executemany: {base:,.0f} rows/s")
     print(f"ingest (drain of a broker backlog): {r['rate']:,.0f} envelopes/s ({r['seconds']:.1f} s), "
-          f"ratio {r['rate'] / base:.2f}; {r['batches']} batches, mean {r['mean_batch']:.0f}")
+          f"ratio {r['rate'] / base:.2f}; {r['batches']} batches, mean {r['mean_batch']:.0f}; "
+          f"ingest CPU {r['cpu_ms_per_1000']:.0f} ms per 1,000 envelopes")
     print(f"ingest (live, publisher sending at once): {r['live_rate']:,.0f} envelopes/s, ratio "
           f"{r['live_rate'] / base:.2f}; the publisher process alone reached {r['publisher_rate']:,.0f}/s")
     print(f"stats: {r['stats']}")

@@ -162,11 +162,17 @@ def test_a_circle_pushed_for_a_wearer_shows_on_that_wearers_alarm(county: tuple[
     ActionChains(browser).move_to_element_with_offset(the_map, 50, 10).click().perform()  # the edge: 80 px east
     wait(browser, lambda d: data(d, "fence-map", "drawing") == "done")
     centre_view = json.loads(data(browser, "fence-map", "viewPoints"))[0]
-    browser.find_element(By.ID, "fence-name").send_keys("水井")
+    name = "水井<i>旁</i>"  # markup in a name stays text, in the list and in the map's tooltip
+    browser.find_element(By.ID, "fence-name").send_keys(name)
     browser.find_element(By.ID, "fence-save").click()
     token = console.token("operator")
     stored = wait(browser, lambda d: [f for f in httpx.get(f"{console.url}/api/v1/fences", headers={
-        "Authorization": f"Bearer {token}"}).json() if f["name"] == "水井"])
+        "Authorization": f"Bearer {token}"}).json() if f["name"] == name])
+    ActionChains(browser).move_to_element(browser.find_element(By.ID, "draw-polygon")).perform()  # off the map
+    ActionChains(browser).move_to_element_with_offset(the_map, -30, 10).perform()  # then over the stored circle
+    tip = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#fence-map .leaflet-tooltip"))
+    assert tip[0].text == name and not tip[0].find_elements(By.TAG_NAME, "i")
+    assert browser.find_element(By.CSS_SELECTOR, f'#fence-list li[data-fence="{stored[0]["id"]}"] strong').text == name
     feature = stored[0]["feature"]
     assert feature["geometry"]["type"] == "Point" and feature["properties"]["radius_m"] > 0
     lon, lat = feature["geometry"]["coordinates"]

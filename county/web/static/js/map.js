@@ -18,6 +18,16 @@ export function mapSettings() {
 
 const DEFAULT_CENTER = [21.95, 101.25];  // shown only when neither an outline nor a box has a position
 
+// Leaflet puts a string tooltip or attribution in as HTML: names (fences are named by users) go in as text
+function textNode(s) {
+  const span = document.createElement("span");
+  span.textContent = String(s);
+  return span;
+}
+function escapeHtml(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+}
+
 // A map in `el`; resolves to a small handle the pages draw through (all coordinates WGS-84 [lat, lon]).
 export async function createMap(el, {zoom = 13} = {}) {
   const L = window.L;
@@ -33,11 +43,11 @@ export async function createMap(el, {zoom = 13} = {}) {
   if (tiles.layers && tiles.layers.length) {
     for (const layer of tiles.layers) {
       L.tileLayer(layer.url, {subdomains: layer.subdomains || "abc", maxZoom: tiles.max_zoom || 18,
-        attribution: tiles.attribution || ""}).addTo(map);
+        attribution: escapeHtml(tiles.attribution || "")}).addTo(map);
     }
   } else {
     el.classList.add("map-plain");
-    map.attributionControl.addAttribution(t("No map tiles: county outline and places only"));
+    map.attributionControl.addAttribution(escapeHtml(t("No map tiles: county outline and places only")));
   }
   const latLng = (lat, lon) => L.latLng(...toView(lat, lon));
   const geoJsonOptions = (style) => ({
@@ -53,7 +63,7 @@ export async function createMap(el, {zoom = 13} = {}) {
   const boxes = L.layerGroup().addTo(map);
   for (const p of settings.places || []) {
     const m = L.circleMarker(latLng(p.lat, p.lon), {radius: 6, color: "#0b5cad", weight: 2, fillColor: "#fff",
-      fillOpacity: 1}).bindTooltip(`${p.name} · ${p.village_name}`);
+      fillOpacity: 1}).bindTooltip(textNode(`${p.name} · ${p.village_name}`));
     m.addTo(boxes);
   }
   if (outline) map.fitBounds(outline.getBounds(), {padding: [10, 10]});
@@ -66,7 +76,7 @@ export async function createMap(el, {zoom = 13} = {}) {
     // a point (a wearer's position): a circle marker with a tooltip
     point(lat, lon, {label = "", color = "#b42318", radius = 9} = {}) {
       const m = L.circleMarker(latLng(lat, lon), {radius, color, weight: 3, fillColor: color, fillOpacity: 0.5});
-      if (label) m.bindTooltip(label, {permanent: false});
+      if (label) m.bindTooltip(textNode(label), {permanent: false});
       return m.addTo(map);
     },
     // a stored fence: a GeoJSON Feature (Polygon / MultiPolygon, or a circle = Point + properties.radius_m)
@@ -79,7 +89,7 @@ export async function createMap(el, {zoom = 13} = {}) {
       } else {
         layer = L.geoJSON(feature, {style: {color, weight: 2, fillOpacity: 0.1}, coordsToLatLng: (c) => latLng(c[1], c[0])});
       }
-      if (label) layer.bindTooltip(label);
+      if (label) layer.bindTooltip(textNode(label));
       return layer.addTo(map);
     },
     // a track: [{lat, lon, ts}] oldest first

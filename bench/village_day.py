@@ -91,6 +91,9 @@ def heartbeat_data(uptime_s: int, rng: random.Random) -> dict[str, Any]:
         "clock": {"plausible": True, "synchronised": True, "offset_s": round(rng.uniform(-0.05, 0.05), 3),
                   "reason": "NTP synchronised"},
         "link": {"state": "connected", "connects": 1, "refused": 0, "qos0_refused": 0},
+        "usage": {"day": "2025-12-01", "month": "2025-12", "sent_day": 300 * uptime_s, "received_day": 90 * uptime_s,
+                  "sent_month": 9_000_000 + 300 * uptime_s, "received_month": 2_700_000 + 90 * uptime_s,
+                  "thinned_month": 0, "measured": True, "budget_month": None, "thinning": False},
     }
 
 

@@ -64,6 +64,7 @@ def test_topics_and_expand() -> None:
     with pytest.raises(ValueError, match="never batched"):
         batch.batch_topic("vc/v1", "b", MsgClass.ALARM)
     one = Envelope("b", 7, 1, MsgClass.TELEMETRY, "heartbeat", {"kind": "not this", "data": 1}).encode()
-    assert expand("vc/v1/box/b/up/batch/telemetry", pack([one, one])) == [("vc/v1/box/b/up/telemetry/heartbeat", one)] * 2
+    assert expand("vc/v1/box/b/up/batch/telemetry", pack([one, one])) == \
+        [("vc/v1/box/b/up/telemetry/heartbeat", one)] * 2
     assert expand("vc/v1/box/b/up/telemetry/x", b"as is") == [("vc/v1/box/b/up/telemetry/x", b"as is")]
     assert expand("vc/v1/box/b/up/batch/telemetry", b"junk") == [("vc/v1/box/b/up/batch/telemetry", b"junk")]

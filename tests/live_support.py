@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -30,9 +31,22 @@ from agent.receipts import Receipts
 from sim.amp import TwinAmpRelay
 from sim.audio import SilentTts, TwinPlayer
 from sim.live_audio import TwinPcmSink
+from tests.conftest import in_ci
 from tests.support import Collector
 
 KID = "county-test"
+
+
+def need_opus() -> None:
+    """libopus0 present, or skip saying so (with CI=true: fail; scripts/test installs it)."""
+    from agent.opus import available
+
+    if available():
+        return
+    why = "libopus0 is not installed (apt-get install libopus0)"
+    if in_ci():
+        pytest.fail(f"{why}; CI=true needs it", pytrace=False)
+    pytest.skip(why)
 
 
 def county_keypair(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:

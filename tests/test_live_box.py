@@ -14,14 +14,17 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.opus import available
 from sim.live_audio import LiveSender, click_train, find_clicks
 from sim.netem import NetemProxy
-from tests.live_support import Box, County, audio_publisher, box_config, county_keypair, relative, running
+from tests.live_support import Box, County, audio_publisher, box_config, county_keypair, need_opus, relative, running
 from tests.support import Collector, Mosquitto
 
-pytestmark = [pytest.mark.timeout(120),
-              pytest.mark.skipif(not available(), reason="libopus0 is not installed (apt-get install libopus0)")]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("opus")]
+
+
+@pytest.fixture
+def opus() -> None:
+    need_opus()
 
 CLICKS = [0.3, 0.9, 1.7, 2.4, 3.1]
 SPEECH = click_train(CLICKS, 3.6)

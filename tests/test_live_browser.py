@@ -16,14 +16,17 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from agent.opus import available
 from sim.live_audio import click_train, find_clicks, write_wav
 from tests.browser import CHROMEDRIVER, CHROMIUM, KID, Console, console_fixture, login, need_browser, wait  # noqa: F401
-from tests.live_support import Box, County, box_config, running
+from tests.live_support import Box, County, box_config, need_opus, running
 from tests.support import Collector
 
-pytestmark = [pytest.mark.timeout(150),
-              pytest.mark.skipif(not available(), reason="libopus0 is not installed (apt-get install libopus0)")]
+pytestmark = [pytest.mark.timeout(150), pytest.mark.usefixtures("opus")]
+
+
+@pytest.fixture
+def opus() -> None:
+    need_opus()
 
 # Chromium loops the capture file: a 4 s file with clicks at these times, then silence
 CLICKS = [0.5, 1.2, 2.0, 2.6]

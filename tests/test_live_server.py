@@ -20,16 +20,20 @@ import uvicorn
 import websockets
 from cryptography.hazmat.primitives import serialization
 
-from agent.opus import Encoder, available
+from agent.opus import Encoder
 from county.server.users import create_session
 from county.store.tables import broadcasts
 from sim.live_audio import click_train, find_clicks
 from tests.county_api import Env, close_env, open_env
-from tests.live_support import Box, County, box_config, relative, running
+from tests.live_support import Box, County, box_config, need_opus, relative, running
 from tests.support import Collector, Mosquitto, free_port
 
-pytestmark = [pytest.mark.timeout(120),
-              pytest.mark.skipif(not available(), reason="libopus0 is not installed (apt-get install libopus0)")]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("opus")]
+
+
+@pytest.fixture
+def opus() -> None:
+    need_opus()
 
 CLICKS = [0.3, 1.0, 1.6]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,15 @@ from county.server.config import parse_config
 from county.store.tables import fence_pushes, fences, messages, positions, positions_latest
 from tests.county_api import NOW_MS, REGIONS, Env, close_env, env_fixture, open_env  # noqa: F401 - `env`
 from tests.support import Mosquitto
+from tests.test_county_openapi import check
+
+
+def schema_of(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the OpenAPI document, the 200 answer's schema of GET `path`) for `check`."""
+    from county.server import openapi
+
+    doc = openapi.document()
+    return doc, doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
 
 PLACED = json.loads(json.dumps(REGIONS))  # the test regions with positions: a1 own, a2 its village's
 PLACED["township"][0]["village"][0]["box"][0].update(lat=21.95, lon=101.25)
@@ -78,6 +88,7 @@ async def test_map_gives_tiles_outline_and_the_places_in_scope(map_env: Env) -> 
     r = await map_env.get("viewer", "/api/v1/map")
     assert r.status_code == 200
     got = r.json()
+    check(*schema_of("/api/v1/map"), got)
     assert got["tiles"]["kind"] == "amap" and got["tiles"]["crs"] == "GCJ02"
     assert got["outline_source"] == "file"
     assert [f["geometry"]["type"] for f in got["outline"]["features"]] == ["Polygon"]  # the Point is dropped
@@ -132,6 +143,7 @@ async def test_one_alarm_in_full(env: Env) -> None:
     r = await env.get("viewer", "/api/v1/alarms/a1:7")
     assert r.status_code == 200
     got = r.json()
+    check(*schema_of("/api/v1/alarms/{id}"), got)
     assert got["state"] == "acknowledged" and got["box_name"] == "甲一村委会"
     assert json.loads(got["raw"])["seq"] == 7 and got["data"]["fence"] == "home"
     assert [f["id"] for f in got["fences"]] == ["home"]
@@ -161,6 +173,7 @@ async def test_the_track_is_the_wearers_hour_before_the_alarm_inside_the_scope(e
     pts.append({"box": "a1", "wearer": "w-2", "lat": 22.0, "lon": 101.2, "acc_m": None, "ts": NOW_MS - 120_000})
     await env.insert(positions, pts)
     got = (await env.get("gw-a", "/api/v1/alarms/a1:9/track")).json()
+    check(*schema_of("/api/v1/alarms/{id}/track"), got)
     assert got["wearer"] == "w-1" and got["from"] == NOW_MS - 60_000 - 3_600_000 and got["to"] == NOW_MS
     assert [p["ts"] for p in got["points"]] == sorted(p["ts"] for p in pts[:7])  # b1 is outside town-a
     everything = (await env.get("admin", "/api/v1/alarms/a1:9/track", params={"minutes": 90})).json()
@@ -175,7 +188,9 @@ async def test_latest_positions_in_scope_and_never_to_a_gridworker(env: Env) -> 
          "ts": NOW_MS},
         {"box": "b1", "wearer": "w-3", "device": "d-3", "lat": 22.0, "lon": 101.2, "acc_m": None, "fix_ts": None,
          "ts": NOW_MS - 5}])
-    assert [p["wearer"] for p in (await env.get("viewer", "/api/v1/positions")).json()] == ["w-1", "w-3"]
+    everyone = (await env.get("viewer", "/api/v1/positions")).json()
+    check(*schema_of("/api/v1/positions"), everyone)
+    assert [p["wearer"] for p in everyone] == ["w-1", "w-3"]
     assert [p["wearer"] for p in (await env.get("op-a", "/api/v1/positions")).json()] == ["w-1"]
     r = await env.get("gw-a", "/api/v1/positions")
     assert r.status_code == 403 and r.json()["error"] == "forbidden"
@@ -192,6 +207,7 @@ async def test_assignees_are_the_gridworkers_whose_scope_covers_the_box(env: Env
     await env.add_alarm("b1:1", "b1")
     assert [u["name"] for u in (await env.get("operator", "/api/v1/alarms/a1:1/assignees")).json()] == ["gw-a"]
     got = (await env.get("operator", "/api/v1/alarms/b1:1/assignees")).json()
+    check(*schema_of("/api/v1/alarms/{id}/assignees"), got)
     assert got == [{"name": "gw-b", "display_name": None, "phone": got[0]["phone"]}]
     assert (await env.get("op-a", "/api/v1/alarms/b1:1/assignees")).status_code == 403  # outside their scope
     assert (await env.get("viewer", "/api/v1/alarms/a1:1/assignees")).status_code == 403

@@ -189,6 +189,13 @@ SCHEMAS: J = {
                                           "not been signed yet)"),
     "BroadcastResent": obj({"id": STR, "state": {"const": "sent"}, "resent_to": arr(STR)}),
     "FencePushResent": obj({"id": STR, "resent_to": arr(STR)}),
+    "Release": obj({"version": STR, "manifest_sha256": STR, "arch": STR, "python": STR, "min_from": STR,
+                    "size": INT, "wheels": arr({"type": "object"}), "uploaded_by": STR, "uploaded_at": MS,
+                    "missing": arr(STR), "complete": BOOL}),
+    "Rollout": obj({"id": STR, "version": STR, "state": {"enum": ["pilot", "running", "halted", "done"]},
+                    "reason": NSTR, "counts": {"type": "object"}, "boxes": arr({"type": "object"})},
+                   {"targets": arr(STR), "max_failure_pct": INT, "wave_size": INT, "pilot": arr(STR),
+                    "created_by": STR, "created_at": MS, "updated_at": MS, "waves": INT}),
     "BoxReceipt": obj({"box": STR, "state": STR, "reason": NSTR, "ts": NMS},
                       {"name": NSTR, "extra": {"type": "object", "description": "what the receipt said besides its "
                                                "state: at, until (epoch s), detail, by, occurrence, late_s, missed"}},
@@ -281,13 +288,19 @@ SCHEMAS: J = {
                     "`outline` a GeoJSON FeatureCollection (WGS-84)"),
     "WearerPosition": obj({"box": STR, "wearer": STR, "device": NSTR, "lat": {"type": "number"},
                            "lon": {"type": "number"}, "acc_m": nullable({"type": "number"}), "ts": MS}),
-    "AlarmDetail": {"allOf": [ref("Alarm"), {"type": "object", "properties": {
-        "data": {"type": "object"}, "raw": NSTR,
-        "fences": arr(obj({"id": STR, "name": STR, "crs": STR, "feature": ref("Feature")})),
-        "response": obj({"ack_s": nullable({"type": "number"}), "assign_s": nullable({"type": "number"}),
-                         "resolve_s": nullable({"type": "number"})})}}],
-                    "description": "`raw` the envelope as received; `response` seconds from reception to each "
-                                   "action"},
+    "AlarmDetail": obj(
+        {"id": STR, "box": STR, "kind": STR, "wearer": NSTR, "ts": MS,
+         "state": {"type": "string", "enum": ALARM_STATES}, "pos": nullable(ref("Position")),
+         "data": {"type": "object"}, "raw": NSTR,
+         "fences": arr(obj({"id": STR, "name": STR, "crs": STR, "feature": ref("Feature")})),
+         "response": obj({"ack_s": nullable({"type": "number"}), "assign_s": nullable({"type": "number"}),
+                          "resolve_s": nullable({"type": "number"})})},
+        {"device": NSTR, "received": MS, "box_name": NSTR, "village": NSTR, "township": NSTR,
+         "acked_by": NSTR, "acked_at": NMS, "assigned_to": NSTR, "assigned_by": NSTR,
+         "assigned_at": NMS, "resolved_by": NSTR, "resolved_at": NMS, "note": NSTR,
+         "escalated_at": NMS, "escalations": INT},
+        description="an Alarm's fields plus `data`, `raw` (the envelope as received; null when no longer "
+                    "stored), `fences` and `response` (seconds from reception to each action)"),
     "Track": obj({"wearer": NSTR, "from": MS, "to": MS,
                   "points": arr(obj({"lat": {"type": "number"}, "lon": {"type": "number"},
                                      "acc_m": nullable({"type": "number"}), "ts": MS, "box": STR}))}),
@@ -563,6 +576,38 @@ def paths() -> J:
                                                            "broken": {"type": ["object", "null"]}}),
                                                       "the hash chain's check")},
             action="audit.read")},
+        # signed agent updates (routes_releases.py, docs/updates.md)
+        "/api/v1/releases": {
+            "post": op("upload release manifest", "releases",
+                       {"201": json_body(ref("Release"), "registered; `missing` lists the wheels to PUT"),
+                        "200": json_body(ref("Release"), "already registered with this manifest"),
+                        **err(400, 403, 409, 422)},
+                       action="release.manage", body=obj({"manifest": STR}),
+                       description="the manifest's form is checked here; its signature by the boxes"),
+            "get": op("list releases", "releases", {"200": json_body(arr(ref("Release")), "newest first"),
+                                                    **err(403)}, action="release.manage")},
+        "/api/v1/releases/{version}/wheels/{file}": {"put": op(
+            "upload release wheel", "releases",
+            {"200": json_body(ref("Release"), "stored"), **err(400, 403, 404, 413, 422)},
+            action="release.manage",
+            params=[param("version", "path", STR, "the release"), param("file", "path", STR, "a manifest wheel")],
+            description="the body is the wheel; 422 `hash_mismatch` when it is not the one the manifest names")},
+        "/api/v1/rollouts": {
+            "post": op("start rollout", "releases",
+                       {"201": json_body(ref("Rollout"), "started; the pilot wave is sent"),
+                        **err(400, 403, 404, 409, 422)},
+                       action="release.manage",
+                       body=obj({"version": STR, "to": arr(STR)},
+                                {"pilot": {"type": ["integer", "array"]}, "wave_size": INT, "max_failure_pct": INT,
+                                 "wave_timeout_s": INT, "base_url": STR, "force": BOOL})),
+            "get": op("list rollouts", "releases", {"200": json_body(arr({"type": "object"}), "newest first"),
+                                                    **err(403)}, action="release.manage")},
+        "/api/v1/rollouts/{id}": {"get": op(
+            "get rollout", "releases", {"200": json_body(ref("Rollout"), "its state and one row per box"),
+                                        **err(403, 404)}, action="release.manage", params=[ID])},
+        "/api/v1/rollouts/{id}/halt": {"post": op(
+            "halt rollout", "releases", {"200": json_body(ref("Rollout"), "halted"), **err(403, 404, 409)},
+            action="release.manage", params=[ID])},
     }
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from county.regions import parse_regions
 from county.server import routes_map
-from county.server.config import parse_config
+from county.server.config import masked, parse_config
 from county.store.tables import fence_pushes, fences, messages, positions, positions_latest
 from tests.county_api import NOW_MS, REGIONS, Env, close_env, env_fixture, open_env  # noqa: F401 - `env`
 from tests.support import Mosquitto
@@ -51,7 +51,9 @@ async def map_env_fixture(db_url: str, broker: Mosquitto, tmp_path: Path) -> Asy
 def test_tile_settings_per_kind() -> None:
     none = routes_map.tile_config(parse_config({}).map)
     assert none == {"kind": "none", "crs": "WGS84", "layers": [], "attribution": "", "max_zoom": 18}
-    tdt = routes_map.tile_config(parse_config({"map": {"tiles": "tianditu", "key": "abc123"}}).map)
+    tdt_config = parse_config({"map": {"tiles": "tianditu", "key": "abc123"}})
+    assert masked(tdt_config)["map"]["key"] == "***"  # the browser gets it in the tile URL; dumps and logs never
+    tdt = routes_map.tile_config(tdt_config.map)
     assert tdt["crs"] == "WGS84" and len(tdt["layers"]) == 2
     assert all("tk=abc123" in layer["url"] and "{z}" in layer["url"] for layer in tdt["layers"])
     amap = routes_map.tile_config(parse_config({"map": {"tiles": "amap"}}).map)

@@ -38,15 +38,39 @@ function row(a) {
     h("div", {class: "alarm-actions"}, actions));
 }
 
+function visible(a) {
+  return filter === "all" || (filter === "open" ? a.state !== "resolved" : a.state === filter);
+}
+
+function counts() {
+  const fresh = [...alarms.values()].filter((a) => visible(a) && a.state === "new").length;
+  $("#alarm-count").textContent = t("{n} unacknowledged", {n: fresh});
+  document.title = (fresh ? `(${fresh}) ` : "") + document.title.replace(/^\(\d+\) /, "");
+}
+
 function render() {
-  const shown = [...alarms.values()].filter((a) => filter === "all" || (filter === "open" ? a.state !== "resolved" : a.state === filter))
-    .sort(alarmOrder);
+  const shown = [...alarms.values()].filter(visible).sort(alarmOrder);
   clear(list);
   if (!shown.length) list.append(h("li", {class: "muted empty"}, t("No alarms.")));
   for (const a of shown) list.append(row(a));
-  const fresh = shown.filter((a) => a.state === "new").length;
-  $("#alarm-count").textContent = t("{n} unacknowledged", {n: fresh});
-  document.title = (fresh ? `(${fresh}) ` : "") + document.title.replace(/^\(\d+\) /, "");
+  counts();
+}
+
+// one alarm changed: its row alone is replaced or moved (the list may hold 500 rows; an SOS must not wait
+// for all of them to be rebuilt)
+function update(a) {
+  const old = [...list.children].find((li) => li.dataset.id === a.id);
+  if (old) old.remove();
+  if (visible(a)) {
+    const li = row(a);
+    const after = [...list.children].find((el) => el.dataset.id && alarmOrder(a, alarms.get(el.dataset.id)) < 0);
+    list.insertBefore(li, after || null);
+    for (const empty of list.querySelectorAll("li.empty")) empty.remove();
+  } else if (!list.querySelector("li[data-id]")) {
+    render();
+    return;
+  }
+  counts();
 }
 
 async function reload() {
@@ -64,7 +88,7 @@ async function ack(id) {
   try {
     const a = await api(`/api/v1/alarms/${encodeURIComponent(id)}/ack`, {method: "POST", body: {}});
     alarms.set(a.id, a);
-    render();
+    update(a);
   } catch (err) {
     notice(explain(err), "error");
     reload();
@@ -74,7 +98,7 @@ async function ack(id) {
 function onAlarm(a) {
   const known = alarms.has(a.id);
   alarms.set(a.id, a);
-  render();
+  update(a);
   if (!known && a.state === "new") {
     bell.ring(`${kindText(a.kind)} · ${placeText(a)}`, a.wearer ? t("Wearer {wearer}", {wearer: a.wearer}) : "",
       `/alarms/${encodeURIComponent(a.id)}`);

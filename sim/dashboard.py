@@ -126,7 +126,8 @@ class VillageState:
         if isinstance(data.get("camera"), str):
             return self.names.camera(data["camera"], with_id)
         if isinstance(data.get("gateway"), str):
-            return _("gateway {name}").format(name=data["gateway"])
+            gw = data["gateway"]  # the simulated box has one gateway: the scenario's [gateway] name is its name
+            return _("gateway {name}").format(name=f"{self.names.gateway} ({gw})" if self.names.gateway else gw)
         return self.names.box_name(self.box) if with_id else (self.names.box or self.box)
 
     def apply(self, s: Seen) -> str | None:

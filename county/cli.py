@@ -31,7 +31,10 @@ from agent.i18n import _
 from agent.protocol.jws import KeysError, load_private_key
 from agent.protocol.topics import DEFAULT_PREFIX, Topics
 from county import cap as cap_mod
-from county import push
+from county import (
+    push,
+    rollout_cli,  # release upload, rollout start|status|halt (docs/updates.md)
+)
 from county.console import (
     BoxRow,
     BrokerSpec,
@@ -176,8 +179,9 @@ def _target(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="village county", description=_("the county console"),
-                     epilog="exit codes: 0 done, 1 error, 2 usage, 3 --wait: a box did not answer or refused, "
-                            "4 nothing sent: no known box answers to a target")
+                     epilog=_("exit codes: 0 done, 1 error, 2 usage, 3 --wait: a box did not answer or refused, "
+                              "4 nothing sent: no known box answers to a target") + "; "
+                     + _("every command takes --lang zh|en (else $VILLAGE_LANG, else the locale)"))
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("push", help=_("sign and publish a broadcast.play"))
@@ -234,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         p.add_argument("rest", nargs=argparse.REMAINDER)
     server_cli.add_commands(sub)
+    rollout_cli.add_commands(sub)
     return parser
 
 
@@ -491,7 +496,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"push": cmd_push, "cancel": cmd_cancel, "fences": cmd_fences, "watch": cmd_watch, "status": cmd_status,
-            **server_cli.COMMANDS}
+            **server_cli.COMMANDS, **rollout_cli.COMMANDS}
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:

@@ -77,6 +77,9 @@ EXPECTED: dict[str, dict[str, int]] = {
     "PATCH user":             {A: OK, OP: FORBIDDEN, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
     "GET audit":              {A: OK, OP: FORBIDDEN, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
     "GET audit check":        {A: OK, OP: FORBIDDEN, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    # signed updates (routes_releases.py): admin only
+    "GET releases":           {A: OK, OP: FORBIDDEN, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
+    "GET rollouts":           {A: OK, OP: FORBIDDEN, R: FORBIDDEN, V: FORBIDDEN, G: FORBIDDEN},
 }
 CAP_XML = ('<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>r-1</identifier><sender>s</sender>'
            "<sent>2026-12-01T15:00:00+08:00</sent><status>Exercise</status><msgType>Alert</msgType>"
@@ -141,6 +144,8 @@ def _requests(ids: dict[str, str]) -> dict[str, tuple[str, str, Any]]:
         "PATCH user": ("PATCH", "/api/v1/users/rev-a", {"display_name": "甲审核"}),
         "GET audit": ("GET", "/api/v1/audit?limit=5", None),
         "GET audit check": ("GET", "/api/v1/audit/check", None),
+        "GET releases": ("GET", "/api/v1/releases", None),
+        "GET rollouts": ("GET", "/api/v1/rollouts", None),
     }
 
 

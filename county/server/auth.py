@@ -50,6 +50,7 @@ ACTIONS = _READ | frozenset({
     "fence.edit",            # create, change or delete a stored fence (PUT/DELETE /api/v1/fences/{id})
     "fence.push",            # sign and publish a geofence.set of stored fences to boxes inside the scope
     "users.read", "user.manage", "audit.read",
+    "release.manage",        # upload releases, start/halt rollouts and read them (admin; docs/updates.md)
 })
 GRANTS: dict[str, frozenset[str]] = {
     "admin": ACTIONS,

@@ -348,6 +348,10 @@ async def serve(config: Any, regions: Any, path: Path, *, signing_key: Any = Non
             db, stop, telemetry_days=keep.telemetry_days, quarantine_days=keep.quarantine_days,
             batch_rows=keep.batch_rows), name="retention")
         stack.push_async_callback(_cancel, retention)
+        from county.server.routes_releases import run as run_rollouts  # waves and halts (county/rollout.py)
+
+        rollouts = asyncio.create_task(run_rollouts(app, stop), name="rollouts")
+        stack.push_async_callback(_cancel, rollouts)
         server = _uvicorn_server(uvicorn.Config(
             app, host=config.server.host, port=config.server.port, log_config=None, access_log=False,
             lifespan="off", ssl_certfile=str(config.server.tls_cert) if config.server.tls_cert else None,

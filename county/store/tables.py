@@ -242,3 +242,45 @@ audit = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+# Signed agent updates (issue 17, docs/updates.md; county/rollout.py). Wheels by content: a dependency
+# wheel that two releases share is stored once. `data` is the file; boxes fetch it with Range requests.
+release_files = Table(
+    "release_files", metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+releases = Table(
+    "releases", metadata,
+    Column("version", String(32), primary_key=True),
+    Column("manifest", Text, nullable=False),            # the signed manifest.jws, as uploaded
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("arch", String(32), nullable=False),
+    Column("python", String(16), nullable=False),
+    Column("min_from", String(32), nullable=False),
+    Column("wheels", JSON, nullable=False),              # [{file, sha256, size, project}] from the manifest
+    Column("size", BigInteger, nullable=False),          # all wheels
+    Column("uploaded_by", USER, nullable=False),
+    Column("uploaded_at", BigInteger, nullable=False),
+)
+
+rollouts = Table(
+    "rollouts", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("version", String(32), nullable=False),
+    Column("targets", JSON, nullable=False),
+    Column("boxes", JSON, nullable=False),               # every box it reaches, pilot first
+    Column("pilot", Integer, nullable=False),            # how many of `boxes` are the pilot
+    Column("wave_size", Integer, nullable=False),
+    Column("max_failure_pct", Integer, nullable=False),
+    Column("wave_timeout_s", Integer, nullable=False),
+    Column("url", Text, nullable=False),                 # the manifest URL the boxes fetch
+    Column("waves", JSON, nullable=False),               # [{cmd, boxes, sent_at}] as sent
+    Column("state", String(16), nullable=False),         # pilot | running | halted | done
+    Column("reason", Text),                              # why it halted
+    Column("created_by", USER, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)

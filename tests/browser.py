@@ -152,7 +152,9 @@ class Console:
 
 
 def start_console(workdir: Path, *, regions: dict[str, Any] | None = None, extra_toml: str = "",
-                  users: dict[str, tuple[str, str | None, str]] | None = None) -> Console:
+                  users: dict[str, tuple[str, str | None, str]] | None = None, db_url: str | None = None) -> Console:
+    """Mosquitto, county.toml, the users, `village county serve` (see the module doc); `db_url` an existing
+    database to serve (default: a new SQLite file in `workdir`)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -165,7 +167,7 @@ def start_console(workdir: Path, *, regions: dict[str, Any] | None = None, extra
                                                            serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption()))
     (workdir / "regions.toml").write_text(toml_dumps(regions or REGIONS), encoding="utf-8")
-    console.db_url = f"sqlite:///{workdir / 'county.db'}"
+    console.db_url = db_url or f"sqlite:///{workdir / 'county.db'}"
     console.config = workdir / "county.toml"
     console.config.write_text(f"""
 [server]

@@ -5,7 +5,9 @@ village and totals per township and for the whole view:
     {"now", "county": {id, name}, "counts": {...}, "townships": [{id, name, counts, villages: [
         {id, name, counts, boxes: [{id, name, state, last_seen, backlog}]}]}], "unregistered": {...} | null}
 `counts` = {boxes, boxes_online, last_seen (newest), backlog (sum), cameras, cameras_online,
-camera_rate_today (time-weighted, today in the county's timezone; null without data), wearers (wearers
+camera_samples, camera_samples_online, camera_rate_today (point in time, county/reports.py's definition:
+the samples of today in the county's timezone that were online over those in a known state; null without
+any; aggregated by the database, so it stays fast with a day of periods of every camera), wearers (wearers
 whose latest position is at most REPORTING_MS old), alarms_open (not resolved)}. Unregistered boxes (not
 in the regions file) appear, for a county-wide user only, under `unregistered`.
 
@@ -63,6 +65,7 @@ from county.store.queries import seq_gaps
 from county.store.tables import alarms as alarms_t
 from county.store.tables import audit as audit_t
 from county.store.tables import boxes as boxes_t
+from county.store.tables import camera_periods as camera_periods_t
 from county.store.tables import camera_states as cameras_t
 from county.store.tables import messages as messages_t
 from county.store.tables import positions_latest as positions_t
@@ -79,11 +82,20 @@ TIMELINE_FIELDS = ("state", "camera", "reason", "cmd", "kind", "wearer", "uptime
 
 def _zero() -> dict[str, Any]:
     return {"boxes": 0, "boxes_online": 0, "last_seen": None, "backlog": 0, "cameras": 0, "cameras_online": 0,
-            "camera_rate_today": None, "wearers": 0, "alarms_open": 0}
+            "camera_samples": 0, "camera_samples_online": 0, "camera_rate_today": None, "wearers": 0,
+            "alarms_open": 0}
+
+
+def _rated(c: dict[str, Any]) -> dict[str, Any]:
+    """camera_rate_today from the samples: online / known, None without any."""
+    known = c["camera_samples"]
+    c["camera_rate_today"] = round(c["camera_samples_online"] / known, 4) if known else None
+    return c
 
 
 def _add(into: dict[str, Any], part: dict[str, Any]) -> None:
-    for k in ("boxes", "boxes_online", "backlog", "cameras", "cameras_online", "wearers", "alarms_open"):
+    for k in ("boxes", "boxes_online", "backlog", "cameras", "cameras_online", "camera_samples",
+              "camera_samples_online", "wearers", "alarms_open"):
         into[k] += part[k]
     if part["last_seen"] is not None and (into["last_seen"] is None or part["last_seen"] > into["last_seen"]):
         into["last_seen"] = part["last_seen"]
@@ -109,11 +121,18 @@ async def overview(request: Request) -> Response:
         open_alarms = dict((await conn.execute(
             select(alarms_t.c.box, func.count()).where(alarms_t.c.state != "resolved")
             .group_by(alarms_t.c.box))).all())
-    today = dt.datetime.fromtimestamp(now / 1000, tz=zoneinfo.ZoneInfo(tz)).date()
-    rates: dict[str, float | None] = {}
-    if regions is not None and regions.data is not None:
-        cam_report = await reports.camera_report(p.db, regions, "day", today, tz, user.scope)
-        rates = {r["id"]: r["online_rate_tw"] for r in cam_report.rows}
+        # today's point-in-time camera samples per box (county/reports.py's definition), aggregated by the
+        # database: the time-weighted rate needs every period's seconds in Python (the cameras page has it)
+        today = reports.bucket("day", dt.datetime.fromtimestamp(now / 1000, tz=zoneinfo.ZoneInfo(tz)).date(), tz)
+        cp = camera_periods_t.c
+        samples: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # box -> [online, known]
+        for box, state, n in (await conn.execute(
+                select(cp.box, cp.state, func.count())
+                .where(cp.period_to >= today.start_ms, cp.period_to < today.end_ms, cp.state.in_(reports.KNOWN))
+                .group_by(cp.box, cp.state))).all():
+            samples[box][1] += int(n)
+            if state == "online":
+                samples[box][0] += int(n)
 
     def box_line(box: str) -> dict[str, Any]:
         row = box_rows.get(box)
@@ -134,6 +153,9 @@ async def overview(request: Request) -> Response:
                     c["last_seen"] = row.last_seen
             c["cameras"] += len(cams.get(b, ()))
             c["cameras_online"] += sum(1 for s in cams.get(b, ()) if s == "online")
+            if b in samples:
+                c["camera_samples_online"] += samples[b][0]
+                c["camera_samples"] += samples[b][1]
             c["wearers"] += int(wearers.get(b, 0))
             c["alarms_open"] += int(open_alarms.get(b, 0))
         return c
@@ -148,12 +170,12 @@ async def overview(request: Request) -> Response:
                 if not regions.region_within(v.id, user.scope):
                     continue
                 ids = [b.id for b in v.boxes]
-                vc = counts_of(ids) | {"camera_rate_today": rates.get(v.id)}
+                vc = _rated(counts_of(ids))
                 _add(t_counts, vc)
                 villages.append({"id": v.id, "name": v.name, "counts": vc, "boxes": [box_line(b) for b in ids]})
             if not villages:
                 continue
-            t_counts["camera_rate_today"] = rates.get(t.id)
+            _rated(t_counts)
             _add(total, t_counts)
             townships.append({"id": t.id, "name": t.name, "counts": t_counts, "villages": villages})
     unregistered = None
@@ -161,10 +183,10 @@ async def overview(request: Request) -> Response:
         registered = regions.registered() if regions is not None else frozenset()
         stray = sorted(b for b in set(box_rows) | set(cams) if b not in registered)
         if stray:
-            uc = counts_of(stray)
+            uc = _rated(counts_of(stray))
             _add(total, uc)
             unregistered = {"counts": uc, "boxes": [box_line(b) for b in stray]}
-    total["camera_rate_today"] = rates.get(user.scope or (regions.county_id if regions is not None else ""))
+    _rated(total)
     county = {"id": regions.county_id if regions is not None else None,
               "name": regions.county_name if regions is not None else ""}
     return JSONResponse({"now": now, "timezone": tz, "county": county, "scope": user.scope, "counts": total,

@@ -47,15 +47,22 @@ function village(v, now) {
     h("span", {class: "name", title: v.id}, v.name), ...healthLine(v.counts, now), boxList(v.boxes, now));
 }
 
-function township(tw, now) {
+// A township's villages are built when it is first opened: a county of 2,000 boxes opens with its
+// townships' lines only (bench/console_web.py), a small one with everything open.
+function township(tw, now, open) {
   const c = tw.counts;
-  return h("li", {dataset: {township: tw.id}},
-    h("details", {open: true},
-      h("summary", {title: tw.id}, tw.name, " ",
-        h("span", {class: "muted"}, t("{on}/{all} boxes online", {on: fmtNumber(c.boxes_online), all: fmtNumber(c.boxes)}))),
-      h("div", {class: "village township-line"}, ...healthLine(c, now)),
-      h("ul", {}, tw.villages.map((v) => village(v, now)))));
+  const list = h("ul", {});
+  const fill = () => { if (!list.firstChild) list.append(...tw.villages.map((v) => village(v, now))); };
+  const details = h("details", {open},
+    h("summary", {title: tw.id}, tw.name, " ",
+      h("span", {class: "muted"}, t("{on}/{all} boxes online", {on: fmtNumber(c.boxes_online), all: fmtNumber(c.boxes)}))),
+    h("div", {class: "village township-line"}, ...healthLine(c, now)), list);
+  if (open) fill();
+  details.addEventListener("toggle", () => { if (details.open) fill(); });
+  return h("li", {dataset: {township: tw.id}}, details);
 }
+
+const OPEN_UP_TO = 40;  // villages: up to this many the tree opens fully
 
 async function main() {
   const tree = $("#tree");
@@ -70,7 +77,8 @@ async function main() {
       count(fmtNumber(c.alarms_open), t("Open alarms"), "count-alarms", c.alarms_open ? "alarm" : ""),
       count(fmtNumber(c.backlog), t("Backlog"), "count-backlog"));
     const root = h("ul", {});
-    for (const tw of o.townships) root.append(township(tw, o.now));
+    const villages = o.townships.reduce((n, tw) => n + tw.villages.length, 0);
+    for (const tw of o.townships) root.append(township(tw, o.now, villages <= OPEN_UP_TO));
     if (o.unregistered) {
       root.append(h("li", {dataset: {township: ""}}, h("details", {open: true},
         h("summary", {}, t("Not in the regions file")),

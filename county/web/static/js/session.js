@@ -12,4 +12,6 @@ export function may(action) {
 // Marks the page as filled (tests and the benchmark wait for body[data-loaded]).
 export function loaded(what = "1") {
   document.body.dataset.loaded = what;
+  // ms since the navigation started, by the browser's own clock (bench/console_web.py reads it)
+  document.body.dataset.loadedMs = String(Math.round(performance.now()));
 }

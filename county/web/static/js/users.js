@@ -56,7 +56,7 @@ function actions(u) {
   const pw = h("input", {type: "password", minlength: 8, maxlength: 1024, placeholder: t("New password"),
     autocomplete: "new-password", "aria-label": t("New password")});
   const self = u.name === USER;
-  return h("td", {class: "actions", "data-action": "user.manage"},
+  return h("td", {class: "actions", "data-needs": "user.manage"},
     role, scope,
     h("button", {type: "button", class: "secondary", dataset: {act: "save"}, onclick: () =>
       change(u.name, {role: role.value, scope: scope.value || null}, t("Saved: {name}", {name: u.name}))}, t("Save")),

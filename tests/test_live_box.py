@@ -216,3 +216,31 @@ async def test_live_daily_waits_for_quiet_hours_and_emergency_preempts_it(
         await sender.stream(SPEECH[:48000 * 2], audio_publisher(collector, sid))
         await county.wait(em, "finished")
     assert county.states(daily) == ["received", "scheduled"]
+
+
+async def test_cancel_and_max_duration_end_a_live_session_with_the_relay_off(
+        tmp_path: Path, broker: Mosquitto, collector: Collector, keys: Any) -> None:
+    box = Box(box_config(tmp_path, broker.url, keys[1]))
+    county = County(collector, keys[0])
+    cut, capped = LiveSender(session_id()), LiveSender(session_id())
+    async with running(box, collector):
+        # 结束 from another console (or the END packet lost): broadcast.cancel naming the session's command
+        first = county.live(cut.session, cut.key)
+        await county.wait(first, "started")
+        stream = asyncio.create_task(cut.stream(SPEECH, audio_publisher(collector, cut.session), end=False))
+        await asyncio.to_thread(collector.wait_for, lambda _: len(box.speaker.pcm()) > 48000 * 2, 10)
+        cancel = county.send("broadcast.cancel", {"broadcast": first})
+        await county.wait(cancel, "applied")
+        await wait_relay_off(box, collector)
+        playing_after_cancel = box.speaker.is_open
+        await stream
+        # max_s 2 on 3.6 s of speech: the box stops at 2 s
+        second = county.live(capped.session, capped.key, max_s=2)
+        await county.wait(second, "started")
+        await capped.stream(SPEECH, audio_publisher(collector, capped.session))
+        finished = await county.wait(second, "finished")
+        await wait_relay_off(box, collector)
+    assert county.states(first) == ["received", "started", "cancelled"]
+    assert not playing_after_cancel
+    assert finished["end"] == "max_duration" and finished["played_s"] < 2.0
+    assert box.relay.events() == ["off", "on", "off", "on", "off"]

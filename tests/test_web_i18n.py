@@ -42,6 +42,6 @@ def test_placeholders_must_match() -> None:
 
 
 def test_the_script_checks_from_the_command_line() -> None:
-    r = subprocess.run([str(REPO / "scripts" / "i18n"), "check"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([str(REPO / "scripts" / "web-i18n"), "check"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "catalogs complete" in r.stdout

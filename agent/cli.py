@@ -35,7 +35,8 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
 
 
 def _agent_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="village agent", description=_("the village box agent"))
+    parser = argparse.ArgumentParser(prog="village agent", description=_("the village box agent"),
+                                     epilog=_("every command takes --lang zh|en (else $VILLAGE_LANG, else the locale)"))
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("identity", help=_("make the box key pair (once) and a CSR for the county CA"), add_help=False)
     for name, text in (("run", _("run the agent in the foreground until SIGTERM/SIGINT")),

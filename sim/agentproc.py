@@ -109,8 +109,10 @@ def agent_config(scenario: Scenario, *, speed: float, state_dir: Path, broker_ur
         "mqtt": {"url": broker_url, "protocol": mqtt_protocol, "backoff_min_s": 0.2, "backoff_max_s": s(60, 1.0),
                  "keepalive_s": max(2, int(30 / speed)), "connect_timeout_s": max(2.0, s(10))},
         "log": {"level": box.log_level},
-        # telemetry and events go up in batches (issue 14): the field's minute, scaled like every other period
-        "uplink": {"batch_window_s": s(60, 0.05)},
+        # telemetry and events go up in batches (issue 14): the field's minute, scaled like every other period,
+        # and at most a quarter of the heartbeat (the field's 60 s of 240 s), so the box can be seen quiet
+        # (backlog 0) between two heartbeats when the run drains
+        "uplink": {"batch_window_s": round(max(0.05, min(60, box.heartbeat_s / 4) / speed), 3)},
         "broadcast": {"warmup_s": s(1.5, 0.0), "tail_s": s(0.5, 0.0), "off_delay_s": s(10, 0.0),
                       "quiet_hours": list(box.quiet_hours)},
         "wearables": wearables,

@@ -33,9 +33,11 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="village sim", description=_("the simulator: a whole village in a box"))
+    parser = argparse.ArgumentParser(prog="village sim", description=_("the simulator: a whole village in a box"),
+                                     epilog=_("every command takes --lang zh|en (else $VILLAGE_LANG, else the locale)"))
     sub = parser.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help=_("run a scenario: broker, the real agent, twins, county view, live dashboard"))
+    run = sub.add_parser("run", help=_("run a scenario: broker, the real agent, twins, county view, live dashboard"),
+                         epilog=_("every command takes --lang zh|en (else $VILLAGE_LANG, else the locale)"))
     run.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO, metavar="FILE",
                      help=_("scenario TOML (default: the bundled menglou village)"))
     run.add_argument("--duration", type=_positive, metavar="S", help=_("scenario seconds to run (default: the file's)"))

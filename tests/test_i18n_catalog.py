@@ -50,8 +50,7 @@ def test_the_sources_mark_strings_and_the_catalogs_hold_every_one() -> None:
         catalog = babel_catalog(lang)
         missing = sorted(m for m in ids if not catalog.get(m))
         assert not missing, f"{lang}: not in the catalog (run scripts/i18n, then translate): {missing}"
-        stale = sorted(set(catalog) - ids)
-        assert not stale, f"{lang}: in the catalog but no longer in the sources (run scripts/i18n): {stale}"
+    # (entries no source uses any more are harmless; scripts/i18n drops them)
 
 
 def test_translations_keep_the_placeholders() -> None:

@@ -57,7 +57,7 @@ async def test_link_outage_backlog_drains_with_no_loss_checked_by_id() -> None:
     got = {s.envelope["id"] for s in result.seen if s.box == box and s.cls != "state"}
     assert result.loss.last_seq is not None
     assert got >= {f"{box}:{q}" for q in range(1, result.loss.last_seq + 1)}
-    assert any("backlog: max" in line and "max 0 " not in line for line in result.summary)  # it queued
+    assert any(line.startswith("Backlog: at most") and "at most 0 " not in line for line in result.summary)  # queued
 
 
 async def test_the_same_seed_gives_the_same_timeline() -> None:
@@ -121,7 +121,7 @@ def test_cli_check_exits_1_and_names_the_failed_expectation(tmp_path: Path) -> N
     out = sim_cli("run", "--scenario", str(path), "--check", "--no-live", "--speed", "10",
                   "--timeline", str(tmp_path / "t.jsonl"))
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "FAIL expect sos wearer=W1 count=2" in out.stdout
+    assert "FAIL expected: SOS, W1, exactly 2" in out.stdout
     assert (tmp_path / "t.jsonl").read_text().strip()
 
 

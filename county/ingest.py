@@ -424,9 +424,7 @@ class Store:
             return
         rows = [{"id": p.env.id, "box": p.env.box, "seq": p.env.seq, "ts": p.env.ts, "class": p.env.cls.wire,
                  "kind": p.env.kind, "received": it.received, "raw": p.raw} for it, p in good.values()]
-        new_ids = {r[0] for r in await db.write_rows(
-            conn, "ingest.messages", messages, MESSAGE_COLUMNS, rows,
-            lambda ins: ins.on_conflict_do_nothing().returning(messages.c.id), returning=True)}
+        new_ids = await db.insert_new(conn, "ingest.messages", messages, MESSAGE_COLUMNS, "id", rows)
         out.stored = len(new_ids)
         out.duplicates = sum(1 for it, p in items if isinstance(p, Good)) - len(new_ids)
         await self._boxes(conn, [(it, p.env) for it, p in good.values()], new_ids, out)

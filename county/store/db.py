@@ -280,7 +280,9 @@ class Database:
         """Many rows of `columns` into `table` in `conn`'s transaction, by one statement `build(insert)` adds
         ON CONFLICT / RETURNING to (`name` caches it); the RETURNING rows if `returning`.
 
-        SQLite: `build(insert(table))` run as executemany of `rows`. PostgreSQL: `build(INSERT INTO table
+        SQLite: `build(insert(table))` compiled once and run as the driver's executemany of tuples (sqlite3's,
+        in C; SQLAlchemy's per-row parameter handling was most of the cost of such a statement); with
+        `returning`, or a statement with parameters of its own, through SQLAlchemy. PostgreSQL: `build(INSERT INTO table
         (columns) SELECT ... FROM unnest(:a_col::TYPE[], ...))` run once with one array per column, sent in
         binary. Why: SQLAlchemy's executemany on PostgreSQL is either one round of the pipeline per row or,
         with RETURNING, a multi-row VALUES whose text changes with the number of rows, which psycopg parses
@@ -296,7 +298,18 @@ class Database:
         if self.dialect != "postgresql":
             if stmt is None:
                 base = _insert(self.dialect, table)
-                stmt = self._bulk[name] = build(base) if build is not None else base
+                built = build(base) if build is not None else base
+                compiled = built.compile(dialect=self.engine.dialect, column_keys=list(columns))
+                order = tuple(compiled.positiontup or ())
+                plain = not returning and set(order) <= set(columns) and not compiled.binds.keys() - set(order)
+                stmt = self._bulk[name] = (str(compiled), order) if plain else built
+            if isinstance(stmt, tuple):
+                sql, order = stmt
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                await driver.executemany(sql, [tuple(r[c] for c in order) for r in rows])
+                return []
             res = await conn.execute(stmt, list(rows))
             return list(res.all()) if returning else []
         if stmt is None:
@@ -312,6 +325,31 @@ class Database:
         async with driver.cursor() as cur:
             await cur.execute(stmt, params)
             return list(await cur.fetchall()) if returning else []
+
+    async def insert_new(self, conn: AsyncConnection, name: str, table: Table, columns: Sequence[str], key: str,
+                         rows: Sequence[Mapping[str, Any]]) -> set[Any]:
+        """INSERT ... ON CONFLICT DO NOTHING of `rows` (distinct `key`s); the keys that were new.
+
+        PostgreSQL: write_rows with RETURNING. SQLite: the keys already stored are read first, then the rows
+        go in by the driver's executemany (still ON CONFLICT DO NOTHING); sound because `Database.begin()`
+        holds SQLite's write lock from its BEGIN IMMEDIATE, so no other writer can store one in between.
+        """
+        if not rows:
+            return set()
+        if self.dialect == "postgresql":
+            got = await self.write_rows(conn, name, table, columns, rows,
+                                        lambda ins: ins.on_conflict_do_nothing().returning(table.c[key]),
+                                        returning=True)
+            return {r[0] for r in got}
+        from sqlalchemy import select
+
+        keys = [r[key] for r in rows]
+        present: set[Any] = set()
+        for i in range(0, len(keys), 5000):
+            q = select(table.c[key]).where(table.c[key].in_(keys[i:i + 5000]))
+            present.update(r[0] for r in (await conn.execute(q)).all())
+        await self.write_rows(conn, name, table, columns, rows, lambda ins: ins.on_conflict_do_nothing())
+        return set(keys) - present
 
     def upsert(self, table: Table, index_elements: Sequence[str],
                set_: Sequence[str] | Mapping[str, Any] | Callable[[Any], Mapping[str, Any]],

@@ -180,9 +180,13 @@ async def test_write_rows_stores_any_text_nulls_and_big_ints_and_returns_only_ne
             again = [*rows[:3], {**rows[0], "id": "b1:99"}]
             assert [r[0] for r in await db.write_rows(conn, "t.messages", messages, cols, again, ignore,
                                                       returning=True)] == ["b1:99"]
+        async with db.begin() as conn:  # insert_new: the same answer on both (SQLite reads under its write lock)
+            fresh = [{**rows[1], "id": f"b1:{n}"} for n in (200, 201)]
+            assert await db.insert_new(conn, "t.new", messages, cols, "id", [rows[2], *fresh]) == {"b1:200", "b1:201"}
+            assert await db.insert_new(conn, "t.new", messages, cols, "id", fresh) == set()
         with pytest.raises(RuntimeError):
             async with db.begin() as conn:
-                await db.write_rows(conn, "t.messages", messages, cols, [{**rows[0], "id": "b1:100"}], ignore)
+                await db.insert_new(conn, "t.new", messages, cols, "id", [{**rows[0], "id": "b1:100"}])
                 raise RuntimeError("roll back")
         async with db.connect() as conn:
             stored = dict((await conn.execute(select(messages.c.id, messages.c.raw))).all())

@@ -1,7 +1,7 @@
 """County ingest benchmark: envelopes/s through mosquitto into SQLite and PostgreSQL against a plain
 executemany baseline, PUBACK -> alarm on the event stream, and the server's RSS and list render times.
 
-    python -m bench.county_ingest [--quick] [--big] [--no-pg] [--profile]
+    python -m bench.county_ingest [--quick] [--big] [--no-pg] [--profile] [--workers N]
 
 In one run, for SQLite (a WAL file under a temp dir) and PostgreSQL (a private cluster, tests/pgcluster.py):
 
@@ -26,6 +26,12 @@ Mix (per envelope, seeded): 60 % position telemetry, 24 % heartbeat, 3 % cameras
 events, 6 % command receipts, 1 % sos alarms; built with agent.protocol (Envelope, Topics).
 Goals (issue 12): >= 10,000 envelopes/s on SQLite, ratio >= 0.5, alarm p99 <= 200 ms, each list <= 200 ms.
 `--profile` runs the SQLite ingest under cProfile (the event loop's thread) and prints the top entries.
+`--workers N`: the ingest as N processes (IngestConfig.workers). Besides envelopes/s, the drain prints the
+CPU the ingest process(es) used per 1,000 envelopes (user + system, this process and its workers; not the
+broker's nor PostgreSQL's): on a shared machine it moves much less with the load than the wall-clock
+rates do. The "MQTT floor" uses the paho client class ingest uses (county.ingest._Client, when it has one).
+The bench runs against an older county.ingest too (no `totals`/`workers`): for before/after figures, run
+it from a checkout of the older code.
 Figures measured on 2026-12-01, and which goals they meet: docs/county-server.md, "Performance".
 """
 

@@ -186,16 +186,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int, int],
         pytest.skip("mosquitto is not installed")
     tmp = tmp_path_factory.mktemp("pty")
     tmux = Tmux(tmp)
-    cases = [(lang, w, h) for lang in ("zh", "en") for (w, h) in ((80, 24), (160, 48))]
+    cases = [(lang, w, h) for lang in ("zh", "en") for (w, h) in ((80, 24), (160, 48))] + [PLAIN]
     panes: dict[tuple[str, int, int], str] = {}
     try:
         for lang, w, h in cases:
             file = tmp / f"{lang}.toml"
             file.write_text(scenario(lang), encoding="utf-8")
-            name = f"{lang}{w}"
+            plain = (lang, w, h) == PLAIN
+            name = f"{lang}{w}" + ("plain" if plain else "")
             cmd = (f"cd {REPO} && env -u VILLAGE_LANG LANG=C.UTF-8 LC_ALL=C.UTF-8 PYTHONIOENCODING=utf-8 "
                    f"{sys.executable} -m agent.cli sim run --lang {lang} --scenario {file} --no-county "
-                   f"--timeline {tmp / name}.jsonl --workdir {tmp / name}")
+                   f"--timeline {tmp / name}.jsonl --workdir {tmp / name}" + (" --no-live" if plain else ""))
             tmux("new-session", "-d", "-s", name, "-x", str(w), "-y", str(h), cmd)
             panes[(lang, w, h)] = f"{name}:0.0"
         frames: dict[tuple[str, int, int], list[str]] = {c: [] for c in cases}
@@ -223,6 +224,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int, int],
 
 
 CASES = [("zh", 80, 24), ("zh", 160, 48), ("en", 80, 24), ("en", 160, 48)]
+PLAIN = ("zh", 200, 40)  # the fifth pane: --no-live, plain lines (wide: no line wraps)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}x{c[2]}" for c in CASES])
@@ -266,3 +268,24 @@ def test_the_final_frame_and_the_summary_agree_and_name_things(runs: dict, case:
         assert "离线：连不上 (unreachable)" in text  # the camera went dark: its reason in words with the code
     else:
         assert "offline: unreachable (unreachable)" in text
+    # the counts the last frame shows are the summary's
+    frame_counts = next(row for row in reversed(final) if row.lstrip(" │").startswith(("县里收到", "county received"))
+                        or ("县里收到" in row or "county received" in row))
+    summary_counts = next(line for line in summary if line.startswith(("县里收到", "County received")))
+    numbers = lambda text: sorted(int(n) for n in re.findall(r"(?<![\d.:/])(\d+)(?![\d.:/%])", text))  # noqa: E731
+    assert numbers(frame_counts.split("县里收到")[-1].split("county received")[-1]) == \
+        numbers(summary_counts.split("（")[0].split(" (")[0]), (frame_counts, summary_counts)
+
+
+def test_plain_lines_come_in_time_order(runs: dict) -> None:
+    history = runs[PLAIN]["history"]
+    assert runs[PLAIN]["status"] == "0", history
+    stamps = [m for m in re.findall(r"^\[(\d+):(\d\d)\] ", history, re.M)]
+    times = [int(a) * 60 + int(b) for a, b in stamps]
+    assert len(times) >= 8, history
+    assert times == sorted(times), history
+    assert not untranslated("zh", history), untranslated("zh", history)
+    for phrase in ("场景：在家的奶奶 按下 SOS", "县里：报警 SOS 求救：在家的奶奶",
+                   "县里：摄像头 学校：离线：连不上 (unreachable)"):
+        assert phrase in history, history
+

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent import i18n, words
 from agent.clocksanity import check_now
 from agent.config import Config, redact_url
 from agent.i18n import _, pad
@@ -179,7 +180,7 @@ def render(status: Status) -> str:
     link = status.link
     if link.present:
         lines.append(row(_("link"), _("{state} {broker} since {when}").format(
-            state=link.state, broker=link.broker or "", when=_ago(status.now, link.since_ts))))
+            state=words.state(link.state), broker=link.broker or "", when=_ago(status.now, link.since_ts))))
         lines.append(row(_("published"), _("{when} (updated at most once a minute)").format(
             when=_ago(status.now, link.last_publish_ts))))
     else:
@@ -194,7 +195,8 @@ def render(status: Status) -> str:
         for cls in MsgClass:
             oldest = out.oldest_ts_ms.get(cls.wire)
             age = _ago(status.now, oldest / 1000) if oldest is not None else "-"
-            lines.append(f"  {cls.wire:<10} {out.depth.get(cls.wire, 0):>8}   " + _("oldest {age}").format(age=age))
+            name = cls.wire if i18n.current() == "en" else words.cls(cls.wire)  # English keeps the class codes
+            lines.append(f"  {pad(name, 10)} {out.depth.get(cls.wire, 0):>8}   " + _("oldest {age}").format(age=age))
         if out.counters:
             lines.append("  " + row(_("dropped"), ", ".join(f"{k}={v}" for k, v in sorted(out.counters.items()))))
     else:
@@ -203,7 +205,7 @@ def render(status: Status) -> str:
         lines.append(usage_line(status.usage))
     clock = status.clock
     verdict = _("ok") if clock["plausible"] and clock["synchronised"] else _("WARNING")
-    lines.append(row(_("clock"), f"{verdict}: {clock['reason']}"))
+    lines.append(row(_("clock"), _("{what}: {value}").format(what=verdict, value=words.problem(clock["reason"]))))
     return "\n".join(lines)
 
 
@@ -212,13 +214,14 @@ def usage_line(u: dict[str, Any]) -> str:
     def mb(key: str, key2: str) -> str:
         return f"{(int(u.get(key) or 0) + int(u.get(key2) or 0)) / 1e6:.2f} MB"
 
-    line = (f"{'4G data':<11}day {u.get('day', '?')}: {mb('sent_day', 'received_day')}, "
-            f"month {u.get('month', '?')}: {mb('sent_month', 'received_month')}")
+    line = pad(_("4G data"), 11) + _("day {day}: {day_mb}, month {month}: {month_mb}").format(
+        day=u.get("day", "?"), day_mb=mb("sent_day", "received_day"), month=u.get("month", "?"),
+        month_mb=mb("sent_month", "received_month"))
     if not u.get("measured"):
-        line += " (not measured: no TCP_INFO here)"
+        line += _(" (not measured: no TCP_INFO here)")
     if u.get("thinned_month"):
-        line += f", {u['thinned_month']} telemetry thinned"
-    return line + " (updated at most once a minute)"
+        line += _(", {n} telemetry thinned").format(n=u["thinned_month"])
+    return line + _(" (updated at most once a minute)")
 
 
 def main(config: Config, *, as_json: bool = False) -> int:

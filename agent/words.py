@@ -106,6 +106,9 @@ STATES: dict[str, str] = {
     "degraded": N_("degraded"),
     "offline": N_("offline"),
     "unknown": N_("unknown"),
+    "connected": N_("connected"),
+    "connecting": N_("connecting"),
+    "disconnected": N_("disconnected"),
     "inside": N_("inside"),
     "outside": N_("outside"),
     "ok": N_("ok"),
@@ -217,6 +220,14 @@ _PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), m) fo
      N_("holds a PRIVATE key; a box must only be given the .pub file")),
     (r"^is encrypted; village keys are unencrypted PKCS#8 \(protect the file\)$",
      N_("is encrypted; village keys are unencrypted PKCS#8 (protect the file)")),
+    # the clock verdict (agent/clocksanity.py), as `village agent status` shows it
+    (r"^not NTP-synchronised; plausible but may be off by any amount$",
+     N_("not NTP-synchronised; plausible but may be off by any amount")),
+    (r"^plausible; NTP status unknown$", N_("plausible; NTP status unknown")),
+    (r"^NTP-synchronised \(offset (?P<offset>\S+ ms), est\. error (?P<err>\S+ ms)\)$",
+     N_("NTP-synchronised (offset {offset}, est. error {err})")),
+    (r"^wall clock (?P<now>\S+) is before (?P<floor>\S+): never set since boot \(at least (?P<s>\d+) s behind\)$",
+     N_("wall clock {now} is before {floor}: never set since boot (at least {s} s behind)")),
 ))
 
 

@@ -154,3 +154,25 @@ def test_the_receipt_board_and_status_headings_in_chinese(capsys: pytest.Capture
     assert lines[2].split() == ["lhk-2", "无应答"]
     # columns line up by display width: "状态" starts where the states start
     assert i18n.width(lines[0][:lines[0].index("状态")]) == i18n.width(lines[1][:lines[1].index("已拒绝")])
+
+
+def test_agent_status_reads_in_chinese_with_local_times() -> None:
+    from agent import status
+
+    now = 1_796_000_000.0
+    st = status.Status("lhk-1", "/var/lib/village-agent", now,
+                       status.OutboxView(True, {"alarm": 1, "receipt": 0, "event": 0, "telemetry": 3}, 2048,
+                                         {"alarm": int((now - 120) * 1000), "receipt": None, "event": None,
+                                          "telemetry": None}, 1842, 1900, {}),
+                       status.LinkView(True, "connected", "mqtts://county.example:8883", now - 120, now - 5),
+                       {"plausible": True, "synchronised": False,
+                        "reason": "not NTP-synchronised; plausible but may be off by any amount"})
+    i18n.set_lang("zh")
+    text = status.render(st)
+    assert "链路       已连接 mqtts://county.example:8883，自 " in text and "（2.0 分钟前）" in text
+    assert "  报警" in text and "发件箱     4 条消息，2048 字节" in text
+    assert "时钟       警告：没有对上网络时间" in text
+    assert not re.search(r"\b(?:box|link|outbox|oldest|ago|WARNING)\b", text), text
+    i18n.set_lang("en")
+    english = status.render(st)
+    assert "link       connected mqtts://county.example:8883 since" in english and "WARNING: not NTP" in english

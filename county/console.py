@@ -464,7 +464,10 @@ def format_envelope(topic: str, payload: bytes, topics: Topics, tz: dt.tzinfo | 
     if len(data) > 400:
         data = data[:400] + "…"
     when = f"{ts:%Y-%m-%d %H:%M:%S}.{ts.microsecond // 1000:03d}"
-    return f"{when}  {env.box}  {env.cls.wire}/{env.kind}  #{env.seq}  {data}"
+    what = f"{env.cls.wire}/{env.kind}"
+    if i18n.current() != "en":  # the words first, the codes (what scripts grep for) beside them
+        what = f"{words.cls(env.cls.wire)}/{words.kind(env.kind)} ({what})"
+    return f"{when}  {env.box}  {what}  #{env.seq}  {data}"
 
 
 def state_json_line(topic: str, payload: bytes) -> bytes:
@@ -496,4 +499,6 @@ def format_state(box: str, payload: bytes, tz: dt.tzinfo | None = None) -> str:
     except (ValueError, RecursionError):
         state = "?"
     now = dt.datetime.now(tz) if tz is not None else dt.datetime.now().astimezone()
+    if i18n.current() != "en":
+        return f"{now:%Y-%m-%d %H:%M:%S}.000  {box}  {_('state')}  {words.state(state)} ({state})"
     return f"{now:%Y-%m-%d %H:%M:%S}.000  {box}  state  {state}"

@@ -176,3 +176,18 @@ def test_agent_status_reads_in_chinese_with_local_times() -> None:
     i18n.set_lang("en")
     english = status.render(st)
     assert "link       connected mqtts://county.example:8883 since" in english and "WARNING: not NTP" in english
+
+
+def test_watch_lines_say_what_in_words_beside_the_codes() -> None:
+    from agent.protocol.envelope import Envelope, MsgClass
+    from agent.protocol.topics import Topics
+    from county.console import format_envelope, format_state
+
+    env = Envelope("box-a", 42, 1_763_900_000_123, MsgClass.ALARM, "sos", {"wearer": "W1"})
+    topic = Topics().up("box-a", MsgClass.ALARM, "sos")
+    i18n.set_lang("zh")
+    line = format_envelope(topic, env.encode(), Topics())
+    assert "box-a  报警/SOS 求救 (alarm/sos)  #42" in line and '{"wearer":"W1"}' in line
+    assert format_state("box-a", b'{"state":"offline"}').endswith("box-a  状态  离线 (offline)")
+    i18n.set_lang("en")
+    assert "box-a  alarm/sos  #42" in format_envelope(topic, env.encode(), Topics())

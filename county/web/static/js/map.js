@@ -38,6 +38,8 @@ export async function createMap(el, {zoom = 13} = {}) {
   const toView = gcj ? (lat, lon) => wgs84ToGcj02(lat, lon) : (lat, lon) => [lat, lon];
   const fromView = gcj ? (lat, lon) => gcj02ToWgs84(lat, lon) : (lat, lon) => [lat, lon];
   const map = L.map(el, {zoomControl: true, attributionControl: true, maxZoom: tiles.max_zoom || 18});
+  // the library's credit, as plain text (its default prefix carries a flag icon)
+  map.attributionControl.setPrefix('<a href="https://leafletjs.com" target="_blank" rel="noopener">Leaflet</a>');
   el.dataset.tiles = tiles.kind;
   el.dataset.crs = tiles.crs;
   if (tiles.layers && tiles.layers.length) {

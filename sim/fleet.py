@@ -92,13 +92,18 @@ class FleetResult:
         def ms(v: float | None) -> str:
             return "-" if v is None else f"{v:.0f} ms"
 
-        return (f"fleet: {self.boxes} boxes, {self.connected} connected at the end, {self.connects} connects "
-                f"(at most {self.max_connects_per_s}/s during the ramp)\n"
-                f"county: {self.received} messages ({self.unique} unique) in {self.window_s:.0f} s = "
-                f"{self.msgs_per_s:.1f} msg/s (expected {self.expected_per_s:.1f}); {self.sent} acked, "
-                f"{self.queued_at_end} still queued in boxes\n"
-                f"latency (envelope ts -> county): p50 {ms(self.p50_ms)}, p95 {ms(self.p95_ms)}, "
-                f"p99 {ms(self.p99_ms)}, max {ms(self.max_ms)}")
+        from agent.i18n import _
+
+        return "\n".join((
+            _("fleet: {boxes} boxes, {connected} connected at the end, {connects} connects (at most {rate}/s during "
+              "the ramp)").format(boxes=self.boxes, connected=self.connected, connects=self.connects,
+                                  rate=self.max_connects_per_s),
+            _("county: {received} messages ({unique} unique) in {window:.0f} s = {rate:.1f} msg/s (expected "
+              "{expected:.1f}); {sent} acked, {queued} still queued in boxes").format(
+                received=self.received, unique=self.unique, window=self.window_s, rate=self.msgs_per_s,
+                expected=self.expected_per_s, sent=self.sent, queued=self.queued_at_end),
+            _("latency (envelope ts -> county): p50 {p50}, p95 {p95}, p99 {p99}, max {max}").format(
+                p50=ms(self.p50_ms), p95=ms(self.p95_ms), p99=ms(self.p99_ms), max=ms(self.max_ms))))
 
 
 class FleetBox:

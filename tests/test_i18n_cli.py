@@ -191,3 +191,16 @@ def test_watch_lines_say_what_in_words_beside_the_codes() -> None:
     assert format_state("box-a", b'{"state":"offline"}').endswith("box-a  状态  离线 (offline)")
     i18n.set_lang("en")
     assert "box-a  alarm/sos  #42" in format_envelope(topic, env.encode(), Topics())
+
+
+def test_fleet_result_in_chinese() -> None:
+    from sim.fleet import FleetResult
+
+    r = FleetResult(boxes=8, connected=8, connects=8, max_connects_per_s=8, sent=80, queued_at_end=0, received=80,
+                    unique=80, msgs_per_s=4.0, expected_per_s=4.0, p50_ms=3.0, p95_ms=5.0, p99_ms=9.0, max_ms=12.0,
+                    window_s=20.0)
+    i18n.set_lang("zh")
+    text = r.describe()
+    assert text.splitlines()[0].startswith("批量：8 个盒子") and "p99 9 ms" in text and "盒子里还排着 0 条" in text
+    i18n.set_lang("en")
+    assert r.describe().startswith("fleet: 8 boxes, 8 connected at the end")

@@ -54,6 +54,7 @@ from tests.web_sim import public_key_file
 REPO = Path(__file__).resolve().parents[1]
 T = Topics("vc/v1")
 TZ = zoneinfo.ZoneInfo("Asia/Shanghai")
+LONG = 90.0  # a round trip through the server, the broker and the boxes, on a machine that may be busy
 
 
 class SimBox:
@@ -158,7 +159,7 @@ def agents(console: Console, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             cfg["box"]["groups"] = ["town-a"]
             procs[box] = AgentProcess(work, cfg).start(wait_ready=False)
         for proc in procs.values():
-            proc.wait_message("READY=1", 60)
+            proc.wait_message("READY=1", LONG)
         online(console, set(procs))
         yield procs
     finally:
@@ -199,17 +200,17 @@ def tick(driver: Any, target: str) -> None:
 def compose(driver: Any, console: Console, text: str, target: str, *, start: str | None = None) -> str:
     """Fill the compose form (text, one target on the tree), wait for the exact box list, send; the id."""
     driver.get(console.url + "/broadcasts/new")
-    wait_loaded(driver)
+    wait_loaded(driver, LONG)
     driver.find_element(By.ID, "text").send_keys(text)
     if start is not None:
         field = driver.find_element(By.ID, "start")
         driver.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input', "
                               "{bubbles: true}))", field, start)
     tick(driver, target)
-    wait(driver, lambda d: not d.find_element(By.ID, "send").get_attribute("disabled"))
+    wait(driver, lambda d: not d.find_element(By.ID, "send").get_attribute("disabled"), LONG)
     driver.find_element(By.ID, "send").click()
-    wait(driver, lambda d: re.search(r"/broadcasts/[0-9a-f-]{36}$", d.current_url))
-    wait_loaded(driver)
+    wait(driver, lambda d: re.search(r"/broadcasts/[0-9a-f-]{36}$", d.current_url), LONG)
+    wait_loaded(driver, LONG)
     return str(driver.current_url.rsplit("/", 1)[1])
 
 
@@ -218,9 +219,9 @@ def test_push_to_a_township_and_watch_every_box_finish(console: Console, browser
                                                        boxes: dict[str, SimBox]) -> None:
     login(browser, console, "operator")
     browser.get(console.url + "/broadcasts/new")
-    wait_loaded(browser)
+    wait_loaded(browser, LONG)
     tick(browser, "town-a")
-    wait(browser, lambda d: d.find_element(By.ID, "target-boxes").get_attribute("data-count") == "2")
+    wait(browser, lambda d: d.find_element(By.ID, "target-boxes").get_attribute("data-count") == "2", LONG)
     listed = [li.get_attribute("data-box") for li in browser.find_elements(By.CSS_SELECTOR, "#target-boxes li")]
     assert listed == ["a1", "a2"]  # exactly the township's boxes, by name
     assert "甲一村委会" in browser.find_element(By.ID, "target-boxes").text
@@ -228,7 +229,7 @@ def test_push_to_a_township_and_watch_every_box_finish(console: Console, browser
     shoot(browser, "broadcast-compose")
 
     compose(browser, console, "今晚开会。", "town-a")
-    wait(browser, lambda d: board(d) == {"a1": "finished", "a2": "finished"}, 60)  # the real agents played it
+    wait(browser, lambda d: board(d) == {"a1": "finished", "a2": "finished"}, LONG)  # the real agents played it
     assert text_of(browser, '#bc-board tr[data-box="a1"] [data-field=state]') == "完成"
     assert boxes["b1"].got == []  # the other township heard nothing
     times = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#bc-board time")]
@@ -243,17 +244,17 @@ def test_cancel_a_scheduled_broadcast_and_see_cancelled(console: Console, browse
     login(browser, console, "operator")
     later = (dt.datetime.now(TZ) + dt.timedelta(hours=3)).replace(second=0, microsecond=0)
     bid = compose(browser, console, "明天上午九点停水。", "town-a", start=later.strftime("%Y-%m-%dT%H:%M"))
-    wait(browser, lambda d: board(d) == {"a1": "scheduled", "a2": "scheduled"}, 60)
+    wait(browser, lambda d: board(d) == {"a1": "scheduled", "a2": "scheduled"}, LONG)
     shown = text_of(browser, '#bc-board tr[data-box="a1"]')
     assert f"{later:%Y/%m/%d %H:%M}:00" in shown and "播放" in shown, shown  # the box's own `at`, local
     button = browser.find_element(By.ID, "bc-cancel")
     button.click()  # arms it
-    wait(browser, lambda d: d.find_element(By.ID, "bc-cancel").get_attribute("data-armed") == "1")
+    wait(browser, lambda d: d.find_element(By.ID, "bc-cancel").get_attribute("data-armed") == "1", LONG)
     button.click()
-    wait(browser, lambda d: board(d) == {"a1": "cancelled", "a2": "cancelled"}, 60)
-    wait(browser, lambda d: d.find_element(By.ID, "bc-state").get_attribute("data-state") == "cancelled")
+    wait(browser, lambda d: board(d) == {"a1": "cancelled", "a2": "cancelled"}, LONG)
+    wait(browser, lambda d: d.find_element(By.ID, "bc-state").get_attribute("data-state") == "cancelled", LONG)
     browser.get(console.url + "/broadcasts")
-    wait_loaded(browser)
+    wait_loaded(browser, LONG)
     row = browser.find_element(By.CSS_SELECTOR, f'#broadcast-list tr[data-id="{bid}"]')
     assert row.get_attribute("data-state") == "cancelled" and "已取消" in row.text
     assert untranslated(page_text(browser)) == []
@@ -267,7 +268,7 @@ def test_a_rejection_in_words_and_resend_to_the_silent_box(console: Console, bro
     b1.reject = "audio_type"
     try:
         compose(browser, console, "测试", "b1")
-        wait(browser, lambda d: board(d) == {"b1": "rejected"})
+        wait(browser, lambda d: board(d) == {"b1": "rejected"}, LONG)
     finally:
         b1.reject = None
     reason = '#bc-board tr[data-box="b1"] [data-field=reason]'
@@ -276,24 +277,24 @@ def test_a_rejection_in_words_and_resend_to_the_silent_box(console: Console, bro
     b1.silent = True
     try:
         bid = compose(browser, console, "再测试", "b1")
-        wait(browser, lambda d: [c["id"] for c in b1.got].count(bid) == 1)
-        wait(browser, lambda d: board(d) == {"b1": "no_answer"})
+        wait(browser, lambda d: [c["id"] for c in b1.got].count(bid) == 1, LONG)
+        wait(browser, lambda d: board(d) == {"b1": "no_answer"}, LONG)
     finally:
         b1.silent = False
     resend = browser.find_element(By.ID, "bc-resend")
     assert "1" in resend.text
     resend.click()
-    wait(browser, lambda d: board(d) == {"b1": "finished"})
+    wait(browser, lambda d: board(d) == {"b1": "finished"}, LONG)
     assert [c["id"] for c in b1.got].count(bid) == 2
 
 
 def test_the_servers_spoken_preview_plays_in_the_page(console: Console, browser: Any) -> None:
     login(browser, console, "operator")
     browser.get(console.url + "/broadcasts/new")
-    wait_loaded(browser)
+    wait_loaded(browser, LONG)
     browser.find_element(By.ID, "text").send_keys("请注意，这是一条测试广播。")
     browser.find_element(By.ID, "preview").click()
-    wait(browser, lambda d: d.find_element(By.ID, "preview-state").get_attribute("data-ready") == "1", 60)
+    wait(browser, lambda d: d.find_element(By.ID, "preview-state").get_attribute("data-ready") == "1", LONG)
     duration = browser.execute_script("return document.getElementById('preview-audio').duration")
     assert duration > 1.0  # the browser decoded the server's Ogg/Opus rendering
     assert browser_errors(browser) == []
@@ -302,7 +303,7 @@ def test_the_servers_spoken_preview_plays_in_the_page(console: Console, browser:
 def test_a_viewer_sees_no_compose_button_and_cannot_open_the_form(console: Console, browser: Any) -> None:
     login(browser, console, "viewer")
     browser.get(console.url + "/broadcasts")
-    wait_loaded(browser)
+    wait_loaded(browser, LONG)
     assert browser.find_elements(By.ID, "new-broadcast") == []
     browser.get(console.url + "/broadcasts/new")
     assert "403" in browser.title or "无权" in page_text(browser) or "不能" in page_text(browser)
@@ -315,18 +316,18 @@ def test_an_uploaded_file_is_fitted_and_sent(console: Console, browser: Any, box
                     "sine=frequency=440:duration=15", "-ac", "2", "-ar", "48000", str(wav)], check=True, timeout=60)
     login(browser, console, "operator")
     browser.get(console.url + "/broadcasts/new")
-    wait_loaded(browser)
+    wait_loaded(browser, LONG)
     browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=audio]").click()
     browser.find_element(By.ID, "audio-file").send_keys(str(wav))
-    wait(browser, lambda d: d.find_element(By.ID, "audio-state").get_attribute("data-ready") == "1", 60)
+    wait(browser, lambda d: d.find_element(By.ID, "audio-state").get_attribute("data-ready") == "1", LONG)
     state = browser.find_element(By.ID, "audio-state").text
     assert "转码为 Opus 64 kbit/s" in state and "15 秒" in state, state
     assert browser.find_element(By.ID, "title").get_attribute("value") == "通知"
     tick(browser, "b1")
-    wait(browser, lambda d: not d.find_element(By.ID, "send").get_attribute("disabled"))
+    wait(browser, lambda d: not d.find_element(By.ID, "send").get_attribute("disabled"), LONG)
     browser.find_element(By.ID, "send").click()
-    wait(browser, lambda d: re.search(r"/broadcasts/[0-9a-f-]{36}$", d.current_url))
-    wait(browser, lambda d: board(d) == {"b1": "finished"})
+    wait(browser, lambda d: re.search(r"/broadcasts/[0-9a-f-]{36}$", d.current_url), LONG)
+    wait(browser, lambda d: board(d) == {"b1": "finished"}, LONG)
     audio = boxes["b1"].got[-1]["data"]["audio"]
     assert audio["mime"] == "audio/ogg" and len(audio["b64"]) * 3 // 4 <= 2 * 1024 * 1024
 
@@ -346,10 +347,10 @@ def test_a_cap_file_fills_the_form_and_a_weekly_repeat_is_shown(console: Console
     cap.write_text(CAP_XML, encoding="utf-8")
     login(browser, console, "operator")
     browser.get(console.url + "/broadcasts/new")
-    wait_loaded(browser)
+    wait_loaded(browser, LONG)
     browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=cap]").click()
     browser.find_element(By.ID, "cap-file").send_keys(str(cap))
-    wait(browser, lambda d: d.find_element(By.ID, "cap-state").get_attribute("data-ready") == "1")
+    wait(browser, lambda d: d.find_element(By.ID, "cap-state").get_attribute("data-ready") == "1", LONG)
     assert browser.find_element(By.ID, "text").get_attribute("value") == "暴雨演练\n这是暴雨预警演练。"
     assert browser.find_element(By.ID, "class").get_attribute("value") == "drill"  # Exercise
     assert browser.find_element(By.ID, "level").get_attribute("value") == "3"
@@ -361,10 +362,10 @@ def test_a_cap_file_fills_the_form_and_a_weekly_repeat_is_shown(console: Console
     browser.execute_script("arguments[0].value = '07:30'; arguments[0].dispatchEvent(new Event('input', "
                            "{bubbles: true}))", at)
     tick(browser, "b1")
-    wait(browser, lambda d: not d.find_element(By.ID, "send").get_attribute("disabled"))
+    wait(browser, lambda d: not d.find_element(By.ID, "send").get_attribute("disabled"), LONG)
     browser.find_element(By.ID, "send").click()
-    wait(browser, lambda d: re.search(r"/broadcasts/[0-9a-f-]{36}$", d.current_url))
-    wait_loaded(browser)
+    wait(browser, lambda d: re.search(r"/broadcasts/[0-9a-f-]{36}$", d.current_url), LONG)
+    wait_loaded(browser, LONG)
     facts = browser.find_element(By.ID, "bc-facts").text
     assert "周四、周六 07:30" in facts and "演练" in facts, facts
     sent = boxes["b1"].got[-1]["data"]
@@ -386,16 +387,16 @@ def test_with_review_on_a_reviewer_approves_and_it_is_sent(review_console: Conso
     try:
         login(browser, review_console, "operator")
         browser.get(review_console.url + "/broadcasts/new")
-        wait_loaded(browser)
+        wait_loaded(browser, LONG)
         assert browser.find_element(By.ID, "review-note").is_displayed()
         bid = compose(browser, review_console, "需要审核的通知", "b1")
-        wait(browser, lambda d: d.find_element(By.ID, "bc-state").get_attribute("data-state") == "awaiting_review")
+        wait(browser, lambda d: text_of(d, "#bc-state", "data-state") == "awaiting_review", LONG)
         assert browser.find_elements(By.ID, "bc-approve") == [] and box.got == []  # an operator may not approve
         login(browser, review_console, "reviewer")
         browser.get(f"{review_console.url}/broadcasts/{bid}")
-        wait_loaded(browser)
+        wait_loaded(browser, LONG)
         browser.find_element(By.ID, "bc-approve").click()
-        wait(browser, lambda d: board(d) == {"b1": "finished"})
+        wait(browser, lambda d: board(d) == {"b1": "finished"}, LONG)
         assert "张审核" in browser.find_element(By.ID, "bc-facts").text or "reviewer" in browser.find_element(
             By.ID, "bc-facts").text
     finally:

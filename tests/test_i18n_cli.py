@@ -35,7 +35,11 @@ def files(tmp_path: Path) -> dict[str, str]:
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'[box]\nid = "b1"\nprofile = "sim"\nstate_dir = "{tmp_path / "never-ran"}"\n'
                    '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n')
-    return {"key": str(key), "pub": str(pub), "bad": str(tmp_path / "bad.toml"), "cfg": str(cfg),
+    (tmp_path / "unknown-wearer.toml").write_text('[scenario]\nname = "x"\n[[wearer]]\nid = "W1"\ndevice = "1"\n'
+                                                  'path = [[21.95, 101.25]]\n[[at]]\nt_s = 5\ndo = "sos"\n'
+                                                  'wearer = "W9"\n')
+    return {"unknown_wearer": str(tmp_path / "unknown-wearer.toml"),
+            "key": str(key), "pub": str(pub), "bad": str(tmp_path / "bad.toml"), "cfg": str(cfg),
             "notkey": str(tmp_path / "not-a-key.pem"), "dir": str(tmp_path / "existing"),
             "missing": str(tmp_path / "missing.toml"), "tmp": str(tmp_path)}
 
@@ -54,6 +58,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("village: bad --lang", ["--lang", "fr", "agent", "check", "-c", "{cfg}"], 2, "请选择 zh 或 en"),
     ("sim: no such scenario", ["sim", "run", "--scenario", "{missing}"], 2, "文件不存在"),
     ("sim: scenario not TOML", ["sim", "run", "--scenario", "{bad}"], 2, "不是有效的 TOML"),
+    ("sim: scenario names no such wearer", ["sim", "run", "--scenario", "{unknown_wearer}"], 2, "没有这个佩戴者"),
     ("sim: broker not mqtt", ["sim", "run", "--broker", "http://x:1"], 2, "只接受 mqtt://"),
     ("sim: speed 0", ["sim", "run", "--speed", "0"], 2, "必须 > 0"),
     ("sim fleet: no boxes", ["sim", "fleet", "--boxes", "0", "--broker", "mqtt://x:1", "--duration", "1"], 2,

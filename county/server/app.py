@@ -180,6 +180,9 @@ def create_app(config: CountyConfig, db: Any, hub: Any = None, mqtt: Any = None,
     app.state.mqtt = mqtt
     app.state.regions = regions if regions is not None else Regions.empty()
     app.state.clock = clock
+    from county.server.routes_map import tile_origins  # the [map] tile server may serve the pages' images
+
+    app.state.csp_extra = {"img-src": tile_origins(config.map)}  # read by county/web/security.py
     app.state.limiter = auth.DbLoginLimiter(db, config.server.login_max_failures, config.server.login_window_s,
                                             clock=clock)  # in the database: every instance counts the same failures
     return app

@@ -152,7 +152,7 @@ class VillageState:
                 row.fence, row.outside = str(data.get("fence", "")), s.kind == "geofence_exit"
             elif s.kind == "geofence_state" and data.get("state") in ("inside", "outside"):
                 row.fence, row.outside = str(data.get("fence", "")), data.get("state") == "outside"
-            if s.cls != "telemetry":
+            if s.cls != "telemetry" and s.kind != "geofence_state":  # the fence column shows that one
                 row.last, row.last_t = s.kind, s.t_s
         if s.kind == "camera":
             cam = str(data.get("camera"))

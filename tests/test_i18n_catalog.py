@@ -135,3 +135,27 @@ def test_every_reason_code_the_code_emits_is_in_the_one_table() -> None:
     assert {"bad_signature", "expired", "quiet_hours"} <= found
     missing = sorted(codes - set(words.REASONS))
     assert not missing, f"reason codes with no words in agent/words.py REASONS: {missing}"
+
+
+def test_a_box_reads_the_catalog_with_the_stdlib_alone() -> None:
+    """No Babel, no site-packages at all: what a box has (agent/i18n.py reads the .po itself)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from agent import i18n, words; i18n.set_lang('zh'); "
+            "print(words.state_reason('rejected', 'bad_signature')); "
+            "print('babel' in sys.modules, any('site-packages' in p for p in sys.path))")
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONIOENCODING": "utf-8"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["已拒绝：签名无效 (bad_signature)", "False False"]
+
+
+def test_the_wheel_ships_the_catalogs() -> None:
+    import fnmatch
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]["package-data"]
+    for path in CATALOGS.values():
+        rel = path.relative_to(ROOT / "agent").as_posix()
+        assert any(fnmatch.fnmatch(rel, pattern) for pattern in data.get("agent", [])), rel

@@ -135,7 +135,7 @@ def _tz(text: str) -> str:
     try:
         push.zone(text)
     except push.UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(words.problem(str(exc))) from None
     return text
 
 
@@ -143,7 +143,7 @@ def _ttl(text: str) -> int:
     try:
         ttl = push.parse_duration(text)
     except push.UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(words.problem(str(exc))) from None
     if not 1 <= ttl <= push.MAX_TTL_S:
         raise argparse.ArgumentTypeError(_("{text!r} is not 1s..31d (the boxes refuse a longer lifetime)").format(
             text=text))
@@ -174,7 +174,7 @@ def _target(text: str) -> str:
     try:
         return push.parse_target(text)
     except push.UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(words.problem(str(exc))) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -513,14 +513,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm) if _main_thread() else None
     try:
         return COMMANDS[args.cmd](args)
-    except push.UsageError as exc:
-        _say(args, str(exc))
+    except push.UsageError as exc:  # county/push.py's words through the table of problems (agent/words.py)
+        _say(args, words.problem(str(exc)))
         return EXIT_USAGE
     except NobodyHears as exc:
         _say(args, str(exc))
         return EXIT_UNHEARD
     except (ConsoleError, push.PushError) as exc:
-        _say(args, str(exc))
+        _say(args, words.problem(str(exc)))
         return EXIT_ERROR
     except KeyboardInterrupt:
         if args.cmd == "watch":

@@ -38,7 +38,8 @@ def files(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "unknown-wearer.toml").write_text('[scenario]\nname = "x"\n[[wearer]]\nid = "W1"\ndevice = "1"\n'
                                                   'path = [[21.95, 101.25]]\n[[at]]\nt_s = 5\ndo = "sos"\n'
                                                   'wearer = "W9"\n')
-    return {"unknown_wearer": str(tmp_path / "unknown-wearer.toml"),
+    (tmp_path / "big.mp3").write_bytes(b"\0" * (2 * 1024 * 1024 + 1))
+    return {"unknown_wearer": str(tmp_path / "unknown-wearer.toml"), "big": str(tmp_path / "big.mp3"),
             "key": str(key), "pub": str(pub), "bad": str(tmp_path / "bad.toml"), "cfg": str(cfg),
             "notkey": str(tmp_path / "not-a-key.pem"), "dir": str(tmp_path / "existing"),
             "missing": str(tmp_path / "missing.toml"), "tmp": str(tmp_path)}
@@ -81,6 +82,21 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("county fences: bad --assign", ["county", "fences", *SIGN, "--to", "box:a", "--file", "{missing}",
                                      "--assign", "W1"], 2, "不是 佩戴者=围栏1,围栏2"),
     ("county watch: count 0", ["county", "watch", "--count", "0"], 2, "不是 1 或更大的数"),
+    ("county push: bad target", ["county", "push", *SIGN, "--to", "town:x", "--text", "t"], 2, "不是 box:编号"),
+    ("county push: bad duration", ["county", "push", *SIGN, "--to", "box:x", "--text", "t", "--ttl", "soon"], 2,
+     "不是时长"),
+    ("county push: negative wait", ["county", "push", *SIGN, "--to", "box:x", "--text", "t", "--wait", "-1"], 2,
+     "不是 >= 0 的秒数"),
+    ("county push: unknown zone", ["county", "push", *SIGN, "--to", "box:x", "--text", "t", "--tz",
+                                   "Mars/Olympus"], 2, "未知时区"),
+    ("county push: volume", ["county", "push", *SIGN, "--to", "box:x", "--text", "t", "--volume", "101"], 2,
+     "音量 101 不在 0-100 之间"),
+    ("county push: not a time", ["county", "push", *SIGN, "--to", "box:x", "--text", "t", "--at", "tomorrow"], 2,
+     "不是 ISO 8601 时间"),
+    ("county push: end before start", ["county", "push", *SIGN, "--to", "box:x", "--text", "t", "--at", "+2h",
+                                       "--until", "+1h"], 2, "--until 必须晚于 --at"),
+    ("county push: audio too big", ["county", "push", *SIGN, "--broker", "mqtt://127.0.0.1:1", "--to", "box:x",
+                                    "--audio", "{big}"], 1, "超过随指令发送音频的上限"),
     ("county push: missing --to", ["county", "push", *SIGN, "--text", "t"], 2, "缺少必需的参数"),
     ("county serve: no config", ["county", "serve", "-c", "{missing}"], 2, "文件不存在"),
     ("county user add: no config", ["county", "user", "add", "li", "--role", "operator", "--password-file",

@@ -148,6 +148,18 @@ def test_an_sos_press_rings_and_is_acknowledged_assigned_and_resolved(county: tu
     assert trail == [("operator", "alarm.ack"), ("operator", "alarm.assign"), ("gw-a", "alarm.resolve")]
     resolved = next(a for a in village.audit("alarm.resolve") if a["target"] == alarm_id)
     assert resolved["detail"]["note"] == "已到现场，老人安全"
+    # and the console's audit page shows them, with their users, the chain intact
+    login(browser, console, "admin")
+    browser.get(console.url + "/audit")
+    wait_loaded(browser)
+    browser.find_element(By.CSS_SELECTOR, '#filter input[name="target"]').send_keys(alarm_id)
+    browser.find_element(By.CSS_SELECTOR, '#filter button[type="submit"]').click()
+    shown = wait(browser, lambda d: d.execute_script(
+        "const rows = [...document.querySelectorAll('#audit tbody tr[data-seq]')];"
+        "return rows.length >= 3 && rows.every(r => r.children[4].innerText === arguments[0]) &&"
+        " rows.map(r => [r.querySelector('.actor').innerText, r.dataset.action]);", alarm_id))
+    assert sorted(shown) == [["gw-a", "alarm.resolve"], ["operator", "alarm.ack"], ["operator", "alarm.assign"]]
+    wait(browser, lambda d: d.find_elements(By.ID, "chain-ok"))
 
 
 def test_silencing_is_per_user(county: tuple[Console, Village], browser: Any) -> None:

@@ -71,7 +71,8 @@ class Names:
         title = self.broadcasts.get(cmd, "")
         if not title:
             return cmd
-        return f"«{title}» ({cmd})" if with_id else f"«{title}»"
+        quoted = _("«{title}»").format(title=title)  # a title as the language quotes one: 《早间广播》
+        return f"{quoted} ({cmd})" if with_id else quoted
 
     def box_name(self, box: str) -> str:
         return f"{self.box} ({box})" if self.box else box

@@ -144,6 +144,10 @@ class Tmux:
         subprocess.run(["tmux", "-S", self.sock, "kill-server"], capture_output=True)
 
 
+def quote(lang: str, title: str) -> str:
+    return f"《{title}》" if lang == "zh" else f"«{title}»"
+
+
 def untranslated(lang: str, text: str) -> list[str]:
     n = NAMES[lang]
     rest = text
@@ -254,11 +258,11 @@ def test_the_final_frame_and_the_summary_agree_and_name_things(runs: dict, case:
     final, summary = history[:start], history[start:]
     text = "\n".join(summary)
     assert not untranslated(lang, text), untranslated(lang, text)
-    for name in (n["cam1"], n["cam2"], f"«{n['title']}»", n["w1"], n["desc"]):
+    for name in (n["cam1"], n["cam2"], quote(lang, n["title"]), n["w1"], n["desc"]):
         assert name in text, (name, text)
     # the summary's final states, by name, are what the final frame shows for that name
     cams_at = next(i for i, line in enumerate(summary) if line.startswith(("摄像头", "Cameras")))
-    for name, cam in ((n["cam1"], CAM1), (n["cam2"], CAM2), (f"«{n['title']}»", "bc-morning")):
+    for name, cam in ((n["cam1"], CAM1), (n["cam2"], CAM2), (quote(lang, n["title"]), "bc-morning")):
         line = next(line for line in summary[cams_at:] if f"{name} ({cam})" in line)
         state = re.split(r"[:：]\s?", line.split(f"({cam})", 1)[1], maxsplit=1)[1].split("  [")[0].strip()
         assert state, line

@@ -62,7 +62,7 @@ def test_chinese_reason_words_with_the_code_beside_them() -> None:
     i18n.set_lang("zh")
     s = state()
     line = s.apply(seen("receipt", "cmd", {"cmd": "b1", "state": "rejected", "reason": "bad_signature"}))
-    assert line == "县里：广播 «morning news»：已拒绝：签名无效 (bad_signature)"
+    assert line == "县里：广播 《morning news》：已拒绝：签名无效 (bad_signature)"
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])

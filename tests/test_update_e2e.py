@@ -56,9 +56,13 @@ def test_b_that_cannot_start_is_rolled_back_by_the_launcher_and_a_keeps_working(
     box = make_box(max_boots=2)
     broken = bundles.bundle("broken", BROKEN)
     cmd = box.update(county, server.publish(broken), broken)
+    token = box.last_token
     r = wait_receipt(county, box, cmd, 120, state="failed", reason="rolled_back")
     assert r["version"] == A and "starts" in r["detail"]
     assert box.layout.current_version() == A and box.layout.read_trial() is None
     assert running_version(county, box) == A
+    # the replay store came back with A: the same signed update is not obeyed twice
+    county.publish(box.topic, token)
+    assert wait_receipt(county, box, cmd, state="rejected")["reason"] == "replay"
     log = box.log_text()
     assert "village_edge_deliberately_missing_module" in log, log[-3000:]

@@ -117,7 +117,7 @@ def test_a_disk_that_fills_during_the_download_refuses_cleanly_and_the_agent_kee
 
 def test_kill_9_mid_download_mid_install_and_right_after_the_switch_always_starts_a_working_version(
         make_box, bundles: Bundles, server: ReleaseServer, county: Collector) -> None:
-    box = make_box()
+    box = make_box(keep_previous_s=2.0)
     b = bundles.bundle("b", B)
     url = server.publish(b)
     wheel = b.manifest.project_wheel
@@ -155,3 +155,6 @@ def test_kill_9_mid_download_mid_install_and_right_after_the_switch_always_start
     assert not partial.exists()
     assert running_version(county, box) == B
     assert [x.get("step") for x in receipts(county, cmd)].count("healthy") >= 1
+    # healthy for keep_previous_s: the previous slot goes, the current one stays
+    wait_until(lambda: not (box.layout.releases / A).exists() and box.layout.previous_version() is None, 30)
+    assert sorted(p.name for p in box.layout.releases.iterdir()) == [B]

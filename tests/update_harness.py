@@ -349,6 +349,7 @@ class Box:
         self.loop = RestartLoop(self.root, self.config_path, self.log, {"PYTHONUNBUFFERED": "1",
                                                                            PROFILE_DIR_ENV: str(PROFILES)})
         self.topic = Topics("vc/v1").box_cmd(box_id)
+        self.last_token = ""
 
     def start(self) -> Box:
         self.loop.start()
@@ -378,7 +379,8 @@ class Box:
         cmd_id = f"{kind}-{uuid.uuid4().hex[:12]}"
         payload = {"v": 1, "id": cmd_id, "kind": kind, "iat": now, "exp": now + 3600, "to": [f"box:{self.box_id}"],
                    "data": data}
-        collector.publish(self.topic, jws.sign(payload, self.bundles.cmd_key, "county-test"))
+        self.last_token = jws.sign(payload, self.bundles.cmd_key, "county-test")
+        collector.publish(self.topic, self.last_token)
         return cmd_id
 
     def update(self, collector: Collector, url: str, bundle: Bundle) -> str:

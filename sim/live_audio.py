@@ -131,7 +131,7 @@ class LiveSender:
         self.seq += 1
         return pkt
 
-    async def stream(self, pcm: bytes, publish: Callable[[bytes], None], *, end: bool = True,
+    async def stream(self, pcm: bytes, publish: Callable[[bytes], object], *, end: bool = True,
                      on_packet: Callable[[int, bytes], bytes | None] | None = None) -> list[float]:
         """Publish in real time (one packet per packet_s, paced on the monotonic clock); the send times.
         `on_packet(i, pkt)` may replace a packet (None: not sent)."""
@@ -149,3 +149,85 @@ class LiveSender:
         if end:
             publish(self.end())
         return sent
+
+
+# ------------------------------------------------------------------------------ command line: speak a file
+def read_pcm(path: Path, rate: int = RATE) -> bytes:
+    """Any audio file as 16-bit mono PCM at `rate` (ffmpeg decodes and resamples)."""
+    import subprocess
+
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", str(rate), "-"],
+                         capture_output=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"cannot read {path}: {out.stderr.decode(errors='replace').strip()[-200:]}")
+    return out.stdout
+
+
+async def speak_file(broker: str, key_path: Path, kid: str, to: list[str], path: Path, *, cls: str = "emergency",
+                     level: int = 2, title: str = "", prefix: str = "vc/v1", max_s: int = 600,
+                     start_wait_s: float = 0.5) -> str:
+    """A live session from a file, the way the county server runs one: `broadcast.live` signed with the county
+    key (QoS 1 on each target's cmd topic), then the audio in real time as signed QoS 0 packets, then END.
+    Returns the command id. Point `broker` at the broker the boxes use (in `village sim run`, the boxes reach
+    it through the netem proxy, so its loss and delay apply to the audio)."""
+    import base64
+    import secrets
+    import uuid
+
+    import paho.mqtt.client as mqtt
+    from cryptography.hazmat.primitives import serialization
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.keys import load_private_key
+    from agent.protocol import jws
+    from county.console import BrokerSpec
+
+    pcm = read_pcm(path)
+    county_key = load_private_key(key_path)
+    session = "live-" + secrets.token_hex(10)
+    sender = LiveSender(session)
+    raw = sender.key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    now = int(time.time())
+    cmd_id = str(uuid.uuid4())
+    token = jws.sign({"v": 1, "id": cmd_id, "kind": "broadcast.live", "iat": now, "exp": now + 120, "to": to,
+                      "data": {"session": session, "class": cls, "level": level, "title": title, "max_s": max_s,
+                               "codec": {"name": "opus", "rate": RATE, "channels": 1},
+                               "key": base64.urlsafe_b64encode(raw).decode().rstrip("=")}}, county_key, kid)
+    spec = BrokerSpec.parse(broker)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"live-speaker-{secrets.token_hex(3)}")
+    client.connect(spec.host, spec.port)
+    client.loop_start()
+    try:
+        for target in to:
+            scope, name = target.split(":", 1)
+            topic = f"{prefix}/box/{name}/cmd" if scope == "box" else f"{prefix}/group/{name}/cmd"
+            client.publish(topic, token, qos=1).wait_for_publish(10)
+        await asyncio.sleep(start_wait_s)  # the boxes subscribe when they take the command (then buffer all)
+        audio = f"{prefix}/live/{session}/audio"
+        await sender.stream(pcm, lambda pkt: client.publish(audio, pkt, qos=0))
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return cmd_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m sim.live_audio",
+                                 description="Speak an audio file to boxes as a live broadcast (实时喊话).")
+    ap.add_argument("file", type=Path)
+    ap.add_argument("--broker", required=True, help="mqtt://host:port of the boxes' broker")
+    ap.add_argument("--key", type=Path, required=True, help="the county's signing key (PEM)")
+    ap.add_argument("--kid", required=True)
+    ap.add_argument("--to", action="append", required=True, help="box:ID or group:NAME (repeatable)")
+    ap.add_argument("--class", dest="cls", default="emergency", choices=["emergency", "daily", "drill"])
+    ap.add_argument("--title", default="")
+    args = ap.parse_args(argv)
+    cmd = asyncio.run(speak_file(args.broker, args.key, args.kid, args.to, args.file, cls=args.cls, title=args.title))
+    print(cmd)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

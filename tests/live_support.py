@@ -169,3 +169,13 @@ def audio_publisher(collector: Collector, session: str) -> Any:
 
 def relative(times: list[float]) -> list[float]:
     return [round(t - times[0], 3) for t in times]
+
+
+def same_rhythm(want: list[float], got: list[float], receipt: dict[str, Any], slack: float = 0.04) -> None:
+    """`got` clicks at `want`'s times relative to the first, within `slack` plus 20 ms for each frame the
+    jitter buffer skipped (a quiet one) or stretched while adapting its delay (the receipt says how many)."""
+    frame = 0.02
+    tolerance = slack + frame * (receipt.get("skipped", 0) + receipt.get("stretched", 0))
+    assert len(got) == len(want), (want, got, receipt)
+    for w, g in zip(relative(want), relative(got), strict=True):
+        assert abs(w - g) <= tolerance, (relative(want), relative(got), receipt)

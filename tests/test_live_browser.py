@@ -104,10 +104,12 @@ async def test_speech_from_the_page_plays_on_the_box(console: Console, driver: A
     print("clicks out:", got, "receipt:", finished)
     assert finished["end"] == "ended" and finished["packets"]["received"] > 0
     # the input's rhythm: find the click pattern (the fake device loops the file) in what the box played
+    # (plus 20 ms for each frame the jitter buffer skipped or stretched while adapting: the receipt says)
+    slack = 0.06 + 0.02 * (finished["skipped"] + finished["stretched"])
     gaps_in = [round(b - a, 2) for a, b in itertools.pairwise(CLICKS)]
     gaps_out = [b - a for a, b in itertools.pairwise(got)]
-    assert any(all(abs(gaps_out[i + k] - g) <= 0.06 for k, g in enumerate(gaps_in))
-               for i in range(len(gaps_out) - len(gaps_in) + 1)), (gaps_in, gaps_out)
+    assert any(all(abs(gaps_out[i + k] - g) <= slack for k, g in enumerate(gaps_in))
+               for i in range(len(gaps_out) - len(gaps_in) + 1)), (gaps_in, gaps_out, finished)
     assert box.relay.events() == ["off", "on", "off"]
 
 

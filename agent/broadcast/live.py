@@ -321,6 +321,12 @@ class JitterBuffer:
         self.counters["skipped"] += 1
         self.next_pos += samples
 
+    def rebase(self, now: float) -> None:
+        """Playing starts now: frames buffered before (during warm-up and chime) play from now on, and the
+        extra delay is taken back in pauses (`over_target`, the player skips quiet frames)."""
+        if self.next_pos is not None and self.next_t < now:
+            self.next_t = now
+
     def advance(self, samples: int) -> None:
         """After a frame of `samples` was played."""
         assert self.next_pos is not None

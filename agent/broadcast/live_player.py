@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -243,6 +244,21 @@ class LiveLink:
 
 
 # ------------------------------------------------------------------------------------------ the player
+@dataclass
+class _Listening:
+    """One session's receiving side, from `open` (before warm-up) to the end of `play`."""
+
+    spec: LiveSpec
+    gate: PacketGate
+    jb: JitterBuffer
+    decoder: Decoder
+    arrived: asyncio.Event
+    seqs: list[int]  # first and last accepted audio packet
+    state: dict[str, Any]  # "last": arrival of the newest valid packet (None: none yet), "open"
+    link: LiveLink | None = None
+    connecting: asyncio.Task[None] | None = None
+
+
 class LivePlayer:
     def __init__(self, config: Config, sink_factory: Callable[[], PcmSink], *, silence_s: float = SILENCE_S,
                  jitter_min_s: float = 0.2, jitter_max_s: float = 0.5, clock: Callable[[], float] = time.monotonic
@@ -255,48 +271,70 @@ class LivePlayer:
         self.stats: dict[str, dict[str, Any]] = {}  # item id -> the receipt's counts, taken by the service
         self.counters: collections.Counter[str] = collections.Counter()  # every session, for status / tests
         self._lingering: set[asyncio.Task[None]] = set()
+        self._open: dict[str, _Listening] = {}  # sessions listened to, not yet playing (warm-up, chime)
 
-    async def play(self, item: Item, volume: int, cancel: asyncio.Event) -> PlayResult:
+    def open(self, item: Item) -> None:
+        """Start listening to the session now (the play task calls this before the relay's warm-up and the
+        chime): packets that arrive meanwhile are kept, so the first words are not lost. `play` takes it."""
+        self.discard(item.id)
+        self._open[item.id] = self._listen(item)
+
+    def discard(self, item_id: str) -> None:
+        """A session opened and not played (cancelled during warm-up): close its subscription."""
+        live = self._open.pop(item_id, None)
+        if live is not None:
+            live.state["open"] = False
+            live.decoder.close()
+            self._linger(live)
+
+    def _listen(self, item: Item) -> _Listening:
         spec = LiveSpec.from_item_extra(item.extra, item.cls, item.level, item.title, item.volume)
-        topic = audio_topic(self.config.mqtt.topic_prefix, spec.session)
-        gate = PacketGate(spec.session, spec.key)
-        jb = JitterBuffer(spec.rate, min_s=self.jitter_min_s, max_s=self.jitter_max_s,
-                          start_s=(self.jitter_min_s + self.jitter_max_s) / 2)
-        decoder = Decoder(spec.rate, spec.channels)
-        arrived = asyncio.Event()
-        seqs: list[int] = []  # first and last accepted
-        state = {"last": self.clock(), "open": True}
+        live = _Listening(spec, PacketGate(spec.session, spec.key),
+                          JitterBuffer(spec.rate, min_s=self.jitter_min_s, max_s=self.jitter_max_s,
+                                       start_s=(self.jitter_min_s + self.jitter_max_s) / 2),
+                          Decoder(spec.rate, spec.channels), asyncio.Event(), [], {"last": None, "open": True})
+        live.link = LiveLink(self.config, audio_topic(self.config.mqtt.topic_prefix, spec.session),
+                             lambda raw, retained, t: self._on_packet(live, raw, retained, t))
+        live.connecting = asyncio.get_running_loop().create_task(live.link.start(), name="broadcast.live.connect")
+        return live
+
+    def _on_packet(self, live: _Listening, raw: bytes, retained: bool, t: float) -> None:
+        if not live.state["open"]:
+            self.counters["dropped.after_end"] += 1
+            return
+        pkt = live.gate.admit(raw, retained)
+        if pkt is None:
+            return
+        if not pkt.end:
+            if not live.seqs:
+                live.seqs.append(pkt.seq)
+            live.seqs[1:] = [max(pkt.seq, live.seqs[-1])]
+        live.state["last"] = t
 
         def samples_of(frame: bytes) -> int:
             try:
-                return decoder.samples_in(frame)
+                return live.decoder.samples_in(frame)
             except OpusError:
                 return 0
 
-        def on_packet(raw: bytes, retained: bool, t: float) -> None:
-            if not state["open"]:
-                self.counters["dropped.after_end"] += 1
-                return
-            pkt = gate.admit(raw, retained)
-            if pkt is None:
-                return
-            if not pkt.end:
-                if not seqs:
-                    seqs.append(pkt.seq)
-                seqs[1:] = [max(pkt.seq, seqs[-1])]
-            state["last"] = t
-            jb.put(pkt, t, samples_of)
-            arrived.set()
+        live.jb.put(pkt, t, samples_of)
+        live.arrived.set()
 
-        link = LiveLink(self.config, topic, on_packet)
+    async def play(self, item: Item, volume: int, cancel: asyncio.Event) -> PlayResult:
+        live = self._open.pop(item.id, None) or self._listen(item)
+        spec, gate, jb, decoder, state = live.spec, live.gate, live.jb, live.decoder, live.state
         sink = self.sink_factory()
         t0 = self.clock()
         played = 0
         why = "ended"
         try:
-            await link.start()
+            assert live.connecting is not None
+            await live.connecting
             await sink.open(spec.rate, spec.channels, volume)
-            state["last"] = self.clock()
+            now = self.clock()
+            jb.rebase(now)  # what came during warm-up and chime plays from now on (the delay shrinks in pauses)
+            if state["last"] is None:
+                state["last"] = now
             while True:
                 now = self.clock()
                 if cancel.is_set():
@@ -322,7 +360,7 @@ class LivePlayer:
                             pcm = decoder.conceal(jb.frame_samples)
                         n = len(pcm) // (2 * spec.channels)
                         if jb.over_target() and quiet(pcm):
-                            jb.skip(n)  # the link got better: the delay shrinks by a frame nobody hears
+                            jb.skip(n)  # the delay shrinks by a frame nobody hears
                             continue
                         jb.advance(n)
                     else:
@@ -332,15 +370,16 @@ class LivePlayer:
                     await sink.write(pcm)
                     continue
                 wake = POLL_S if jb.next_pos is None else max(0.0, min(POLL_S, jb.next_t - LEAD_S - now))
-                arrived.clear()
+                live.arrived.clear()
                 with contextlib.suppress(TimeoutError):
-                    await wait_within(arrived.wait(), wake)
+                    await wait_within(live.arrived.wait(), wake)
         finally:
             state["open"] = False
             await sink.close()
             decoder.close()
-            self._count(item.id, spec, gate, jb, seqs, link.overflow, played, why)
-            self._linger(link)
+            assert live.link is not None
+            self._count(item.id, spec, gate, jb, live.seqs, live.link.overflow, played, why)
+            self._linger(live)
         return PlayResult(self.clock() - t0, expected_s=None)
 
     def _count(self, item_id: str, spec: LiveSpec, gate: PacketGate, jb: JitterBuffer, seqs: list[int],
@@ -357,24 +396,31 @@ class LivePlayer:
             "live": True, "session": spec.session, "end": why, "packets": {
                 "received": received, "lost": lost, "late": late, "dropped": dropped, "overflow": overflow},
             "concealed": jb.counters["concealed"], "underrun": jb.counters["underrun"],
+            "skipped": jb.counters["skipped"], "stretched": jb.counters["stretched"],
             "played_s": round(played / spec.rate, 3), "jitter_ms": round(jb.wanted_target() * 1000),
             "link_poor": poor}
         log.info("live %s ended (%s): %d packets, %d lost, %d late, %d refused", spec.session, why, received,
                  lost, late, sum(dropped.values()))
 
-    def _linger(self, link: LiveLink) -> None:
+    def _linger(self, live: _Listening) -> None:
         """Keep the subscription a little longer so packets sent after the end are counted, not played."""
         async def later() -> None:
             try:
+                if live.connecting is not None and not live.connecting.done():
+                    live.connecting.cancel()
+                await asyncio.wait({live.connecting} if live.connecting else set())
                 await asyncio.sleep(LINGER_S)
             finally:
-                await link.close()
+                if live.link is not None:
+                    await live.link.close()
 
         task = asyncio.get_running_loop().create_task(later(), name="broadcast.live.linger")
         self._lingering.add(task)
         task.add_done_callback(self._lingering.discard)
 
     async def close(self) -> None:
+        for item_id in list(self._open):
+            self.discard(item_id)
         for task in list(self._lingering):
             task.cancel()
         if self._lingering:

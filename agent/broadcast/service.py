@@ -384,6 +384,8 @@ class BroadcastService:
         cfg, item = self._cfg, s.item
         t0 = time.monotonic()
         ok, reason, extra = True, None, {}
+        if item.mime == LIVE_MIME:
+            self.live.open(item)  # listen from now on: what is said during warm-up and chime is kept
         try:
             if not self._relay.is_on:
                 self._relay.on()
@@ -424,6 +426,8 @@ class BroadcastService:
         except BaseException:  # cancelled (shutdown, or a player that ignored `cancel`): off before anything
             self._relay_off_now()
             raise
+        finally:
+            self.live.discard(item.id)  # a live session stopped before it played: its subscription goes
         self._inbox.put_nowait(_Ended(s.token, ok, reason, extra))
 
     async def _clip(self, path: Path, volume: int, cancel: asyncio.Event) -> bool:

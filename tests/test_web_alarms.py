@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
@@ -183,10 +184,21 @@ def test_silencing_is_per_user(county: tuple[Console, Village], browser: Any) ->
 
 
 def test_alarm_list_screens_and_language(county: tuple[Console, Village], browser: Any) -> None:
-    console, _village = county
+    console, village = county
     login(browser, console, "viewer")
     open_alarms(browser, console)
-    assert browser.find_elements(By.CSS_SELECTOR, "#alarm-list li[data-id]")  # the earlier tests' alarms
+    # the earlier tests' alarms: the newest (W3's) acknowledged meanwhile, so W2's older but new one leads
+    newest = village.alarms("W3")[-1]["id"]
+    r = httpx.post(f"{console.url}/api/v1/alarms/{newest}/ack", timeout=10,
+                   headers={"Authorization": f"Bearer {console.token('operator')}"})
+    assert r.status_code == 200
+    wait(browser, lambda d: (row(d, newest) or {}).get("state") == "acknowledged")  # live, no reload
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('#alarm-list li[data-id]')].map(li => li.dataset.id)")
+    still_open = [a for a in village.alarms() if a["state"] != "resolved"]
+    assert len(still_open) >= 2
+    assert shown == [a["id"] for a in sorted(still_open, key=lambda a: (a["state"] != "new", -a["ts"]))]
+    assert shown[-1] == newest
     assert not browser.find_elements(By.CSS_SELECTOR, 'button[data-action="ack"]')  # a viewer may not ack
     assert untranslated(page_text(browser)) == []
     shoot(browser, "alarms")

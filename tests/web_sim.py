@@ -162,6 +162,6 @@ class Village:
         return [{"seq": r[0], "actor": r[1], "action": r[2], "target": r[3], "detail": json.loads(r[4])} for r in rows]
 
     def alarms(self, wearer: str | None = None) -> list[dict[str, Any]]:
-        rows = self.query("SELECT id, kind, wearer, state, received FROM alarms ORDER BY ts")
-        return [{"id": r[0], "kind": r[1], "wearer": r[2], "state": r[3], "received": r[4]} for r in rows
+        rows = self.query("SELECT id, kind, wearer, state, received, ts FROM alarms ORDER BY ts")
+        return [{"id": r[0], "kind": r[1], "wearer": r[2], "state": r[3], "received": r[4], "ts": r[5]} for r in rows
                 if wearer is None or r[2] == wearer]

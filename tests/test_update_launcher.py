@@ -103,7 +103,9 @@ def test_the_rollback_unit_and_the_drop_in_verify(tmp_path: Path) -> None:
     etc.mkdir(parents=True)
     for name in ("village-agent.service", "village-agent-rollback.service"):
         shutil.copy2(REPO / "systemd" / name, etc / name)
-    shutil.copytree(REPO / "systemd" / "village-agent.service.d", etc / "village-agent.service.d")
+    (etc / "village-agent.service.d").mkdir()
+    shutil.copy2(REPO / "systemd" / "dropins" / "village-agent-update.conf",
+                 etc / "village-agent.service.d" / "update.conf")
     for exe in ("opt/village-agent/bin/village-launch", "opt/village-agent/current/bin/python",
                 "opt/village-agent/venv/bin/village", "bin/systemctl"):
         (root / exe).parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,8 @@ def test_the_rollback_unit_and_the_drop_in_verify(tmp_path: Path) -> None:
         r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", str(etc / unit)], capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-    shown = subprocess.run(["systemd-analyze", "cat-config", f"--root={root}", "systemd/system/village-agent.service"],
-                           capture_output=True, text=True, timeout=60)
-    if shown.returncode == 0:
-        assert "village-launch" in shown.stdout
+    # the drop-in is what verify judged: without the launcher, the agent unit no longer verifies
+    (root / "opt/village-agent/bin/village-launch").unlink()
+    r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", str(etc / "village-agent.service")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "village-launch" in r.stderr

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -205,3 +206,44 @@ async def test_village_county_rollout_status_prints_one_row_per_box(env: Env) ->
         js = await asyncio.to_thread(subprocess.run, [*cli, "--json"], capture_output=True, text=True, env=environ,
                                      timeout=60)
         assert json.loads(js.stdout)["id"] == rid
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_box_downloads_from_the_county_server_over_mutual_tls_and_resumes_with_range(
+        env: Env, tmp_path: Path) -> None:
+    import ssl
+    import threading
+
+    from agent.update.fetch import FetchError, RateLimit, Stats, fetch_file, tls_context
+    from tests.pki import TestCA
+
+    await upload(env)
+    ca = TestCA(tmp_path / "ca")
+    issued = ca.server("localhost")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           ssl_certfile=str(issued.cert), ssl_keyfile=str(issued.key),
+                                           ssl_ca_certs=str(ca.pem), ssl_cert_reqs=ssl.CERT_REQUIRED))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        file = "village_edge-2.0.0-py3-none-any.whl"
+        data = WHEELS[file]
+        url = f"https://localhost:{port}/releases/2.0.0/wheels/{file}"
+        dest = tmp_path / "w.whl"
+        (tmp_path / "w.whl.part").write_bytes(data[:2500])  # what a killed download left
+        ident = ca.client("a1")
+        stats = Stats()
+        await asyncio.to_thread(fetch_file, url, dest, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                ctx=tls_context(ca.pem, ident.cert, ident.key), rate=RateLimit(1 << 20),
+                                stop=threading.Event(), stats=stats)
+        assert dest.read_bytes() == data and stats.bytes == len(data) - 2500  # only the rest came over the wire
+        with pytest.raises(FetchError):  # no client certificate: the TLS listener refuses
+            await asyncio.to_thread(fetch_file, url, tmp_path / "x.whl", size=len(data),
+                                    sha256=hashlib.sha256(data).hexdigest(), ctx=tls_context(ca.pem, None, None),
+                                    rate=RateLimit(1 << 20), stop=threading.Event(), stats=Stats())
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)

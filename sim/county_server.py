@@ -199,5 +199,10 @@ class CountyServer:
             self._log = None
 
     def banner(self) -> str:
-        return (f"county server: {self.url}  login {USER} / {self.password}  "
-                f"(database {self.dir / 'county.db'}, log {self.log_path})")
+        """Two lines (the first, what a technician needs, fits an 80-column dashboard), in the chosen language."""
+        from agent.i18n import _
+
+        return "\n".join((
+            _("county server: {url}  login {user} / {password}").format(url=self.url, user=USER,
+                                                                         password=self.password),
+            _("county server: database {db}, log {log}").format(db=self.dir / "county.db", log=self.log_path)))

@@ -259,7 +259,8 @@ class Village:
             self.county_server = await asyncio.to_thread(server.start)
         except (RuntimeError, OSError) as exc:  # CountyServer.start says what failed
             raise SimError(_("county server: {error}").format(error=exc)) from exc
-        self._say(server.banner())
+        for line in server.banner().splitlines():
+            self._say(line)
 
     async def _run_local(self, workdir: Path, pub_path: Path, cams: list[dict[str, Any]]) -> LossReport | None:
         """The usual run: the real agent as a child process, through the link proxy."""

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.browser import login, new_browser, start_console, wait, wait_loaded
-from tests.web_sim import Village
+from tests.web_sim import BOX, Village
 
 
 def pct(values: list[float], q: float) -> float:
@@ -71,10 +71,8 @@ def run(work: Path, presses: int, big: bool, cache: Path | None = None) -> dict[
             if cache is not None:
                 shutil.copyfile(db, cache)
     console = start_console(work / "county")
-    village = None
     browser = None
     try:
-        village = Village(console, work / "box", wearers=presses).start()
         browser = new_browser()
         login(browser, console, "operator")
         renders = []
@@ -82,31 +80,45 @@ def run(work: Path, presses: int, big: bool, cache: Path | None = None) -> dict[
             browser.get(console.url + "/alarms")
             wait_loaded(browser, 60)
             renders.append(float(browser.execute_script("return Number(document.body.dataset.renderedMs)")))
+        return {**sos_series(console, browser, work / "box", presses), "renders": renders}
+    finally:
+        if browser is not None:
+            browser.quit()
+        console.stop()
+
+
+def sos_series(console: Any, browser: Any, workdir: Path, presses: int, box: str = BOX) -> dict[str, list[float]]:
+    """`presses` SOS presses, one per band of a real box started on `console` (bands W1..Wn of `box`, which must
+    be a box id no stored message uses), each waited for on /alarms: {"visible": ms press -> row shown (the
+    browser's clock), "stored": ms press -> the county's `received` (the server's clock, same machine)}.
+    `browser` must be logged in as a user who sees the box (an operator or admin of the county)."""
+    village = Village(console, workdir, wearers=presses, box=box).start()
+    try:
+        browser.get(console.url + "/alarms")
+        wait_loaded(browser, 60)
         wait(browser, lambda d: d.execute_script("return document.body.dataset.stream") == "open", 60)
-        visible, stored = [], []
+        visible: list[float] = []
+        stored: list[float] = []
         for i in range(1, presses + 1):
             before = {a["id"] for a in village.alarms(f"W{i}")}
             pressed = int(browser.execute_script("return Date.now()"))
             village.press_sos(i)
+
             def fresh(_d: Any, i: int = i, before: set[str] = before) -> list[dict[str, Any]]:
-                assert village is not None
                 return [a for a in village.alarms(f"W{i}") if a["id"] not in before]
 
             new = wait(browser, fresh, 60)
             alarm_id = str(new[0]["id"])
+
             def seen(d: Any, aid: str = alarm_id) -> int | None:
                 return row_shown_at(d, aid)
 
             shown = wait(browser, seen, 60)
             visible.append(shown - pressed)
             stored.append(new[0]["received"] - pressed)
-        return {"visible": visible, "stored": stored, "renders": renders}
+        return {"visible": visible, "stored": stored}
     finally:
-        if browser is not None:
-            browser.quit()
-        if village is not None:
-            village.stop()
-        console.stop()
+        village.stop()
 
 
 def main() -> None:

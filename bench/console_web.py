@@ -91,10 +91,22 @@ def summary(values: list[float]) -> str:
     return f"median {statistics.median(values):7.0f} ms   max {max(values):7.0f} ms"
 
 
+def sos_to_page(console: Any, driver: Any, work: Path, presses: int) -> None:
+    """W2's part: SOS presses at a real box's wristband gateway -> the alarm row on /alarms, the browser's clock
+    (bench/console_sos.py sos_series; one press per band, a series), against the county storing it."""
+    from bench.console_sos import sos_series, summary
+
+    r = sos_series(console, driver, work / "sos-box", presses, box="bench-sos-1")
+    print(f"\nSOS press -> alarm visible on /alarms ({presses} presses, one per band, on this database)")
+    print(summary("press -> row visible (browser clock)  goal p99 <= 1000 ms", r["visible"]))
+    print(summary("baseline: press -> stored at the county (server clock)", r["stored"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.console_web", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="100,000 messages instead of 1,000,000")
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--presses", type=int, default=30, help="SOS presses for the press -> visible series (0: none)")
     args = ap.parse_args(argv)
     messages_n = 100_000 if args.quick else 1_000_000
     from tests.browser import login, new_browser, start_console
@@ -128,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 goal = "meets" if statistics.median(r["page"]) <= 1000 and max(r["page"]) <= 1000 else "MISSES"
                 print(f"  {name:10s} page {summary(r['page'])}   api {summary(r['api'])}   "
                       f"page/api {ratio:4.1f}x   goal <= 1 s: {goal}")
+            if args.presses:
+                sos_to_page(console, driver, work, args.presses)
         finally:
             driver.quit()
             console.stop()

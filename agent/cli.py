@@ -24,7 +24,7 @@ _DELEGATES = {
     "county": ("county.cli", N_("the county console: push, cancel, fences, watch, status")),
     "sim": ("sim.cli", N_("the simulator: a whole village in a box, fleet mode")),
     "keys": ("agent.keys", N_("county signing keys")),
-    "release": ("agent.release", "signed release bundles for box updates (docs/updates.md)"),
+    "release": ("agent.release", N_("signed release bundles for box updates (docs/updates.md)")),
 }
 # what each delegate needs beyond the box's own packages: pyproject.toml's extra of that name, by module
 # the import name of each package an extra brings (its distribution name where they differ is in pyproject)

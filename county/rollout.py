@@ -46,7 +46,7 @@ ACTIVE = ("pilot", "running")
 TTL_S = 3 * 86400  # a box offline for up to three days still takes its wave's command
 TICK_S = 5.0
 
-Publish = Callable[[list[str], list[str]], Awaitable[tuple[str, str | None]]]  # (boxes, targets) -> (cmd, error)
+Publish = Callable[[list[str], list[str], str], Awaitable[str | None]]  # (boxes, targets, cmd id) -> error
 
 
 @dataclass(frozen=True)
@@ -122,48 +122,67 @@ def next_wave(row: Any) -> list[str]:
 
 
 async def advance(db: Any, rollout_id: str, publish: Publish, now_ms: int) -> dict[str, Any] | None:
-    """Judge the rollout and send its next wave if due; returns its status (None: no such rollout)."""
+    """Judge the rollout and send its next wave if due; returns its status (None: no such rollout).
+
+    Safe to run concurrently (the server loop, status reads, several server instances): every change is
+    claimed with `rev` (UPDATE ... WHERE rev = the one read), and a wave is published only by the advance
+    whose claim won; a wave the broker did not take is un-claimed and tried again on the next advance."""
     async with db.connect() as conn:
         row = (await conn.execute(select(rollouts_t).where(rollouts_t.c.id == rollout_id))).mappings().first()
         if row is None:
             return None
         states = await box_states(conn, row, now_ms)
     row = dict(row)
-    if row["state"] in ACTIVE:
-        counts = Counter(s.state for s in states)
-        failed = sum(counts[s] for s in FAILED)
-        sent = len(states)
-        new_state, reason, send = row["state"], row["reason"], []
-        if sent and failed * 100 > row["max_failure_pct"] * sent:
-            new_state = "halted"
-            how = ", ".join(f"{counts[s]} {s}" for s in sorted(FAILED) if counts[s])
-            reason = f"{failed} of {sent} boxes failed ({how}), over the {row['max_failure_pct']}% allowed"
-        elif all(s.state in FINAL for s in states):
-            send = next_wave(row)
-            if not send and sent:
-                new_state = "done"
-            elif row["state"] == "pilot" and sent:
-                new_state = "running"
-        if send:
-            cmd, error = await publish(send, [f"box:{b}" for b in send])
-            if error is not None:
-                log.warning("rollout %s: wave to %d boxes not published: %s (tried again)", rollout_id, len(send),
-                            error)
-                send = []
-            else:
-                row["waves"] = [*(row["waves"] or []), {"cmd": cmd, "boxes": send, "sent_at": now_ms}]
-        if new_state != row["state"] or send:
-            async with db.begin() as conn:
-                await conn.execute(update(rollouts_t).where(rollouts_t.c.id == rollout_id).values(
-                    state=new_state, reason=reason, waves=row["waves"], updated_at=now_ms))
-            if new_state != row["state"]:
-                log.info("rollout %s of %s: %s -> %s%s", rollout_id, row["version"], row["state"], new_state,
-                         f" ({reason})" if reason and new_state == "halted" else "")
-            row.update(state=new_state, reason=reason)
-            if send:
-                async with db.connect() as conn:
-                    states = await box_states(conn, row, now_ms)
-    return status_json(row, states)
+    if row["state"] not in ACTIVE:
+        return status_json(row, states)
+    counts = Counter(s.state for s in states)
+    failed = sum(counts[s] for s in FAILED)
+    sent = len(states)
+    new_state, reason, send = row["state"], row["reason"], []
+    if sent and failed * 100 > row["max_failure_pct"] * sent:
+        new_state = "halted"
+        how = ", ".join(f"{counts[s]} {s}" for s in sorted(FAILED) if counts[s])
+        reason = f"{failed} of {sent} boxes failed ({how}), over the {row['max_failure_pct']}% allowed"
+    elif all(s.state in FINAL for s in states):
+        send = next_wave(row)
+        if not send and sent:
+            new_state = "done"
+        elif row["state"] == "pilot" and sent:
+            new_state = "running"
+    if new_state == row["state"] and not send:
+        return status_json(row, states)
+    waves = list(row["waves"] or [])
+    cmd = f"rollout-{uuid.uuid4().hex[:20]}"
+    if send:
+        waves.append({"cmd": cmd, "boxes": send, "sent_at": now_ms})
+    if not await _claim(db, rollout_id, row["rev"], now_ms, state=new_state, reason=reason, waves=waves):
+        return await _current(db, rollout_id, now_ms)  # another advance got there first
+    if send:
+        error = await publish(send, [f"box:{b}" for b in send], cmd)
+        if error is not None:
+            log.warning("rollout %s: wave to %d boxes not published: %s (tried again)", rollout_id, len(send), error)
+            await _claim(db, rollout_id, row["rev"] + 1, now_ms, state=row["state"], reason=row["reason"],
+                         waves=list(row["waves"] or []))
+            return await _current(db, rollout_id, now_ms)
+    if new_state != row["state"]:
+        log.info("rollout %s of %s: %s -> %s%s", rollout_id, row["version"], row["state"], new_state,
+                 f" ({reason})" if reason and new_state == "halted" else "")
+    return await _current(db, rollout_id, now_ms)
+
+
+async def _claim(db: Any, rollout_id: str, rev: int, now_ms: int, **values: Any) -> bool:
+    async with db.begin() as conn:
+        result = await conn.execute(update(rollouts_t).where(rollouts_t.c.id == rollout_id, rollouts_t.c.rev == rev)
+                                    .values(rev=rev + 1, updated_at=now_ms, **values))
+    return bool(result.rowcount)
+
+
+async def _current(db: Any, rollout_id: str, now_ms: int) -> dict[str, Any] | None:
+    async with db.connect() as conn:
+        row = (await conn.execute(select(rollouts_t).where(rollouts_t.c.id == rollout_id))).mappings().first()
+        if row is None:
+            return None
+        return status_json(row, await box_states(conn, row, now_ms))
 
 
 def status_json(row: Any, states: list[BoxState]) -> dict[str, Any]:
@@ -178,9 +197,10 @@ def status_json(row: Any, states: list[BoxState]) -> dict[str, Any]:
                                                    for b in row["boxes"] if b not in sent]}
 
 
-def update_command(version: str, digest: str, url: str, targets: list[str], now_s: float) -> dict[str, Any]:
+def update_command(version: str, digest: str, url: str, targets: list[str], now_s: float,
+                   cmd_id: str) -> dict[str, Any]:
     return push.command("agent.update", {"version": version, "manifest_sha256": digest, "url": url}, targets,
-                        now=now_s, ttl_s=TTL_S, cmd_id=f"rollout-{uuid.uuid4().hex[:20]}")
+                        now=now_s, ttl_s=TTL_S, cmd_id=cmd_id)
 
 
 async def run_rollouts(db: Any, publish_for: Callable[[Any], Publish], clock: Callable[[], int],

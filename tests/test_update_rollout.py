@@ -247,3 +247,31 @@ async def test_a_box_downloads_from_the_county_server_over_mutual_tls_and_resume
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+async def test_concurrent_advances_send_a_wave_once(env: Env) -> None:
+    from county import rollout as ro
+
+    await upload(env)
+    boxes = box_side(env.broker)
+    try:
+        r = await env.post("admin", "/api/v1/rollouts", {"version": "2.0.0", "to": ["box:a1", "box:a2", "box:b1"],
+                                                          "pilot": 1, "wave_size": 2, "base_url": "https://c.example"})
+        rid = r.json()["id"]
+        [msg] = await wait_messages(boxes, 1)
+        await box_receipt(env, jws.verify(msg.payload, {"county-test": env.public_key})[1]["id"], "a1", 1,
+                          "finished", step="healthy")
+        sent: list[str] = []
+
+        async def publish(boxes_: list[str], targets: list[str], cmd: str) -> str | None:
+            sent.append(cmd)
+            await asyncio.sleep(0.01)  # let the other advance run into the claim meanwhile
+            return None
+
+        docs = await asyncio.gather(*(ro.advance(env.db, rid, publish, NOW_MS) for _ in range(4)))
+        assert len(sent) == 1  # one claim won; the others saw it and sent nothing
+        assert all(d is not None and d["waves"] == 2 for d in docs)
+        [row] = await env.rows(rollouts, rollouts.c.id == rid)
+        assert row["waves"][-1]["cmd"] == sent[0]
+    finally:
+        boxes.stop()

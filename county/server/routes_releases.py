@@ -223,12 +223,15 @@ def _int(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int
 
 
 def publisher(request: Any, p: Parts, release: Any, url: str) -> ro.Publish:
-    async def publish(boxes: list[str], targets: list[str]) -> tuple[str, str | None]:
-        key, kid = await signing_key(request)
-        payload = ro.update_command(release["version"], release["manifest_sha256"], url, targets, p.now_s())
+    async def publish(boxes: list[str], targets: list[str], cmd_id: str) -> str | None:
+        try:
+            key, kid = await signing_key(request)
+        except ApiError as exc:
+            return exc.message
+        payload = ro.update_command(release["version"], release["manifest_sha256"], url, targets, p.now_s(), cmd_id)
         token = push.sign(payload, key, kid)
         t = topics_of(p)
-        return str(payload["id"]), await publish_all(p, token, [t.box_cmd(b) for b in boxes])
+        return await publish_all(p, token, [t.box_cmd(b) for b in boxes])
     return publish
 
 
@@ -318,7 +321,7 @@ async def halt_rollout(request: Request) -> Response:
     rid = str(request.path_params["id"])
     async with p.db.begin() as conn:
         n = (await conn.execute(update(rollouts_t).where(rollouts_t.c.id == rid, rollouts_t.c.state.in_(ro.ACTIVE))
-                                .values(state="halted", reason=f"halted by {user.name}",
+                                .values(state="halted", reason=f"halted by {user.name}", rev=rollouts_t.c.rev + 1,
                                         updated_at=p.now_ms()))).rowcount
         if n:
             await audit_append(conn, user.name, "rollout.halt", rid, {})
@@ -337,11 +340,11 @@ async def run(app: Any, stop: Any, tick_s: float = ro.TICK_S) -> None:
     releases: dict[str, Any] = {}
 
     def publish_for(row: Any) -> ro.Publish:
-        async def publish(boxes: list[str], targets: list[str]) -> tuple[str, str | None]:
+        async def publish(boxes: list[str], targets: list[str], cmd_id: str) -> str | None:
             if row["version"] not in releases:
                 async with p.db.connect() as conn:
                     releases[row["version"]] = await _release(conn, row["version"])
-            return await publisher(holder, p, releases[row["version"]], row["url"])(boxes, targets)
+            return await publisher(holder, p, releases[row["version"]], row["url"])(boxes, targets, cmd_id)
         return publish
 
     await ro.run_rollouts(p.db, publish_for, p.now_ms, stop, tick_s)

@@ -280,6 +280,7 @@ rollouts = Table(
     Column("waves", JSON, nullable=False),               # [{cmd, boxes, sent_at}] as sent
     Column("state", String(16), nullable=False),         # pilot | running | halted | done
     Column("reason", Text),                              # why it halted
+    Column("rev", Integer, nullable=False, server_default="0"),  # +1 per change: two advances never both send
     Column("created_by", USER, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),

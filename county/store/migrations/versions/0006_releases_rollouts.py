@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("waves", sa.JSON(), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("rev", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("created_by", sa.String(64), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", sa.BigInteger(), nullable=False),

@@ -47,7 +47,7 @@ from agent.outbox import Outbox
 from agent.protocol.batch import expand
 from agent.protocol.envelope import MsgClass
 from agent.service import InboundCommand
-from bench.village_day import DAY_MS, T0, day
+from bench.village_day import DAY_MS, day
 from county.acl import parse_fleet, render
 from tests.pki import CountyBroker, TestCA, tls_context
 from tests.support import agent_config_dict
@@ -99,21 +99,32 @@ class CountingProxy:
         self._open.add(raw)
         up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
 
+        last = (0, 0)
+
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            nonlocal last
             with contextlib.suppress(OSError, ConnectionError):
                 while data := await src.read(65536):
                     dst.write(data)
                     await dst.drain()
-            with contextlib.suppress(OSError, RuntimeError):
-                dst.close()
+                    last = self._bytes(raw)  # a reset closes the socket before we could read it at the end
 
-        await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
-        with contextlib.suppress(OSError):
-            u, d = self._bytes(raw)
-            self.closed_up += u
-            self.closed_down += d
-            self.connections.append((u, d))
+        pumps = [asyncio.create_task(pump(reader, up_w)), asyncio.create_task(pump(up_r, writer))]
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            u, d = self._bytes(raw)  # before anything is closed: the counts live with the socket
+        except OSError:
+            u, d = last
         self._open.discard(raw)
+        self.closed_up += u
+        self.closed_down += d
+        self.connections.append((u, d))
+        for w in (writer, up_w):
+            with contextlib.suppress(OSError, RuntimeError):
+                w.close()
+        for t in pumps:
+            t.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
 
 
 class County:
@@ -174,14 +185,14 @@ class Case:
     latencies: list[float] = field(default_factory=list)
 
 
-def make_config(tmp: Path, case: Case, url: str, ca: TestCA, speed: float) -> Config:
+def make_config(tmp: Path, case: Case, url: str, ca: TestCA, speed: float, **uplink: Any) -> Config:
     ident = ca.client(BOX)
     state = tmp / case.name
     state.mkdir()
     raw = agent_config_dict(state, url, box=BOX, mqtt={
         "ca": str(ca.pem), "cert": str(ident.cert), "key": str(ident.key), "keepalive_s": 3600,
         "backoff_min_s": 0.05}, uplink={"batching": case.batching, "topic_aliases": case.aliases,
-                                        "batch_window_s": 60 / speed})
+                                        "batch_window_s": 60 / speed, **uplink})
     raw["box"]["groups"] = []
     return parse_config(raw)
 
@@ -229,7 +240,9 @@ async def run_case(tmp: Path, case: Case, broker: CountyBroker, ca: TestCA, spee
             await asyncio.sleep((msgs[broadcast_at].at_ms - 1000) / 1000 / speed)
             await asyncio.to_thread(county.command, json.dumps({"cmd": "bc-1", "pad": "x" * 1500}).encode())
         down = asyncio.create_task(command_then())
-        await feed(outbox, msgs, speed, T0)
+        # the day ends now: the outbox expires telemetry older than its TTL by the envelopes' ts
+        now_ms = int(time.time() * 1000)
+        await feed(outbox, msgs, speed, now_ms - DAY_MS)
         await down
         while sum(outbox.depth().values()) or len(county.ids) < len(msgs):
             if args_verbose:
@@ -245,9 +258,15 @@ async def run_case(tmp: Path, case: Case, broker: CountyBroker, ca: TestCA, spee
         # the busy phase: 20 s of the same traffic with SOS alarms in it
         sent: dict[str, float] = {}
         busy = [m for m in msgs if 8 * 3_600_000 <= m.at_ms < 8 * 3_600_000 + 20_000 * speed]
-        await feed(outbox, busy, speed, T0 + DAY_MS, sos=sos, sent=sent)
+        if args_verbose:
+            print(case.name, "day done; busy phase", len(busy), file=sys.stderr)
+        await feed(outbox, busy, speed, now_ms - 8 * 3_600_000, sos=sos, sent=sent)
+        if args_verbose:
+            print(case.name, "busy phase fed", len(sent), file=sys.stderr)
         while len(county.alarms.keys() & sent.keys()) < len(sent):
-            await asyncio.sleep(0.01)
+            if args_verbose:
+                print(case.name, len(county.alarms.keys() & sent.keys()), len(sent), outbox.depth(), file=sys.stderr)
+            await asyncio.sleep(0.5 if args_verbose else 0.01)
         case.latencies = sorted((county.alarms[k] - t) * 1000 for k, t in sent.items())
     finally:
         for t in reversed(tasks):
@@ -283,6 +302,37 @@ async def ping_cost(tmp: Path, broker: CountyBroker, ca: TestCA) -> float:
     return (b - a) / 6.0
 
 
+async def reconnect_costs(tmp: Path, broker: CountyBroker, ca: TestCA, resumption: bool) -> list[int]:
+    """IP bytes (both ways) of each of 4 connections of an idle link: TLS handshake, CONNECT, SUBSCRIBE, the
+    retained state, then a cut (as a 4G drop) and the next one; with or without TLS session resumption."""
+    proxy = CountingProxy(broker.port)
+    await proxy.start()
+    case = Case(f"tls-{resumption}", True, True, 240, 300)
+    config = make_config(tmp, case, f"mqtts://127.0.0.1:{proxy.port}", ca, 1.0, tls_resumption=resumption)
+    outbox = Outbox(config.outbox_path, BOX, max_bytes=1 << 20, telemetry_ttl_s=3600)
+    link = Link(config, outbox, _Sink())
+    tasks = [asyncio.create_task(outbox.run(lambda: None)), asyncio.create_task(link.run(lambda: None))]
+    try:
+        for n in range(4):
+            while not (link.state.value == "connected" and link.reconnects == n + 1):
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # its SUBACK and the state's PUBACK are in
+            conn = link.current
+            assert conn is not None
+            sock = conn.client.socket()
+            assert isinstance(sock, socket.socket)
+            sock.shutdown(socket.SHUT_RDWR)
+            while len(proxy.connections) < n + 1:
+                await asyncio.sleep(0.01)
+    finally:
+        for t in reversed(tasks):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        proxy.server.close()  # type: ignore[union-attr]
+    return [u + d for u, d in proxy.connections]
+
+
 def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))] if xs else float("nan")
 
@@ -293,13 +343,15 @@ async def main_async(args: argparse.Namespace) -> None:
         ca = TestCA(tmp / "pki")
         (tmp / "broker").mkdir()
         acl = render(parse_fleet({"boxes": {BOX: []}}))
-        broker = CountyBroker(tmp / "broker", ca, acl).start()
+        broker = CountyBroker(tmp / "broker", ca, acl)
+        broker.start()
         try:
             per_ping = await ping_cost(tmp, broker, ca)
             cases = [Case("main", False, False, 60, 30), Case("single", False, True, 240, 300),
                      Case("batched", True, True, 240, 300)]
             for case in cases:
                 await run_case(tmp, case, broker, ca, args.speed, args.sos)
+            costs = {r: await reconnect_costs(tmp, broker, ca, r) for r in (False, True)}
         finally:
             broker.stop()
     print(f"village day x{args.speed:g} speed, TLS, IP bytes of the box's connection (proxy TCP_INFO); "
@@ -314,6 +366,9 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"| {c.name} | {c.messages} | {c.publishes} | {c.up / 1e3:.0f} | {c.down / 1e3:.0f} | "
               f"{c.pings} ({c.pings * per_ping / 1e3:.0f}) | {total / 1e6:.3f} | {total / base:.3f} | "
               f"{c.link_count / 1e6:.3f} | {pct(c.latencies, 50):.1f} / {pct(c.latencies, 99):.1f} |")
+    for resumed, cost in costs.items():
+        print(f"a connection (TLS + CONNECT + SUBSCRIBE + state), TLS resumption {'on' if resumed else 'off'}: "
+              + ", ".join(f"{b} B" for b in cost))
 
 
 def main() -> None:

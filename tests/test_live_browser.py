@@ -73,11 +73,11 @@ def box_for(console: Console, tmp_path: Path, silence_s: float = 1.5) -> Box:
     return Box(box_config(tmp_path, console.broker.url, pub, box="a1", kid=KID), silence_s=silence_s)
 
 
-def start_speaking(driver: Any, console: Console) -> str:
+def start_speaking(driver: Any, console: Console, query: str = "") -> str:
     from selenium.webdriver.common.by import By
 
     login(driver, console, "operator")
-    driver.get(console.url + "/live")
+    driver.get(console.url + "/live" + query)
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, 'input[data-target="a1"]'))
     driver.find_element(By.CSS_SELECTOR, 'input[data-target="a1"]').click()
     wait(driver, lambda d: d.find_element(By.ID, "live-start").is_enabled())
@@ -85,23 +85,29 @@ def start_speaking(driver: Any, console: Console) -> str:
     return str(wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-live-id")))
 
 
+@pytest.mark.parametrize("capture", ["track", "worklet"])
 async def test_speech_from_the_page_plays_on_the_box(console: Console, driver: Any, collector_console: Collector,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, capture: str) -> None:
+    """`track`: MediaStreamTrackProcessor (Chromium); `worklet`: the AudioWorklet path other browsers take."""
     from selenium.webdriver.common.by import By
 
     box = box_for(console, tmp_path)
     county = County(collector_console, None, box="a1")  # type: ignore[arg-type]
     async with running(box, collector_console):
-        cmd = await asyncio.to_thread(start_speaking, driver, console)
+        query = "?capture=worklet" if capture == "worklet" else ""
+        cmd = await asyncio.to_thread(start_speaking, driver, console, query)
         await county.wait(cmd, "started", within=30)
         # let one pass of the file through (its clicks end at 2.6 s), then 结束
         await asyncio.to_thread(wait, driver, lambda d: int(
             d.find_element(By.TAG_NAME, "body").get_attribute("data-live-frames") or 0) >= int(WAV_S * 50) + 50, 30)
+        used = await asyncio.to_thread(
+            lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-live-capture"))
         await asyncio.to_thread(lambda: driver.find_element(By.ID, "live-end").click())
         finished = await county.wait(cmd, "finished", within=30)
         await asyncio.to_thread(collector_console.wait_for, lambda _: not box.relay.is_on)
     got = find_clicks(box.speaker.pcm())
     print("clicks out:", got, "receipt:", finished)
+    assert used == capture
     assert finished["end"] == "ended" and finished["packets"]["received"] > 0
     # the input's rhythm: find the click pattern (the fake device loops the file) in what the box played
     # (plus 20 ms for each frame the jitter buffer skipped or stretched while adapting: the receipt says)

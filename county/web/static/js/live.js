@@ -9,6 +9,10 @@ import { loaded } from "./session.js";
 import { TargetPicker } from "./targets.js";
 
 const FRAME_US = 20000;
+// MediaStreamTrackProcessor (Chromium) hands over the microphone's AudioData directly; elsewhere an AudioWorklet
+// does. `?capture=worklet` takes the worklet path anywhere (the tests run it in Chromium too).
+const WORKLET = typeof MediaStreamTrackProcessor === "undefined"
+  || new URLSearchParams(location.search).get("capture") === "worklet";
 const startBtn = $("#live-start");
 const endBtn = $("#live-end");
 const state = $("#live-state");
@@ -33,10 +37,11 @@ class Session {
     this.audio = null;
     this.running = false;
     this.frames = 0;
+    this.node = null;
   }
 
   async start(body) {
-    if (typeof AudioEncoder === "undefined" || typeof MediaStreamTrackProcessor === "undefined") {
+    if (typeof AudioEncoder === "undefined") {
       throw new Error(t("This browser cannot encode Opus audio (WebCodecs AudioEncoder is missing)"));
     }
     this.stream = await navigator.mediaDevices.getUserMedia({audio: {
@@ -51,7 +56,7 @@ class Session {
   }
 
   meter() {
-    this.audio = new AudioContext();
+    this.audio = new AudioContext({sampleRate: 48000});
     const analyser = this.audio.createAnalyser();
     analyser.fftSize = 1024;
     this.audio.createMediaStreamSource(this.stream).connect(analyser);
@@ -81,30 +86,63 @@ class Session {
     }
   }
 
+  output(chunk) {
+    const bytes = new Uint8Array(chunk.byteLength);
+    chunk.copyTo(bytes);
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(bytes);
+    this.frames += 1;
+    document.body.dataset.liveFrames = String(this.frames);
+  }
+
+  newEncoder(sampleRate, numberOfChannels) {
+    this.encoder = new AudioEncoder({output: (chunk) => this.output(chunk), error: (err) => say(String(err), "error")});
+    this.encoder.configure({codec: "opus", sampleRate, numberOfChannels, bitrate: 24000,
+      opus: {frameDuration: FRAME_US}});
+  }
+
   async capture() {
+    document.body.dataset.liveCapture = WORKLET ? "worklet" : "track";
+    if (WORKLET) return this.captureWorklet();
     const track = this.stream.getAudioTracks()[0];
     this.reader = new MediaStreamTrackProcessor({track}).readable.getReader();
     this.running = true;
     while (this.running) {
       const {value, done} = await this.reader.read();
       if (done) break;
-      if (!this.encoder) {
-        this.encoder = new AudioEncoder({
-          output: (chunk) => {
-            const bytes = new Uint8Array(chunk.byteLength);
-            chunk.copyTo(bytes);
-            if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(bytes);
-            this.frames += 1;
-            document.body.dataset.liveFrames = String(this.frames);
-          },
-          error: (err) => say(String(err), "error"),
-        });
-        this.encoder.configure({codec: "opus", sampleRate: value.sampleRate,
-          numberOfChannels: value.numberOfChannels, bitrate: 24000, opus: {frameDuration: FRAME_US}});
-      }
+      if (!this.encoder) this.newEncoder(value.sampleRate, value.numberOfChannels);
       this.encoder.encode(value);
       value.close();
     }
+  }
+
+  // Without MediaStreamTrackProcessor: an AudioWorklet hands over the samples; 20 ms of them make one AudioData.
+  async captureWorklet() {
+    const ctx = this.audio;
+    await ctx.audioWorklet.addModule("/static/js/live-capture.js");
+    const node = new AudioWorkletNode(ctx, "live-capture");
+    ctx.createMediaStreamSource(this.stream).connect(node);
+    const size = Math.round(ctx.sampleRate * FRAME_US / 1e6);
+    let buf = new Float32Array(size);
+    let fill = 0;
+    let at = 0;
+    this.newEncoder(ctx.sampleRate, 1);
+    this.running = true;
+    node.port.onmessage = (ev) => {
+      if (!this.running) return;
+      for (const v of ev.data) {
+        buf[fill++] = v;
+        if (fill === size) {
+          const data = new AudioData({format: "f32-planar", sampleRate: ctx.sampleRate, numberOfFrames: size,
+            numberOfChannels: 1, timestamp: at, data: buf});
+          at += FRAME_US;
+          this.encoder.encode(data);
+          data.close();
+          buf = new Float32Array(size);
+          fill = 0;
+        }
+      }
+    };
+    this.node = node;
   }
 
   async end() {
@@ -116,6 +154,8 @@ class Session {
 
   stop(keepSocket) {
     this.running = false;
+    if (this.node) this.node.disconnect();
+    this.node = null;
     if (this.stream) this.stream.getTracks().forEach((tr) => tr.stop());
     this.stream = null;
     if (this.audio) this.audio.close();

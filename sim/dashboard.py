@@ -352,16 +352,24 @@ def render_wide(state: VillageState) -> Group:
 
 
 def render_compact(state: VillageState, width: int, height: int) -> Group:
-    """One line per thing, most important first, each cut to the width (never wrapped into the next)."""
+    """One line per thing, most important first, each cut to the width (never wrapped into the next).
+
+    A row about something (a wearer, a camera, a broadcast) gives up its name's end before its state, and when
+    there are more wearers than rows, the ones with news are shown and the rest counted, so the cameras,
+    broadcasts and counts below always stay on the screen."""
     lines: list[Text] = []
     sep = Text("  ")
 
-    def add(*parts: Text | str, style: str = "") -> None:
+    def add(*parts: Text | str, style: str = "", shrink_first: bool = False) -> None:
+        texts = [p if isinstance(p, Text) else Text(p) for p in parts]
+        if shrink_first and len(texts) > 1:
+            rest = sum(t.cell_len for t in texts[1:]) + sep.cell_len * (len(texts) - 1)
+            texts[0].truncate(max(6, width - rest), overflow="ellipsis")
         line = Text(style=style)
-        for i, part in enumerate(parts):
+        for i, part in enumerate(texts):
             if i:
                 line.append_text(sep)
-            line.append_text(part if isinstance(part, Text) else Text(part))
+            line.append_text(part)
         line.no_wrap, line.overflow = True, "ellipsis"
         line.truncate(width, overflow="ellipsis")
         lines.append(line)
@@ -370,21 +378,32 @@ def render_compact(state: VillageState, width: int, height: int) -> Group:
         _("box {state}").format(state=words.state(state.box_state)), _agent_words(state))
     add(_link_words(state), _backlog_words(state), _relay_text(state))
     add(_progress(state, max(10, min(30, width - 40))))
+    things = len(state.cameras) + len(state.broadcasts)
+    fixed = len(lines) + 1 + (1 + things if things else 0) + 1  # headings, cameras, broadcasts, counts
+    wearers = list(state.wearers.values())
+    room_w = max(1, height - 1 - fixed - 2)  # leave at least a heading and one line of what happened
+    shown = wearers
+    if len(wearers) > room_w:  # news first: an alarm, then the latest event
+        ranked = sorted(wearers, key=lambda w: (w.last not in ALARM_KINDS, -(w.last_t or -1.0)))
+        shown = [w for w in wearers if w in ranked[:room_w - 1]]
     add(Text(_("wearers"), style="bold underline"))
-    for w in state.wearers.values():
+    for w in shown:
         who, _pos, battery, fence, last = _wearer_cells(state, w, with_id=False)
         parts: list[Text | str] = [" " + who]
         if w.battery is not None:
             parts.append(_("battery {pct}").format(pct=battery))
         parts += [p for p in (fence, last) if p]
-        add(*parts)
-    if state.cameras or state.broadcasts:
+        add(*parts, shrink_first=True)
+    if len(shown) < len(wearers):
+        add(" " + _("… and {n} more").format(n=len(wearers) - len(shown)), style="dim")
+    if things:
         add(Text(_("cameras / broadcasts"), style="bold underline"))
     for cam, (_mode, reported) in state.cameras.items():
         add(Text(" " + _("camera {name}").format(name=state.names.camera(cam))),
-            Text(_camera_state(state, cam), style="red" if reported == "offline" else ""))
+            Text(_camera_state(state, cam), style="red" if reported == "offline" else ""), shrink_first=True)
     for bid in state.broadcasts:
-        add(" " + _("broadcast {title}").format(title=state.names.broadcast(bid)), _broadcast_state(state, bid))
+        add(" " + _("broadcast {title}").format(title=state.names.broadcast(bid)), _broadcast_state(state, bid),
+            shrink_first=True)
     add(_counts(state))
     room = height - 1 - len(lines)  # the last row stays free: Live's cursor sits there
     if room >= 2:

@@ -103,3 +103,22 @@ def test_live_renderer_and_plain_lines_in_time_order() -> None:
 
 def test_clock() -> None:
     assert (clock(0), clock(59.6), clock(600), clock(3725)) == ("00:00", "00:59", "10:00", "1:02:05")
+
+
+def test_compact_keeps_states_and_counts_on_a_crowded_village() -> None:
+    s = state()
+    s.names.broadcasts["b1"] = "a very long broadcast title that could never fit in one line of eighty columns"
+    for n in range(20):
+        s.wearers[f"X{n}"] = WearerRow(f"X{n}", battery=80)
+    s.apply(seen("alarm", "sos", {"wearer": "X17"}, t=40))
+    s.apply(seen("receipt", "cmd", {"cmd": "b1", "state": "rejected", "reason": "bad_signature"}))
+    s.apply(seen("event", "camera", {"camera": "cam1", "state": "offline", "reason": "unreachable"}))
+    rows = draw(s, 80, 24).splitlines()
+    assert len(rows) <= 23 and all(i18n.width(r) <= 80 for r in rows)
+    text = "\n".join(rows)
+    assert any(r.strip().startswith("X17") and "SOS" in r for r in rows), text  # the one with news is shown
+    assert "… and " in text and " more" in text
+    bc = next(r for r in rows if "broadcast «a very long" in r)
+    assert bc.endswith("rejected: bad signature (bad_signature)"), bc  # the title gave way, not the state
+    assert any(r.endswith("offline: unreachable (unreachable)") for r in rows), text
+    assert any(r.startswith("county received:") for r in rows), text

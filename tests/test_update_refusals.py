@@ -126,12 +126,13 @@ def test_kill_9_mid_download_mid_install_and_right_after_the_switch_always_start
     server.hold(64 * 1024)
     box.update(county, url, b)
     assert server.httpd.holding.wait(60)
+    part = box.layout.downloads / f"{wheel.sha256}.whl.part"
+    wait_until(lambda: part.exists() and part.stat().st_size > 0, 30)  # the box wrote what it got, then waits
     box.loop.kill_tree()
     server.unhold()
     wait_until(lambda: box.loop.starts >= 2, 30)
     box.wait_connected()
     assert running_version(county, box) == A
-    part = box.layout.downloads / f"{wheel.sha256}.whl.part"
     assert part.exists() and 0 < part.stat().st_size < wheel.size
 
     # 2. mid-install: resumed download (a Range request), then killed while pip runs in the new slot

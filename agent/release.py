@@ -9,7 +9,8 @@ The manifest payload (format 1):
 
     {"type": "village-release", "format": 1, "name": "village-edge", "version": "0.2.0",
      "python": "cp311", "arch": "x86_64", "min_from": "0.1.0", "created": 1764590000,
-     "deps_bundled": true, "wheels": [{"file": "...whl", "sha256": "<hex>", "size": 123, "project": true}]}
+     "deps_bundled": true, "wheels": [{"file": "...whl", "sha256": "<hex>", "size": 123, "project": true}],
+     "schemas": {"outbox": 3, "replay": 2, "broadcast": 4, "wearables": 1}}
 
 The release key is not the command key: a box trusts it under `[trust] release_keys` (kid -> .pub file),
 and `[trust.keys]` can never sign a release nor a release key a command (the two sets are looked up
@@ -64,6 +65,11 @@ SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
 ARCH_RE = re.compile(r"[a-z0-9_]{1,32}\Z")
 PY_RE = re.compile(r"cp[0-9]{2,3}\Z")
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: a repacked wheel is byte-identical build after build
+# The box's SQLite stores in [box] state_dir, shared by every release: name -> the module whose MIGRATIONS
+# give its schema version (PRAGMA user_version). A store refuses a file newer than it knows (SchemaTooNew),
+# so a release that migrates one could never be rolled back: the box refuses it (check_applicable).
+STATE_STORES = {"outbox": "agent.outbox_schema", "replay": "agent.replay", "broadcast": "agent.broadcast.store",
+                "wearables": "agent.wearables.store"}
 
 
 class ManifestError(Exception):
@@ -118,13 +124,15 @@ class Manifest:
     created: int
     deps_bundled: bool
     wheels: tuple[WheelEntry, ...] = field(default=())
+    schemas: tuple[tuple[str, int], ...] = ()  # (store, schema version) the release writes; () = not recorded
 
     def payload(self) -> dict[str, Any]:
         return {"type": MANIFEST_TYPE, "format": MANIFEST_FORMAT, "name": self.name, "version": self.version,
                 "python": self.python, "arch": self.arch, "min_from": self.min_from, "created": self.created,
                 "deps_bundled": self.deps_bundled,
                 "wheels": [{"file": w.file, "sha256": w.sha256, "size": w.size, "project": w.project}
-                           for w in self.wheels]}
+                           for w in self.wheels],
+                **({"schemas": dict(self.schemas)} if self.schemas else {})}
 
     @property
     def project_wheel(self) -> WheelEntry:
@@ -174,8 +182,13 @@ def parse_manifest(payload: Mapping[str, Any]) -> Manifest:
         wheels.append(WheelEntry(file, digest, size, w.get("project") is True))
     if sum(w.project for w in wheels) != 1:
         raise ManifestError("bad_manifest", "manifest must mark exactly one wheel as the project's")
+    schemas_raw = payload.get("schemas", {})
+    if not isinstance(schemas_raw, dict) or len(schemas_raw) > 32 or not all(
+            isinstance(k, str) and ARCH_RE.fullmatch(k) and isinstance(v, int) and not isinstance(v, bool)
+            and 0 <= v < 10_000 for k, v in schemas_raw.items()):
+        raise ManifestError("bad_manifest", "manifest field 'schemas' must map store names to versions")
     return Manifest(PROJECT, version, py, arch, min_from, created, payload.get("deps_bundled") is True,
-                    tuple(wheels))
+                    tuple(wheels), tuple(sorted(schemas_raw.items())))
 
 
 def verify_manifest(token: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Manifest:
@@ -195,8 +208,31 @@ def verify_manifest(token: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Manif
     return parse_manifest(payload)
 
 
-def check_applicable(manifest: Manifest, running: str, *, arch: str | None = None, py: str | None = None) -> None:
-    """May a box running `running` on this machine install `manifest`? ManifestError with the reason."""
+def schema_versions() -> dict[str, int]:
+    """The schema version of each state store as the running code knows it."""
+    import importlib
+
+    return {name: len(importlib.import_module(mod).MIGRATIONS) for name, mod in STATE_STORES.items()}
+
+
+def tree_schema_versions(tree: Path) -> dict[str, int]:
+    """The same for a source tree (read by its own code in a child interpreter)."""
+    code = ("import json, importlib; print(json.dumps({n: len(importlib.import_module(m).MIGRATIONS) "
+            f"for n, m in {STATE_STORES!r}.items()}}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tree,
+                          env={**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"})
+    if proc.returncode != 0:
+        raise BuildError("cannot read the state stores' schema versions: " + (proc.stderr.strip().splitlines()
+                                                                                 or ["?"])[-1])
+    return {str(k): int(v) for k, v in json.loads(proc.stdout).items()}
+
+
+def check_applicable(manifest: Manifest, running: str, *, arch: str | None = None, py: str | None = None,
+                     schemas: Mapping[str, int] | None = None) -> None:
+    """May a box running `running` on this machine install `manifest`? ManifestError with the reason.
+
+    `schemas`: the running code's store versions (schema_versions()); a release that would migrate a store
+    past them is refused, because this version could not open that store again after a rollback."""
     arch, py = arch or machine(), py or python_tag()
     if manifest.arch not in (arch, "any"):
         raise ManifestError("wrong_arch", f"release is for {manifest.arch}, this box is {arch}")
@@ -207,6 +243,12 @@ def check_applicable(manifest: Manifest, running: str, *, arch: str | None = Non
                             f"or later; this box runs {running}")
     if parse_version(manifest.version) == parse_version(running):
         raise ManifestError("same_version", f"this box already runs {running}")
+    for store, version in manifest.schemas:
+        have = (schemas or {}).get(store)
+        if have is not None and version > have:
+            raise ManifestError("schema_not_forward_compatible",
+                                f"release {manifest.version} migrates the {store} store to schema {version}; {running} "
+                                f"reads up to {have} and could not open it after a rollback")
 
 
 # ------------------------------------------------------------------------------------------- building
@@ -378,8 +420,9 @@ def build_bundle(source: Path, out: Path, key: Ed25519PrivateKey, kid: str, *, v
     project = build_project_wheel(source, wheels_dir, version)
     deps = dependency_wheels(wheels_dir, wheelhouse=wheelhouse, from_env=deps_from_env, project_wheel=project)
     entries = [WheelEntry(p.name, sha256_file(p), p.stat().st_size, p == project) for p in [project, *deps]]
+    schemas = tuple(sorted(tree_schema_versions(source).items()))
     manifest = Manifest(PROJECT, version, python_tag(), arch or _wheel_arch([project, *deps]), min_from,
-                        int(time.time()), bool(deps), tuple(entries))
+                        int(time.time()), bool(deps), tuple(entries), schemas)
     path = out / MANIFEST_FILE
     path.write_text(sign_manifest(manifest, key, kid))
     return path, manifest

@@ -20,6 +20,7 @@ from agent.release import (
     parse_manifest,
     parse_version,
     repack_distribution,
+    schema_versions,
     sha256_file,
     sign_manifest,
     verify_manifest,
@@ -48,6 +49,8 @@ def test_release_build_makes_a_signed_bundle_that_verifies_only_with_the_release
     token = (out / "manifest.jws").read_bytes()
     m = verify_manifest(token, {"rel": load_public_key(pub)})
     assert (m.version, m.min_from, m.arch, m.deps_bundled) == ("7.1.0", "7.0.0", "any", False)
+    assert dict(m.schemas) == schema_versions()
+    assert set(dict(m.schemas)) == {"outbox", "replay", "broadcast", "wearables"}
     [w] = m.wheels
     assert w.project and w.file == "village_edge-7.1.0-py3-none-any.whl"
     assert sha256_file(out / "wheels" / w.file) == w.sha256 and (out / "wheels" / w.file).stat().st_size == w.size
@@ -101,6 +104,11 @@ def test_manifest_fields_are_checked_and_a_box_refuses_what_does_not_fit_it() ->
         with pytest.raises(ManifestError) as exc:
             check_applicable(m, running, arch=arch, py=py)
         assert exc.value.reason == reason
+    migrating = manifest(schemas=(("outbox", 9),))
+    check_applicable(migrating, "1.0.0", arch="aarch64", py="cp311", schemas={"outbox": 9})
+    with pytest.raises(ManifestError) as exc:
+        check_applicable(migrating, "1.0.0", arch="aarch64", py="cp311", schemas={"outbox": 8})
+    assert exc.value.reason == "schema_not_forward_compatible" and "outbox" in str(exc.value)
     assert parse_version("1.10.0") > parse_version("1.9.9")
     with pytest.raises(ManifestError):
         verify_manifest(b"x" * 300_000, {})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.release import schema_versions
 from tests.support import Collector, wait_until
 from tests.update_harness import (  # noqa: F401  (the fixtures, by their pytest names)
     A,
@@ -55,6 +56,9 @@ def test_bad_signature_hash_mismatch_other_arch_and_downgrade_are_refused_before
     cases.append((other, server.publish(other), "wrong_arch"))
     above = bundles.bundle("min", B, min_from="1.0.1")  # this box runs 1.0.0
     cases.append((above, server.publish(above), "below_min_version"))
+    # a release that would migrate a state store past what 1.0.0 reads: no way back after a rollback
+    newer = bundles.bundle("schema", B, schemas={**schema_versions(), "outbox": schema_versions()["outbox"] + 1})
+    cases.append((newer, server.publish(newer), "schema_not_forward_compatible"))
     # a wheel on the server that is not the one the signed manifest names (same size, other bytes)
     tampered = bundles.bundle("tampered", B)
     url = server.publish(tampered)

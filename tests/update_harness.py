@@ -45,6 +45,7 @@ from agent.release import (
     dependency_closure,
     python_tag,
     repack_distribution,
+    schema_versions,
     sha256_file,
     sign_manifest,
 )
@@ -107,7 +108,7 @@ class Bundles:
         return self.project[version]
 
     def bundle(self, name: str, version: str, *, arch: str = "any", min_from: str = "0", key: Any = None,
-               kid: str = "release-test", with_deps: bool = True) -> Bundle:
+               kid: str = "release-test", with_deps: bool = True, schemas: dict[str, int] | None = None) -> Bundle:
         self._made += 1
         out = self.root / "bundles" / f"{self._made}-{name}"
         wheels = out / WHEELS_DIR
@@ -117,7 +118,7 @@ class Bundles:
             files += [Path(shutil.copy2(d, wheels)) for d in self.deps]
         entries = tuple(WheelEntry(f.name, sha256_file(f), f.stat().st_size, i == 0) for i, f in enumerate(files))
         manifest = Manifest("village-edge", version, python_tag(), arch, min_from, int(time.time()), with_deps,
-                            entries)
+                            entries, tuple(sorted((schemas if schemas is not None else schema_versions()).items())))
         (out / MANIFEST_FILE).write_text(sign_manifest(manifest, key or self.rel_key, kid))
         return Bundle(out, manifest, name)
 

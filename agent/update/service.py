@@ -51,6 +51,7 @@ from agent.release import (
     Manifest,
     ManifestError,
     check_applicable,
+    schema_versions,
     verify_manifest,
 )
 from agent.schema import SchemaError, read_toml
@@ -293,7 +294,7 @@ class UpdateService(Service):
             manifest = verify_manifest(token, self.release_keys)
             if manifest.version != version:
                 raise ManifestError("bad_manifest", f"manifest is {manifest.version}, the command said {version}")
-            check_applicable(manifest, self.version)
+            check_applicable(manifest, self.version, schemas=schema_versions())
         except ManifestError as exc:
             raise Refused("rejected", exc.reason, exc.detail) from None
         missing = [w for w in manifest.wheels if not self.layout.wheel(w.sha256).exists()]

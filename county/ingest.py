@@ -57,7 +57,22 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from sqlalchemy import and_, bindparam, case, func, not_, or_, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal_column,
+    not_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -67,7 +82,7 @@ from agent.protocol.text import escape, scrub
 from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX, Topics
 from county.server.events import EventHub
 from county.store import Database
-from county.store.db import upsert_on
+from county.store.db import unnest_typed, upsert_on
 from county.store.tables import (
     alarms,
     boxes,
@@ -104,6 +119,8 @@ BOX_AGG_COLUMNS = ("id", "first_seen", "last_seen", "last_seq", "stored", "min_s
 POSITION_COLUMNS = ("box", "wearer", "lat", "lon", "acc_m", "ts")
 LATEST_COLUMNS = ("box", "wearer", "device", "lat", "lon", "acc_m", "fix_ts", "ts")
 CAMERA_STATE_COLUMNS = ("box", "camera", "state", "reason", "since", "updated")
+RECEIPT_COLUMNS = ("cmd", "box", "state", "reason", "ts", "envelope")
+HEARTBEAT_COLUMNS = ("b_id", "b_ts", "heartbeat", "heartbeat_ts", "backlog", "version")
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 16
 
 
@@ -370,10 +387,16 @@ def _older_int(col: Any, new: Any) -> Any:
     return case((or_(col.is_(None), col > new), new), else_=col)
 
 
+def _lit(v: str | int) -> Any:
+    """One of our own constants (a receipt state, a rank) as literal SQL: a statement with no parameters but
+    the rows' goes to Database.write_rows whole (its PostgreSQL form takes only the row arrays)."""
+    return literal_column(f"'{v}'" if isinstance(v, str) else str(int(v)))
+
+
 def _rank_sql(col: Any) -> Any:
     # equality, not IN: an IN list is an "expanding" parameter, which executemany cannot take
-    return case(*((col == s, 3) for s in sorted(FINAL_STATES)), *((col == s, r) for s, r in _RANK.items()),
-                else_=0)
+    return case(*((col == _lit(s), _lit(3)) for s in sorted(FINAL_STATES)),
+                *((col == _lit(s), _lit(r)) for s, r in _RANK.items()), else_=_lit(0))
 
 
 def is_alarm(topics: Topics, item: Incoming) -> bool:
@@ -522,6 +545,12 @@ class Store:
                 env = heartbeats[b]
                 hb_rows.append({"b_id": b, "b_ts": env.ts, "heartbeat": env.data, "heartbeat_ts": env.ts,
                                 "backlog": backlog_of(env.data), "version": _name(env.data.get("version"))})
+            if self.db.dialect == "postgresql":  # one UPDATE ... FROM unnest (Database.write_rows says why)
+                for r in hb_rows:
+                    r["heartbeat"] = json.dumps(r["heartbeat"])
+                await self.db.execute_unnest(conn, "ingest.heartbeat", _heartbeat_update, HEARTBEAT_COLUMNS, hb_rows)
+                await self._box_event(conn, sorted(heartbeats), out)
+                return
             hb_stmt = self._stmt("heartbeat", lambda: (
                 update(boxes)
                 .where(boxes.c.id == bindparam("b_id"),
@@ -622,15 +651,26 @@ class Store:
                                     where=lambda ex: camera_states.c.updated < ex.updated))
         if rcpts:
             t = receipts.c
-            stmt = self._stmt("receipts", lambda: db.upsert(
-                receipts, ["cmd", "box"], ["state", "reason", "ts", "envelope"],
+            got = await db.write_rows(conn, "ingest.receipts", receipts, RECEIPT_COLUMNS,
+                                      [rcpts[k] for k in sorted(rcpts)], lambda ins: upsert_on(
+                ins, ["cmd", "box"], ["state", "reason", "ts", "envelope"],
                 where=lambda ex: or_(
-                    and_(ex.ts > t.ts, not_(and_(_rank_sql(t.state) == 3, _rank_sql(ex.state) < 3))),
+                    and_(ex.ts > t.ts, not_(and_(_rank_sql(t.state) == _lit(3), _rank_sql(ex.state) < _lit(3)))),
                     and_(ex.ts == t.ts, _rank_sql(ex.state) > _rank_sql(t.state))),
-            ).returning(t.cmd, t.box, t.state, t.reason, t.ts))
-            for cmd, box, state, reason, ts in (await conn.execute(stmt, [rcpts[k] for k in sorted(rcpts)])).all():
+            ).returning(t.cmd, t.box, t.state, t.reason, t.ts), returning=True)
+            for cmd, box, state, reason, ts in got:
                 out.events.append(("receipt", receipt_row(cmd, box, state, reason, ts),
                                    ("receipt", cmd, box, state, ts)))
+
+
+def _heartbeat_update() -> Any:
+    """PostgreSQL: each box's newest heartbeat (`HEARTBEAT_COLUMNS`, `heartbeat` as JSON text) in one UPDATE."""
+    r = unnest_typed({"b_id": boxes.c.id.type, "b_ts": BigInteger(), "heartbeat": Text(), "heartbeat_ts": BigInteger(),
+                      "backlog": Integer(), "version": boxes.c.version.type})
+    return (update(boxes)
+            .where(boxes.c.id == r.c.b_id, or_(boxes.c.heartbeat_ts.is_(None), boxes.c.heartbeat_ts < r.c.b_ts))
+            .values(heartbeat=cast(r.c.heartbeat, JSON), heartbeat_ts=r.c.heartbeat_ts, backlog=r.c.backlog,
+                    version=func.coalesce(r.c.version, boxes.c.version)))
 
 
 def _quarantine_row(item: Incoming, reason: str) -> dict[str, Any]:

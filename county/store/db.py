@@ -116,6 +116,16 @@ def unnest_source(table: Table, columns: Sequence[str]) -> Any:
     return select(*[src.c[c] for c in columns])
 
 
+def unnest_typed(types: Mapping[str, Any], name: str = "r") -> Any:
+    """PostgreSQL: the derived table `unnest(:a_col::TYPE[], ...) AS name(col, ...)` for `types` (column ->
+    SQLAlchemy type); its `.c` are the columns, for an UPDATE ... FROM (`Database.execute_unnest`)."""
+    from sqlalchemy import bindparam
+    from sqlalchemy import func as sa_func
+
+    arrays = [bindparam(f"a_{c}", type_=pg_dialect.ARRAY(t)) for c, t in types.items()]
+    return sa_func.unnest(*arrays).table_valued(*types).render_derived(name=name)
+
+
 def upsert_on(stmt: Any, index_elements: Sequence[str],
               set_: Sequence[str] | Mapping[str, Any] | Callable[[Any], Mapping[str, Any]],
               where: Callable[[Any], Any] | None = None) -> Any:
@@ -325,6 +335,24 @@ class Database:
         async with driver.cursor() as cur:
             await cur.execute(stmt, params)
             return list(await cur.fetchall()) if returning else []
+
+    async def execute_unnest(self, conn: AsyncConnection, name: str, build: Callable[[], Any],
+                             columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+        """PostgreSQL only: `build()` (a statement over `unnest_typed` of `columns`; cached as `name`) run once
+        with one binary array per column, as write_rows does for inserts."""
+        if not rows:
+            return
+        sql = self._bulk.get(name)
+        if sql is None:
+            sql = str(build().compile(dialect=self.engine.dialect))
+            for c in columns:
+                sql = sql.replace(f"%(a_{c})s", f"%(a_{c})b")
+            self._bulk[name] = sql
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        async with driver.cursor() as cur:
+            await cur.execute(sql, {f"a_{c}": [r[c] for r in rows] for c in columns})
 
     async def insert_new(self, conn: AsyncConnection, name: str, table: Table, columns: Sequence[str], key: str,
                          rows: Sequence[Mapping[str, Any]]) -> set[Any]:

@@ -6,6 +6,7 @@ twin (gpiozero MockFactory) and the loudspeaker twin that records what the box p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from pathlib import Path
@@ -35,8 +36,8 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("opus")]
 def opus() -> None:
     need_opus()
 
-CLICKS = [0.3, 0.9, 1.7, 2.4, 3.1]
-SPEECH = click_train(CLICKS, 3.6)
+CLICKS = [0.3, 0.8, 1.4, 1.9]
+SPEECH = click_train(CLICKS, 2.2)
 
 
 def session_id() -> str:
@@ -164,7 +165,7 @@ async def test_lossy_jittery_link_conceals_and_keeps_the_relay_on(tmp_path: Path
         county = County(collector, keys[0])
         sid = session_id()
         sender = LiveSender(sid, per_packet=1)  # 20 ms packets: 50 a second, so the loss hits many
-        long_speech = click_train([0.5 + i for i in range(6)], 6.5)
+        long_speech = click_train([0.4 + 0.6 * i for i in range(4)], 2.6)
         async with running(box, collector):
             cmd = county.live(sid, sender.key)
             await county.wait(cmd, "started", within=30)
@@ -176,7 +177,7 @@ async def test_lossy_jittery_link_conceals_and_keeps_the_relay_on(tmp_path: Path
     assert finished["end"] == "ended"
     assert finished["concealed"] + finished["underrun"] + finished["packets"]["late"] > 0
     assert box.relay.events() == ["off", "on", "off"]  # no flapping
-    assert len(find_clicks(box.speaker.pcm())) >= 4  # the speech still came through
+    assert len(find_clicks(box.speaker.pcm())) >= 3  # the speech still came through
 
 
 async def test_sender_gone_ends_after_the_silence_timeout(tmp_path: Path, broker: Mosquitto, collector: Collector,
@@ -189,7 +190,7 @@ async def test_sender_gone_ends_after_the_silence_timeout(tmp_path: Path, broker
         assert box.live.silence_s == 1.0
         cmd = county.live(sid, sender.key)
         await county.wait(cmd, "started")
-        await sender.stream(SPEECH[:48000 * 2 * 2], audio_publisher(collector, sid), end=False)  # no END
+        await sender.stream(SPEECH[:48000 * 2], audio_publisher(collector, sid), end=False)  # no END
         t_last = time.monotonic()
         finished = await county.wait(cmd, "finished")
         await wait_relay_off(box, collector)
@@ -231,21 +232,23 @@ async def test_cancel_and_max_duration_end_a_live_session_with_the_relay_off(
         first = county.live(cut.session, cut.key)
         await county.wait(first, "started")
         stream = asyncio.create_task(cut.stream(SPEECH, audio_publisher(collector, cut.session), end=False))
-        await asyncio.to_thread(collector.wait_for, lambda _: len(box.speaker.pcm()) > 48000 * 2, 10)
+        await asyncio.to_thread(collector.wait_for, lambda _: len(box.speaker.pcm()) > 48000, 10)
         cancel = county.send("broadcast.cancel", {"broadcast": first})
         await county.wait(cancel, "applied")
         await wait_relay_off(box, collector)
         playing_after_cancel = box.speaker.is_open
-        await stream
-        # max_s 2 on 3.6 s of speech: the box stops at 2 s
-        second = county.live(capped.session, capped.key, max_s=2)
+        stream.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stream
+        # max_s 1 on 2.2 s of speech: the box stops at 1 s
+        second = county.live(capped.session, capped.key, max_s=1)
         await county.wait(second, "started")
         await capped.stream(SPEECH, audio_publisher(collector, capped.session))
         finished = await county.wait(second, "finished")
         await wait_relay_off(box, collector)
     assert county.states(first) == ["received", "started", "cancelled"]
     assert not playing_after_cancel
-    assert finished["end"] == "max_duration" and finished["played_s"] < 2.0
+    assert finished["end"] == "max_duration" and finished["played_s"] < 1.0
     assert box.relay.events() == ["off", "on", "off", "on", "off"]
 
 
@@ -265,7 +268,7 @@ async def test_the_simulator_speaks_a_wav_file_through_a_lossy_link(tmp_path: Pa
     key_file.write_bytes(keys[0].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
     key_file.chmod(0o600)
-    wav = write_wav(tmp_path / "speech.wav", SPEECH)
+    wav = write_wav(tmp_path / "speech.wav", SPEECH[:48000 * 2 * 3 // 2])  # 1.5 s: three clicks
     async with NetemProxy("127.0.0.1", broker.port, jitter_ms=100, loss=0.05, seed=3) as proxy:
         box = Box(box_config(tmp_path, proxy.url, keys[1]))
         county = County(collector, keys[0])
@@ -281,8 +284,8 @@ async def test_the_simulator_speaks_a_wav_file_through_a_lossy_link(tmp_path: Pa
     assert finished["end"] == "ended" and finished["packets"]["received"] > 0
     heard = len(find_clicks(box.speaker.pcm()))
     # a click in a packet the lossy link made late is concealed, not played: the receipt accounts for it
-    assert heard >= len(CLICKS) - 2, finished
-    assert heard == len(CLICKS) or finished["packets"]["late"] + finished["packets"]["lost"] > 0, finished
+    assert heard >= 1, finished
+    assert heard == 3 or finished["packets"]["late"] + finished["packets"]["lost"] > 0, finished
 
 
 async def test_what_is_said_during_warm_up_and_chime_is_kept(tmp_path: Path, broker: Mosquitto,

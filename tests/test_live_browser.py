@@ -28,9 +28,9 @@ pytestmark = [pytest.mark.timeout(150), pytest.mark.usefixtures("opus")]
 def opus() -> None:
     need_opus()
 
-# Chromium loops the capture file: a 4 s file with clicks at these times, then silence
-CLICKS = [0.5, 1.2, 2.0, 2.6]
-WAV_S = 4.0
+# Chromium loops the capture file: a 1.8 s file with clicks at these times, then silence
+CLICKS = [0.3, 0.9, 1.4]
+WAV_S = 1.8
 
 
 def live_browser(wav: Path) -> Any:
@@ -97,9 +97,9 @@ async def test_speech_from_the_page_plays_on_the_box(console: Console, driver: A
         query = "?capture=worklet" if capture == "worklet" else ""
         cmd = await asyncio.to_thread(start_speaking, driver, console, query)
         await county.wait(cmd, "started", within=30)
-        # let one pass of the file through (its clicks end at 2.6 s), then 结束
+        # let one pass of the file through (its clicks end at 1.4 s), then 结束
         await asyncio.to_thread(wait, driver, lambda d: int(
-            d.find_element(By.TAG_NAME, "body").get_attribute("data-live-frames") or 0) >= int(WAV_S * 50) + 50, 30)
+            d.find_element(By.TAG_NAME, "body").get_attribute("data-live-frames") or 0) >= int(WAV_S * 50) + 25, 30)
         used = await asyncio.to_thread(
             lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-live-capture"))
         await asyncio.to_thread(lambda: driver.find_element(By.ID, "live-end").click())

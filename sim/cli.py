@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hangup_is_interrupt() -> None:
+    """A closed terminal (SIGHUP) or a SIGTERM stops the run as Ctrl-C does: asyncio cancels it, and the
+    cleanup kills the agent's process group and removes the run's files. Without this the agent (its own
+    session, so no SIGHUP of its own) lived on after the terminal closed, reopening its gateway path: a
+    pty number the system may give to the next terminal, whose settings pyserial then changes."""
+    import signal
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, interrupt)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sim.broker import BrokerError
     from sim.county_server import county_installed
@@ -94,6 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       timeline=args.timeline, workdir=args.workdir, mqtt_protocol=args.mqtt_protocol,
                       external=args.external_box, key_file=args.key, kid=args.kid,
                       county=county_installed() if args.county is None else args.county)
+    _hangup_is_interrupt()
     try:
         result = asyncio.run(run_village(scenario, opts))
     except (SimError, BrokerError, OSError) as exc:

@@ -206,3 +206,32 @@ async def test_a_box_that_heard_it_poorly_gets_the_recording_later(db_url: str, 
                                    check=True)).stdout
     got = find_clicks(pcm)
     assert [round(b - a, 1) for a, b in itertools.pairwise(got)] == [0.6, 1.7, 0.5], got
+
+
+async def test_an_open_socket_that_goes_quiet_or_runs_past_max_s_is_ended_by_the_server(
+        db_url: str, broker: Mosquitto, collector: Collector, tmp_path: Path) -> None:
+    if "postgresql" in db_url:
+        pytest.skip("the server's timers, not the database: SQLite is enough")
+    async with served(db_url, broker, tmp_path) as (env, host):
+        env.app.state.live_idle_s = 0.5
+        audio = Collector(broker.url, topics=("vc/v1/live/+/audio",)).start()
+        try:
+            async with websockets.connect(f"ws://{host}/ws/v1/live", additional_headers=env.auth("operator")) as ws:
+                await ws.send(json.dumps({"type": "start", "to": ["box:a1"]}))
+                started = json.loads(await ws.recv())
+                await speak(ws, frames(click_train([0.1], 0.3)))  # then nothing, socket open (a hung page)
+                idle = json.loads(await ws.recv())
+            async with websockets.connect(f"ws://{host}/ws/v1/live", additional_headers=env.auth("operator")) as ws:
+                await ws.send(json.dumps({"type": "start", "to": ["box:a1"], "max_s": 1}))
+                json.loads(await ws.recv())
+                env.app.state.live_idle_s = 10.0
+                with contextlib.suppress(websockets.ConnectionClosed):  # the server hangs up at max_s
+                    await speak(ws, frames(click_train([0.1], 1.6)))  # longer than max_s
+                capped = json.loads(await ws.recv())
+            ends = await asyncio.to_thread(audio.wait_for, lambda ms: [m for m in ms if m.payload[3] & 1], 10)
+        finally:
+            audio.stop()
+    assert started["type"] == "started"
+    assert idle["type"] == "ended" and idle["end"] == "idle"
+    assert capped["type"] == "ended" and capped["end"] == "max_duration" and capped["seconds"] <= 1.1
+    assert len(ends) >= 3  # the END packet (three copies) went to the boxes

@@ -16,7 +16,8 @@ Messages (text = JSON):
 - client binary: one Opus frame (48 kHz mono, 20-60 ms); grouped into signed packets (county/live.py).
 - client `{"type": "end"}` -> the END packet (three copies), server `{"type": "ended", ...counts}`, close.
 A socket that drops without `end` (the browser was killed) just stops the audio: the boxes end the session
-after their silence timeout. The server ends a session itself at `max_s`.
+after their silence timeout. The server ends a session itself (END, `ended` with `end` `max_duration` or
+`idle`) at `max_s`, or when an open socket sends nothing for IDLE_S (a hung page).
 
 The session is stored as a broadcast row (`audio_mime` application/x-village-live) so the receipt board
 (GET /api/v1/broadcasts/{id}) shows each box's started/finished with its packet counts; start and end are
@@ -56,10 +57,12 @@ from county.server.routes_common import (
 from county.store.tables import broadcasts as broadcasts_t
 from county.store.tables import messages as messages_t
 from county.store.tables import receipts as receipts_t
+from drivers.aio import wait_within
 
 log = logging.getLogger("county.live")
 
 PATH = "/ws/v1/live"
+IDLE_S = 10.0  # a socket that stays open but sends nothing this long ends the session (END to the boxes)
 FALLBACK_AFTER_S = 20.0  # after the end: boxes report finished (or fail after their 5 s silence timeout)
 NEEDS_FALLBACK = frozenset({"failed", "expired", "preempted"})  # and no receipt, or finished with link_poor
 START_KEYS = frozenset({"type", "to", "class", "level", "title", "max_s", "force"})
@@ -208,9 +211,15 @@ async def _stream(ws: WebSocket, p: Parts, user: auth.User, session: LiveSession
     pub = audio_publisher(ws)
     why = "dropped"
     deadline = time.monotonic() + max_s
+    idle_s = float(getattr(ws.app.state, "live_idle_s", IDLE_S))
     try:
         while True:
-            msg = await ws.receive()
+            left = deadline - time.monotonic()
+            try:  # never asyncio.wait_for (it can lose a cancellation: drivers/aio.py)
+                msg = await wait_within(ws.receive(), max(0.0, min(left, idle_s)))
+            except TimeoutError:
+                why = "max_duration" if time.monotonic() >= deadline else "idle"
+                break
             if msg["type"] == "websocket.disconnect":
                 break
             if time.monotonic() >= deadline:

@@ -16,7 +16,11 @@ derived rows are exactly once too.
 
 Batches: up to `batch_max` messages or `batch_ms` after the first one, one transaction; a batch that
 takes an alarm (class alarm) waits for nothing more: it takes only what is already queued (so a backlog
-still makes full batches) and is committed, so an alarm never waits for the window (`is_alarm`). paho's network
+still makes full batches) and is committed, so an alarm never waits for the window (`is_alarm`). Alarms
+are queued apart and go first, as a batch of their own, ahead of telemetry already received; PUBACKs
+still go out in arrival order (an alarm's waits for the older messages' commits), one write per batch
+(`_Client.ack_many`). paho reads its socket 64 KiB at a time (`_BufferedSocket`). `workers` > 1 runs
+more ingest processes of the same shared subscription beside this one (`Workers`). paho's network
 thread hands each message to the event loop (`call_soon_threadsafe`); at most `inflight` messages are
 held (received, not yet acknowledged): MQTT 5 Receive Maximum tells the broker so, and with a broker that
 ignores it paho's thread waits for room, which stops it reading the socket (TCP backpressure) rather than

@@ -44,6 +44,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.broadcast.items import Item
 from agent.broadcast.live import JitterBuffer, LiveSpec, PacketGate, audio_topic
+from agent.clock import SystemClock
+from agent.clocksanity import EPOCH_FLOOR
 from agent.config import Config
 from agent.opus import Decoder, OpusError
 from drivers.aio import wait_within
@@ -56,6 +58,7 @@ LEAD_S = 0.04  # frames go to the output this far ahead of their time (the outpu
 POLL_S = 0.02  # a cancel is noticed within this
 QUEUE_MAX = 2000  # packets waiting for the event loop; beyond, dropped (counted)
 POOR_LINK_FRACTION = 0.2
+X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL >= 1.1.0 (the ssl module has no name for it; as agent/link.py)
 LINGER_S = 5.0  # after the end, keep listening this long to count packets that still come (then unsubscribe)
 
 
@@ -165,8 +168,10 @@ def sink_factory_for(player: Any) -> Callable[[], PcmSink]:
 class LiveLink:
     """A QoS 0 subscription to one session's audio topic; arrivals go to `on_packet` in the event loop."""
 
-    def __init__(self, config: Config, topic: str, on_packet: Callable[[bytes, bool, float], None]) -> None:
+    def __init__(self, config: Config, topic: str, on_packet: Callable[[bytes, bool, float], None], *,
+                 wall: Callable[[], float]) -> None:
         self.config, self.topic, self.on_packet = config, topic, on_packet
+        self.wall = wall  # the agent's wall clock (for the TLS date rule)
         self.loop = asyncio.get_running_loop()
         self.client: mqtt.Client | None = None
         self.subscribed = asyncio.Event()
@@ -191,6 +196,10 @@ class LiveLink:
                 client.username_pw_set(b.username, b.password)
             if b.tls:
                 ctx = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca else None)
+                if self.wall() < EPOCH_FLOOR:
+                    # as the link does (agent/link.py): a box whose clock was never set (1970) checks the chain
+                    # and the host name but not the dates, or an emergency would never be heard
+                    ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
                 if cfg.cert is not None and cfg.key is not None:
                     ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
                 client.tls_set_context(ctx)
@@ -261,9 +270,10 @@ class _Listening:
 
 class LivePlayer:
     def __init__(self, config: Config, sink_factory: Callable[[], PcmSink], *, silence_s: float = SILENCE_S,
-                 jitter_min_s: float = 0.2, jitter_max_s: float = 0.5, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 jitter_min_s: float = 0.2, jitter_max_s: float = 0.5, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] | None = None) -> None:
         self.config = config
+        self.wall = wall if wall is not None else SystemClock().time
         self.sink_factory = sink_factory
         self.silence_s = silence_s
         self.jitter_min_s, self.jitter_max_s = jitter_min_s, jitter_max_s
@@ -294,7 +304,7 @@ class LivePlayer:
                                        start_s=(self.jitter_min_s + self.jitter_max_s) / 2),
                           Decoder(spec.rate, spec.channels), asyncio.Event(), [], {"last": None, "open": True})
         live.link = LiveLink(self.config, audio_topic(self.config.mqtt.topic_prefix, spec.session),
-                             lambda raw, retained, t: self._on_packet(live, raw, retained, t))
+                             lambda raw, retained, t: self._on_packet(live, raw, retained, t), wall=self.wall)
         live.connecting = asyncio.get_running_loop().create_task(live.link.start(), name="broadcast.live.connect")
         return live
 

@@ -119,7 +119,8 @@ class BroadcastService:
         self._routine: asyncio.Queue[_Job] = asyncio.Queue()  # daily, drill
         self.live = LivePlayer(ctx.config, sink_factory_for(player), silence_s=self._cfg.live_silence_s,
                                jitter_min_s=self._cfg.live_jitter_min_s,
-                               jitter_max_s=self._cfg.live_jitter_max_s)  # live sessions (live_player.py)
+                               jitter_max_s=self._cfg.live_jitter_max_s,
+                               wall=ctx.clock.time)  # live sessions (live_player.py)
 
     @property
     def engine(self) -> Engine | None:

@@ -1,0 +1,7 @@
+"""升级 Rollouts: signed agent updates as they reach the boxes (docs/updates.md; admin, `release.manage`)."""
+
+from county.web.pages import N_, Page
+
+PAGES = [
+    Page("/rollouts", "rollouts", "rollouts.html", N_("Rollouts"), "boxes", "release.manage", "rollout.js"),
+]

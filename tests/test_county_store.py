@@ -166,8 +166,9 @@ async def test_write_rows_stores_any_text_nulls_and_big_ints_and_returns_only_ne
 
     odd = ['{"a": "b\\"}', 'NULL', '', '勐海 "村" \\N', '{1,2}', "x" * 70_000, "tab\tnew\nline"]
     cols = ("id", "box", "seq", "ts", "class", "kind", "received", "raw")
-    rows = [{"id": f"b1:{i}", "box": "b1", "seq": (1 << 62) + i, "ts": i, "class": "event", "kind": "k",
-             "received": 1, "raw": raw} for i, raw in enumerate(odd)]
+    rows: list[dict[str, Any]] = [
+        {"id": f"b1:{i}", "box": "b1", "seq": (1 << 62) + i, "ts": i, "class": "event", "kind": "k", "received": 1,
+         "raw": raw} for i, raw in enumerate(odd)]
 
     def ignore(ins: Any) -> Any:
         return ins.on_conflict_do_nothing().returning(messages.c.id)
@@ -200,8 +201,9 @@ async def test_write_rows_stores_any_text_nulls_and_big_ints_and_returns_only_ne
             return upsert_on(ins, ["box", "wearer"], ["device", "lat", "lon", "acc_m", "fix_ts", "ts"],
                              where=lambda ex: positions_latest.c.ts < ex.ts)
 
-        first = [{"box": "b1", "wearer": "w1", "device": None, "lat": 21.5, "lon": 100.25, "acc_m": None,
-                  "fix_ts": None, "ts": 10},
+        first: list[dict[str, Any]] = [
+            {"box": "b1", "wearer": "w1", "device": None, "lat": 21.5, "lon": 100.25, "acc_m": None, "fix_ts": None,
+             "ts": 10},
                  {"box": "b1", "wearer": "w2", "device": "d", "lat": -1.0, "lon": 2.0, "acc_m": 3.5, "fix_ts": 9,
                   "ts": 10}]
         later = [{**first[0], "lat": 22.0, "ts": 20}, {**first[1], "lat": 5.0, "ts": 5}]  # w2's is older: kept out

@@ -217,3 +217,45 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except OSError:
         return True
+
+
+async def test_ingest_over_tls_with_the_console_identity_and_the_shipped_acl(db_url: str, tmp_path: Path) -> None:
+    """The production path: mqtts with the county CA, the console's client certificate, docs/county/
+    mosquitto.conf and acl as shipped (tests/pki.py). Ingest reads its TLS socket 64 KiB at a time: envelopes
+    from a few bytes to over 64 KiB, many per read, each stored once and acknowledged."""
+    import asyncio
+
+    from tests.pki import CountyBroker, TestCA, tls_collector
+
+    repo = Path(__file__).resolve().parents[1]
+    ca = TestCA(tmp_path / "ca")
+    (tmp_path / "broker").mkdir()
+    broker = CountyBroker(tmp_path / "broker", ca, (repo / "docs/county/acl").read_text()).start()
+    console = ca.client("county-console")
+    db = await Database.open(db_url)
+    ing = Ingest(IngestConfig(urls=[broker.url], client_id="county-tls", ca=ca.pem, cert=console.cert,
+                              key=console.key, live=False), db)
+    box = "lhk-menglou-001"
+    sender = tls_collector(broker, ca.client(box), topics=[], client_id=box)
+    try:
+        await ing.start()
+        await ing.wait_subscribed(30)
+        sizes = [0, 10, 70_000, 5, 200_000, *([50] * 400)]
+        msgs = [envelope(box, i + 1, "telemetry", "heartbeat", {"pad": "x" * n}) for i, n in enumerate(sizes)]
+
+        def send() -> None:
+            for topic, payload in msgs:
+                sender.publish(topic, payload)
+
+        await asyncio.to_thread(send)
+        await until(lambda: at_least(db, messages, len(msgs)), 60)
+        assert await count(db, messages) == len(msgs) and ing.stats["quarantined"] == 0
+        await until(lambda: ing.stats["acked"] == len(msgs))
+        async with db.connect() as conn:
+            raw = dict((await conn.execute(select(messages.c.id, messages.c.raw))).all())
+        assert all(raw[f"{box}:{i + 1}"] == payload.decode() for i, (_t, payload) in enumerate(msgs))
+    finally:
+        sender.stop()
+        await ing.close()
+        await db.close()
+        broker.stop()

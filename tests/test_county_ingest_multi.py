@@ -230,7 +230,8 @@ async def test_ingest_over_tls_with_the_console_identity_and_the_shipped_acl(db_
     repo = Path(__file__).resolve().parents[1]
     ca = TestCA(tmp_path / "ca")
     (tmp_path / "broker").mkdir()
-    broker = CountyBroker(tmp_path / "broker", ca, (repo / "docs/county/acl").read_text()).start()
+    broker = CountyBroker(tmp_path / "broker", ca, (repo / "docs/county/acl").read_text())
+    broker.start()
     console = ca.client("county-console")
     db = await Database.open(db_url)
     ing = Ingest(IngestConfig(urls=[broker.url], client_id="county-tls", ca=ca.pem, cert=console.cert,

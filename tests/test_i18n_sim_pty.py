@@ -192,6 +192,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int, int],
     tmux = Tmux(tmp)
     cases = [(lang, w, h) for lang in ("zh", "en") for (w, h) in ((80, 24), (160, 48))] + [PLAIN]
     panes: dict[tuple[str, int, int], str] = {}
+    status_files: dict[tuple[str, int, int], Path] = {}
     try:
         for lang, w, h in cases:
             file = tmp / f"{lang}.toml"
@@ -200,14 +201,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int, int],
             name = f"{lang}{w}" + ("plain" if plain else "")
             cmd = (f"cd {REPO} && env -u VILLAGE_LANG LANG=C.UTF-8 LC_ALL=C.UTF-8 PYTHONIOENCODING=utf-8 "
                    f"{sys.executable} -m agent.cli sim run --lang {lang} --scenario {file} --no-county "
-                   f"--timeline {tmp / name}.jsonl --workdir {tmp / name}" + (" --no-live" if plain else ""))
+                   f"--timeline {tmp / name}.jsonl --workdir {tmp / name}" + (" --no-live" if plain else "")
+                   + f"; echo $? > {tmp / name}.status")  # tmux's own pane_dead_status is not always there yet
+            status_files[(lang, w, h)] = tmp / f"{name}.status"
             tmux("new-session", "-d", "-s", name, "-x", str(w), "-y", str(h), cmd)
             panes[(lang, w, h)] = f"{name}:0.0"
         frames: dict[tuple[str, int, int], list[str]] = {c: [] for c in cases}
         done: dict[tuple[str, int, int], str] = {}
         deadline = time.monotonic() + 200
         while len(done) < len(cases):
-            assert time.monotonic() < deadline, f"the runs did not end: {sorted(set(cases) - set(done))}"
+            assert time.monotonic() < deadline, (f"the runs did not end: {sorted(set(cases) - set(done))}",
+                                                 {c: frames[c][-1] for c in set(cases) - set(done)})
             for case, pane in panes.items():
                 if case in done:
                     continue
@@ -215,13 +219,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int, int],
                 screen = tmux.screen(pane)
                 if not frames[case] or frames[case][-1] != screen:
                     frames[case].append(screen)
-                if dead:
-                    done[case] = "dead"
+                said = status_files[case].read_text().strip() if status_files[case].exists() else ""
+                if dead and said:
+                    done[case] = said
             time.sleep(0.2)  # the polling period: what is checked is every captured screen, not when it came
         out: dict[tuple[str, int, int], dict[str, object]] = {}
         for case, pane in panes.items():
-            history, status = tmux.history(pane)
-            out[case] = {"status": status, "frames": frames[case], "history": history}
+            history, _said = tmux.history(pane)
+            out[case] = {"status": done[case], "frames": frames[case], "history": history}
         return out
     finally:
         tmux.kill()

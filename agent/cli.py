@@ -30,7 +30,8 @@ _DELEGATES = {
 # the import name of each package an extra brings (its distribution name where they differ is in pyproject)
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "sim": ("rich", "amqtt"),
-    "county": ("sqlalchemy", "alembic", "psycopg", "starlette", "uvicorn", "argon2", "openpyxl"),
+    "county": ("sqlalchemy", "alembic", "psycopg", "starlette", "uvicorn", "websockets", "argon2", "openpyxl",
+               "jinja2", "babel", "xstatic.pkg.leaflet"),
 }
 
 

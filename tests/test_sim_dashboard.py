@@ -122,3 +122,20 @@ def test_compact_keeps_states_and_counts_on_a_crowded_village() -> None:
     assert bc.endswith("rejected: bad signature (bad_signature)"), bc  # the title gave way, not the state
     assert any(r.endswith("offline: unreachable (unreachable)") for r in rows), text
     assert any(r.startswith("county received:") for r in rows), text
+
+
+def test_display_labels_stay_in_the_simulator(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The scenario's labels and names are for the technician's screen: the box's config never carries them."""
+    from sim.agentproc import agent_config, toml_dumps
+    from sim.report import names_for
+    from sim.scenario import BUNDLED, load_scenario
+
+    sc = load_scenario(BUNDLED / "menglou.toml")
+    names = names_for(sc)
+    assert names.wearers["W3"] == "在家的奶奶" and names.cameras["42068200001320000002"] == "学校"
+    assert names.broadcasts["county-emergency-flood"] == "山洪预警" and names.box == "勐楼村委会"
+    doc = toml_dumps(agent_config(sc, speed=10, state_dir=tmp_path, broker_url="mqtt://127.0.0.1:1",
+                                  gateway_url="/dev/null", fences_file=None, trust={}, cameras=[]))
+    for label in names.wearers.values():
+        assert label not in doc
+    assert "\nlabel" not in doc and "\"label\"" not in doc

@@ -110,7 +110,12 @@ class CountingProxy:
                     last = self._bytes(raw)  # a reset closes the socket before we could read it at the end
 
         pumps = [asyncio.create_task(pump(reader, up_w)), asyncio.create_task(pump(up_r, writer))]
-        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the bench is over
+            for t in pumps:
+                t.cancel()
+            return
         try:
             u, d = self._bytes(raw)  # before anything is closed: the counts live with the socket
         except OSError:

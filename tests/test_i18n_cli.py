@@ -225,3 +225,33 @@ def test_fleet_result_in_chinese() -> None:
     assert text.splitlines()[0].startswith("批量：8 个盒子") and "p99 9 ms" in text and "盒子里还排着 0 条" in text
     i18n.set_lang("en")
     assert r.describe().startswith("fleet: 8 boxes, 8 connected at the end")
+
+
+def test_the_demo_speaks_chinese_unless_told_and_says_how_to_switch(tmp_path: Path) -> None:
+    """./scripts/demo --help (what it would run, without running it): Chinese by default, one line on switching."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+
+    from tests.conftest import REPO
+
+    stamp = REPO / ".venv" / ".village-installed"
+    want = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    have = stamp.read_text().strip() if stamp.exists() else ""
+    if have not in (f"{want}-[test]", f"{want}-[sim,county]") or not shutil.which("espeak-ng") or \
+            not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        pytest.skip("the demo would install packages first (venv or Debian packages not as scripts/test left them)")
+    env = {k: v for k, v in os.environ.items() if k not in ("VILLAGE_LANG", "LANGUAGE", "LC_ALL", "LC_MESSAGES")}
+    env["LANG"] = "C.UTF-8"
+    zh = subprocess.run([str(REPO / "scripts" / "demo"), "--help"], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+    assert zh.returncode == 0, zh.stderr
+    first, *rest = zh.stdout.splitlines()
+    assert "--lang en" in first and "VILLAGE_LANG=en" in first and CJK.search(first)
+    assert i18n.width(first) <= 80  # one line, even on an 80-column terminal
+    assert rest[0].startswith("用法：village sim run")
+    en = subprocess.run([str(REPO / "scripts" / "demo"), "--lang", "en", "--help"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert en.returncode == 0 and en.stdout.splitlines()[1].startswith("usage: village sim run")
+    assert "--lang zh" in en.stdout.splitlines()[0]

@@ -66,6 +66,7 @@ def box_config(tmp_path: Path, url: str, pub: Path, box: str = "box-live", kid: 
     return parse_config({
         "box": {"id": box, "groups": ["town-live"], "profile": "sim", "state_dir": str(tmp_path / box)},
         "mqtt": {"url": url, "backoff_min_s": 0.2, "backoff_max_s": 1.0},
+        "uplink": {"batch_window_s": 0.05},  # batched as in the field, without its minute
         "trust": {"keys": {kid: str(pub)}},
         "outbox": {"commit_interval_ms": 5},
         "broadcast": {"warmup_s": 0.05, "tail_s": 0.0, "off_delay_s": 0.1, "chime": "", "live_silence_s": 1.5,

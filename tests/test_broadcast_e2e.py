@@ -105,6 +105,7 @@ def config(tmp_path: Path, broker: Mosquitto, pub: Path, **broadcast: Any) -> Co
     return parse_config({
         "box": {"id": BOX, "profile": "sim", "state_dir": str(tmp_path / "state")},
         "mqtt": {"url": broker.url, "backoff_min_s": 0.2, "backoff_max_s": 1.0},
+        "uplink": {"batch_window_s": 0.05},  # batched as in the field, without its minute
         "trust": {"keys": {KID: str(pub)}},
         "outbox": {"commit_interval_ms": 5},
         "broadcast": {"warmup_s": 0.05, "tail_s": 0.0, "off_delay_s": 0.1, "chime": "", **broadcast},

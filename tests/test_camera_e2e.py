@@ -53,6 +53,7 @@ def config(tmp_path: Path, broker: Mosquitto, cams: list[SimCamera]) -> Config:
     return parse_config({
         "box": {"id": "lhk-menglou-001", "profile": "sim", "state_dir": str(tmp_path / "state")},
         "mqtt": {"url": broker.url, "backoff_min_s": 0.2, "backoff_max_s": 1.0},
+        "uplink": {"batch_window_s": 0.05},  # batched as in the field, without its minute
         "cameras": {"spread": 0.0, "step_timeout_s": 1.0, "connect_timeout_s": 1.0},
         "camera": cameras,
     })

@@ -46,6 +46,7 @@ def config(tmp_path: Path, broker: Mosquitto, url: str, fences: Path) -> Config:
     return parse_config({
         "box": {"id": "box-e2e", "profile": "sim", "state_dir": str(tmp_path / "state")},
         "mqtt": {"url": broker.url, "backoff_min_s": 0.2, "backoff_max_s": 1.0},
+        "uplink": {"batch_window_s": 0.05},  # batched as in the field, without its minute
         "gateway": [{"id": "gw1", "url": url, "codec": "watch"}],
         "wearer": [{"id": f"W{i}", "device": f"880000000{i}", "fences": ["home"]} for i in range(1, 5)],
         "wearables": {"tick_s": 0.02, "fences_file": str(fences), "exit_s": 20},

@@ -83,6 +83,7 @@ class Usage:
         self.budget_bytes = budget_bytes
         self.thin_at = thin_at
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # paho's thread and the event loop both save: one writer at a time
         self._saved_at = float("-inf")
         self._announced = False
         self.d: dict[str, Any] = {"day": "", "month": "", "sent_day": 0, "received_day": 0, "sent_month": 0,
@@ -155,16 +156,17 @@ class Usage:
         return out
 
     def save(self, *, force: bool = False) -> None:
-        now = self.clock.monotonic()
-        if not force and now - self._saved_at < SAVE_EVERY_S:
-            return
-        self._saved_at = now
-        with self._lock:
-            data = json.dumps(self.d, sort_keys=True).encode()
-        try:
-            write_atomic(self.path, data, durable=False)
-        except OSError as exc:  # accounting must not take the link down
-            log.warning("link: cannot write %s: %s", self.path, exc)
+        with self._save_lock:
+            now = self.clock.monotonic()
+            if not force and now - self._saved_at < SAVE_EVERY_S:
+                return
+            self._saved_at = now
+            with self._lock:
+                data = json.dumps(self.d, sort_keys=True).encode()
+            try:
+                write_atomic(self.path, data, durable=False)
+            except OSError as exc:  # accounting must not take the link down
+                log.warning("link: cannot write %s: %s", self.path, exc)
 
 
 def usage_beside(outbox_path: Path) -> Usage | None:

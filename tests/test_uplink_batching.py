@@ -350,3 +350,29 @@ def test_kill_9_with_a_half_built_batch_loses_nothing_acknowledged_and_reuses_no
         assert len(wire.envelopes()) == 50, "each envelope once: the dead run sent nothing of its batch"
     finally:
         wire.close()
+
+
+def test_county_status_reads_a_batched_heartbeat(broker: Mosquitto, tmp_path: Path) -> None:
+    """`village county status` subscribes to the batch topics too: a heartbeat that came in a batch counts."""
+    import io
+    import time
+
+    from agent.protocol.batch import pack
+    from county.status import run_status
+    from tests.test_camera_county_status import args_for
+
+    db = tmp_path / "status.db"
+    out = io.StringIO()
+    assert asyncio.run(run_status(args_for(broker.url, db, "--json"), out)) == 0  # opens the persistent session
+    now = int(time.time() * 1000)
+    hb = Envelope("box-9", 5, now, T, "heartbeat", {"uptime_s": 1, "outbox": {"depth": {"telemetry": 7}}}).encode()
+    pos = Envelope("box-9", 6, now, T, "position", {"wearer": "w"}).encode()
+    pub = Publisher(broker.url)
+    try:
+        pub.publish([("vc/v1/box/box-9/up/batch/telemetry", pack([pos, hb]))])
+    finally:
+        pub.close()
+    out = io.StringIO()
+    assert asyncio.run(run_status(args_for(broker.url, db, "--json"), out)) == 0
+    rows = {r["box"]: r for r in map(json.loads, filter(str.strip, out.getvalue().splitlines())) if "box" in r}
+    assert rows["box-9"]["backlog"] == 7

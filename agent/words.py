@@ -242,6 +242,30 @@ _PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), m) fo
     (r"^no target: give --to box:ID or --to group:NAME$", N_("no target: give --to box:ID or --to group:NAME")),
     (r"^--id must be 1-128 printable ASCII characters without spaces$",
      N_("--id must be 1-128 printable ASCII characters without spaces")),
+    # push/cancel through the county server (county/server_client.py), as the console says them
+    (r"^waiting up to (?P<s>\S+) s for (?P<n>\d+) box\(es\): (?P<names>.*)$",
+     N_("waiting up to {s} s for {n} box(es): {names}")),
+    (r"^(?P<box>\S+) (?P<state>[a-z_]+)(?P<reason> \([a-z_]+\))?: (?P<progress>.*), (?P<left>\d+) s left$",
+     N_("{box} {state}{reason}: {progress}, {left} s left")),
+    (r"^every box reached a final state: (?P<progress>.*)$", N_("every box reached a final state: {progress}")),
+    (r"^broadcast (?P<id>\S+) is still awaiting_review \(a reviewer approves it\)$",
+     N_("broadcast {id} is still awaiting_review (a reviewer approves it)")),
+    (r"^cannot reach the county server at (?P<url>\S+): (?P<error>.*)$",
+     N_("cannot reach the county server at {url}: {error}")),
+    (r"^the county server at (?P<url>\S+) did not answer: (?P<error>.*)$",
+     N_("the county server at {url} did not answer: {error}")),
+    (r"^login as (?P<user>.*) at (?P<url>\S+) failed: wrong user name or password$",
+     N_("login as {user} at {url} failed: wrong user name or password")),
+    (r"^--server needs a password: --password-file F or \$(?P<env>\w+)$",
+     N_("--server needs a password: --password-file F or ${env}")),
+    (r"^--password-file (?P<file>.*): empty$", N_("--password-file {file}: empty")),
+    (r"^--password-file (?P<file>.*): cannot read: (?P<error>.*)$", N_("--password-file {file}: cannot read: {error}")),
+    (r"^--server (?P<url>.*) is not http://HOST:PORT or https://HOST:PORT$",
+     N_("--server {url} is not http://HOST:PORT or https://HOST:PORT")),
+    (r"^--id: the county server names its broadcasts; leave --id out with --server$",
+     N_("--id: the county server names its broadcasts; leave --id out with --server")),
+    (r"^--all is not for --server: the county server cancels one broadcast by its id$",
+     N_("--all is not for --server: the county server cancels one broadcast by its id")),
     # key files (agent/protocol/jws.py)
     (r"^file is not readable$", N_("file is not readable")),
     (r"^is a directory, not a key file$", N_("is a directory, not a key file")),
@@ -267,7 +291,7 @@ def problem(text: str) -> str:
     """One validation problem in the chosen language (unmatched: as it is)."""
     for pattern, msgid in _PROBLEMS:
         if m := pattern.match(text):
-            return _(msgid).format(**m.groupdict())
+            return _(msgid).format(**m.groupdict(""))
     return text
 
 

@@ -257,7 +257,8 @@ def _spec(args: argparse.Namespace) -> BrokerSpec:
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
-    print(f"village county {args.cmd}: {text}", file=sys.stderr, flush=True)
+    # county/server_client.py says its lines in English: they reach the chosen language through the table
+    print(f"village county {args.cmd}: {words.problem(text)}", file=sys.stderr, flush=True)
 
 
 def _names(names: Iterable[str], most: int = 8) -> str:

@@ -39,7 +39,9 @@ def files(tmp_path: Path) -> dict[str, str]:
                                                   'path = [[21.95, 101.25]]\n[[at]]\nt_s = 5\ndo = "sos"\n'
                                                   'wearer = "W9"\n')
     (tmp_path / "big.mp3").write_bytes(b"\0" * (2 * 1024 * 1024 + 1))
+    (tmp_path / "pw.txt").write_text("not-the-password\n")
     return {"unknown_wearer": str(tmp_path / "unknown-wearer.toml"), "big": str(tmp_path / "big.mp3"),
+            "pw": str(tmp_path / "pw.txt"),
             "key": str(key), "pub": str(pub), "bad": str(tmp_path / "bad.toml"), "cfg": str(cfg),
             "notkey": str(tmp_path / "not-a-key.pem"), "dir": str(tmp_path / "existing"),
             "missing": str(tmp_path / "missing.toml"), "tmp": str(tmp_path)}
@@ -97,6 +99,11 @@ CASES: list[tuple[str, list[str], int, str]] = [
                                        "--until", "+1h"], 2, "--until 必须晚于 --at"),
     ("county push: audio too big", ["county", "push", *SIGN, "--broker", "mqtt://127.0.0.1:1", "--to", "box:x",
                                     "--audio", "{big}"], 1, "超过随指令发送音频的上限"),
+    ("county push --server: no password", ["county", "push", "--server", "http://127.0.0.1:1", "--user", "li",
+                                           "--to", "box:a", "--text", "t"], 1, "--server 需要密码"),
+    ("county push --server: unreachable", ["county", "push", "--server", "http://127.0.0.1:1", "--user", "li",
+                                           "--password-file", "{pw}", "--to", "box:a", "--text", "t"], 1,
+     "连不上县级服务器"),
     ("county push: missing --to", ["county", "push", *SIGN, "--text", "t"], 2, "缺少必需的参数"),
     ("county serve: no config", ["county", "serve", "-c", "{missing}"], 2, "文件不存在"),
     ("county user add: no config", ["county", "user", "add", "li", "--role", "operator", "--password-file",
@@ -118,6 +125,7 @@ def test_error_path_in_chinese_and_english(name: str, argv: list[str], code: int
                                            files: dict[str, str], capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VILLAGE_BROKER", raising=False)
+    monkeypatch.delenv("VILLAGE_COUNTY_PASSWORD", raising=False)
     args = [a.format(**files) for a in argv]
     en_code, en_err = run(["--lang", "en", *args], capsys)
     zh_code, zh_err = run(["--lang", "zh", *args], capsys)

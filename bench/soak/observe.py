@@ -22,6 +22,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.protocol.batch import expand
+
 CLASS_NAMES = {0: "alarm", 1: "receipt", 2: "event", 3: "telemetry"}
 
 
@@ -75,10 +77,11 @@ class County:
         out = []
         for a in self.snapshot():
             if "/up/" in a.topic:
-                try:
-                    out.append((a.t, json.loads(a.payload), a.payload))
-                except ValueError:
-                    continue
+                for _topic, payload in expand(a.topic, a.payload):  # an uplink batch as its envelopes (issue 14)
+                    try:
+                        out.append((a.t, json.loads(payload), payload))
+                    except ValueError:
+                        continue
         return out
 
 

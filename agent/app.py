@@ -119,9 +119,9 @@ def build_agent(config: Config, *, clock: Clock | None = None, hardware: Hardwar
     hardware = hardware if hardware is not None else build_hardware(profile, config)
     if hardware.relay is not None:
         hardware.relay = ReportedRelay(hardware.relay, board)
-    ctx = AgentContext(config=config, profile=profile, uplink=outbox, receipts=receipts, clock=clock,
-                       commands=router, hardware=hardware)
     link = Link(config, outbox, router, clock=clock, on_state=report_link(board))
+    ctx = AgentContext(config=config, profile=profile, uplink=outbox, receipts=receipts, clock=clock,
+                       commands=router, hardware=hardware, listener=link)
     board.set(link=link.state.value)
     heartbeat = Heartbeat(outbox, clock, interval_s=config.box.heartbeat_s,
                           extra=lambda: {"link": {"state": link.state.value, "connects": link.reconnects,

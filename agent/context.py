@@ -16,7 +16,7 @@ from agent.config import Config
 from agent.profile import HardwareProfile
 from agent.protocol.commands import Command
 from agent.receipts import Receipts
-from agent.service import Uplink
+from agent.service import TopicListener, Uplink
 
 if TYPE_CHECKING:  # the Protocols only: importing drivers/ here would load every driver on every box
     from drivers.amp.relay import AmpRelay
@@ -67,3 +67,5 @@ class AgentContext:
     clock: Clock
     commands: CommandRegistry
     hardware: Hardware
+    # QoS 0 topics on the box's own broker connection (the link): live audio. None where no link runs
+    listener: TopicListener | None = None

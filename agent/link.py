@@ -65,7 +65,7 @@ from agent.protocol import batch
 from agent.protocol.broker import parse_broker_url
 from agent.protocol.envelope import MsgClass
 from agent.protocol.topics import Topics
-from agent.service import CommandSink, InboundCommand
+from agent.service import CommandSink, InboundCommand, TopicCallback
 from agent.uplink_usage import SocketMeter, Usage
 
 log = logging.getLogger("agent.link")
@@ -164,6 +164,24 @@ class Link:
         self.current: _Connection | None = None  # the connection being served (for tests and benches)
         self._thin_last: dict[tuple[str, str], int] = {}  # (kind, subject) -> ts of the last one kept
         self._tls: dict[str, tuple[tuple[Any, ...], _ResumingContext]] = {}  # URL -> (what made it, context)
+        self._listening: dict[str, TopicCallback] = {}  # QoS 0 topics other than commands (live audio), see listen
+
+    # ------------------------------------------------------------------ QoS 0 listeners (agent.service.TopicListener)
+    def listen(self, topic: str, on_message: TopicCallback) -> None:
+        """Take QoS 0 messages of `topic` on this box's own connection, now and after every reconnect.
+
+        On the box's connection, not a second one: the county broker makes the client id the certificate's CN
+        (use_username_as_clientid), so a second client of the same box takes the first one's session over and
+        the two would keep displacing each other. `on_message(payload, retained, arrived_monotonic)` runs in
+        paho's thread (keep it short). Commands are unaffected: their topics still take QoS 1 only."""
+        self._listening[topic] = on_message
+        conn = self.current
+        if conn is not None and self.state is LinkState.CONNECTED:
+            conn.listen(topic, on_message)
+
+    def unlisten(self, topic: str) -> None:
+        if self._listening.pop(topic, None) is not None and self.current is not None:
+            self.current.unlisten(topic)
 
     # ------------------------------------------------------------------ service
     async def run(self, ready: Callable[[], None]) -> None:
@@ -599,6 +617,8 @@ class _Connection:
             self.client.subscribe([(t, opts) for t in cmd_topics])
         else:  # 3.1.1 cannot tell; the replay store still refuses the copy a later subscription brings
             self.client.subscribe([(t, 1) for t in cmd_topics])
+        for topic, on_message in list(link._listening.items()):
+            self.listen(topic, on_message)
         self.client.publish(link.topics.state(link.box), self._state_payload("online"), qos=1, retain=True)
         link.reconnects += 1
         link._set_state(LinkState.CONNECTED, self.broker, "5" if self.v5 else "3.1.1")
@@ -610,6 +630,20 @@ class _Connection:
             for task in tasks:
                 task.cancel()
         link._lost(self)
+
+    def listen(self, topic: str, on_message: TopicCallback) -> None:
+        def deliver(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            on_message(bytes(msg.payload), bool(msg.retain), self.link.clock.monotonic())
+
+        self.client.message_callback_add(topic, deliver)  # before the SUBSCRIBE: nothing reaches _on_message
+        if self.v5:  # Retain As Published: the live gate refuses a retained packet, so it must see the flag
+            self.client.subscribe(topic, options=SubscribeOptions(qos=0, retainAsPublished=True))
+        else:
+            self.client.subscribe(topic, qos=0)
+
+    def unlisten(self, topic: str) -> None:
+        self.client.unsubscribe(topic)
+        self.client.message_callback_remove(topic)
 
     async def _watch(self) -> None:
         """Every second: an alarm or receipt without PUBACK for urgent_ack_timeout_s means the connection is dead

@@ -47,6 +47,17 @@ class Uplink(Protocol):
         ...
 
 
+TopicCallback = Callable[[bytes, bool, float], None]  # payload, retained, arrival (monotonic s); paho's thread
+
+
+class TopicListener(Protocol):
+    """QoS 0 messages of a topic on the box's own broker connection (agent.link.Link): live audio."""
+
+    def listen(self, topic: str, on_message: TopicCallback) -> None: ...
+
+    def unlisten(self, topic: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class InboundCommand:
     """A message that arrived on one of this box's cmd topics, not yet verified."""

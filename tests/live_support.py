@@ -98,14 +98,15 @@ async def running(box: Box, collector: Collector) -> AsyncIterator[Box]:
                     telemetry_ttl_s=cfg.outbox.telemetry_ttl_s, commit_interval_s=0.005, clock=clock)
     receipts = Receipts(outbox, clock)
     router = CommandRouter(cfg, receipts, clock, cfg.box.state_dir)
+    link = Link(cfg, outbox, router, clock=clock)
     ctx = AgentContext(config=cfg, profile=load_profile("sim"), uplink=outbox, receipts=receipts, clock=clock,
-                       commands=router, hardware=Hardware(relay=box.relay, player=box.player, tts=SilentTts()))
+                       commands=router, hardware=Hardware(relay=box.relay, player=box.player, tts=SilentTts()),
+                       listener=link)
     (service,) = make_services(ctx)
     assert isinstance(service, BroadcastService)
     if box.silence_s is not None:
         service.live.silence_s = box.silence_s
     box.service, box.router = service, router
-    link = Link(cfg, outbox, router, clock=clock)
 
     def online(msgs: list[Any]) -> int:
         return len([m for m in msgs if m.topic.endswith(f"{cfg.box.id}/state") and b"online" in m.payload])

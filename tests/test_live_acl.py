@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import time
 from pathlib import Path
 
-import pytest
-
-from county.acl import parse_fleet, render
+from agent.link import LinkState
+from agent.protocol.envelope import MsgClass
+from tests.pki import CountyBroker, TestCA
 from tests.support import Collector, wait_until
 from tests.test_acl import NOT_AUTHORIZED, Box, box1, console, county, pki  # noqa: F401  (fixtures)
 
@@ -25,32 +23,33 @@ def test_only_consoles_publish_live_audio_and_boxes_hear_it(box1: Box, console: 
     assert box1.messages == [(TOPIC, b"from the console")]
 
 
-@pytest.mark.parametrize("box_clock", ["1970", "plausible"])
-async def test_the_live_connection_of_a_box_in_1970_still_connects_over_tls(tmp_path: Path, box_clock: str) -> None:
-    """As the link (tests/test_tls.py): a broker certificate valid only from the day after tomorrow is what a
-    box whose clock reads 1970 sees of every certificate; the live audio connection must still come up (an
-    emergency live session), while a set clock keeps the date check."""
+async def test_live_audio_comes_on_the_boxs_own_connection_which_stays_up(tmp_path: Path, pki: TestCA,  # noqa: F811
+                                                                         county: CountyBroker,  # noqa: F811
+                                                                         console: Collector) -> None:  # noqa: F811
+    """The shipped broker makes a client's id its certificate CN (use_username_as_clientid): a second client of
+    the box (a live player of its own) would take the box's session over. The live player listens on the box's
+    link instead (ctx.listener), which stays connected, once, while the audio arrives and after."""
     from agent.broadcast.live_player import LiveLink
-    from drivers.audio.base import PlaybackError
-    from tests.pki import CountyBroker, TestCA
-    from tests.test_tls import tls_config
+    from tests.test_tls import link_with_clock, tls_config, until
 
-    ca = TestCA(tmp_path / "pki")
-    (tmp_path / "broker").mkdir()
-    future = ca.server(not_before=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
-    broker = CountyBroker(tmp_path / "broker", ca, render(parse_fleet({"boxes": {"box-1": []}})), server=future)
-    broker.start()
-    try:
-        config = tls_config(tmp_path, broker.url, ca, ca.client("box-1"))
-        link = LiveLink(config, TOPIC, lambda *_: None, wall=(lambda: 5.0) if box_clock == "1970" else time.time)
-        if box_clock == "1970":
-            await link.start()
-            async with asyncio.timeout(10):
-                await link.subscribed.wait()
-            await link.close()
-        else:
-            with pytest.raises(PlaybackError) as refused:
-                await link.start()
-            assert refused.value.reason == "no_audio_link"
-    finally:
-        broker.stop()
+    config = tls_config(tmp_path, county.url, pki, pki.client("box-1"))
+    heard: list[tuple[bytes, bool]] = []
+    async with link_with_clock(config, None) as (outbox, link):
+        await until(lambda: link.state is LinkState.CONNECTED)
+        live = LiveLink(link, TOPIC, lambda raw, retained, t: heard.append((raw, retained)))
+        await live.start()
+
+        async def speak_until_heard() -> None:  # QoS 0 sent before the SUBSCRIBE took effect is gone: repeat
+            n = 0
+            while not heard:
+                console.publish(TOPIC, b"frame %d" % n, qos=0)
+                n += 1
+                await asyncio.sleep(0.1)
+
+        async with asyncio.timeout(30):
+            await speak_until_heard()
+        sent = await outbox.send(MsgClass.EVENT, "after_live", {})
+        await until(lambda: sent.id in [e["id"] for e in console.envelopes()])
+        assert link.reconnects == 1 and link.state is LinkState.CONNECTED
+        assert heard[0] == (heard[0][0], False) and heard[0][0].startswith(b"frame ")
+        await live.close()

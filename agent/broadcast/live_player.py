@@ -10,10 +10,10 @@ the relay warm-up, chime, `started` receipt, cancel, preemption, the engine's `m
 - stopped: a cancel (结束 sends `broadcast.cancel` too: QoS 1, in case the END packet is lost), a preemption.
 A session that never delivers a packet within `silence_s` fails (`no_audio`): the relay goes off at once.
 
-Why a second MQTT connection: the agent's link obeys only QoS 1 commands on its cmd topics and refuses
-QoS 0 there unread; live audio is QoS 0 by design (a late packet is worthless, a retransmitted one
-worse). The live client (client id `{box}-live-{random}`, the box's own credentials and TLS settings)
-exists only while a session plays and subscribes to that session's topic only.
+Live audio is QoS 0 by design (a late packet is worthless, a retransmitted one worse). It comes on the
+box's own broker connection (`ctx.listener`, agent.link.Link.listen), subscribed only while a session is
+open: never on a second client, which the county broker (client id = certificate CN) would treat as a
+takeover of the box's session. The link's cmd topics still obey QoS 1 only.
 
 "Link too poor" is measured per session: lost + late packets over the packets the stream held
 (sequence numbers first..last). Above `POOR_LINK_FRACTION` the `finished` receipt says `link_poor: true`,
@@ -28,9 +28,7 @@ import collections
 import contextlib
 import logging
 import os
-import secrets
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -39,15 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from agent.broadcast.items import Item
 from agent.broadcast.live import JitterBuffer, LiveSpec, PacketGate, audio_topic
-from agent.clock import SystemClock
-from agent.clocksanity import EPOCH_FLOOR
 from agent.config import Config
 from agent.opus import Decoder, OpusError
+from agent.service import TopicListener
 from drivers.aio import wait_within
 from drivers.audio.base import PlaybackError, PlayResult
 
@@ -58,7 +52,6 @@ LEAD_S = 0.04  # frames go to the output this far ahead of their time (the outpu
 POLL_S = 0.02  # a cancel is noticed within this
 QUEUE_MAX = 2000  # packets waiting for the event loop; beyond, dropped (counted)
 POOR_LINK_FRACTION = 0.2
-X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL >= 1.1.0 (the ssl module has no name for it; as agent/link.py)
 LINGER_S = 5.0  # after the end, keep listening this long to count packets that still come (then unsubscribe)
 
 
@@ -166,71 +159,32 @@ def sink_factory_for(player: Any) -> Callable[[], PcmSink]:
 
 # --------------------------------------------------------------------------------------- the MQTT side
 class LiveLink:
-    """A QoS 0 subscription to one session's audio topic; arrivals go to `on_packet` in the event loop."""
+    """One session's audio topic, QoS 0, on the box's own broker connection (`ctx.listener`: the link);
+    arrivals go to `on_packet` in the event loop, in batches."""
 
-    def __init__(self, config: Config, topic: str, on_packet: Callable[[bytes, bool, float], None], *,
-                 wall: Callable[[], float]) -> None:
-        self.config, self.topic, self.on_packet = config, topic, on_packet
-        self.wall = wall  # the agent's wall clock (for the TLS date rule)
+    def __init__(self, listener: TopicListener | None, topic: str,
+                 on_packet: Callable[[bytes, bool, float], None]) -> None:
+        self.listener, self.topic, self.on_packet = listener, topic, on_packet
         self.loop = asyncio.get_running_loop()
-        self.client: mqtt.Client | None = None
-        self.subscribed = asyncio.Event()
         self.overflow = 0
+        self._listening = False
         self._pending: collections.deque[tuple[bytes, bool, float]] = collections.deque()
         self._lock = threading.Lock()
         self._scheduled = False
 
     async def start(self) -> None:
-        from agent.link import Broker  # the link's own URL rules (credentials in the URL win)
+        if self.listener is None:
+            raise PlaybackError("no_audio_link", "this agent runs no broker link")
+        self.listener.listen(self.topic, self._on_message)
+        self._listening = True
 
-        cfg = self.config.mqtt
-        password = None
-        if cfg.password_file is not None:
-            password = (await asyncio.to_thread(cfg.password_file.read_text)).strip()
-        brokers = [Broker.parse(u, cfg.username, password) for u in cfg.url]
-        errors: list[str] = []
-        for b in brokers:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.config.box.id}-live-"
-                                 f"{secrets.token_hex(3)}", protocol=mqtt.MQTTv311, clean_session=True)
-            if b.username is not None:
-                client.username_pw_set(b.username, b.password)
-            if b.tls:
-                ctx = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca else None)
-                if self.wall() < EPOCH_FLOOR:
-                    # as the link does (agent/link.py): a box whose clock was never set (1970) checks the chain
-                    # and the host name but not the dates, or an emergency would never be heard
-                    ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
-                if cfg.cert is not None and cfg.key is not None:
-                    ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
-                client.tls_set_context(ctx)
-            client.on_connect = self._on_connect
-            client.on_message = self._on_message
-            client.on_subscribe = self._on_subscribe
-            try:
-                await asyncio.to_thread(client.connect, b.host, b.port, 30)
-            except (OSError, ValueError) as exc:
-                errors.append(f"{b.url}: {exc}")
-                continue
-            client.loop_start()
-            self.client = client
-            return
-        raise PlaybackError("no_audio_link", "; ".join(errors)[:200])
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not reason.is_failure:
-            client.subscribe(self.topic, qos=0)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        self.loop.call_soon_threadsafe(self.subscribed.set)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        # paho's thread: note the arrival time here (the event loop may be busy), hand over in batches
-        item = (bytes(msg.payload), bool(msg.retain), time.monotonic())
+    def _on_message(self, payload: bytes, retained: bool, arrived: float) -> None:
+        # paho's thread: the arrival time was noted there (the event loop may be busy); hand over in batches
         with self._lock:
             if len(self._pending) >= QUEUE_MAX:
                 self.overflow += 1
                 return
-            self._pending.append(item)
+            self._pending.append((payload, retained, arrived))
             if self._scheduled:
                 return
             self._scheduled = True
@@ -244,12 +198,9 @@ class LiveLink:
             self.on_packet(payload, retained, t)
 
     async def close(self) -> None:
-        client, self.client = self.client, None
-        if client is None:
-            return
-        with contextlib.suppress(Exception):
-            client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
+        if self._listening and self.listener is not None:
+            self._listening = False
+            self.listener.unlisten(self.topic)
 
 
 # ------------------------------------------------------------------------------------------ the player
@@ -271,9 +222,9 @@ class _Listening:
 class LivePlayer:
     def __init__(self, config: Config, sink_factory: Callable[[], PcmSink], *, silence_s: float = SILENCE_S,
                  jitter_min_s: float = 0.2, jitter_max_s: float = 0.5, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] | None = None) -> None:
+                 listener: TopicListener | None = None) -> None:
         self.config = config
-        self.wall = wall if wall is not None else SystemClock().time
+        self.listener = listener  # the box's broker link (ctx.listener); None: a session fails with no_audio_link
         self.sink_factory = sink_factory
         self.silence_s = silence_s
         self.jitter_min_s, self.jitter_max_s = jitter_min_s, jitter_max_s
@@ -303,8 +254,8 @@ class LivePlayer:
                           JitterBuffer(spec.rate, min_s=self.jitter_min_s, max_s=self.jitter_max_s,
                                        start_s=(self.jitter_min_s + self.jitter_max_s) / 2),
                           Decoder(spec.rate, spec.channels), asyncio.Event(), [], {"last": None, "open": True})
-        live.link = LiveLink(self.config, audio_topic(self.config.mqtt.topic_prefix, spec.session),
-                             lambda raw, retained, t: self._on_packet(live, raw, retained, t), wall=self.wall)
+        live.link = LiveLink(self.listener, audio_topic(self.config.mqtt.topic_prefix, spec.session),
+                             lambda raw, retained, t: self._on_packet(live, raw, retained, t))
         live.connecting = asyncio.get_running_loop().create_task(live.link.start(), name="broadcast.live.connect")
         return live
 

@@ -120,7 +120,7 @@ class BroadcastService:
         self.live = LivePlayer(ctx.config, sink_factory_for(player), silence_s=self._cfg.live_silence_s,
                                jitter_min_s=self._cfg.live_jitter_min_s,
                                jitter_max_s=self._cfg.live_jitter_max_s,
-                               wall=ctx.clock.time)  # live sessions (live_player.py)
+                               listener=ctx.listener)  # live sessions (live_player.py)
 
     @property
     def engine(self) -> Engine | None:

@@ -80,7 +80,8 @@ def test_the_box_install_pulls_only_what_the_agent_runs() -> None:
     assert {"sim", "county", "test"} <= set(extras)
     # the CLI names the extra by what it checks for: the same packages as the extra
     assert {_norm(Requirement(r).name) for r in extras["sim"]} == set(EXTRA_MODULES["sim"])
-    imported_as = {"argon2-cffi": "argon2", "xstatic-leaflet": "xstatic.pkg.leaflet"}  # the distributions whose import name differs
+    # the distributions whose import name differs
+    imported_as = {"argon2-cffi": "argon2", "xstatic-leaflet": "xstatic.pkg.leaflet"}
     assert {imported_as.get(n, n) for n in (_norm(Requirement(r).name) for r in extras["county"])} \
         == set(EXTRA_MODULES["county"])
     test = [Requirement(r) for r in extras["test"]]

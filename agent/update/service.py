@@ -31,7 +31,6 @@ import os
 import re
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +99,7 @@ class UpdateService(Service):
         self.release_keys = load_release_keys(ctx.config)  # a bad key file: a config error at start
         self._busy: asyncio.Task[None] | None = None
         self._stop = threading.Event()
-        self._started = time.time()
+        self._started = self.ctx.clock.time()
         self.stats = Stats()
         self.trial: Trial | None = None
 
@@ -160,22 +159,25 @@ class UpdateService(Service):
 
     async def _watch(self, trial: Trial) -> None:
         """Healthy: connected to the broker since this start for healthy_after_s, before the deadline."""
-        log.info("update: %s trial of %s: healthy within %.0f s or rolled back", trial.kind, trial.to_version,
-                 max(0.0, trial.deadline - time.time()))
+        clock = self.ctx.clock
+        # the deadline is kept as wall time (the launcher reads it across restarts); here it becomes a monotonic
+        # one, so a clock that steps while the trial runs (1970 -> NTP on a box) cannot roll a healthy one back
+        left = min(max(0.0, trial.deadline - clock.time()), self.settings.health_timeout_s)
+        deadline = clock.monotonic() + left
+        log.info("update: %s trial of %s: healthy within %.0f s or rolled back", trial.kind, trial.to_version, left)
         while True:
-            now = time.time()
             since = self._connected_since()
-            if since is not None and now - since >= self.settings.healthy_after_s:
+            if since is not None and clock.time() - since >= self.settings.healthy_after_s:
                 await self._healthy(trial)
                 return
-            if now >= trial.deadline:
+            if clock.monotonic() >= deadline:
                 await self._roll_back_self(trial, f"no broker connection within {self.settings.health_timeout_s:.0f} s")
                 return
             await asyncio.sleep(POLL_S)
 
     async def _healthy(self, trial: Trial) -> None:
         if trial.kind == "release":
-            self.layout.write_healthy(self.version, time.time())
+            self.layout.write_healthy(self.version, self.ctx.clock.time())
             log.info("update: release %s is healthy (was %s)", self.version, trial.from_version)
             sent = await self._receipt(trial.cmd_id, "finished", step="healthy", version=self.version)
         else:
@@ -200,7 +202,7 @@ class UpdateService(Service):
         while True:
             healthy = self.layout.read_healthy()
             if healthy is not None and healthy[0] == self.version:
-                left = healthy[1] + self.settings.keep_previous_s - time.time()
+                left = healthy[1] + self.settings.keep_previous_s - self.ctx.clock.time()
                 if left <= 0 and self.layout.trial_file.exists() is False:
                     keep = {self.version}
                     gone = await asyncio.to_thread(self.layout.prune, keep)
@@ -259,7 +261,8 @@ class UpdateService(Service):
             except InstallError as exc:
                 raise Refused("failed", exc.reason, exc.detail) from None
             await self._receipt(cmd.id, "started", step="installed", version=version)
-            trial = Trial(0, self.settings.max_boots, int(time.time() + self.settings.health_timeout_s), "release",
+            trial = Trial(0, self.settings.max_boots, int(self.ctx.clock.time() + self.settings.health_timeout_s),
+                          "release",
                           self.version, version, cmd.id)
             self.layout.write_trial(trial)
             self.layout.switch(version, self.version)
@@ -353,7 +356,8 @@ class UpdateService(Service):
         # prev, trial, overlay: a power cut anywhere leaves either the old overlay (the trial, naming the new
         # one's digest, is then found interrupted) or the new one on trial
         write_atomic(self.layout.overlay_prev, json.dumps(old).encode())
-        trial = Trial(0, self.settings.max_boots, int(time.time() + self.settings.health_timeout_s), "config", "-",
+        trial = Trial(0, self.settings.max_boots, int(self.ctx.clock.time() + self.settings.health_timeout_s),
+                      "config", "-",
                       "cfg-" + hashlib.sha256(body).hexdigest()[:16], cmd.id)
         self.layout.write_trial(trial)
         write_atomic(self.layout.overlay, body)

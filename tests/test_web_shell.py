@@ -63,7 +63,7 @@ def test_login_shows_the_page_in_chinese_and_switches_to_english(console: Consol
     browser.get(console.url + "/")
     wait_loaded(browser)
     nav = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "nav.nav a")]
-    assert nav == ["总览", "告警", "广播", "电子围栏", "设备", "摄像头", "用户与审计"]
+    assert nav == ["总览", "告警", "广播", "实时喊话", "电子围栏", "设备", "摄像头", "远程升级", "用户与审计"]
     assert browser.find_element(By.CSS_SELECTOR, ".who").text.startswith("王管理")
     browser.find_element(By.CSS_SELECTOR, "[data-set-lang=en]").click()
     wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "html").get_attribute("lang") == "en")
@@ -78,7 +78,8 @@ def test_a_gridworker_is_not_shown_pages_of_other_roles(console: Console, browse
     login(browser, console, "gw-a")
     browser.get(console.url + "/")
     nav = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "nav.nav a")]
-    assert "用户与审计" not in nav and "广播" not in nav and "告警" in nav
+    assert "用户与审计" not in nav and "广播" not in nav and "实时喊话" not in nav and "远程升级" not in nav \
+        and "告警" in nav
 
 
 def test_dates_are_local_time_in_the_county_timezone(console: Console, browser: Any) -> None:

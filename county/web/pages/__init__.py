@@ -49,9 +49,11 @@ NAV: tuple[NavEntry, ...] = (
     NavEntry("overview", "/", N_("Overview"), ("boxes.read",)),
     NavEntry("alarms", "/alarms", N_("Alarms"), ("alarms.read",)),
     NavEntry("broadcasts", "/broadcasts", N_("Broadcasts"), ("broadcasts.read",)),
+    NavEntry("live", "/live", N_("Live broadcast"), ("broadcast.create",)),
     NavEntry("fences", "/fences", N_("Geofences"), ("fences.read",)),
     NavEntry("boxes", "/boxes", N_("Boxes"), ("boxes.read",)),
     NavEntry("cameras", "/cameras", N_("Cameras"), ("reports.read",)),
+    NavEntry("rollouts", "/rollouts", N_("Rollouts"), ("release.manage",)),
     NavEntry("users", "/users", N_("Users & audit"), ("users.read", "audit.read")),
 )
 

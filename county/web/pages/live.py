@@ -4,5 +4,5 @@ WebSocket /ws/v1/live of county/server/routes_live.py), targets picked on W3's r
 from county.web.pages import N_, Page
 
 PAGES = [
-    Page("/live", "live", "live.html", N_("Live broadcast"), "broadcasts", "broadcast.create", "live.js"),
+    Page("/live", "live", "live.html", N_("Live broadcast"), "live", "broadcast.create", "live.js"),
 ]

@@ -3,5 +3,5 @@
 from county.web.pages import N_, Page
 
 PAGES = [
-    Page("/rollouts", "rollouts", "rollouts.html", N_("Rollouts"), "boxes", "release.manage", "rollout.js"),
+    Page("/rollouts", "rollouts", "rollouts.html", N_("Rollouts"), "rollouts", "release.manage", "rollout.js"),
 ]

@@ -97,6 +97,7 @@ level = "debug"
     ('[alarms]\nwebhook = "ftp://x"\n', "alarms.webhook", "not an http:// or https:// URL"),
     ('[review]\ndaily = "yes"\n', "review.daily", "expected true or false"),
     ('[server]\nsession_hours = -1\n', "server.session_hours", "must be > 0"),
+    ('[mqtt]\ningest_workers = 0\n', "mqtt.ingest_workers", "must be 1..64 processes"),
 ])
 def test_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, key: str, problem: str) -> None:
     p = write(tmp_path, text)
@@ -171,3 +172,13 @@ def test_serve_with_an_unusable_signing_key_exits_2(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{p}: signing.key: " in lines[0] and "PEM" in lines[0], r.stderr
+
+
+def test_ingest_workers_reach_the_ingest_that_serve_builds() -> None:
+    from county.regions import Regions
+    from county.server.cli import _ingest
+
+    assert parse_config({}).mqtt.ingest_workers == 1
+    one = _ingest(parse_config({}), None, None, Regions.empty())
+    two = _ingest(parse_config({"mqtt": {"ingest_workers": 2}}), None, None, Regions.empty())
+    assert one.workers is None and two.workers is not None and two.cfg.workers == 2

@@ -266,7 +266,7 @@ def _ingest(config: Any, db: Any, hub: Any, regions: Any) -> Any:
         password = Path(m.password_file).read_text(encoding="utf-8").strip()
     cfg = IngestConfig(urls=list(m.urls), client_id=f"{m.client_id}-{socket.gethostname()}"[:64],
                        prefix=m.topic_prefix, group=m.share_group, ca=m.ca, cert=m.cert, key=m.key,
-                       username=m.username, password=password)
+                       username=m.username, password=password, workers=m.ingest_workers)
 
     def describe(box: str) -> dict[str, Any]:
         place = regions.place(box)

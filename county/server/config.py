@@ -109,6 +109,12 @@ def _client_id(value: str) -> str:
     return value
 
 
+def _workers(value: int) -> int:
+    if not 1 <= value <= 64:
+        raise ValueError(f"must be 1..64 processes, got {value}")
+    return value
+
+
 def _kid(value: str) -> str:
     if not BOX_ID_RE.match(value):
         raise ValueError(f"{value!r} is not [A-Za-z0-9_-]{{1,64}} (the id the boxes know the key under)")
@@ -184,6 +190,9 @@ class MqttConfig:
     client_id: str = field(default="village-county", metadata={"check": _client_id})
     # the shared subscription's group: every instance of one county uses the same name
     share_group: str = field(default="village-county", metadata={"check": _client_id})
+    # ingest processes of the shared subscription on this host, the server's own included (county/ingest.py
+    # Workers): more than 1 only where a core is free for each
+    ingest_workers: int = field(default=1, metadata={"check": _workers})
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):

@@ -85,21 +85,27 @@ def start_speaking(driver: Any, console: Console, query: str = "") -> str:
     return str(wait(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-live-id")))
 
 
-@pytest.mark.parametrize("capture", ["track", "worklet"])
+@pytest.mark.parametrize("capture", ["track", "worklet", "mediarecorder"])
 async def test_speech_from_the_page_plays_on_the_box(console: Console, driver: Any, collector_console: Collector,
                                                      tmp_path: Path, capture: str) -> None:
-    """`track`: MediaStreamTrackProcessor (Chromium); `worklet`: the AudioWorklet path other browsers take."""
+    """`track`: MediaStreamTrackProcessor (Chromium); `worklet`: the AudioWorklet path other browsers take;
+    `mediarecorder`: no AudioEncoder at all, MediaRecorder's WebM/Opus slices demuxed by the server."""
     from selenium.webdriver.common.by import By
 
     box = box_for(console, tmp_path)
     county = County(collector_console, None, box="a1")  # type: ignore[arg-type]
     async with running(box, collector_console):
-        query = "?capture=worklet" if capture == "worklet" else ""
+        query = f"?capture={capture}" if capture != "track" else ""
         cmd = await asyncio.to_thread(start_speaking, driver, console, query)
         await county.wait(cmd, "started", within=30)
         # let one pass of the file through (its clicks end at 1.4 s), then 结束
-        await asyncio.to_thread(wait, driver, lambda d: int(
-            d.find_element(By.TAG_NAME, "body").get_attribute("data-live-frames") or 0) >= int(WAV_S * 50) + 25, 30)
+        if capture == "mediarecorder":  # slices of a container stream, not frames: the audio time sent
+            await asyncio.to_thread(wait, driver, lambda d: int(
+                d.find_element(By.TAG_NAME, "body").get_attribute("data-live-sent-ms") or 0) >= WAV_S * 1000 + 500, 30)
+        else:
+            await asyncio.to_thread(wait, driver, lambda d: int(
+                d.find_element(By.TAG_NAME, "body").get_attribute("data-live-frames") or 0) >= int(WAV_S * 50) + 25,
+                30)
         used = await asyncio.to_thread(
             lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-live-capture"))
         await asyncio.to_thread(lambda: driver.find_element(By.ID, "live-end").click())

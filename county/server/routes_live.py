@@ -14,6 +14,10 @@ Messages (text = JSON):
   `{"type": "started", "id", "session", "boxes"}` once the `broadcast.live` command (signed with the county
   key, QoS 1) is on the broker; or `{"type": "error", "status", "detail"}` and the socket closes (4000+status).
 - client binary: one Opus frame (48 kHz mono, 20-60 ms); grouped into signed packets (county/live.py).
+  Format v2 (`"v": 2` in start; `started` echoes it) adds `"container": "webm" | "ogg"`: then each binary
+  message is a slice (any size up to MAX_CHUNK, in order) of the browser's MediaRecorder stream, demuxed
+  here (county/webm.py, county/oggopus.py) into the same Opus packets; a malformed stream ends the session
+  (END to the boxes, `{"type": "error", "status": 400, "detail"}`, close 4400). Without `container`, v2 is v1.
 - client `{"type": "end"}` -> the END packet (three copies), server `{"type": "ended", ...counts}`, close.
 A socket that drops without `end` (the browser was killed) just stops the audio: the boxes end the session
 after their silence timeout. The server ends a session itself (END, `ended` with `end` `max_duration` or
@@ -42,6 +46,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from agent.broadcast.live import LIVE_MIME, MAX_LIVE_S
 from county import push
 from county.live import DEFAULT_MAX_S, END_COPIES, AudioPublisher, LiveError, LiveSession, new_session_id, ogg_opus
+from county.oggopus import OggOpusReader
 from county.server import auth
 from county.server.routes_common import (
     ApiError,
@@ -57,6 +62,7 @@ from county.server.routes_common import (
 from county.store.tables import broadcasts as broadcasts_t
 from county.store.tables import messages as messages_t
 from county.store.tables import receipts as receipts_t
+from county.webm import DemuxError, WebmOpusReader
 from drivers.aio import wait_within
 
 log = logging.getLogger("county.live")
@@ -65,7 +71,10 @@ PATH = "/ws/v1/live"
 IDLE_S = 10.0  # a socket that stays open but sends nothing this long ends the session (END to the boxes)
 FALLBACK_AFTER_S = 20.0  # after the end: boxes report finished (or fail after their 5 s silence timeout)
 NEEDS_FALLBACK = frozenset({"failed", "expired", "preempted"})  # and no receipt, or finished with link_poor
-START_KEYS = frozenset({"type", "to", "class", "level", "title", "max_s", "force"})
+START_KEYS = frozenset({"type", "v", "to", "class", "level", "title", "max_s", "force", "container"})
+PROTOCOL = (1, 2)  # the message format versions understood (the start message's "v"; absent = 1)
+CONTAINERS = ("webm", "ogg")  # v2: binary messages are slices of a MediaRecorder stream, demuxed here
+MAX_CHUNK = 1 << 16  # one binary message; MediaRecorder's 20-60 ms slices at 24 kbit/s are ~100-300 bytes
 
 
 def _parts(ws: WebSocket) -> Parts:
@@ -100,6 +109,12 @@ def parse_start(msg: Any) -> dict[str, Any]:
     unknown = sorted(set(msg) - START_KEYS)
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown[:8])}")
+    v = msg.get("v", 1)
+    if type(v) is not int or v not in PROTOCOL:
+        raise ApiError(400, f"unknown message format v={str(v)[:10]!r} (this server speaks v1, v2)")
+    container = msg.get("container")
+    if container is not None and (v < 2 or container not in CONTAINERS):
+        raise ApiError(400, "container must be webm or ogg, and needs v 2")
     cls = msg.get("class", "emergency")
     if cls not in ("emergency", "daily", "drill"):
         raise ApiError(400, "class must be emergency, daily or drill")
@@ -113,7 +128,7 @@ def parse_start(msg: Any) -> dict[str, Any]:
     if isinstance(max_s, bool) or not isinstance(max_s, int) or not 1 <= max_s <= MAX_LIVE_S:
         raise ApiError(400, f"max_s must be 1..{MAX_LIVE_S}")
     return {"to": parse_targets(msg.get("to")), "class": cls, "level": level, "title": title, "max_s": max_s,
-            "force": msg.get("force") is True}
+            "force": msg.get("force") is True, "v": v, "container": container}
 
 
 async def _fail(ws: WebSocket, exc: ApiError) -> None:
@@ -159,8 +174,8 @@ async def live(ws: WebSocket) -> None:
             await _fail(ws, ApiError(400, "the first message must be JSON text"))
         return
     await ws.send_text(json.dumps({"type": "started", "id": session.cmd_id, "session": session.session,
-                                   "boxes": boxes}))
-    await _stream(ws, p, user, session, start["max_s"])
+                                   "boxes": boxes, "v": start["v"]}))
+    await _stream(ws, p, user, session, start["max_s"], start["container"])
     task = asyncio.get_running_loop().create_task(fallback(ws, p, user.name, session, stored),
                                                   name="county.live.fallback")
     st = ws.app.state
@@ -207,9 +222,12 @@ async def _begin(ws: WebSocket, p: Parts, user: auth.User, start: dict[str, Any]
     return session, row
 
 
-async def _stream(ws: WebSocket, p: Parts, user: auth.User, session: LiveSession, max_s: int) -> None:
+async def _stream(ws: WebSocket, p: Parts, user: auth.User, session: LiveSession, max_s: int,
+                  container: str | None = None) -> None:
     pub = audio_publisher(ws)
+    demux = demuxer(container)
     why = "dropped"
+    error: str | None = None
     deadline = time.monotonic() + max_s
     idle_s = float(getattr(ws.app.state, "live_idle_s", IDLE_S))
     try:
@@ -226,9 +244,20 @@ async def _stream(ws: WebSocket, p: Parts, user: auth.User, session: LiveSession
                 why = "max_duration"
                 break
             if msg.get("bytes") is not None:
-                pkt = session.add_frame(msg["bytes"])
-                if pkt is not None:
-                    pub.publish(session.topic, pkt)
+                if demux is None:
+                    frames = [msg["bytes"]]
+                else:
+                    try:
+                        if len(msg["bytes"]) > MAX_CHUNK:
+                            raise DemuxError(f"a binary message of {len(msg['bytes'])} bytes (at most {MAX_CHUNK})")
+                        frames = demux.feed(msg["bytes"])
+                    except DemuxError as exc:
+                        why, error = "malformed", f"{container} stream: {exc}"
+                        break
+                for frame in frames:
+                    pkt = session.add_frame(frame)
+                    if pkt is not None:
+                        pub.publish(session.topic, pkt)
             elif msg.get("text") is not None:
                 try:
                     end = json.loads(msg["text"]).get("type") == "end"
@@ -251,11 +280,16 @@ async def _stream(ws: WebSocket, p: Parts, user: auth.User, session: LiveSession
         stats = {"end": why, "frames": session.frames_in, "frames_bad": session.frames_bad,
                  "packets": session.packets_sent, "bytes": session.bytes_sent,
                  "seconds": round(session.pos / session.rate, 2)}
+        if error is not None:
+            stats["error"] = error
         log.info("live %s ended (%s): %d packets, %d bytes", session.session, why, session.packets_sent,
                  session.bytes_sent)
         await _audit(ws, user.name, "broadcast.live.end", {"id": session.cmd_id, **stats})
     if why != "dropped":
         try:
+            if error is not None:  # the boxes had their END; the page learns why, the socket closes 4400
+                await _fail(ws, ApiError(400, error))
+                return
             await ws.send_text(json.dumps({"type": "ended", **stats}))
             await ws.close()
         except (WebSocketDisconnect, RuntimeError):
@@ -268,6 +302,15 @@ async def _audit(ws: WebSocket, actor: str, action: str, detail: dict[str, Any])
             await audit_append(conn, actor, action, str(detail.get("id") or PATH), detail)
     except Exception:  # an audit hiccup must not break a live session or turn a refusal into a crash
         log.exception("could not audit %s", action)
+
+
+def demuxer(container: str | None) -> WebmOpusReader | OggOpusReader | None:
+    """v2 container data: the reader that turns its slices into Opus packets (None: raw frames, v1)."""
+    if container == "webm":
+        return WebmOpusReader()
+    if container == "ogg":
+        return OggOpusReader()
+    return None
 
 
 def routes() -> list[WebSocketRoute]:

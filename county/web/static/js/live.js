@@ -1,5 +1,6 @@
 // 实时喊话: microphone -> WebCodecs AudioEncoder (Opus, 20 ms frames) -> the WebSocket /ws/v1/live, which signs
-// the frames into packets for the boxes (county/server/routes_live.py). The level meter reads the same track.
+// the frames into packets for the boxes (county/server/routes_live.py). Without AudioEncoder: MediaRecorder
+// (Opus in WebM or Ogg), its slices sent as message format v2 and demuxed by the server. The level meter reads the same track.
 // Processing (echo cancellation, noise suppression, automatic gain) is off: a loudspeaker announcement wants
 // the voice as spoken, and those filters smear clicks and cut the first syllable.
 import { explain } from "./api.js";
@@ -9,10 +10,25 @@ import { loaded } from "./session.js";
 import { TargetPicker } from "./targets.js";
 
 const FRAME_US = 20000;
+const QUERY = new URLSearchParams(location.search).get("capture");
+// Without WebCodecs' AudioEncoder (or with `?capture=mediarecorder`, which the tests use in Chromium):
+// MediaRecorder records Opus in a container, sliced every RECORDER_SLICE_MS; the slices go over the same
+// WebSocket as message format v2 (`container` in the start message) and the server demuxes them.
+const RECORDER = QUERY === "mediarecorder" || typeof AudioEncoder === "undefined";
+const RECORDER_SLICE_MS = 20;
+const RECORDER_TYPES = [["audio/webm;codecs=opus", "webm"], ["audio/ogg;codecs=opus", "ogg"]];
+
+function recorderType() {
+  if (typeof MediaRecorder === "undefined") return null;
+  const want = new URLSearchParams(location.search).get("container");
+  for (const [mime, container] of RECORDER_TYPES) {
+    if ((!want || want === container) && MediaRecorder.isTypeSupported(mime)) return {mime, container};
+  }
+  return null;
+}
 // MediaStreamTrackProcessor (Chromium) hands over the microphone's AudioData directly; elsewhere an AudioWorklet
 // does. `?capture=worklet` takes the worklet path anywhere (the tests run it in Chromium too).
-const WORKLET = typeof MediaStreamTrackProcessor === "undefined"
-  || new URLSearchParams(location.search).get("capture") === "worklet";
+const WORKLET = typeof MediaStreamTrackProcessor === "undefined" || QUERY === "worklet";
 const startBtn = $("#live-start");
 const endBtn = $("#live-end");
 const state = $("#live-state");
@@ -38,11 +54,18 @@ class Session {
     this.running = false;
     this.frames = 0;
     this.node = null;
+    this.recorder = null;
+    this.recorderType = null;
+    this.sending = Promise.resolve();
   }
 
   async start(body) {
-    if (typeof AudioEncoder === "undefined") {
-      throw new Error(t("This browser cannot encode Opus audio (WebCodecs AudioEncoder is missing)"));
+    if (RECORDER) {
+      this.recorderType = recorderType();
+      if (!this.recorderType) {
+        throw new Error(t("This browser cannot encode Opus audio (WebCodecs AudioEncoder is missing)"));
+      }
+      body = {...body, v: 2, container: this.recorderType.container};
     }
     this.stream = await navigator.mediaDevices.getUserMedia({audio: {
       channelCount: 1, sampleRate: 48000, echoCancellation: false, noiseSuppression: false, autoGainControl: false}});
@@ -101,6 +124,7 @@ class Session {
   }
 
   async capture() {
+    if (this.recorderType) return this.captureRecorder();
     document.body.dataset.liveCapture = WORKLET ? "worklet" : "track";
     if (WORKLET) return this.captureWorklet();
     const track = this.stream.getAudioTracks()[0];
@@ -145,8 +169,38 @@ class Session {
     this.node = node;
   }
 
+  // MediaRecorder: its slices of the container stream go out in order (Blob.arrayBuffer() is async, so the
+  // sends are chained); data-live-sent-ms is how much audio has gone out, for the tests.
+  captureRecorder() {
+    document.body.dataset.liveCapture = "mediarecorder";
+    document.body.dataset.liveContainer = this.recorderType.container;
+    const recorder = new MediaRecorder(this.stream, {mimeType: this.recorderType.mime, audioBitsPerSecond: 24000});
+    const t0 = performance.now();
+    recorder.ondataavailable = (ev) => {
+      if (!ev.data || !ev.data.size) return;
+      const blob = ev.data;
+      this.sending = this.sending.then(async () => {
+        const bytes = await blob.arrayBuffer();
+        if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(bytes);
+        this.frames += 1;
+        document.body.dataset.liveFrames = String(this.frames);
+        document.body.dataset.liveSentMs = String(Math.round(performance.now() - t0));
+      });
+    };
+    recorder.onerror = (ev) => say(String(ev.error || ev), "error");
+    this.running = true;
+    recorder.start(RECORDER_SLICE_MS);
+    this.recorder = recorder;
+  }
+
   async end() {
     this.running = false;
+    if (this.recorder && this.recorder.state !== "inactive") {
+      const stopped = new Promise((resolve) => this.recorder.addEventListener("stop", resolve, {once: true}));
+      this.recorder.stop();  // hands over the last slice, then "stop"
+      await stopped;
+    }
+    await this.sending;
     if (this.encoder && this.encoder.state === "configured") await this.encoder.flush();
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({type: "end"}));
     this.stop(true);
@@ -154,6 +208,8 @@ class Session {
 
   stop(keepSocket) {
     this.running = false;
+    if (this.recorder && this.recorder.state !== "inactive") this.recorder.stop();
+    this.recorder = null;
     if (this.node) this.node.disconnect();
     this.node = null;
     if (this.stream) this.stream.getTracks().forEach((tr) => tr.stop());

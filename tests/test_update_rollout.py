@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -78,18 +79,22 @@ async def test_upload_is_checked_and_resumable_and_the_files_are_served_with_ran
     wrong = await env.client.put(f"/api/v1/releases/2.0.0/wheels/{file}", content=b"x" * len(wheels[file]),
                                  headers=env.auth("admin"))
     assert wrong.status_code == 422 and wrong.json()["reason"] == "hash_mismatch"
-    assert (await env.client.get(f"/releases/2.0.0/wheels/{file}")).status_code == 404  # not uploaded yet
+    box = httpx.AsyncClient(transport=httpx.ASGITransport(app=routes_releases.box_app(env.app)),
+                            base_url="http://box")  # the boxes' listener ([server] box_listen)
+    assert (await box.get(f"/releases/2.0.0/wheels/{file}")).status_code == 404  # not uploaded yet
     await env.client.put(f"/api/v1/releases/2.0.0/wheels/{file}", content=wheels[file], headers=env.auth("admin"))
     again = await env.post("admin", "/api/v1/releases", {"manifest": token})  # resuming: only what is missing
     assert again.status_code == 200 and again.json()["missing"] == ["dep_lib-1.0-py3-none-any.whl"]
     _other, _ = bundle()  # same version, another manifest
     assert (await env.post("admin", "/api/v1/releases", {"manifest": _other})).status_code == 409
-    whole = await env.client.get(f"/releases/2.0.0/wheels/{file}")
+    whole = await box.get(f"/releases/2.0.0/wheels/{file}")
     assert whole.content == wheels[file]
-    part = await env.client.get(f"/releases/2.0.0/wheels/{file}", headers={"Range": "bytes=1000-"})
+    assert (await env.client.get(f"/releases/2.0.0/wheels/{file}")).status_code == 404  # not on the browsers' app
+    part = await box.get(f"/releases/2.0.0/wheels/{file}", headers={"Range": "bytes=1000-"})
     assert part.status_code == 206 and part.content == wheels[file][1000:]
     assert part.headers["content-range"] == f"bytes 1000-{len(wheels[file]) - 1}/{len(wheels[file])}"
-    m = await env.client.get("/releases/2.0.0/manifest.jws")
+    m = await box.get("/releases/2.0.0/manifest.jws")
+    await box.aclose()
     assert m.text == token and hashlib.sha256(m.content).hexdigest() == r.json()["manifest_sha256"]
     assert [a["action"] for a in await env.audit_rows("release.upload")] == ["release.upload"]
 
@@ -221,8 +226,9 @@ async def test_a_box_downloads_from_the_county_server_over_mutual_tls_and_resume
     ca = TestCA(tmp_path / "ca")
     issued = ca.server("localhost")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                           ssl_certfile=str(issued.cert), ssl_keyfile=str(issued.key),
+    server = uvicorn.Server(uvicorn.Config(routes_releases.box_app(env.app), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off", ssl_certfile=str(issued.cert),
+                                           ssl_keyfile=str(issued.key),
                                            ssl_ca_certs=str(ca.pem), ssl_cert_reqs=ssl.CERT_REQUIRED))
     task = asyncio.create_task(server.serve())
     try:

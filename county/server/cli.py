@@ -247,6 +247,12 @@ def _check_tls(config: Any, path: Path) -> None:
     except (ssl.SSLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
         raise Usage(f"{path}: server.tls_cert: cannot load the certificate with tls_key: {reason}") from None
+    if config.server.box_client_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(config.server.box_client_ca))
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+            raise Usage(f"{path}: server.box_client_ca: cannot load the CA certificate: {reason}") from None
 
 
 def _setup_logging(level: str) -> None:
@@ -362,23 +368,53 @@ async def serve(config: Any, regions: Any, path: Path, *, signing_key: Any = Non
         log.info("county server on %s://%s, database %s, broker %s", scheme, config.server.listen, db.url,
                  ", ".join(_db_display(u) for u in config.mqtt.urls))
         stack.push_async_callback(_cancel, http)
+        servers, tasks = [server], [http]
+        if config.server.box_listen is not None:  # the boxes' port: release downloads, client cert required
+            servers.append(_box_server(config, app, stack))
+            tasks.append(asyncio.create_task(servers[-1].serve(sockets=[servers[-1].box_sock]), name="box-http"))
+            stack.push_async_callback(_cancel, tasks[-1])
+            log.info("boxes' downloads on https://%s (client certificates of %s)", config.server.box_listen,
+                     config.server.box_client_ca)
         watch = asyncio.create_task(stop.wait(), name="signal")
         stack.push_async_callback(_cancel, watch)
-        done, _pending = await asyncio.wait([watch, http], return_when=asyncio.FIRST_COMPLETED)
-        if http in done:  # it ended by itself: a failure, not a stop
-            exc = http.exception() if not http.cancelled() else None
-            if exc is not None:
-                raise Failure(f"the HTTP server failed: {_one_line(exc)}") from exc
-            raise Failure("the HTTP server ended by itself")
+        done, _pending = await asyncio.wait([watch, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for ended in tasks:
+            if ended in done:  # it ended by itself: a failure, not a stop (the other one stops on exit)
+                exc = ended.exception() if not ended.cancelled() else None
+                if exc is not None:
+                    raise Failure(f"the HTTP server failed: {_one_line(exc)}") from exc
+                raise Failure("the HTTP server ended by itself")
         log.info("stopping: signal received")
         hub.close()  # open event streams end now; uvicorn would otherwise wait for them
-        server.should_exit = True
+        for each in servers:
+            each.should_exit = True
         # asyncio.wait, never wait_for (it can lose a cancellation: drivers/aio.py); http is cancelled on exit
-        done, _ = await asyncio.wait({http}, timeout=30)
-        if not done:
+        done, _ = await asyncio.wait(set(tasks), timeout=30)
+        if len(done) < len(tasks):
             log.warning("the HTTP server did not stop within 30 s: cancelled")
     log.info("stopped")
     return EXIT_OK
+
+
+def _box_server(config: Any, app: Any, stack: contextlib.AsyncExitStack) -> Any:
+    """The boxes' listener: routes_releases.box_app() over TLS that requires a client certificate signed by
+    `box_client_ca` (uvicorn's ASGI scope does not carry the peer certificate, so the handshake is the check).
+    Its socket is `.box_sock`, bound here (a taken port is one line) and closed with the stack."""
+    import ssl
+
+    import uvicorn
+
+    from county.server.routes_releases import box_app
+
+    s = config.server
+    sock = _listen_socket(s.box_host, s.box_port)
+    stack.callback(sock.close)
+    server = _uvicorn_server(uvicorn.Config(
+        box_app(app), host=s.box_host, port=s.box_port, log_config=None, access_log=False, lifespan="off",
+        ssl_certfile=str(s.tls_cert), ssl_keyfile=str(s.tls_key), ssl_ca_certs=str(s.box_client_ca),
+        ssl_cert_reqs=ssl.CERT_REQUIRED, server_header=False, timeout_graceful_shutdown=5))
+    server.box_sock = sock
+    return server
 
 
 def _remove_handlers(loop: asyncio.AbstractEventLoop) -> None:

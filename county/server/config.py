@@ -148,11 +148,28 @@ class ServerConfig:
     login_max_failures: int = field(default=5, metadata={"check": at_least_one})
     login_window_s: float = field(default=300.0, metadata={"check": positive})
     max_body_bytes: int = field(default=16 * 1024 * 1024, metadata={"check": at_least_one})
+    # the boxes' listener (release downloads, docs/updates.md): TLS that requires a certificate signed by
+    # box_client_ca; unset = no second port
+    box_listen: str | None = field(default=None, metadata={"check": _listen})
+    box_client_ca: Path | None = field(default=None, metadata={"check": readable_file})
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SchemaError("tls_cert" if self.tls_cert is None else "tls_key",
                               "tls_cert and tls_key go together")
+        if self.box_listen is None and self.box_client_ca is not None:
+            raise SchemaError("box_listen", "box_client_ca is set but box_listen is not: give the boxes' "
+                                            "host:port (or leave both out)")
+        if self.box_listen is not None:
+            if self.box_client_ca is None:
+                raise SchemaError("box_client_ca", "box_listen needs box_client_ca: the CA that signs the "
+                                                   "boxes' certificates")
+            if self.tls_cert is None:
+                raise SchemaError("box_listen", "box_listen needs tls_cert and tls_key: the boxes' port is "
+                                                "always TLS")
+            if split_listen(self.box_listen) == split_listen(self.listen):
+                raise SchemaError("box_listen", f"{self.box_listen!r} is the browser's listen address: "
+                                                "the boxes need a port of their own")
         if not self.tls and not self.allow_plain_http and not is_loopback(self.host):
             raise SchemaError("listen", f"{self.listen!r} is not a loopback address: give tls_cert and tls_key "
                                         "(or allow_plain_http = true behind a TLS proxy)")
@@ -168,6 +185,14 @@ class ServerConfig:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def box_host(self) -> str | None:
+        return None if self.box_listen is None else split_listen(self.box_listen)[0]
+
+    @property
+    def box_port(self) -> int | None:
+        return None if self.box_listen is None else split_listen(self.box_listen)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +345,7 @@ class CountyConfig:
 
 
 # keys holding a path, resolved against the config file's directory when relative
-_PATH_KEYS = {"server": ("tls_cert", "tls_key"), "mqtt": ("ca", "cert", "key", "password_file"),
+_PATH_KEYS = {"server": ("tls_cert", "tls_key", "box_client_ca"), "mqtt": ("ca", "cert", "key", "password_file"),
               "signing": ("key",), "county": ("regions",),
               "map": ("outline",)}
 

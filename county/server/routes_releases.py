@@ -10,14 +10,15 @@ The server checks the manifest's form (agent.release.parse_manifest) and every w
 *signature* is the boxes' to check, with their own `[trust] release_keys`: the county never needs the
 release key, and cannot make a box take what the release key did not sign.
 
-Download (what the boxes fetch; no session, Range requests answered 206):
+Download (what the boxes fetch; Range requests answered 206), only on the boxes' listener (box_app(),
+`[server] box_listen`), whose TLS handshake requires a certificate signed by `[server] box_client_ca`:
 
     GET /releases/{version}/manifest.jws
     GET /releases/{version}/wheels/{file}
 
-These are the signed files every box gets; their integrity is the manifest signature and the hashes, not
-secrecy. (The boxes present their client certificate; a listener that *requires* it is the TLS front's
-job, e.g. the county's reverse proxy: `village county serve` does not check client certificates.)
+The browser's port does not serve them. These are the signed files every box gets; their integrity is the
+manifest signature and the hashes; the client certificate keeps them (and the server's work) to the county's
+boxes. Uvicorn's ASGI scope does not carry the peer certificate, hence a listener of their own.
 
 Rollouts (`release.manage`):
 
@@ -27,7 +28,7 @@ Rollouts (`release.manage`):
     POST /api/v1/rollouts/{id}/halt
 
 `base_url` is the https:// address boxes reach this server at (their `[update] server`); default: the
-address the request came to.
+host the request came to at the `box_listen` port (the request's own address without a box listener).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -235,6 +238,15 @@ def publisher(request: Any, p: Parts, release: Any, url: str) -> ro.Publish:
     return publish
 
 
+def _box_base(request: Request) -> str:
+    """Where the boxes fetch by default: the host this request came to, at the boxes' port."""
+    port = parts(request).config.server.box_port
+    if port is None:
+        return str(request.base_url)
+    host = request.url.hostname or "localhost"
+    return f"https://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
 async def _status(request: Request, rid: str) -> dict[str, Any]:
     p = parts(request)
     async with p.db.connect() as conn:
@@ -262,7 +274,7 @@ async def start_rollout(request: Request) -> Response:
     wave = _int(body, "wave_size", 50, 1, 10000)
     pct = _int(body, "max_failure_pct", 10, 0, 100)
     timeout = _int(body, "wave_timeout_s", 3600, 60, 7 * 86400)
-    base = body.get("base_url", str(request.base_url))
+    base = body.get("base_url", _box_base(request))
     if not isinstance(base, str) or not base.startswith("https://") or len(base) > 400:
         raise ApiError(400, "base_url must be the https:// address boxes reach this server at")
     async with p.db.connect() as conn:
@@ -359,6 +371,24 @@ def routes() -> list[Route]:
         Route("/api/v1/rollouts", list_rollouts, methods=["GET"]),
         Route("/api/v1/rollouts/{id}", get_rollout, methods=["GET"]),
         Route("/api/v1/rollouts/{id}/halt", halt_rollout, methods=["POST"]),
+    ]
+
+
+def box_routes() -> list[Route]:
+    """What the boxes fetch: served only by box_app(), never on the browser's port."""
+    return [
         Route("/releases/{version}/manifest.jws", get_manifest, methods=["GET"]),
         Route("/releases/{version}/wheels/{file}", get_wheel, methods=["GET"]),
     ]
+
+
+def box_app(app: Any) -> Starlette:
+    """The boxes' app (`[server] box_listen`): box_routes() and nothing else, over the main app's database
+    and config. The listener serving it requires a client certificate signed by `box_client_ca` (the TLS
+    handshake refuses any other), so no route here needs a session: there is no login, no API."""
+    from county.web.security import SecurityHeaders
+
+    box = Starlette(routes=box_routes(), middleware=[Middleware(SecurityHeaders)])
+    for name in ("config", "db", "clock"):
+        setattr(box.state, name, getattr(app.state, name))
+    return box

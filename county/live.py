@@ -3,7 +3,10 @@
 A session has a random id and a fresh Ed25519 key pair that lives only in this process's memory for the
 session. The `broadcast.live` command (signed with the county key, QoS 1 like every command) gives the
 boxes the public half; every audio packet is signed with the private half (agent/broadcast/live.py has the
-packet format). Opus frames from the browser (WebCodecs, 20-60 ms) are grouped into packets of at least
+packet format). Opus frames from the browser (WebCodecs, 20-60 ms; or, from a browser without AudioEncoder,
+the packets county/webm.py or county/oggopus.py take out of its MediaRecorder stream: the same frames, and
+`add_frame` reads each one's duration from its TOC, never from the container's timestamps, so both paths
+give the same seq/pos numbering) are grouped into packets of at least
 `PACKET_MS` (fewer MQTT messages and signatures per second; at 20 ms frames this adds 40 ms of delay) and
 published QoS 0, not retained, on `{prefix}/live/{session}/audio` by the server's own audio connection
 (`AudioPublisher`: QoS 0 needs no PUBACK wait, so it does not share the command publisher's).
@@ -26,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.broadcast.live import MAX_FRAMES, audio_topic, encode_packet
 from agent.opus import Decoder, OpusError
 from county.console import BrokerSpec, ConsoleError, CountyClient
+from county.oggopus import crc as ogg_crc
 
 log = logging.getLogger("county.live")
 
@@ -171,26 +175,6 @@ class AudioPublisher:
 
 
 # ------------------------------------------------------------------------------------- the recording
-def _ogg_crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        r = i << 24
-        for _ in range(8):
-            r = ((r << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if r & 0x80000000 else (r << 1) & 0xFFFFFFFF
-        table.append(r)
-    return table
-
-
-_CRC = _ogg_crc_table()
-
-
-def _ogg_crc(data: bytes) -> int:
-    crc = 0
-    for b in data:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC[((crc >> 24) & 0xFF) ^ b]
-    return crc
-
-
 def _page(serial: int, seq: int, granule: int, packets: list[bytes], flags: int) -> bytes:
     lacing = bytearray()
     for p in packets:
@@ -198,7 +182,7 @@ def _page(serial: int, seq: int, granule: int, packets: list[bytes], flags: int)
     header = (b"OggS" + bytes([0, flags]) + struct.pack("<qIII", granule, serial, seq, 0) + bytes([len(lacing)])
               + bytes(lacing))
     page = bytearray(header + b"".join(packets))
-    page[22:26] = struct.pack("<I", _ogg_crc(bytes(page)))
+    page[22:26] = struct.pack("<I", ogg_crc(page))
     return bytes(page)
 
 

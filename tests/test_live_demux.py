@@ -96,6 +96,20 @@ def test_the_packets_are_ffprobes_in_any_slicing(streams: dict[str, Any], contai
         assert demux(container, data, size) == whole, size
 
 
+def test_the_servers_own_ogg_recording_reads_back(streams: dict[str, Any], tmp_path: Path) -> None:
+    """county.live.ogg_opus (the fallback recording) and the reader share the page CRC: both against ffprobe."""
+    from county.live import ogg_opus
+
+    frames = demux("webm", streams["webm"][0], 4096)
+    audio = ogg_opus([(f, 960) for f in frames])
+    assert demux("ogg", audio, 333) == frames
+    path = tmp_path / "rec.ogg"
+    path.write_bytes(audio)
+    probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "packet=size", "-of", "json",
+                                       str(path)], check=True, capture_output=True, timeout=60).stdout)
+    assert [int(p["size"]) for p in probe["packets"]] == [len(f) for f in frames]
+
+
 def test_webm_and_ogg_of_the_same_audio_give_the_same_packets(streams: dict[str, Any], tmp_path: Path) -> None:
     data, _ = streams["webm"]
     src = tmp_path / "a.webm"

@@ -108,12 +108,15 @@ async def test_speech_from_the_page_plays_on_the_box(console: Console, driver: A
                 30)
         used = await asyncio.to_thread(
             lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-live-capture"))
+        container = await asyncio.to_thread(
+            lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-live-container"))
         await asyncio.to_thread(lambda: driver.find_element(By.ID, "live-end").click())
         finished = await county.wait(cmd, "finished", within=30)
         await asyncio.to_thread(collector_console.wait_for, lambda _: not box.relay.is_on)
     got = find_clicks(box.speaker.pcm())
     print("clicks out:", got, "receipt:", finished)
     assert used == capture
+    assert container == ("webm" if capture == "mediarecorder" else None)  # Chromium records WebM, not Ogg
     assert finished["end"] == "ended" and finished["packets"]["received"] > 0
     # the input's rhythm: find the click pattern (the fake device loops the file) in what the box played
     # (plus 20 ms for each frame the jitter buffer skipped or stretched while adapting: the receipt says)

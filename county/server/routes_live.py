@@ -254,6 +254,10 @@ async def _stream(ws: WebSocket, p: Parts, user: auth.User, session: LiveSession
                     except DemuxError as exc:
                         why, error = "malformed", f"{container} stream: {exc}"
                         break
+                    except Exception:  # a reader bug: end this session like a malformed stream, keep serving
+                        log.exception("live %s: the %s reader failed", session.session, container)
+                        why, error = "malformed", f"{container} stream: unreadable"
+                        break
                 for frame in frames:
                     pkt = session.add_frame(frame)
                     if pkt is not None:

@@ -9,9 +9,9 @@ Hand-written rather than a dependency: what's needed is a tiny subset of EBML (e
 and Block payloads, the CodecID) read incrementally, about a hundred lines; the Python Matroska libraries
 read whole files and ffmpeg/PyAV would mean a child process or a heavy native wheel on the server for a
 job that is framing only. Untrusted input: everything is bounded (an element that would be buffered may be
-at most MAX_ELEMENT bytes, element IDs at most 4 and sizes at most 8 bytes, unknown sizes only on Segment
-and Cluster), and anything else raises DemuxError, which ends that session; the reader never blocks or
-grows without bound.
+at most MAX_ELEMENT bytes, one skipped unread at most MAX_SKIP, element IDs at most 4 and sizes at most 8
+bytes, unknown sizes only on Segment and Cluster), and anything else raises DemuxError, which ends that
+session; the reader never blocks or grows without bound.
 
 Layout read flat (the Matroska IDs of the children are distinct, so the masters need not be tracked):
 EBML header (skipped; must come first), Segment and Cluster (entered, known or unknown size), Tracks,
@@ -22,6 +22,9 @@ the first audio track seen), everything else skipped by size without being buffe
 from __future__ import annotations
 
 MAX_ELEMENT = 1 << 16  # a SimpleBlock of one Opus packet (<= 1275 bytes a frame) is far below this
+# an element skipped unread (Info, Void, Cues, Tags...): a recorder's are small; a garbled size must not make
+# the reader swallow the rest of the session silently
+MAX_SKIP = 1 << 20
 EBML_HEADER = 0x1A45DFA3
 SEGMENT = 0x18538067
 CLUSTER = 0x1F43B675
@@ -107,6 +110,8 @@ class WebmOpusReader:
                 at += head  # entered: its children follow
                 continue
             if eid not in READ:
+                if length > MAX_SKIP:
+                    raise DemuxError(f"element 0x{eid:X} of {length} bytes (at most {MAX_SKIP})")
                 at += head
                 self._skip = length  # consumed from the buffer (or later data) without being kept
                 continue

@@ -152,6 +152,9 @@ def test_other_codecs_and_garbled_streams_are_refused(streams: dict[str, Any], t
     huge = webm + b"\xa3\x01" + (1 << 40).to_bytes(7, "big")  # an 8-byte size
     with pytest.raises(DemuxError, match="at most"):
         demux("webm", huge, len(huge))
+    # nor an element to skip that would swallow the rest of the session
+    with pytest.raises(DemuxError, match="at most"):
+        demux("webm", webm + b"\xec\x01" + (1 << 40).to_bytes(7, "big"), 4096)
     # unknown sizes only on Segment and Cluster
     with pytest.raises(DemuxError, match="unknown size"):
         demux("webm", webm + b"\x16\x54\xae\x6b\xff", 4096)

@@ -1,5 +1,9 @@
 """scripts/install-box into a throwaway root, then the INSTALLED agent under a real NOTIFY_SOCKET.
 
+The box is laid out in release slots (docs/updates.md): releases/<version>, `current`, the launcher, the
+unit's update drop-in and the OnFailure= rollback unit; the agent is started through the launcher as the
+drop-in's ExecStart does, and the installed box takes an update with the updater's own install and switch.
+
 No real useradd on the host: the install uses `--root DIR` (sysusers, tmpfiles and `systemctl enable` all
 work offline there). The venv is built from a wheelhouse kept in pytest's cache directory, so only the
 first run on a machine downloads the dependencies; later runs rebuild just the project's own wheel.
@@ -31,6 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "scripts" / "install-box"
 UNINSTALL = REPO / "scripts" / "uninstall-box"
 BOX = "lhk-install-001"
+VERSION = "0.1.0"  # pyproject.toml's: the wheelhouse's project wheel
+OPT = "opt/village-agent"
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,6 +78,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path) -> Pat
     return root
 
 
+def runtime_wheels(wheelhouse: Path) -> list[Path]:
+    """The project's wheel and its dependencies' (setuptools included: colorzero imports it)."""
+    return [w for w in wheelhouse.glob("*.whl") if not w.name.startswith(("wheel-", "pip-"))]
+
+
 def gid_of(root: Path, name: str) -> int:
     m = re.search(rf"^{name}:x:(\d+):", (root / "etc" / "group").read_text(), re.M)
     assert m, name
@@ -83,10 +94,16 @@ def mode(path: Path) -> int:
 
 
 # ---------------------------------------------------------------- the installation
+def uid_of(root: Path, name: str) -> int:
+    m = re.search(rf"^{name}:x:(\d+):", (root / "etc" / "passwd").read_text(), re.M)
+    assert m, name
+    return int(m[1])
+
+
 def test_layout_owners_and_modes(installed: Path) -> None:
     r = installed
     gid = gid_of(r, "village")
-    venv = r / "opt/village-agent/venv"
+    venv = r / OPT / "current"
     assert os.access(venv / "bin/village", os.X_OK)
     assert sorted(p.name for p in (r / "opt/village-agent/profiles").glob("*.toml")) == sorted(
         p.name for p in (REPO / "firmware_cfg").glob("*.toml"))
@@ -106,9 +123,39 @@ def test_layout_owners_and_modes(installed: Path) -> None:
     assert re.search(r"^village:x:\d+:\d+:.*:/usr/sbin/nologin$", passwd, re.M)
 
 
+def test_the_box_is_laid_out_in_release_slots(installed: Path, wheelhouse: Path) -> None:
+    from agent.release import sha256_file
+    from agent.update.layout import Layout
+
+    r, opt = installed, installed / OPT
+    layout = Layout(opt)
+    assert os.readlink(opt / "current") == f"releases/{VERSION}" and layout.current_version() == VERSION
+    assert sorted(p.name for p in (opt / "releases").iterdir()) == [VERSION]
+    assert not (opt / "venv").exists()  # the single-venv layout is gone
+    launcher = opt / "bin/village-launch"
+    assert launcher.read_bytes() == (REPO / "systemd/village-launch").read_bytes() and mode(launcher) == 0o755
+    dropin = r / "etc/systemd/system/village-agent.service.d/update.conf"
+    assert dropin.read_text() == (REPO / "systemd/dropins/village-agent-update.conf").read_text()
+    rollback = r / "etc/systemd/system/village-agent-rollback.service"
+    assert rollback.read_text() == (REPO / "systemd/village-agent-rollback.service").read_text()
+    # the agent (user village) installs new slots and switches `current` itself
+    uid, gid = uid_of(r, "village"), gid_of(r, "village")
+    for d in (opt, opt / "releases", opt / "releases" / VERSION, opt / "wheels", opt / "downloads", opt / "update"):
+        assert (d.stat().st_uid, d.stat().st_gid) == (uid, gid), d
+    assert (opt / "releases" / VERSION / "bin/python").lstat().st_uid == uid
+    # the wheelhouse's wheels the slot runs are held by content: the next release downloads only what changed
+    held = {p.name for p in (opt / "wheels").glob("*.whl")}
+    assert held and all(sha256_file(p) + ".whl" == p.name for p in (opt / "wheels").glob("*.whl"))
+    assert {sha256_file(w) + ".whl" for w in runtime_wheels(wheelhouse)} <= held  # the project's wheel too
+    # the CLI of whatever release is current
+    out = subprocess.run([str(opt / "bin/village"), "agent", "check", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "usage: village agent check" in out.stdout, out
+
+
 def test_the_box_venv_holds_no_extras(installed: Path) -> None:
     # what install-box really put on the box: the agent's packages, not the simulator's or the tests'
-    py = installed / "opt" / "village-agent" / "venv" / "bin" / "python"
+    py = installed / OPT / "current" / "bin" / "python"
     found = subprocess.run([str(py), "-c", "import importlib.util as u, sys; "
                                            "print(' '.join(m for m in sys.argv[1:] if u.find_spec(m)))",
                             "rich", "amqtt", "psutil", "typer", "websockets", "yaml", "pydantic", "pytest", "mypy",
@@ -132,10 +179,14 @@ def test_a_second_run_changes_nothing_that_matters(installed: Path, wheelhouse: 
     key = installed / "etc/village-agent/identity/box.key"
     config = installed / "etc/village-agent/agent.toml"
     before = (key.read_bytes(), config.read_bytes(), (installed / "etc/passwd").read_text())
+    old_venv = installed / OPT / "venv"  # what a box installed before release slots has
+    (old_venv / "bin").mkdir(parents=True)
     result = run_install(installed, wheelhouse)  # no box id, profile or broker: all come from what is there
     assert result.returncode == 0, result.stderr
     assert "kept key" in result.stdout and "keeping existing" in result.stdout
     assert (key.read_bytes(), config.read_bytes(), (installed / "etc/passwd").read_text()) == before
+    assert not old_venv.exists() and os.readlink(installed / OPT / "current") == f"releases/{VERSION}"
+    assert not (installed / OPT / "previous").exists()  # the same release again: nothing to go back to
 
 
 def test_installed_unit_verifies_against_the_root(installed: Path) -> None:
@@ -147,17 +198,22 @@ def test_installed_unit_verifies_against_the_root(installed: Path) -> None:
     units = installed / "usr/lib/systemd/system"
     if not units.exists():
         shutil.copytree(host_units, units, symlinks=True)
+    systemctl = installed / "bin/systemctl"  # the rollback unit's ExecStartPost, as a box has it
+    if not systemctl.exists():
+        systemctl.parent.mkdir(exist_ok=True)
+        shutil.copy2(shutil.which("systemctl") or "/bin/systemctl", systemctl)
     unit = installed / "etc/systemd/system/village-agent.service"
-    verify = ["systemd-analyze", "verify", f"--root={installed}", str(unit)]
+    rollback = installed / "etc/systemd/system/village-agent-rollback.service"
+    verify = ["systemd-analyze", "verify", f"--root={installed}", str(unit), str(rollback)]
     ok = subprocess.run(verify, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
-    exe = installed / "opt/village-agent/venv/bin/village"
-    exe.rename(exe.with_name("village.aside"))
+    exe = installed / OPT / "bin/village-launch"  # the drop-in's ExecStart, in the root
+    exe.rename(exe.with_name("village-launch.aside"))
     try:
         bad = subprocess.run(verify, capture_output=True, text=True, timeout=60)
     finally:
-        exe.with_name("village.aside").rename(exe)
-    assert bad.returncode != 0 and "venv/bin/village" in bad.stderr
+        exe.with_name("village-launch.aside").rename(exe)
+    assert bad.returncode != 0 and "village-launch" in bad.stderr
 
 
 def test_install_refuses_what_it_cannot_use(tmp_path: Path, wheelhouse: Path) -> None:
@@ -178,6 +234,8 @@ def test_uninstall_keeps_data_then_purges(tmp_path: Path, wheelhouse: Path) -> N
     assert not (root / "opt/village-agent").exists()
     assert not (root / "etc/systemd/system/village-agent.service").exists()
     assert not (root / "etc/systemd/system/multi-user.target.wants/village-agent.service").exists()
+    assert not (root / "etc/systemd/system/village-agent.service.d").exists()
+    assert not (root / "etc/systemd/system/village-agent-rollback.service").exists()
     assert (root / "etc/village-agent/identity/box.key").exists() and (root / "var/lib/village-agent").is_dir()
     for _ in range(2):
         result = subprocess.run([str(UNINSTALL), "--root", str(root), "--purge"], capture_output=True, text=True,
@@ -237,7 +295,7 @@ class NotifyListener:
 
 
 def _agent_importable(root: Path) -> None:
-    python = root / "opt/village-agent/venv/bin/python"
+    python = root / OPT / "current/bin/python"
     probe = subprocess.run([str(python), "-c", "import agent.app"], capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
 
@@ -263,6 +321,9 @@ url = "{broker.url}"
 backoff_min_s = 0.2
 backoff_max_s = 1
 
+[update]
+root = "{installed / OPT}"
+
 [trust.keys]
 county-test = "{pub}"
 """)
@@ -277,9 +338,10 @@ def start_agent(box: dict[str, object], log: Path, watchdog_s: float = 2.0,
                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     root = box["root"]
     assert isinstance(root, Path)
-    exe = root / "opt/village-agent/venv/bin/village"
+    launcher = root / OPT / "bin/village-launch"  # the drop-in's ExecStart: it execs current's python
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "VILLAGE_", "WATCHDOG_"))}
     env.update({
+        "VILLAGE_ROOT": str(root / OPT),
         "NOTIFY_SOCKET": box["notify"].address,  # type: ignore[attr-defined]
         "WATCHDOG_USEC": str(int(watchdog_s * 1_000_000)),
         "VILLAGE_PROFILE_DIR": str(root / "opt/village-agent/profiles"),
@@ -287,7 +349,7 @@ def start_agent(box: dict[str, object], log: Path, watchdog_s: float = 2.0,
         **(extra_env or {}),
     })
     # `exec` keeps the shell's pid, so WATCHDOG_PID names the agent itself, as systemd sets it
-    cmd = f'WATCHDOG_PID=$$ exec "{exe}" agent run -c "{box["config"]}"'
+    cmd = f'WATCHDOG_PID=$$ exec "{launcher}" -c "{box["config"]}"'
     return subprocess.Popen(["/bin/sh", "-c", cmd], env=env, stdout=subprocess.DEVNULL,
                             stderr=log.open("wb"), start_new_session=True)
 
@@ -353,7 +415,7 @@ def test_installed_agent_reports_ready_and_stops_cleanly_with_the_relay_off(
     assert re.search(r"^<[0-7]>", text, re.M)  # journald priority prefixes under JOURNAL_STREAM
     assert "Traceback" not in text, text[-3000:]
     # status reads what the stopped agent left behind, without it running
-    status = subprocess.run([str(box["root"] / "opt/village-agent/venv/bin/village"),  # type: ignore[operator]
+    status = subprocess.run([str(box["root"] / OPT / "bin/village"),  # type: ignore[operator]
                              "agent", "status", "-c", str(box["config"]), "--json"], capture_output=True,
                             text=True, timeout=60)
     assert status.returncode == 0, status.stderr
@@ -391,3 +453,44 @@ def test_watchdog_restarts_a_hung_agent(box: dict[str, object], tmp_path: Path) 
         if restarted.poll() is None:
             restarted.kill()
             restarted.wait()
+
+
+def test_the_installed_box_takes_an_update_and_runs_it(box: dict[str, object], collector: Collector,
+                                                       tmp_path: Path, wheelhouse: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """What agent.update does after the download, on the layout install-box made: only the new project wheel
+    is fetched (install-box holds the rest), the updater's own install_slot and switch, then the launcher
+    starts the new release. Last in the module: the shared root is on 0.1.1 after it."""
+    import asyncio
+
+    from agent.release import Manifest, WheelEntry, build_project_wheel, sha256_file
+    from agent.update.install import install_slot
+    from agent.update.layout import Layout
+
+    root = box["root"]
+    assert isinstance(root, Path)
+    layout = Layout(root / OPT)
+    new = build_project_wheel(REPO, tmp_path / "b", "0.1.1")
+    digest = sha256_file(new)
+    shutil.copyfile(new, layout.wheel(digest))  # what the verified download leaves
+    deps = [w for w in runtime_wheels(wheelhouse) if not w.name.startswith("village_edge-")]
+    entries = [WheelEntry(new.name, digest, new.stat().st_size, True),
+               *(WheelEntry(w.name, sha256_file(w), w.stat().st_size) for w in deps)]
+    assert all(layout.wheel(e.sha256).exists() for e in entries)  # nothing else to download
+    manifest = Manifest("village-edge", "0.1.1", "cp311", "any", VERSION, int(time.time()), True, tuple(entries))
+    python = Path(getattr(sys, "_base_executable", sys.executable))
+    monkeypatch.setenv("VILLAGE_PROFILE_DIR", str(root / OPT / "profiles"))  # where a live box has them
+    asyncio.run(install_slot(layout, manifest, python, box["config"]))  # type: ignore[arg-type]
+    layout.switch("0.1.1", layout.current_version())
+    assert (layout.current_version(), layout.previous_version()) == ("0.1.1", VERSION)
+    notify: NotifyListener = box["notify"]  # type: ignore[assignment]
+    proc = start_agent(box, tmp_path / "b.log")
+    try:
+        notify.wait_for("READY=1")
+        collector.wait_for(lambda msgs: any(m.topic.endswith(f"/box/{BOX}/state") and m.json().get("version") == "0.1.1"
+                                            for m in msgs))
+        assert stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

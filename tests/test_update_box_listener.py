@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -132,6 +133,13 @@ def test_boxes_download_with_their_certificate_and_the_browser_port_does_not_ser
                                 ).status_code == 201
             assert browser.put(f"{web}/api/v1/releases/2.0.0/wheels/{FILE}", content=WHEEL, headers=auth
                                ).json()["complete"]
+            # a rollout sent without base_url names the boxes' port of the host it was asked on
+            r = browser.post(f"{web}/api/v1/rollouts", json={"version": "2.0.0", "to": ["box:lhk-menglou-001"],
+                                                             "force": True}, headers=auth)
+            assert r.status_code == 201, r.text
+            with sqlite3.connect(tmp_path / "county.db") as db:
+                assert db.execute("SELECT url FROM rollouts").fetchall() == [
+                    (f"https://localhost:{box_port}/releases/2.0.0/manifest.jws",)]
             # the browser port: not the boxes' files, with or without a session
             assert browser.get(f"{web}/releases/2.0.0/wheels/{FILE}").status_code == 404
             assert browser.get(f"{web}/releases/2.0.0/manifest.jws", headers=auth).status_code == 404

@@ -110,8 +110,10 @@ async def fleet(tmp: Path, bundles: Bundles, ca: TestCA, n: int, cap: int, wave:
         await api.put(f"/api/v1/releases/{B}/wheels/{file}", content=(b.dir / "wheels" / file).read_bytes())
     issued = ca.server("localhost")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                           ssl_certfile=str(issued.cert), ssl_keyfile=str(issued.key),
+    from county.server.routes_releases import box_app  # the boxes' listener ([server] box_listen)
+
+    server = uvicorn.Server(uvicorn.Config(box_app(app), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off", ssl_certfile=str(issued.cert), ssl_keyfile=str(issued.key),
                                            ssl_ca_certs=str(ca.pem), ssl_cert_reqs=ssl.CERT_REQUIRED))
     http = asyncio.create_task(server.serve())
     while not server.started:

@@ -127,8 +127,9 @@ def cmd_rollout(args: Any) -> int:
         if args.rollout_cmd == "start":
             pilot: Any = int(args.pilot) if args.pilot.isdigit() else [b for b in args.pilot.split(",") if b]
             body = {"version": args.version, "to": args.to, "pilot": pilot, "wave_size": args.wave_size,
-                    "max_failure_pct": args.max_failure_pct, "wave_timeout_s": args.wave_timeout,
-                    "base_url": args.base_url or args.server}
+                    "max_failure_pct": args.max_failure_pct, "wave_timeout_s": args.wave_timeout}
+            if args.base_url:  # else the server's own default: its box listener when it has one
+                body["base_url"] = args.base_url
             _status, doc = client.request("POST", "/api/v1/rollouts", body)
         elif args.rollout_cmd == "halt":
             _status, doc = client.request("POST", f"/api/v1/rollouts/{urllib.parse.quote(args.id)}/halt", {})

@@ -281,3 +281,29 @@ async def test_concurrent_advances_send_a_wave_once(env: Env) -> None:
         assert row["waves"][-1]["cmd"] == sent[0]
     finally:
         boxes.stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_rollout_start_without_base_url_points_the_boxes_at_the_servers_box_listener(
+        env: Env, tmp_path: Path) -> None:
+    """`--base-url` left out: the server's default (its box listener, where boxes present their certificate),
+    not the browser address the CLI talks to."""
+    import dataclasses
+
+    from tests.pki import TestCA
+
+    ca = TestCA(tmp_path / "pki")
+    tls = ca.server()
+    cfg = env.app.state.config
+    env.app.state.config = dataclasses.replace(cfg, server=dataclasses.replace(
+        cfg.server, tls_cert=tls.cert, tls_key=tls.key, box_listen="127.0.0.1:8443", box_client_ca=ca.pem))
+    await upload(env)
+    async with served(env) as base:
+        cli = [sys.executable, "-m", "agent.cli", "county", "rollout", "start", "2.0.0", "--to", "group:town-a",
+               "--server", base, "--user", "admin", "--json"]
+        environ = {**os.environ, "VILLAGE_COUNTY_PASSWORD": PASSWORD, "VILLAGE_LANG": "en"}
+        out = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, env=environ, timeout=60)
+    assert out.returncode == 0, out.stderr
+    async with env.db.begin() as conn:
+        (row,) = (await conn.execute(rollouts.select())).mappings().all()
+    assert "https://127.0.0.1:8443/" in json.dumps(dict(row), default=str)

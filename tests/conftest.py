@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 from collections.abc import Iterator
@@ -114,8 +115,15 @@ async def _no_leftover_tasks() -> object:
     except RuntimeError:
         return
     me = asyncio.current_task(loop)
+    # an async generator dropped unfinished (httpx's line iterators) is closed by a task the loop makes when it
+    # is collected: give those their steps first, they end at once
+    gc.collect()
+    closing = [t for t in asyncio.all_tasks(loop)
+               if t is not me and not t.done() and type(t.get_coro()).__name__ == "async_generator_athrow"]
+    if closing:
+        await asyncio.wait(closing, timeout=30)
     left = [t for t in asyncio.all_tasks(loop) if t is not me and not t.done()]
     if left:
         for t in left:
             t.cancel()
-        pytest.fail(f"test left tasks running: {[t.get_name() for t in left]}")
+        pytest.fail(f"test left tasks running: {[(t.get_name(), t.get_coro()) for t in left]}")

@@ -34,7 +34,7 @@ from drivers.audio.media import chime_wav
 from drivers.audio.player import AlsaPlayer
 from drivers.audio.tts import EspeakTts
 from drivers.wristband.setup import SetupScript, SetupSession
-from tests.county_ingest_proc import Publisher, sos
+from tests.county_ingest_proc import Publisher, envelope
 from tests.support import CANCEL_ORDERINGS, Mosquitto, deliver_cancel
 from tests.test_playback import DAILY, Rig, audio
 
@@ -267,23 +267,25 @@ async def test_a_stop_while_espeak_hangs_kills_the_child_and_ends(
 
 
 # -- county ingest: the batcher waits for more messages after the first of a batch ----------------------------
-class BatchingQueue(asyncio.Queue):  # type: ignore[type-arg]
-    """Ingest's queue; the stop (Ingest.close cancels the task) lands as the batch's second message is taken."""
+class BatchingMore(asyncio.Event):
+    """Ingest's "more has come" event: the stop (Ingest.close cancels the task) lands as the second message
+    joins the batch the batcher is filling (waiting on this event within its window)."""
 
     def __init__(self, armed: Armed) -> None:
         super().__init__()
-        self.armed, self.gets = armed, 0
+        self.armed, self.sets = armed, 0
         self.batching = asyncio.Event()
 
-    async def get(self) -> Any:
-        self.gets += 1
-        n = self.gets
-        if n == 2:
-            self.batching.set()  # the batcher waits for its batch to fill up
-        item = await super().get()
-        if n == 2:
+    async def wait(self) -> Any:
+        if self.sets >= 1:
+            self.batching.set()  # the first message is in the batch: the batcher waits for more
+        return await super().wait()
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
+        if self.sets == 2:
             self.armed.fire()
-        return item
 
 
 @pytest.mark.parametrize("ordering", ORDERINGS)
@@ -293,16 +295,17 @@ async def test_a_stop_landing_as_a_message_joins_an_ingest_batch_ends_ingest(
     ingest = Ingest(IngestConfig(urls=[broker.url], client_id="county-test-1", batch_ms=BIG_S * 1000), db,
                     EventHub())
     armed = Armed(ordering)
-    ingest._queue = queue = BatchingQueue(armed)
+    ingest._more = more = BatchingMore(armed)
     pub = Publisher(broker.url)
     try:
         await ingest.start()
         await ingest.wait_subscribed()
         assert ingest._task is not None
         armed.task = ingest._task
-        await asyncio.to_thread(pub.publish, [sos("b1", 1)])
-        await wait_within(queue.batching.wait(), GUARD_S)
-        await asyncio.to_thread(pub.publish, [sos("b1", 2)])
+        # telemetry: an alarm goes alone at once, only the rest waits in the window for more
+        await asyncio.to_thread(pub.publish, [envelope("b1", 1, "telemetry", "position")])
+        await wait_within(more.batching.wait(), GUARD_S)
+        await asyncio.to_thread(pub.publish, [envelope("b1", 2, "telemetry", "position")])
         await ended_by_cancel(ingest._task)
         assert armed.fired == 1
     finally:

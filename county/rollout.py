@@ -214,7 +214,9 @@ async def run_rollouts(db: Any, publish_for: Callable[[Any], Publish], clock: Ca
                 await advance(db, row["id"], publish_for(row), clock())
         except Exception:  # a database hiccup: try again next tick, never end the loop
             log.exception("rollouts: advancing failed")
+        # asyncio.wait, not wait_for (docs/reliability.md): the server's stop is never swallowed here
+        waiter = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait_for(stop.wait(), tick_s)
-        except TimeoutError:
-            pass
+            await asyncio.wait({waiter}, timeout=tick_s)
+        finally:
+            waiter.cancel()

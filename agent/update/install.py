@@ -19,6 +19,7 @@ from pathlib import Path
 
 from agent.release import Manifest
 from agent.update.layout import Layout
+from drivers.aio import wait_within
 
 PIP_WHEEL_DIRS = ("/usr/share/python-wheels",)
 STEP_TIMEOUT_S = 600.0
@@ -37,7 +38,7 @@ async def _run(*argv: str | Path, limit_s: float = STEP_TIMEOUT_S) -> tuple[int,
                                                 env={**os.environ, "PIP_NO_INPUT": "1",
                                                      "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), limit_s)
+        out, _ = await wait_within(proc.communicate(), limit_s)
     except BaseException:  # cancelled (the agent stops) or timed out: never leave pip running
         if proc.returncode is None:
             proc.kill()

@@ -1,4 +1,4 @@
-// WGS-84 <-> GCJ-02 in the browser: the same arithmetic as county/geo.py, line for line (tests/test_geo.py
+// WGS-84 <-> GCJ-02 in the browser: the same arithmetic as agent/wearables/geo.py (county/geo.py uses it), line for line (tests/test_geo.py
 // runs both on the same points through Selenium and checks they agree). Everything the county stores is
 // WGS-84; a GCJ-02 tile layer (高德/AMap) needs what is drawn shifted, and what the user draws shifted back.
 // Points are (lat, lon) in degrees. Hand-written: twenty lines of published formulas, no package has them.

@@ -51,8 +51,9 @@ def box_json(regions: Any, box: str, row: Any | None, missing: int | None = None
     }
 
 
-@api
-async def list_boxes(request: Request) -> Response:
+async def visible_boxes(request: Request) -> list[tuple[str, Any, int | None]]:
+    """(box, its row or None, its missing seq count) for every box the user may read, reported or registered
+    (a registered box that never reported is listed too), in id order."""
     user = authorize(request, "boxes.read")
     p = parts(request)
     async with p.db.connect() as conn:
@@ -61,9 +62,13 @@ async def list_boxes(request: Request) -> Response:
     ids = set(rows)
     if p.regions is not None:
         ids.update(p.regions.registered())
-    out = [box_json(p.regions, b, rows.get(b), missing.get(b)) for b in sorted(ids)
-           if in_scope(p.regions, user.scope, b)]
-    return JSONResponse(out)
+    return [(b, rows.get(b), missing.get(b)) for b in sorted(ids) if in_scope(p.regions, user.scope, b)]
+
+
+@api
+async def list_boxes(request: Request) -> Response:
+    regions = parts(request).regions
+    return JSONResponse([box_json(regions, b, row, missing) for b, row, missing in await visible_boxes(request)])
 
 
 @api

@@ -58,7 +58,7 @@ from agent.protocol.topics import BOX_ID_RE
 from county import reports
 from county.server import audit as audit_log
 from county.server import auth
-from county.server.routes_boxes import box_json
+from county.server.routes_boxes import box_json, visible_boxes
 from county.server.routes_common import ApiError, api, audit_append, authorize, in_scope, int_param, parts, read_json
 from county.server.users import UserError, check_name, check_password, check_role, check_scope, check_text
 from county.store.queries import seq_gaps
@@ -208,23 +208,11 @@ def heartbeat_view(heartbeat: Any) -> dict[str, Any]:
 
 @api
 async def fleet(request: Request) -> Response:
-    user = authorize(request, "boxes.read")
-    p = parts(request)
-    async with p.db.connect() as conn:
-        rows = {r["id"]: r for r in (await conn.execute(select(boxes_t))).mappings()}
-        missing = {g.box: g.missing for g in await seq_gaps(conn)}
-    ids = set(rows)
-    if p.regions is not None:
-        ids.update(p.regions.registered())
-    out = []
-    for b in sorted(ids):
-        if not in_scope(p.regions, user.scope, b):
-            continue
-        row = rows.get(b)
-        out.append(box_json(p.regions, b, row, missing.get(b))
-                   | heartbeat_view(row["heartbeat"] if row is not None else None)
-                   | {"heartbeat_ts": row["heartbeat_ts"] if row is not None else None})
-    return JSONResponse(out)
+    regions = parts(request).regions
+    return JSONResponse([box_json(regions, b, row, missing)
+                         | heartbeat_view(row["heartbeat"] if row is not None else None)
+                         | {"heartbeat_ts": row["heartbeat_ts"] if row is not None else None}
+                         for b, row, missing in await visible_boxes(request)])
 
 
 # ------------------------------------------------------------------------------------------- one box

@@ -208,9 +208,8 @@ def parse_repeat(raw: Any, default_tz: str) -> Repeat:
                   float(window) if window is not None else None)
 
 
-def parse_play(data: Any, *, default_tz: str, max_text_chars: int) -> PlayRequest:
-    if not isinstance(data, dict):
-        raise BadBroadcast("bad_data", "data must be an object")
+def parse_class_level(data: dict[str, Any]) -> tuple[Klass, int]:
+    """A broadcast's `class` and `level` (default 3), or BadBroadcast('bad_data', why): play and live alike."""
     try:
         cls = Klass(str(data.get("class")))
     except ValueError:
@@ -218,6 +217,13 @@ def parse_play(data: Any, *, default_tz: str, max_text_chars: int) -> PlayReques
     level = data.get("level", 3)
     if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 4:
         raise BadBroadcast("bad_data", "level must be 1..4")
+    return cls, level
+
+
+def parse_play(data: Any, *, default_tz: str, max_text_chars: int) -> PlayRequest:
+    if not isinstance(data, dict):
+        raise BadBroadcast("bad_data", "data must be an object")
+    cls, level = parse_class_level(data)
     title, text = data.get("title") or "", data.get("text") or ""
     if not isinstance(title, str) or not isinstance(text, str):
         raise BadBroadcast("bad_data", "title and text must be strings")

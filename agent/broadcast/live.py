@@ -31,7 +31,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.broadcast.items import BadBroadcast, Klass
+from agent.broadcast.items import BadBroadcast, Klass, parse_class_level
 from agent.protocol.text import scrub
 
 LIVE_MIME = "application/x-village-live"  # Item.mime of a live session (it has no media file)
@@ -91,13 +91,7 @@ def parse_live(data: Any, *, max_s_limit: float) -> LiveSpec:
     session = data.get("session")
     if not isinstance(session, str) or not SESSION_RE.fullmatch(session):
         raise BadBroadcast("bad_data", "session must be 8-64 of [A-Za-z0-9_-]")
-    try:
-        cls = Klass(str(data.get("class")))
-    except ValueError:
-        raise BadBroadcast("bad_data", "class must be emergency, daily or drill") from None
-    level = data.get("level", 3)
-    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 4:
-        raise BadBroadcast("bad_data", "level must be 1..4")
+    cls, level = parse_class_level(data)
     title = data.get("title") or ""
     if not isinstance(title, str) or len(title) > 200:
         raise BadBroadcast("bad_data", "title must be a string of at most 200 characters")

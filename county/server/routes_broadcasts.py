@@ -48,6 +48,7 @@ from county.server.routes_common import (
     place,
     publish_all,
     reach_boxes,
+    reaching,
     read_json,
     signing_key,
     topics_of,
@@ -401,11 +402,7 @@ async def get_one(request: Request) -> Response:
     async with p.db.connect() as conn:
         row = await _load(conn, bid)
         got = await _board(conn, row) if row is not None else {}
-    if row is None:
-        raise ApiError(404, "no such broadcast")
-    if not any(in_scope(p.regions, user.scope, b) for b in row["boxes"]):
-        raise ApiError(403, "that broadcast reaches no box inside your scope")
-    return JSONResponse(broadcast_json(row, got, p, user.scope))
+    return JSONResponse(broadcast_json(reaching(p, user, row, "broadcast"), got, p, user.scope))
 
 
 @api

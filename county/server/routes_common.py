@@ -146,6 +146,16 @@ def in_scope(regions: Any, scope: str | None, box: str) -> bool:
     return regions is not None and bool(regions.in_scope(box, scope))
 
 
+def reaching(p: Parts, user: Any, row: Any, what: str, *, short: str | None = None) -> Any:
+    """A stored command a user reads or resends (`row`, or None): 404 when there is none, 403 when none of its
+    boxes lies in the user's scope (a township sees the county-wide commands that reach its boxes)."""
+    if row is None:
+        raise ApiError(404, f"no such {what}")
+    if not any(in_scope(p.regions, user.scope, b) for b in row["boxes"]):
+        raise ApiError(403, f"that {short or what} reaches no box inside your scope")
+    return row
+
+
 def filter_scope(regions: Any, scope: str | None, boxes: Iterable[str]) -> list[str]:
     return [b for b in boxes if in_scope(regions, scope, b)]
 

@@ -52,6 +52,7 @@ from county.server.routes_common import (
     place,
     publish_all,
     reach_boxes,
+    reaching,
     read_json,
     signing_key,
     topics_of,
@@ -282,11 +283,7 @@ async def get_push(request: Request) -> Response:
         row = (await conn.execute(select(pushes_t).where(pushes_t.c.id == pid))).mappings().first()
         got = {} if row is None else {r["box"]: r for r in (await conn.execute(
             select(receipts_t).where(receipts_t.c.cmd == pid))).mappings()}
-    if row is None:
-        raise ApiError(404, "no such fence push")
-    if not any(in_scope(p.regions, user.scope, b) for b in row["boxes"]):
-        raise ApiError(403, "that push reaches no box inside your scope")
-    return JSONResponse(push_json(row, got, p, user.scope))
+    return JSONResponse(push_json(reaching(p, user, row, "fence push", short="push"), got, p, user.scope))
 
 
 @api
@@ -298,11 +295,8 @@ async def resend_push(request: Request) -> Response:
         row = (await conn.execute(select(pushes_t).where(pushes_t.c.id == pid))).mappings().first()
         answered = set() if row is None else {r[0] for r in (await conn.execute(
             select(receipts_t.c.box).where(receipts_t.c.cmd == pid))).all()}
-    if row is None:
-        raise ApiError(404, "no such fence push")
+    reaching(p, user, row, "fence push", short="push")
     mine = [b for b in row["boxes"] if in_scope(p.regions, user.scope, b)]
-    if not mine:
-        raise ApiError(403, "that push reaches no box inside your scope")
     if row["token"] is None:
         raise ApiError(409, "this push was stored before pushes kept their token; push the fences again",
                        state="no_token")

@@ -214,3 +214,58 @@ def deliver_cancel(ordering: str, task: asyncio.Task[Any]) -> None:
         task.cancel()
     else:
         asyncio.get_running_loop().call_soon(task.cancel)
+
+
+class TwinBox:
+    """A box twin on a plain broker: retained `online` state with its groups, its cmd topics subscribed, every
+    command verified with the county keys and handed to `on_command(topic, command, retained)` in paho's
+    thread; `receipt()` answers. The county tests' stand-in for a box where the real agent is not the point."""
+
+    def __init__(self, url: str, box: str, groups: list[str], keys: dict[str, Any], *, client_id: str) -> None:
+        from agent.protocol.topics import Topics
+
+        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        self.box, self.groups, self.keys = box, groups, keys
+        self.topics = Topics()
+        self.seq = 0
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a, **k: self._subscribed.set()
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+        assert self._subscribed.wait(10)
+
+    def addressed(self, command: dict[str, Any]) -> bool:
+        return bool({f"box:{self.box}", *(f"group:{g}" for g in self.groups)}.intersection(command["to"]))
+
+    def on_command(self, topic: str, command: dict[str, Any], retained: bool) -> None:
+        raise NotImplementedError
+
+    def receipt(self, cmd: str, state: str, ts: int | None = None, **extra: Any) -> None:
+        from agent.protocol.envelope import Envelope, MsgClass
+
+        with self._lock:
+            self.seq += 1
+            seq = self.seq
+        env = Envelope(self.box, seq, (ts if ts is not None else 1_763_900_000_000) + seq, MsgClass.RECEIPT, "cmd",
+                       {"cmd": cmd, "state": state, **extra})
+        self.client.publish(self.topics.up(self.box, MsgClass.RECEIPT, "cmd"), env.encode(), qos=1)
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def _on_connect(self, client: mqtt.Client, *a: Any) -> None:
+        t = self.topics
+        client.publish(t.state(self.box), json.dumps({"state": "online", "ts": 0, "groups": self.groups}),
+                       qos=1, retain=True)
+        client.subscribe([(t.box_cmd(self.box), 1)] + [(t.group_cmd(g), 1) for g in self.groups])
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        from agent.protocol import jws
+
+        _header, command = jws.verify(bytes(msg.payload), self.keys)
+        self.on_command(msg.topic, command, bool(msg.retain))

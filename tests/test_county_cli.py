@@ -10,67 +10,37 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.keys import load_public_key, new_keypair
-from agent.protocol import jws
 from agent.protocol.envelope import Envelope, MsgClass
 from agent.protocol.topics import Topics
 from county.cap import broadcast_id
 from county.cli import EXIT_ERROR, EXIT_OK, EXIT_UNANSWERED, EXIT_UNHEARD, EXIT_USAGE, main
 from county.console import ReceiptBoard
 from county.push import MAX_TTL_S
-from tests.support import Collector, Mosquitto, wait_until
+from tests.support import Collector, Mosquitto, TwinBox, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 T = Topics()
 
 
-class FakeBox:
+class FakeBox(TwinBox):
     """Subscribes to its cmd topics, verifies like a box would (signature, `to`), answers with receipts."""
 
     def __init__(self, url: str, box: str, groups: list[str], pub_key: Path, *, answer: tuple[str, ...] = (
             "received", "scheduled")) -> None:
-        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
-        self.box, self.groups, self.answer = box, groups, answer
-        self.keys = {"county-2026": load_public_key(pub_key)}
+        self.answer = answer
         self.got: list[tuple[str, dict[str, Any], bool]] = []  # (topic, payload, retained)
-        self.seq = 0
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fake-{box}")
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a, **k: self._subscribed.set()
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-        assert self._subscribed.wait(10)
+        super().__init__(url, box, groups, {"county-2026": load_public_key(pub_key)}, client_id=f"fake-{box}")
 
-    def _on_connect(self, client: mqtt.Client, *a: Any) -> None:
-        client.publish(T.state(self.box), json.dumps({"state": "online", "ts": 0, "groups": self.groups}),
-                       qos=1, retain=True)
-        client.subscribe([(T.box_cmd(self.box), 1)] + [(T.group_cmd(g), 1) for g in self.groups])
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        _header, payload = jws.verify(bytes(msg.payload), self.keys)
+    def on_command(self, topic: str, payload: dict[str, Any], retained: bool) -> None:
         with self._lock:
-            self.got.append((msg.topic, payload, bool(msg.retain)))
-        mine = {f"box:{self.box}", *(f"group:{g}" for g in self.groups)}
-        if not mine.intersection(payload["to"]):
+            self.got.append((topic, payload, retained))
+        if not self.addressed(payload):
             return
         for state in self.answer:
-            self.seq += 1
-            data: dict[str, Any] = {"cmd": payload["id"], "state": state}
-            if state == "rejected":
-                data["reason"] = "expired"
-            env = Envelope(self.box, self.seq, 1_763_900_000_000 + self.seq, MsgClass.RECEIPT, "cmd", data)
-            client.publish(T.up(self.box, MsgClass.RECEIPT, "cmd"), env.encode(), qos=1)
-
-    def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+            self.receipt(payload["id"], state, **({"reason": "expired"} if state == "rejected" else {}))
 
 
 @pytest.fixture

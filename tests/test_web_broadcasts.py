@@ -15,23 +15,17 @@ string."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import subprocess
-import threading
 import zoneinfo
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from agent.protocol import jws
-from agent.protocol.envelope import Envelope, MsgClass
 from agent.protocol.topics import Topics
 from tests.agentproc import AgentProcess
 from tests.browser import (  # noqa: F401 - the browser and console fixtures
@@ -48,7 +42,7 @@ from tests.browser import (  # noqa: F401 - the browser and console fixtures
     wait,
     wait_loaded,
 )
-from tests.support import agent_config_dict, wait_until
+from tests.support import TwinBox, agent_config_dict, wait_until
 from tests.web_sim import public_key_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,45 +51,23 @@ TZ = zoneinfo.ZoneInfo("Asia/Shanghai")
 LONG = 90.0  # a round trip through the server, the broker and the boxes, on a machine that may be busy
 
 
-class SimBox:
+class SimBox(TwinBox):
     """A box twin on the broker: retained online state with its groups, its cmd topics subscribed, every
     command verified (signature with the county key, `to` naming it) and answered with the receipts the
     box's broadcast engine sends. `silent` boxes verify but never answer (until `silent` is cleared)."""
 
     def __init__(self, url: str, box: str, groups: list[str], key: Any, *, silent: bool = False,
                  reject: str | None = None) -> None:
-        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
-        self.box, self.groups, self.silent, self.reject = box, groups, silent, reject
-        self.keys = {KID: key}
-        self.seq = 0
+        self.silent, self.reject = silent, reject
         self.items: dict[str, str] = {}   # broadcast id -> its state on this box
         self.got: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"simbox-{box}")
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a, **k: self._subscribed.set()
-        self.client.connect(host, int(port))
-        self.client.loop_start()
-        assert self._subscribed.wait(10)
-
-    def _on_connect(self, client: mqtt.Client, *a: Any) -> None:
-        client.publish(T.state(self.box), json.dumps({"state": "online", "ts": 0, "groups": self.groups}),
-                       qos=1, retain=True)
-        client.subscribe([(T.box_cmd(self.box), 1)] + [(T.group_cmd(g), 1) for g in self.groups])
+        super().__init__(url, box, groups, {KID: key}, client_id=f"simbox-{box}")
 
     def _receipt(self, cmd: str, state: str, **extra: Any) -> None:
-        with self._lock:
-            self.seq += 1
-            seq = self.seq
-        env = Envelope(self.box, seq, int(dt.datetime.now(dt.UTC).timestamp() * 1000) + seq, MsgClass.RECEIPT,
-                       "cmd", {"cmd": cmd, "state": state, **extra})
-        self.client.publish(T.up(self.box, MsgClass.RECEIPT, "cmd"), env.encode(), qos=1)
+        self.receipt(cmd, state, int(dt.datetime.now(dt.UTC).timestamp() * 1000), **extra)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        _header, cmd = jws.verify(bytes(msg.payload), self.keys)
-        if not {f"box:{self.box}", *(f"group:{g}" for g in self.groups)}.intersection(cmd["to"]):
+    def on_command(self, topic: str, cmd: dict[str, Any], retained: bool) -> None:
+        if not self.addressed(cmd):
             return
         self.got.append(cmd)
         if self.silent:
@@ -120,10 +92,6 @@ class SimBox:
                 self._receipt(cid, "applied", cancelled=[target])
             else:
                 self._receipt(cid, "failed", reason="unknown_broadcast", broadcast=target)
-
-    def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def county_key(console: Console) -> Any:

@@ -25,10 +25,56 @@ from sim.agentproc import toml_dumps  # noqa: F401 - one TOML writer for tests a
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _worker_ports() -> range | None:
+    """This pytest-xdist worker's own slice of the ports below the kernel's ephemeral range, or None when the
+    tests run in one process. Port 0 hands every worker a number from the same ephemeral pool, and between
+    closing that probe socket and the server's bind another worker can be handed the same number: its
+    `wait_port` then succeeds against the other worker's server. Disjoint slices make that impossible; the
+    kernel never hands out ports below its ephemeral range for port 0 or outgoing connections either."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 0):
+        return None
+    low, high = 10000, _ephemeral_low()
+    span = (high - low) // int(count)
+    index = int(worker[2:])
+    if span < 200 or index >= int(count):
+        return None
+    return range(low + index * span, low + (index + 1) * span)
+
+
+_port_lock = threading.Lock()
+_port_next: list[int] = []  # the next candidate in this worker's slice (random start: two runs at once differ)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing uses now (under pytest-xdist: from this worker's own slice)."""
+    ports = _worker_ports()
+    if ports is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    import random
+
+    with _port_lock:
+        if not _port_next:
+            _port_next.append(random.randrange(len(ports)))
+        for _ in range(len(ports)):
+            port = ports[_port_next[0] % len(ports)]
+            _port_next[0] += 1
+            with socket.socket() as s:  # no SO_REUSEADDR: a port still in TIME_WAIT is passed over too
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError(f"no free port in {ports}")
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -40,6 +86,25 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"nothing listens on port {port}")
+
+
+def listening(proc: subprocess.Popen[Any], port: int, timeout: float = 10.0) -> bool:
+    """Wait until `proc` itself listens on TCP `port` (True) or exits (False). Unlike `wait_port`, a
+    different process that happens to listen on that port does not count."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            conns = psutil.Process(proc.pid).net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            return False
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+            return True
+        time.sleep(0.02)
+    raise TimeoutError(f"process {proc.pid} does not listen on port {port}")
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
@@ -61,6 +126,7 @@ class Mosquitto:
                  extra_conf: str = "", tcp_nodelay: bool = True) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self._port_chosen = port is not None  # by the caller: never swapped for another
         self.persistence = persistence
         self.tcp_nodelay = tcp_nodelay  # as the county broker (docs/county/mosquitto.conf); False only for benches
         self.extra_conf = extra_conf
@@ -96,11 +162,19 @@ class Mosquitto:
     def start(self) -> Mosquitto:
         if not Path(MOSQUITTO).exists():
             raise RuntimeError("mosquitto is not installed (./scripts/test installs it)")
-        conf = self._write_conf()
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-        return self
+        for _ in range(5):
+            conf = self._write_conf()
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+            if listening(self.proc, self.port):
+                self._port_chosen = True  # a restart comes back on the same port: its clients know this one
+                return self
+            self.proc.wait()
+            if self._port_chosen:
+                break
+            self.port = free_port()  # another process took it between free_port() and mosquitto's bind
+        raise RuntimeError(f"mosquitto could not listen on 127.0.0.1:{self.port} (exit {self.proc.returncode}): "
+                           + (self.log.read_text(errors="replace")[-2000:] if self.log.exists() else "no log"))
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

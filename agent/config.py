@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from agent.broadcast.settings import BroadcastConfig
 from agent.cameras.settings import CameraConfig, CamerasConfig
+from agent.i18n import N_
 from agent.protocol.broker import parse_broker_url, redact_url
 from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX
 from agent.schema import SchemaError, build, dump, positive, read_toml
@@ -35,7 +36,7 @@ class ConfigError(Exception):
 
 def _box_id(value: str) -> str:
     if not BOX_ID_RE.match(value):
-        raise ValueError(f"{value!r} is not [A-Za-z0-9_-]{{1,64}}")
+        raise ValueError(N_("{value!r} is not [A-Za-z0-9_-]{{1,64}}", value=value))
     return value
 
 
@@ -47,7 +48,7 @@ def _groups(value: tuple[str, ...]) -> tuple[str, ...]:
 
 def _profile_name(value: str) -> str:
     if not value:
-        raise ValueError("a hardware profile name (pi4-relayhat, pizero2w-ble, ...; sim for the simulator)")
+        raise ValueError(N_("a hardware profile name (pi4-relayhat, pizero2w-ble, ...; sim for the simulator)"))
     return value
 
 
@@ -59,7 +60,7 @@ def _broker_url(value: str) -> str:
 def _broker_urls(value: str | tuple[str, ...]) -> tuple[str, ...]:
     urls = (value,) if isinstance(value, str) else value
     if not urls:
-        raise ValueError("needs at least one broker URL")
+        raise ValueError(N_("needs at least one broker URL"))
     return tuple(_broker_url(u) for u in urls)
 
 
@@ -67,11 +68,11 @@ def readable_file(value: Path) -> Path:
     try:
         exists = value.is_file()
     except OSError as exc:  # a name too long for the filesystem, ...
-        raise ValueError(f"file {str(value)[:80]!r}: {exc.strerror}") from None
+        raise ValueError(N_("file {value!r}: {strerror}", value=str(value)[:80], strerror=exc.strerror)) from None
     if not exists:
-        raise ValueError(f"file {str(value)!r} does not exist")
+        raise ValueError(N_("file {value!r} does not exist", value=str(value)))
     if not os.access(value, os.R_OK):
-        raise ValueError(f"file {str(value)!r} is not readable")
+        raise ValueError(N_("file {value!r} is not readable", value=str(value)))
     return value
 
 
@@ -109,9 +110,9 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
-            raise SchemaError("cert", "cert and key go together (mutual TLS needs both)")
+            raise SchemaError("cert", N_("cert and key go together (mutual TLS needs both)"))
         if self.backoff_max_s < self.backoff_min_s:
-            raise SchemaError("backoff_max_s", "must be >= backoff_min_s")
+            raise SchemaError("backoff_max_s", N_("must be >= backoff_min_s"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,7 @@ class Config:
             seen: set[str] = set()
             for i, item in enumerate(items):
                 if item in seen:
-                    raise SchemaError(f"{name}[{i}].id", f"duplicate id {item!r}")
+                    raise SchemaError(f"{name}[{i}].id", N_("duplicate id {item!r}", item=item))
                 seen.add(item)
 
     @property

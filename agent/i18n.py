@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -201,9 +202,33 @@ def pad(text: str, columns: int) -> str:
     return text + " " * max(1, columns - width(text))
 
 
-def N_(message: str) -> str:
-    """Marks a string for the catalog where it is defined; translate it with `_()` where it is shown."""
-    return message
+def N_(message: str, /, **fields: object) -> str:
+    """Marks a string for the catalog where it is defined; translate it with `_()` where it is shown.
+
+    With fields it makes a problem text now, to be shown later (a validator's ValueError, a CAP parser's
+    error): it returns the English `message.format(**fields)`, what logs, receipts and `str(exc)` carry, and
+    remembers how that text was made, so the CLI can say it again in the reader's language
+    (`words.problem`) without the raising module knowing who reads it. The memory is small and bounded: a
+    problem is shown right after it is made, in the same process."""
+    if not fields:
+        return message
+    text = message.format(**fields)
+    with _made_lock:
+        _made[text] = (message, fields)
+        if len(_made) > _MADE_MAX:
+            del _made[next(iter(_made))]
+    return text
+
+
+_MADE_MAX = 512
+_made: dict[str, tuple[str, dict[str, object]]] = {}
+_made_lock = threading.Lock()  # N_ runs in paho's thread too (a token's problem)
+
+
+def made(text: str) -> tuple[str, dict[str, object]] | None:
+    """(message, fields) if `text` was made by `N_(message, **fields)` in this process."""
+    with _made_lock:
+        return _made.get(text)
 
 
 _ = gettext

@@ -25,7 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent import words
 from agent.fsutil import write_atomic
+from agent.i18n import N_, _
 from agent.protocol.topics import BOX_ID_RE
 
 DEFAULT_DIR = Path("/etc/village-agent/identity")
@@ -76,18 +78,18 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     try:
         write_atomic(path, data, mode=mode)
     except OSError as exc:
-        raise IdentityError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise IdentityError(N_("{path}: cannot write: {error}", path=path, error=exc.strerror or exc)) from None
 
 
 def _load_key(path: Path) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
-        raise IdentityError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise IdentityError(N_("{path}: cannot read: {error}", path=path, error=exc.strerror or exc)) from None
     except (ValueError, TypeError) as exc:
-        raise IdentityError(f"{path}: not a usable PEM private key: {exc}") from None
+        raise IdentityError(N_("{path}: not a usable PEM private key: {exc}", path=path, exc=exc)) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
-        raise IdentityError(f"{path}: key type {type(key).__name__} is not ECDSA or Ed25519")
+        raise IdentityError(N_("{path}: key type {name} is not ECDSA or Ed25519", path=path, name=type(key).__name__))
     return key
 
 
@@ -110,11 +112,12 @@ def fingerprint_public(public: object) -> str:
 def ensure_identity(directory: Path, box_id: str, algo: str = "ecdsa-p256") -> tuple[Path, Path, bool]:
     """Make the key if absent and the CSR if absent or stale. Returns (key, csr, key_was_created)."""
     if not BOX_ID_RE.match(box_id):
-        raise IdentityError(f"box id {box_id!r} is not [A-Za-z0-9_-]{{1,64}}", exit_code=2)
+        raise IdentityError(N_("box id {box_id!r} is not [A-Za-z0-9_-]{{1,64}}", box_id=box_id), exit_code=2)
     try:
         directory.mkdir(mode=0o750, parents=True, exist_ok=True)
     except OSError as exc:
-        raise IdentityError(f"{directory}: cannot create: {exc.strerror or exc}") from None
+        raise IdentityError(N_("{directory}: cannot create: {error}",
+                               directory=directory, error=exc.strerror or exc)) from None
     key_path, csr_path = directory / KEY_NAME, directory / CSR_NAME
     created = not key_path.exists()
     if created:
@@ -135,28 +138,30 @@ def _box_id_from_config(path: str) -> str:
     try:
         return load_config(path).box.id
     except ConfigError as exc:
-        raise IdentityError(str(exc), exit_code=2) from None
+        raise IdentityError(words.config_error(exc), exit_code=2) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="village agent identity",
-                                     description="make the box's key pair (once) and a CSR for the county CA")
+                                     description=_("make the box's key pair (once) and a CSR for the county CA"))
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--box-id", help="the box id (CN of the CSR)")
-    who.add_argument("-c", "--config", help="take the box id from this agent config")
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"where box.key/box.csr live ({DEFAULT_DIR})")
-    parser.add_argument("--algo", choices=("ecdsa-p256", "ed25519"), default="ecdsa-p256")
+    who.add_argument("--box-id", help=_("the box id (CN of the CSR)"))
+    who.add_argument("-c", "--config", help=_("take the box id from this agent config"))
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                        help=_("where box.key/box.csr live ({dir})").format(dir=DEFAULT_DIR))
+    parser.add_argument("--algo", choices=("ecdsa-p256", "ed25519"), default="ecdsa-p256",
+                        help=_("the key type (default ecdsa-p256; ed25519 where the county CA takes it)"))
     args = parser.parse_args(argv)
     try:
         box_id = args.box_id if args.box_id is not None else _box_id_from_config(args.config)
         key_path, csr_path, created = ensure_identity(args.dir, box_id, args.algo)
         fp = fingerprint(_load_key(key_path))
     except IdentityError as exc:
-        print(f"village agent identity: {exc}", file=sys.stderr)
+        print(f"village agent identity: {words.problem(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    print(f"{'created' if created else 'kept'} key {key_path}")
-    print(f"CSR for {box_id}: {csr_path}")
-    print(f"public key sha256: {fp}")
+    print((_("created the key {path}") if created else _("kept the key {path}")).format(path=key_path))
+    print(_("certificate request (CSR) for {box}: {path}").format(box=box_id, path=csr_path))
+    print(_("public key sha256: {fingerprint}").format(fingerprint=fp))
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import i18n
+from agent import i18n, words
 from agent.i18n import _
 
 # the loaders live with the JWS code (agent.protocol) so the county console shares them; re-exported here
@@ -86,7 +86,7 @@ def _keys_error(exc: KeysError, name: str) -> str:
         return _("{file} already exists; refusing to overwrite a key").format(file=exc.path)
     if "key name must be" in str(exc):
         return _("key name must be [A-Za-z0-9][A-Za-z0-9_.-]{0,63}") + f" ({name!r})"
-    return str(exc)
+    return words.config_error(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"village keys: {_keys_error(exc, args.name)}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print("village keys: " + _("cannot write in {dir}: {error}").format(dir=args.dir, error=exc.strerror),
-              file=sys.stderr)
+        error = words.problem(str(exc.strerror))
+        print("village keys: " + _("cannot write in {dir}: {error}").format(dir=args.dir, error=error), file=sys.stderr)
         return 1
     print(_("private key: {file} (mode 0600; keep it on the county signing host only)").format(file=key_path))
     print(_("public key:  {file} (install on boxes under [trust.keys] {name} = \"...\")").format(file=pub_path,

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.i18n import N_
 from agent.schema import SchemaError, build, non_negative
 
 PROFILE_DIR_ENV = "VILLAGE_PROFILE_DIR"
@@ -54,26 +55,28 @@ class ProfileError(ValueError):
 
 def _bcm_pin(value: int | None) -> int | None:
     if value is not None and not 0 <= value <= MAX_BCM_PIN:
-        raise ValueError(f"BCM pin must be 0..{MAX_BCM_PIN}, got {value}")
+        raise ValueError(N_("BCM pin must be 0..{max_bcm_pin}, got {value}", max_bcm_pin=MAX_BCM_PIN, value=value))
     return value
 
 
 def _baud(value: int) -> int:
     if value not in BAUD_RATES:
-        raise ValueError(f"must be one of {', '.join(map(str, BAUD_RATES))}, got {value}")
+        raise ValueError(N_("must be one of {choices}, got {value}",
+                            choices=", ".join(map(str, BAUD_RATES)), value=value))
     return value
 
 
 def _serial_url(value: str | None) -> str | None:
     # pyserial URLs: a device path or scheme://... (socket://, rfc2217://, loop://, spy://)
     if value is not None and not (value.startswith("/dev/") or re.match(r"^[a-z0-9]+://", value)):
-        raise ValueError(f"{value!r} is neither a /dev/ path nor a pyserial URL (socket://host:port, ...)")
+        raise ValueError(N_("{value!r} is neither a /dev/ path nor a pyserial URL (socket://host:port, ...)",
+                            value=value))
     return value
 
 
 def _hci(value: str | None) -> str | None:
     if value is not None and not _HCI_RE.match(value):
-        raise ValueError(f"BLE adapter must look like 'hci0', got {value!r}")
+        raise ValueError(N_("BLE adapter must look like 'hci0', got {value!r}", value=value))
     return value
 
 
@@ -82,20 +85,23 @@ def encode_firmware_command(entry: str) -> bytes:
     if entry.startswith("hex:"):
         digits = entry[4:].replace(" ", "")
         if not digits or len(digits) % 2 or not re.fullmatch(r"[0-9A-Fa-f]+", digits):
-            raise ValueError(f"{entry!r}: after 'hex:' come pairs of hex digits")
+            raise ValueError(N_("{entry!r}: after 'hex:' come pairs of hex digits", entry=entry))
         data = bytes.fromhex(digits)
     else:
         if not entry or any(not 0x20 <= ord(c) <= 0x7E for c in entry):
-            raise ValueError(f"{entry!r}: a text command is non-empty printable ASCII (use 'hex:' for bytes)")
+            raise ValueError(N_("{entry!r}: a text command is non-empty printable ASCII (use 'hex:' for bytes)",
+                                entry=entry))
         data = entry.encode("ascii")
     if len(data) > MAX_FIRMWARE_COMMAND_BYTES:
-        raise ValueError(f"{entry[:20]!r}...: longer than {MAX_FIRMWARE_COMMAND_BYTES} bytes")
+        raise ValueError(N_("{entry!r}...: longer than {limit} bytes",
+                            entry=entry[:20], limit=MAX_FIRMWARE_COMMAND_BYTES))
     return data
 
 
 def _firmware_commands(value: tuple[str, ...]) -> tuple[str, ...]:
     if len(value) > MAX_FIRMWARE_COMMANDS:
-        raise ValueError(f"at most {MAX_FIRMWARE_COMMANDS} commands, got {len(value)}")
+        raise ValueError(N_("at most {max_firmware_commands} commands, got {value}",
+                            max_firmware_commands=MAX_FIRMWARE_COMMANDS, value=len(value)))
     for entry in value:
         encode_firmware_command(entry)
     return value
@@ -161,7 +167,7 @@ class HardwareProfile:
 
     def __post_init__(self) -> None:
         if self.relay.pin is not None and self.relay.pin == self.status_led.pin:
-            raise SchemaError("status_led.pin", f"BCM {self.relay.pin} is already the relay pin")
+            raise SchemaError("status_led.pin", N_("BCM {pin} is already the relay pin", pin=self.relay.pin))
 
 
 def profile_dirs() -> list[Path]:
@@ -188,12 +194,13 @@ def find_profile(name: str) -> Path:
         path = Path(name)
         if _is_file(path):
             return path
-        raise ProfileError(name, "", "profile file does not exist")
+        raise ProfileError(name, "", N_("profile file does not exist"))
     for d in profile_dirs():
         path = d / f"{name}.toml"
         if _is_file(path):
             return path
-    raise ProfileError(name, "", f"no profile named {name!r} in {', '.join(map(str, profile_dirs()))}")
+    raise ProfileError(name, "", N_("no profile named {name!r} in {dirs}",
+                                    name=name, dirs=", ".join(map(str, profile_dirs()))))
 
 
 def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -208,34 +215,34 @@ def _find_parent(child: Path, parent: str) -> Path:
         path = Path(parent) if Path(parent).is_absolute() else child.parent / parent
         if _is_file(path):
             return path
-        raise ProfileError(child, "extends", f"parent profile file {str(path)!r} does not exist")
+        raise ProfileError(child, "extends", N_("parent profile file {path!r} does not exist", path=str(path)))
     beside = child.parent / f"{parent}.toml"
     if _is_file(beside):
         return beside
     try:
         return find_profile(parent)
     except ProfileError:
-        raise ProfileError(child, "extends", f"parent profile {parent!r} not found") from None
+        raise ProfileError(child, "extends", N_("parent profile {parent!r} not found", parent=parent)) from None
 
 
 def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     real = path.resolve()
     if real in seen:
         chain = " -> ".join(p.stem for p in (*seen, real))
-        raise ProfileError(path, "extends", f"profiles extend each other in a loop ({chain})")
+        raise ProfileError(path, "extends", N_("profiles extend each other in a loop ({chain})", chain=chain))
     try:
         raw = tomllib.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ProfileError(path, "", f"cannot read: {exc}") from None
+        raise ProfileError(path, "", N_("cannot read: {exc}", exc=exc)) from None
     except RecursionError:  # tomllib recurses per nesting level
-        raise ProfileError(path, "", "cannot read: TOML nested too deeply") from None
+        raise ProfileError(path, "", N_("cannot read: TOML nested too deeply")) from None
     if "name" in raw:
-        raise ProfileError(path, "name", "a profile's name is its file name; remove this key")
+        raise ProfileError(path, "name", N_("a profile's name is its file name; remove this key"))
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
     if not isinstance(parent, str) or not parent:
-        raise ProfileError(path, "extends", "must be a profile name or a path to a .toml file")
+        raise ProfileError(path, "extends", N_("must be a profile name or a path to a .toml file"))
     return _merge(_load_raw(_find_parent(path, parent), (*seen, real)), raw)
 
 
@@ -243,8 +250,8 @@ def load_profile(name: str) -> HardwareProfile:
     path = find_profile(name)
     raw = _load_raw(path)
     if "kind" not in raw:  # never a default: a forgotten kind must not turn a real box into a twin box
-        raise ProfileError(path, "kind", 'missing (required): "pi" for a real box, "sim" for the simulator '
-                                         '(or extends = "base", which is "pi")')
+        raise ProfileError(path, "kind", N_('missing (required): "pi" for a real box, "sim" for the simulator '
+                                         '(or extends = "base", which is "pi")'))
     raw["name"] = path.stem
     try:
         return build(HardwareProfile, raw)

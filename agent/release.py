@@ -50,6 +50,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.i18n import N_
 from agent.protocol import jws
 
 MANIFEST_TYPE = "village-release"
@@ -86,7 +87,7 @@ class BuildError(Exception):
 
 def parse_version(text: str) -> tuple[int, ...]:
     if not isinstance(text, str) or not VERSION_RE.fullmatch(text):
-        raise ValueError(f"version {text!r} is not dotted integers (1.4.2)")
+        raise ValueError(N_("version {text!r} is not dotted integers (1.4.2)", text=text))
     return tuple(int(p) for p in text.split("."))
 
 
@@ -146,47 +147,49 @@ def sign_manifest(manifest: Manifest, key: Ed25519PrivateKey, kid: str) -> str:
 def _field(payload: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str:
     value = payload.get(name)
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise ManifestError("bad_manifest", f"manifest field {name!r} is missing or not valid")
+        raise ManifestError("bad_manifest", N_("manifest field {name!r} is missing or not valid", name=name))
     return value
 
 
 def parse_manifest(payload: Mapping[str, Any]) -> Manifest:
     if payload.get("type") != MANIFEST_TYPE or payload.get("format") != MANIFEST_FORMAT:
-        raise ManifestError("bad_manifest", f"not a {MANIFEST_TYPE} manifest of format {MANIFEST_FORMAT}")
+        raise ManifestError("bad_manifest", N_("not a {manifest_type} manifest of format {manifest_format}",
+                                               manifest_type=MANIFEST_TYPE, manifest_format=MANIFEST_FORMAT))
     name = payload.get("name")
     if name != PROJECT:
-        raise ManifestError("bad_manifest", f"manifest is for {str(name)[:40]!r}, not {PROJECT}")
+        raise ManifestError("bad_manifest", N_("manifest is for {name!r}, not {project}",
+                                               name=str(name)[:40], project=PROJECT))
     version = _field(payload, "version", VERSION_RE)
     min_from = _field(payload, "min_from", VERSION_RE)
     py = _field(payload, "python", PY_RE)
     arch = _field(payload, "arch", ARCH_RE)
     created = payload.get("created")
     if isinstance(created, bool) or not isinstance(created, int):
-        raise ManifestError("bad_manifest", "manifest field 'created' is not an integer")
+        raise ManifestError("bad_manifest", N_("manifest field 'created' is not an integer"))
     wheels_raw = payload.get("wheels")
     if not isinstance(wheels_raw, list) or not 0 < len(wheels_raw) <= MAX_WHEELS:
-        raise ManifestError("bad_manifest", f"manifest must list 1..{MAX_WHEELS} wheels")
+        raise ManifestError("bad_manifest", N_("manifest must list 1..{max_wheels} wheels", max_wheels=MAX_WHEELS))
     wheels: list[WheelEntry] = []
     seen: set[str] = set()
     for w in wheels_raw:
         if not isinstance(w, dict):
-            raise ManifestError("bad_manifest", "a wheel entry is not an object")
+            raise ManifestError("bad_manifest", N_("a wheel entry is not an object"))
         file, digest, size = w.get("file"), w.get("sha256"), w.get("size")
         if not isinstance(file, str) or not WHEEL_FILE_RE.fullmatch(file) or file in seen:
-            raise ManifestError("bad_manifest", "a wheel file name is not valid or is listed twice")
+            raise ManifestError("bad_manifest", N_("a wheel file name is not valid or is listed twice"))
         if not isinstance(digest, str) or not SHA256_RE.fullmatch(digest):
-            raise ManifestError("bad_manifest", f"wheel {file}: sha256 is not 64 lower-case hex digits")
+            raise ManifestError("bad_manifest", N_("wheel {file}: sha256 is not 64 lower-case hex digits", file=file))
         if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 1 << 30:
-            raise ManifestError("bad_manifest", f"wheel {file}: size is not valid")
+            raise ManifestError("bad_manifest", N_("wheel {file}: size is not valid", file=file))
         seen.add(file)
         wheels.append(WheelEntry(file, digest, size, w.get("project") is True))
     if sum(w.project for w in wheels) != 1:
-        raise ManifestError("bad_manifest", "manifest must mark exactly one wheel as the project's")
+        raise ManifestError("bad_manifest", N_("manifest must mark exactly one wheel as the project's"))
     schemas_raw = payload.get("schemas", {})
     if not isinstance(schemas_raw, dict) or len(schemas_raw) > 32 or not all(
             isinstance(k, str) and ARCH_RE.fullmatch(k) and isinstance(v, int) and not isinstance(v, bool)
             and 0 <= v < 10_000 for k, v in schemas_raw.items()):
-        raise ManifestError("bad_manifest", "manifest field 'schemas' must map store names to versions")
+        raise ManifestError("bad_manifest", N_("manifest field 'schemas' must map store names to versions"))
     return Manifest(PROJECT, version, py, arch, min_from, created, payload.get("deps_bundled") is True,
                     tuple(wheels), tuple(sorted(schemas_raw.items())))
 
@@ -194,17 +197,19 @@ def parse_manifest(payload: Mapping[str, Any]) -> Manifest:
 def verify_manifest(token: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Manifest:
     """The signed manifest file -> Manifest, with the release keys only. ManifestError('bad_signature'...)."""
     if len(token) > MAX_MANIFEST_BYTES:
-        raise ManifestError("bad_manifest", f"manifest is {len(token)} bytes, over {MAX_MANIFEST_BYTES}")
+        raise ManifestError("bad_manifest", N_("manifest is {token} bytes, over {limit}",
+                                               token=len(token), limit=MAX_MANIFEST_BYTES))
     if not keys:
-        raise ManifestError("bad_signature", "no [trust] release_keys configured: no release can be trusted")
+        raise ManifestError("bad_signature", N_("no [trust] release_keys configured: no release can be trusted"))
     try:
         _header, payload = jws.verify(token, keys)
     except jws.BadSignature as exc:
-        raise ManifestError("bad_signature", f"manifest signature: {exc.detail}") from None
+        raise ManifestError("bad_signature", N_("manifest signature: {detail}", detail=exc.detail)) from None
     except jws.UnknownKey as exc:
-        raise ManifestError("bad_signature", f"manifest not signed by a release key: {exc.detail}") from None
+        raise ManifestError("bad_signature", N_("manifest not signed by a release key: {detail}",
+                                                detail=exc.detail)) from None
     except jws.JwsError as exc:
-        raise ManifestError("bad_manifest", f"manifest token: {exc.detail}") from None
+        raise ManifestError("bad_manifest", N_("manifest token: {detail}", detail=exc.detail)) from None
     return parse_manifest(payload)
 
 
@@ -222,8 +227,8 @@ def tree_schema_versions(tree: Path) -> dict[str, int]:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tree,
                           env={**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"})
     if proc.returncode != 0:
-        raise BuildError("cannot read the state stores' schema versions: " + (proc.stderr.strip().splitlines()
-                                                                                 or ["?"])[-1])
+        raise BuildError(N_("cannot read the state stores' schema versions: {error}",
+                            error=(proc.stderr.strip().splitlines() or ["?"])[-1]))
     return {str(k): int(v) for k, v in json.loads(proc.stdout).items()}
 
 
@@ -235,20 +240,24 @@ def check_applicable(manifest: Manifest, running: str, *, arch: str | None = Non
     past them is refused, because this version could not open that store again after a rollback."""
     arch, py = arch or machine(), py or python_tag()
     if manifest.arch not in (arch, "any"):
-        raise ManifestError("wrong_arch", f"release is for {manifest.arch}, this box is {arch}")
+        raise ManifestError("wrong_arch", N_("release is for {arch}, this box is {box_arch}",
+                                             arch=manifest.arch, box_arch=arch))
     if manifest.python != py:
-        raise ManifestError("wrong_python", f"release is for {manifest.python}, this box runs {py}")
+        raise ManifestError("wrong_python", N_("release is for {python}, this box runs {py}",
+                                               python=manifest.python, py=py))
     if parse_version(running) < parse_version(manifest.min_from):
-        raise ManifestError("below_min_version", f"release {manifest.version} updates from {manifest.min_from} "
-                            f"or later; this box runs {running}")
+        raise ManifestError("below_min_version", N_("release {version} updates from {min_from} or later; this box "
+                                                    "runs {running}", version=manifest.version,
+                                                    min_from=manifest.min_from, running=running))
     if parse_version(manifest.version) == parse_version(running):
-        raise ManifestError("same_version", f"this box already runs {running}")
+        raise ManifestError("same_version", N_("this box already runs {running}", running=running))
     for store, version in manifest.schemas:
         have = (schemas or {}).get(store)
         if have is not None and version > have:
             raise ManifestError("schema_not_forward_compatible",
-                                f"release {manifest.version} migrates the {store} store to schema {version}; {running} "
-                                f"reads up to {have} and could not open it after a rollback")
+                                N_("release {version} migrates the {store} store to schema {schema}; {running} "
+                                   "reads up to {have} and could not open it after a rollback",
+                                   version=manifest.version, store=store, schema=version, running=running, have=have))
 
 
 # ------------------------------------------------------------------------------------------- building
@@ -256,19 +265,19 @@ def _set_version(tree: Path, version: str) -> None:
     py = tree / "pyproject.toml"
     text, n = re.subn(r'(?m)^version = "[^"]*"$', f'version = "{version}"', py.read_text(), count=1)
     if n != 1:
-        raise BuildError("pyproject.toml has no [project] version line to set")
+        raise BuildError(N_("pyproject.toml has no [project] version line to set"))
     py.write_text(text)
     init = tree / "agent" / "__init__.py"
     text, n = re.subn(r'(?m)^__version__ = "[^"]*"$', f'__version__ = "{version}"', init.read_text(), count=1)
     if n != 1:
-        raise BuildError("agent/__init__.py has no __version__ line to set")
+        raise BuildError(N_("agent/__init__.py has no __version__ line to set"))
     init.write_text(text)
 
 
 def project_version(source: Path) -> str:
     m = re.search(r'(?m)^version = "([^"]*)"$', (source / "pyproject.toml").read_text())
     if not m:
-        raise BuildError(f"{source}/pyproject.toml has no version")
+        raise BuildError(N_("{source}/pyproject.toml has no version", source=source))
     return m.group(1)
 
 
@@ -296,7 +305,7 @@ def build_project_wheel(source: Path, out: Path, version: str | None = None) -> 
         wheels = list(built.glob("*.whl")) if built.exists() else []
         if proc.returncode != 0 or len(wheels) != 1:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise BuildError("pip wheel failed: " + " / ".join(tail))
+            raise BuildError(N_("pip wheel failed: {output}", output=" / ".join(tail)))
         out.mkdir(parents=True, exist_ok=True)
         return Path(shutil.copy2(wheels[0], out / wheels[0].name))
 
@@ -322,7 +331,7 @@ def dependency_closure(root: str = PROJECT) -> list[importlib.metadata.Distribut
         try:
             dist = importlib.metadata.distribution(req.name)
         except importlib.metadata.PackageNotFoundError:
-            raise BuildError(f"dependency {req.name} is not installed here (--deps-from-env)") from None
+            raise BuildError(N_("dependency {name} is not installed here (--deps-from-env)", name=req.name)) from None
         found[key] = dist
         todo += [Requirement(r) for r in (dist.requires or [])]
     return [found[k] for k in sorted(found)]
@@ -345,7 +354,7 @@ def repack_distribution(dist: importlib.metadata.Distribution, out: Path) -> Pat
     wheel_text = dist.read_text("WHEEL") or ""
     tags = [line.split(":", 1)[1].strip() for line in wheel_text.splitlines() if line.startswith("Tag:")]
     if not tags:
-        raise BuildError(f"{name}: installed metadata has no WHEEL tag (not installed from a wheel)")
+        raise BuildError(N_("{name}: installed metadata has no WHEEL tag (not installed from a wheel)", name=name))
     files = sorted((f for f in (dist.files or []) if not str(f).startswith("..")), key=str)
     base = Path(str(dist.locate_file("")))
     skip_info = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
@@ -372,7 +381,7 @@ def repack_distribution(dist: importlib.metadata.Distribution, out: Path) -> Pat
             digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             record.append(f"{rel},sha256={digest},{len(data)}")
         if info_dir is None:
-            raise BuildError(f"{name}: no .dist-info among its installed files")
+            raise BuildError(N_("{name}: no .dist-info among its installed files", name=name))
         record.append(f"{info_dir}/RECORD,,")
         zi = zipfile.ZipInfo(f"{info_dir}/RECORD", ZIP_EPOCH)
         zi.external_attr = 0o100644 << 16
@@ -389,7 +398,8 @@ def dependency_wheels(out: Path, *, wheelhouse: Path | None, from_env: bool, pro
                               capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
-            raise BuildError(f"dependencies not all in {wheelhouse}: " + " / ".join(tail))
+            raise BuildError(N_("dependencies not all in {wheelhouse}: {output}", wheelhouse=wheelhouse,
+                                output=" / ".join(tail)))
         moved = []
         for w in sorted(tmp.glob("*.whl")):
             if w.name != project_wheel.name:
@@ -415,7 +425,7 @@ def build_bundle(source: Path, out: Path, key: Ed25519PrivateKey, kid: str, *, v
     min_from = min_from or "0"
     parse_version(min_from)
     if out.exists() and any(out.iterdir()):
-        raise BuildError(f"{out} exists and is not empty")
+        raise BuildError(N_("{out} exists and is not empty", out=out))
     wheels_dir = out / WHEELS_DIR
     project = build_project_wheel(source, wheels_dir, version)
     deps = dependency_wheels(wheels_dir, wheelhouse=wheelhouse, from_env=deps_from_env, project_wheel=project)
@@ -433,25 +443,27 @@ def manifest_digest(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agent import words
+    from agent.i18n import _
     from agent.keys import KeysError, load_private_key
 
-    parser = argparse.ArgumentParser(prog="village release", description="signed release bundles for box updates")
+    parser = argparse.ArgumentParser(prog="village release", description=_("signed release bundles for box updates"))
     sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build a signed bundle (manifest.jws + wheels/) from the project tree")
-    b.add_argument("--source", type=Path, default=Path("."), help="the project tree (default: current directory)")
-    b.add_argument("--out", type=Path, required=True, help="an empty or new directory for the bundle")
-    b.add_argument("--key", type=Path, required=True, help="the RELEASE private key (village keys new NAME)")
-    b.add_argument("--kid", required=True, help="its name, as boxes list it under [trust] release_keys")
-    b.add_argument("--version", help="version to build (default: the one in pyproject.toml)")
-    b.add_argument("--min-from", help="oldest running version this release may update (default: any)")
-    b.add_argument("--wheelhouse", type=Path, help="directory of dependency wheels for the box (offline)")
+    b = sub.add_parser("build", help=_("build a signed bundle (manifest.jws + wheels/) from the project tree"))
+    b.add_argument("--source", type=Path, default=Path("."), help=_("the project tree (default: current directory)"))
+    b.add_argument("--out", type=Path, required=True, help=_("an empty or new directory for the bundle"))
+    b.add_argument("--key", type=Path, required=True, help=_("the RELEASE private key (village keys new NAME)"))
+    b.add_argument("--kid", required=True, help=_("its name, as boxes list it under [trust] release_keys"))
+    b.add_argument("--version", help=_("version to build (default: the one in pyproject.toml)"))
+    b.add_argument("--min-from", help=_("oldest running version this release may update (default: any)"))
+    b.add_argument("--wheelhouse", type=Path, help=_("directory of dependency wheels for the box (offline)"))
     b.add_argument("--deps-from-env", action="store_true",
-                   help="repack the dependencies installed here (build host = box architecture only)")
-    b.add_argument("--arch", help="override the architecture recorded (default: any or this machine)")
-    s = sub.add_parser("show", help="verify a manifest with a release public key and print it")
-    s.add_argument("manifest", type=Path)
-    s.add_argument("--pub", type=Path, required=True)
-    s.add_argument("--kid", required=True)
+                   help=_("repack the dependencies installed here (build host = box architecture only)"))
+    b.add_argument("--arch", help=_("override the architecture recorded (default: any or this machine)"))
+    s = sub.add_parser("show", help=_("verify a manifest with a release public key and print it"))
+    s.add_argument("manifest", type=Path, help=_("the bundle's manifest.jws"))
+    s.add_argument("--pub", type=Path, required=True, help=_("the release public key (.pub)"))
+    s.add_argument("--kid", required=True, help=_("its name, as boxes list it under [trust] release_keys"))
     args = parser.parse_args(argv)
     try:
         if args.cmd == "show":
@@ -465,14 +477,15 @@ def main(argv: list[str] | None = None) -> int:
                                       min_from=args.min_from, wheelhouse=args.wheelhouse,
                                       deps_from_env=args.deps_from_env, arch=args.arch)
     except (BuildError, KeysError, ManifestError, ValueError, OSError) as exc:
-        print(f"village release: {exc}", file=sys.stderr)
+        print(f"village release: {words.config_error(exc)}", file=sys.stderr)
         return 1
-    print(f"manifest: {path} (sha256 {manifest_digest(path)})")
-    print(f"version {manifest.version} for {manifest.python}/{manifest.arch}, updates from {manifest.min_from}; "
-          f"{len(manifest.wheels)} wheel(s), {sum(w.size for w in manifest.wheels)} bytes")
+    print(_("manifest: {path} (sha256 {digest})").format(path=path, digest=manifest_digest(path)))
+    print(_("version {version} for {python}/{arch}, updates from {min_from}; {n} wheel(s), {size} bytes").format(
+        version=manifest.version, python=manifest.python, arch=manifest.arch, min_from=manifest.min_from,
+        n=len(manifest.wheels), size=sum(w.size for w in manifest.wheels)))
     if not manifest.deps_bundled:
-        print("note: dependency wheels NOT bundled (no --wheelhouse or --deps-from-env): boxes install this "
-              "release only against dependency wheels they already hold", file=sys.stderr)
+        print(_("note: dependency wheels NOT bundled (no --wheelhouse or --deps-from-env): boxes install this "
+                "release only against dependency wheels they already hold"), file=sys.stderr)
     return 0
 
 

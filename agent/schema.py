@@ -19,6 +19,8 @@ from collections import abc
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from agent.i18n import N_
+
 T = TypeVar("T")
 
 
@@ -41,17 +43,18 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise SchemaError("", "file does not exist") from None
+        raise SchemaError("", N_("file does not exist")) from None
     except UnicodeDecodeError as exc:
-        raise SchemaError("", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise SchemaError("", N_("not UTF-8 text ({reason} at byte {start})",
+                                 reason=exc.reason, start=exc.start)) from None
     except OSError as exc:
-        raise SchemaError("", f"cannot read: {exc.strerror}") from None
+        raise SchemaError("", N_("cannot read: {strerror}", strerror=exc.strerror)) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SchemaError("", f"not valid TOML: {exc}") from None
+        raise SchemaError("", N_("not valid TOML: {exc}", exc=exc)) from None
     except RecursionError:  # tomllib recurses per nesting level: "a = [[[[..."
-        raise SchemaError("", "not valid TOML: nested too deeply") from None
+        raise SchemaError("", N_("not valid TOML: nested too deeply")) from None
 
 
 def _join(path: str, name: str | int) -> str:
@@ -97,65 +100,65 @@ def convert(tp: Any, value: Any, path: str) -> Any:
                 errors.append(exc)
         if len(errors) == 1:
             raise errors[0]
-        raise SchemaError(path, f"expected {_typename(tp)}, got {type(value).__name__}")
+        raise SchemaError(path, N_("expected {tp}, got {name}", tp=_typename(tp), name=type(value).__name__))
     if origin is Literal:
         if value not in get_args(tp):
-            raise SchemaError(path, f"must be one of {_typename(tp)}, got {value!r}")
+            raise SchemaError(path, N_("must be one of {tp}, got {value!r}", tp=_typename(tp), value=value))
         return value
     if origin is list or origin is tuple:
         if not isinstance(value, list):
-            raise SchemaError(path, f"expected a list, got {type(value).__name__}")
+            raise SchemaError(path, N_("expected a list, got {name}", name=type(value).__name__))
         (item_tp, *_rest) = get_args(tp) or (Any,)
         items = [convert(item_tp, v, _join(path, i)) for i, v in enumerate(value)]
         return tuple(items)
     if origin in (dict, abc.Mapping):
         if not isinstance(value, dict):
-            raise SchemaError(path, f"expected a table, got {type(value).__name__}")
+            raise SchemaError(path, N_("expected a table, got {name}", name=type(value).__name__))
         _k, v_tp = get_args(tp)
         return types.MappingProxyType({str(k): convert(v_tp, v, _join(path, k)) for k, v in value.items()})
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path)  # type: ignore[arg-type]
     if tp is bool:
         if not isinstance(value, bool):
-            raise SchemaError(path, f"expected true or false, got {value!r}")
+            raise SchemaError(path, N_("expected true or false, got {value!r}", value=value))
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SchemaError(path, f"expected an integer, got {value!r}")
+            raise SchemaError(path, N_("expected an integer, got {value!r}", value=value))
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SchemaError(path, f"expected a number, got {value!r}")
+            raise SchemaError(path, N_("expected a number, got {value!r}", value=value))
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise SchemaError(path, f"expected a string, got {value!r}")
+            raise SchemaError(path, N_("expected a string, got {value!r}", value=value))
         return value
     if tp is Path:
         if not isinstance(value, str) or not value:
-            raise SchemaError(path, f"expected a path string, got {value!r}")
+            raise SchemaError(path, N_("expected a path string, got {value!r}", value=value))
         return Path(value)
-    raise SchemaError(path, f"unsupported field type {tp!r}")  # a bug in a schema, not in a file
+    raise SchemaError(path, N_("unsupported field type {tp!r}", tp=tp))  # a bug in a schema, not in a file
 
 
 def build(cls: type[T], raw: Any, path: str = "") -> T:
     """Build dataclass `cls` from a TOML table; unknown keys are errors."""
     if not isinstance(raw, dict):
-        raise SchemaError(path, f"expected a table, got {type(raw).__name__}")
+        raise SchemaError(path, N_("expected a table, got {name}", name=type(raw).__name__))
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     aliases = {f.metadata.get("key", f.name): f.name for f in fields.values()}
     for key in raw:
         if key not in aliases:
             known = ", ".join(sorted(aliases))
-            raise SchemaError(_join(path, key), f"unknown key (known here: {known})")
+            raise SchemaError(_join(path, key), N_("unknown key (known here: {known})", known=known))
     kwargs: dict[str, Any] = {}
     for key, name in aliases.items():
         field = fields[name]
         sub = _join(path, key)
         if key not in raw:
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                raise SchemaError(sub, "missing (required)")
+                raise SchemaError(sub, N_("missing (required)"))
             continue
         value = convert(hints[name], raw[key], sub)
         check = field.metadata.get("check")
@@ -198,25 +201,25 @@ def dump(obj: Any, *, mask: bool = True) -> Any:
 
 def positive(value: float) -> float:
     if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
+        raise ValueError(N_("must be > 0, got {value}", value=value))
     return value
 
 
 def non_negative(value: float) -> float:
     if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
+        raise ValueError(N_("must be >= 0, got {value}", value=value))
     return value
 
 
 def at_least_one(value: int) -> int:
     if value < 1:
-        raise ValueError(f"must be >= 1, got {value}")
+        raise ValueError(N_("must be >= 1, got {value}", value=value))
     return value
 
 
 def percent(value: int) -> int:
     if not 0 <= value <= 100:
-        raise ValueError(f"must be 0..100, got {value}")
+        raise ValueError(N_("must be 0..100, got {value}", value=value))
     return value
 
 

@@ -229,7 +229,7 @@ def main(config: Config, *, as_json: bool = False) -> int:
     try:
         status = collect(config)
     except StatusError as exc:
-        print(f"village agent status: {exc}", file=sys.stderr)
+        print(f"village agent status: {words.problem(str(exc))}", file=sys.stderr)
         return EXIT_UNREADABLE
     print(json.dumps(asdict(status), indent=2, sort_keys=True) if as_json else render(status))
     return EXIT_OK

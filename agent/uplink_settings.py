@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.i18n import N_
 from agent.schema import SchemaError, non_negative, positive
 
 
@@ -27,4 +28,4 @@ class UplinkConfig:
 
     def __post_init__(self) -> None:
         if self.thin_at > 1:
-            raise SchemaError("thin_at", "must be at most 1 (a share of the monthly budget)")
+            raise SchemaError("thin_at", N_("must be at most 1 (a share of the monthly budget)"))

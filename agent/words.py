@@ -8,8 +8,11 @@ here; docs/zh/现场排查.md explains each (tests/test_i18n_docs.py checks the 
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 
+from agent import i18n
 from agent.i18n import N_, _
 
 # why a command was rejected, a broadcast did not play, a camera is degraded/offline/unknown, a fence failed
@@ -114,6 +117,17 @@ STATES: dict[str, str] = {
     "ok": N_("ok"),
     "up": N_("up"),
     "down": N_("down"),
+    # a rollout and its boxes (county/rollout.py), as `village county rollout status` shows them
+    "pilot": N_("pilot"),
+    "running": N_("running"),
+    "halted": N_("halted"),
+    "done": N_("done"),
+    "pending": N_("pending"),
+    "downloading": N_("downloading"),
+    "installed": N_("installed"),
+    "healthy": N_("healthy"),
+    "rolled_back": N_("rolled back"),
+    "timed_out": N_("timed out"),
 }
 
 # envelope kinds (contract 4) a person sees on the dashboard and in the summary
@@ -266,6 +280,15 @@ _PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), m) fo
      N_("--id: the county server names its broadcasts; leave --id out with --server")),
     (r"^--all is not for --server: the county server cancels one broadcast by its id$",
      N_("--all is not for --server: the county server cancels one broadcast by its id")),
+    # where a parser stopped (json and tomllib say what went wrong in English; the place is said in words)
+    (r"^(?P<what>.*): line (?P<line>\d+) column (?P<col>\d+) \(char \d+\)$",
+     N_("{what} (line {line}, column {col})")),
+    (r"^(?P<what>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$", N_("{what} (line {line}, column {col})")),
+    (r"^(?P<what>.*) \(at end of document\)$", N_("{what} (at the end of the file)")),
+    # why a rollout halted, as the county server stored it (county/rollout.py, routes_releases.py)
+    (r"^(?P<failed>\d+) of (?P<sent>\d+) boxes failed \((?P<how>.*)\), over the (?P<pct>\d+)% allowed$",
+     N_("{failed} of {sent} boxes failed ({how}), over the {pct}% allowed")),
+    (r"^halted by (?P<user>.*)$", N_("halted by {user}")),
     # key files (agent/protocol/jws.py)
     (r"^file is not readable$", N_("file is not readable")),
     (r"^is a directory, not a key file$", N_("is a directory, not a key file")),
@@ -287,8 +310,47 @@ _PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), m) fo
 ))
 
 
+# the system's error texts (OSError.strerror, in English whatever the locale: Python never calls setlocale)
+# for the errors a person meets at a console: files, disks and connections
+_ERRNO = {
+    errno.ENOENT: N_("no such file or directory"),
+    errno.EACCES: N_("permission denied"),
+    errno.EPERM: N_("operation not permitted"),
+    errno.EISDIR: N_("is a directory"),
+    errno.ENOTDIR: N_("not a directory"),
+    errno.EEXIST: N_("file exists"),
+    errno.ENOSPC: N_("no space left on the disk"),
+    errno.EROFS: N_("read-only file system"),
+    errno.ECONNREFUSED: N_("connection refused"),
+    errno.ECONNRESET: N_("connection reset"),
+    errno.ETIMEDOUT: N_("timed out"),
+    errno.EHOSTUNREACH: N_("no route to the host"),
+    errno.ENETUNREACH: N_("network unreachable"),
+}
+_STRERROR = {os.strerror(code): msgid for code, msgid in _ERRNO.items()}
+_OSERROR = re.compile(r"^\[Errno (?P<n>\d+)\] (?P<why>[^:]*)(?:: (?P<file>.*))?$")
+
+
+def _field(value: object) -> object:
+    """A field of a made problem, said too when it is itself a problem: an exception, a made text, an error text."""
+    if isinstance(value, BaseException) or (isinstance(value, str) and (value in _STRERROR or i18n.made(value))):
+        return problem(str(value))
+    return value
+
+
 def problem(text: str) -> str:
-    """One validation problem in the chosen language (unmatched: as it is)."""
+    """One problem in the chosen language: a text made by `N_(message, **fields)` (agent/i18n.py, with its fields
+    said too), a message of the catalog as it is, a system error text, else by the patterns above; unmatched:
+    as it is."""
+    if (made := i18n.made(text)) is not None:
+        message, fields = made
+        return _(message).format(**{k: _field(v) for k, v in fields.items()})
+    if text in i18n.catalog(i18n.current()):
+        return _(text)
+    if text in _STRERROR:
+        return _(_STRERROR[text])
+    if (m := _OSERROR.match(text)) and (msgid := _ERRNO.get(int(m["n"]))):
+        return f"{m['file']}: {_(msgid)}" if m["file"] else _(msgid)
     for pattern, msgid in _PROBLEMS:
         if m := pattern.match(text):
             return _(msgid).format(**m.groupdict(""))
@@ -297,10 +359,10 @@ def problem(text: str) -> str:
 
 def config_error(exc: Exception) -> str:
     """`file: key: problem` of a ConfigError / ProfileError / ScenarioError (anything with those three), or
-    `path: problem` of a KeyFileError, the problem in words; any other exception as its str()."""
+    `path: problem` of a KeyFileError, the problem in words; any other exception: its str() in words."""
     file, key, what = (getattr(exc, a, None) for a in ("file", "key", "problem"))
     if file is None:  # a key file (agent.protocol.jws.KeyFileError): path and problem
         file = getattr(exc, "path", None)
     if not isinstance(file, str) or not isinstance(what, str):
-        return str(exc)
+        return problem(str(exc))
     return f"{file}: {key}: {problem(what)}" if key else f"{file}: {problem(what)}"

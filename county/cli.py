@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from agent import i18n, words
-from agent.i18n import _
+from agent.i18n import N_, _, pad
 from agent.protocol.jws import KeysError, load_private_key
 from agent.protocol.topics import DEFAULT_PREFIX, Topics
 from county import cap as cap_mod
@@ -74,7 +74,8 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ca", type=Path, help=_("CA certificate (PEM) for mqtts:// (with --server: for https://)"))
     g.add_argument("--cert", type=Path, help=_("client certificate (PEM) for mutual TLS"))
     g.add_argument("--client-key", type=Path, help=_("client certificate key (PEM) for mutual TLS"))
-    g.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
+    g.add_argument("--prefix", default=DEFAULT_PREFIX,
+                   help=_("topic prefix (default {prefix})").format(prefix=DEFAULT_PREFIX))
 
 
 def _signing_args(p: argparse.ArgumentParser) -> None:
@@ -127,8 +128,8 @@ def _signing_mode(args: argparse.Namespace) -> bool:
 
 def _tz_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tz", type=_tz, default=None, metavar="ZONE",
-                   help=f"the county's timezone, for times without an offset and for times shown "
-                        f"(default ${push.TZ_ENV}, else {push.DEFAULT_TZ})")
+                   help=_("the county's timezone, for times without an offset and for times shown "
+                          "(default ${env}, else {zone})").format(env=push.TZ_ENV, zone=push.DEFAULT_TZ))
 
 
 def _tz(text: str) -> str:
@@ -223,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_args(p)
     p.add_argument("--json", action="store_true", help=_("each envelope exactly as received, one per line"))
     p.add_argument("--state", action="store_true",
-                   help='also print box state (online/offline) messages; with --json as {"state_topic", "state"}')
+                   help=_("also print box state (online/offline) messages; with --json as objects of state_topic "
+                          "and state"))
     p.add_argument("--count", type=_positive_int, metavar="N", help=_("stop after N messages"))
     p.add_argument("--duration", type=_seconds, metavar="S", help=_("stop after S seconds"))
     _tz_arg(p)
@@ -263,7 +265,8 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def _names(names: Iterable[str], most: int = 8) -> str:
     items = sorted(names)
-    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
+    more = _(" and {n} more").format(n=len(items) - most) if len(items) > most else ""
+    return ", ".join(items[:most]) + more
 
 
 def _unheard_line(unheard: list[str], board: ReceiptBoard, prefix: str) -> str:
@@ -349,7 +352,8 @@ def _check_times(args: argparse.Namespace, data: dict[str, Any], now: float, tz:
             what = f"{opt} {given}" if given else (_("the alert's start") if key == "start" else _("the alert's end"))
             raise push.UsageError(_("{what} is {when}, {span} ago; nothing sent (--force sends it anyway)").format(
                 what=what, when=push.describe_time(ts, tz), span=push.describe_span(now - ts)))
-        lines.append(f"{key:<5} {push.describe_time(ts, tz)}" + (_(" (past: --force)") if past else ""))
+        label = _("start") if key == "start" else _("end")
+        lines.append(f"{pad(label, 6)}{push.describe_time(ts, tz)}" + (_(" (past: --force)") if past else ""))
     for line in lines:
         _say(args, line)
 
@@ -368,7 +372,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         try:
             plan = cap_mod.plan(cap_mod.parse_cap(_read_cap(args.cap)), now)
         except cap_mod.CapError as exc:
-            raise ConsoleError(f"{args.cap}: {exc}") from None
+            raise ConsoleError(N_("{cap}: {exc}", cap=args.cap, exc=exc)) from None
         for ref in plan.cancels:
             payloads.append(push.command("broadcast.cancel", {"broadcast": ref}, args.to, now=now, ttl_s=args.ttl))
         if plan.play is None:  # msgType Cancel: the cancels are the whole message
@@ -403,7 +407,8 @@ def _read_cap(path: Path) -> bytes:
         with path.open("rb") as f:
             return f.read(cap_mod.MAX_CAP_BYTES + 1)
     except OSError as exc:
-        raise ConsoleError(_("{file}: cannot read: {error}").format(file=path, error=exc.strerror)) from None
+        error = words.problem(str(exc.strerror))
+        raise ConsoleError(_("{file}: cannot read: {error}").format(file=path, error=error)) from None
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -433,7 +438,7 @@ def cmd_fences(args: argparse.Namespace) -> int:
     try:
         data = fences.build_geofence_command_data(args.file, args.crs, assign)
     except (ValueError, OSError) as exc:
-        raise ConsoleError(f"{args.file}: {exc}") from None
+        raise ConsoleError(N_("{file}: {error}", file=args.file, error=exc)) from None
     main = push.command("geofence.set", data, args.to, now=time.time(), ttl_s=args.ttl)
     return _publish(args, [main], main)
 

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.i18n import N_
 from agent.protocol import jws
 from agent.protocol.commands import COMMAND_VERSION
 from agent.protocol.topics import BOX_ID_RE, Topics
@@ -53,14 +54,14 @@ def zone(name: str | None = None) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise UsageError(f"unknown time zone {name!r} (an IANA name such as Asia/Shanghai)") from None
+        raise UsageError(N_("unknown time zone {name!r} (an IANA name such as Asia/Shanghai)", name=name)) from None
 
 
 def parse_duration(text: str) -> float:
     """`90`, `90s`, `30m`, `2h`, `1d` (an optional leading `+`, as in `--at +30m`) -> seconds."""
     m = DURATION_RE.match(text.strip())
     if not m:
-        raise UsageError(f"{text!r} is not a duration: N[smhd], e.g. 90s, 30m, 2h, 1d")
+        raise UsageError(N_("{text!r} is not a duration: N[smhd], e.g. 90s, 30m, 2h, 1d", text=text))
     return float(m.group(1)) * UNIT_S[m.group(2)]
 
 
@@ -78,7 +79,7 @@ def parse_time(text: str, now: float, tz: dt.tzinfo | None = None) -> int:
     try:
         t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"{text!r} is not an ISO 8601 time, 'now' or +N[smhd]") from None
+        raise UsageError(N_("{text!r} is not an ISO 8601 time, 'now' or +N[smhd]", text=text)) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=tz if tz is not None else zone())
     return int(t.timestamp())
@@ -107,7 +108,7 @@ def describe_span(seconds: float) -> str:
 def parse_target(text: str) -> str:
     scope, _, name = text.partition(":")
     if scope not in ("box", "group") or not BOX_ID_RE.fullmatch(name):
-        raise UsageError(f"target {text!r} is not box:ID or group:NAME ([A-Za-z0-9_-]{{1,64}})")
+        raise UsageError(N_("target {text!r} is not box:ID or group:NAME ([A-Za-z0-9_-]{{1,64}})", text=text))
     return f"{scope}:{name}"
 
 
@@ -120,35 +121,37 @@ def audio_data(path: Path) -> dict[str, Any]:
     """`{"mime", "sha256", "b64"}` for a local audio file; mime from the extension."""
     mime = AUDIO_MIME.get(path.suffix.lower())
     if mime is None:
-        raise PushError(f"{path}: unknown audio type {path.suffix!r} (mp3, ogg, opus or wav)")
+        raise PushError(N_("{path}: unknown audio type {suffix!r} (mp3, ogg, opus or wav)",
+                           path=path, suffix=path.suffix))
     try:
         size = path.stat().st_size
         if size > MAX_AUDIO_BYTES:
-            raise PushError(f"{path}: {size} bytes is over the {MAX_AUDIO_BYTES} byte limit for inline audio")
+            raise PushError(N_("{path}: {size} bytes is over the {max_audio_bytes} byte limit for inline audio",
+                               path=path, size=size, max_audio_bytes=MAX_AUDIO_BYTES))
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise PushError(f"{path}: file does not exist") from None
+        raise PushError(N_("{path}: file does not exist", path=path)) from None
     except OSError as exc:
-        raise PushError(f"{path}: cannot read: {exc.strerror}") from None
+        raise PushError(N_("{path}: cannot read: {strerror}", path=path, strerror=exc.strerror)) from None
     if not raw:
-        raise PushError(f"{path}: file is empty")
+        raise PushError(N_("{path}: file is empty", path=path))
     return {"mime": mime, "sha256": hashlib.sha256(raw).hexdigest(), "b64": base64.b64encode(raw).decode("ascii")}
 
 
 def play_data(*, cls: str, level: int | None, title: str | None, text: str | None, audio: dict[str, Any] | None,
               start: int | None, end: int | None, volume: int | None) -> dict[str, Any]:
     if cls not in ("emergency", "daily", "drill"):
-        raise UsageError(f"class {cls!r} is not emergency, daily or drill")
+        raise UsageError(N_("class {cls!r} is not emergency, daily or drill", cls=cls))
     if level is None:
         level = 1 if cls == "emergency" else 3
     if not 1 <= level <= 4:
-        raise UsageError(f"level {level} is not 1-4")
+        raise UsageError(N_("level {level} is not 1-4", level=level))
     if volume is not None and not 0 <= volume <= 100:
-        raise UsageError(f"volume {volume} is not 0-100")
+        raise UsageError(N_("volume {volume} is not 0-100", volume=volume))
     if not text and audio is None:
-        raise UsageError("nothing to say: give --text, --audio or --cap")
+        raise UsageError(N_("nothing to say: give --text, --audio or --cap"))
     if start is not None and end is not None and end <= start:
-        raise UsageError("--until must be after --at")
+        raise UsageError(N_("--until must be after --at"))
     if title is None:
         title = (text or "").split("\n", 1)[0][:40] or "audio"
     return {"class": cls, "level": level, "title": title, "text": text or "", "audio": audio,
@@ -159,11 +162,11 @@ def command(kind: str, data: dict[str, Any], targets: list[str], *, now: float, 
             cmd_id: str | None = None) -> dict[str, Any]:
     """The command payload (contract section 5)."""
     if not 0 < ttl_s <= MAX_TTL_S:
-        raise UsageError(f"--ttl {ttl_s} s is not 1 s..31 d ({MAX_TTL_S} s)")
+        raise UsageError(N_("--ttl {ttl_s} s is not 1 s..31 d ({max_ttl_s} s)", ttl_s=ttl_s, max_ttl_s=MAX_TTL_S))
     if not targets:
-        raise UsageError("no target: give --to box:ID or --to group:NAME")
+        raise UsageError(N_("no target: give --to box:ID or --to group:NAME"))
     if cmd_id is not None and not re.fullmatch(r"[\x21-\x7e]{1,128}", cmd_id):
-        raise UsageError("--id must be 1-128 printable ASCII characters without spaces")
+        raise UsageError(N_("--id must be 1-128 printable ASCII characters without spaces"))
     iat = int(now)
     return {"v": COMMAND_VERSION, "id": cmd_id or str(uuid.uuid4()), "kind": kind, "iat": iat, "exp": iat + ttl_s,
             "to": list(dict.fromkeys(targets)), "data": data}

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.i18n import N_
 from agent.protocol.topics import BOX_ID_RE
 from agent.schema import SchemaError, build, read_toml
 
@@ -57,13 +58,14 @@ class RegionsError(Exception):
 
 def _id(value: str) -> str:
     if not BOX_ID_RE.match(value):
-        raise ValueError(f"{value!r} is not [A-Za-z0-9_-]{{1,64}}")
+        raise ValueError(N_("{value!r} is not [A-Za-z0-9_-]{{1,64}}", value=value))
     return value
 
 
 def _name(value: str) -> str:
     if not value.strip() or len(value) > MAX_NAME or _BAD_NAME.search(value):
-        raise ValueError(f"a display name of 1..{MAX_NAME} printable characters, got {value[:MAX_NAME]!r}")
+        raise ValueError(N_("a display name of 1..{max_name} printable characters, got {value!r}",
+                            max_name=MAX_NAME, value=value[:MAX_NAME]))
     return value
 
 
@@ -75,19 +77,19 @@ def _groups(value: tuple[str, ...]) -> tuple[str, ...]:
 
 def _lat(value: float) -> float:
     if not math.isfinite(value) or not -90 <= value <= 90:
-        raise ValueError(f"latitude must be -90..90, got {value}")
+        raise ValueError(N_("latitude must be -90..90, got {value}", value=value))
     return value
 
 
 def _lon(value: float) -> float:
     if not math.isfinite(value) or not -180 <= value <= 180:
-        raise ValueError(f"longitude must be -180..180, got {value}")
+        raise ValueError(N_("longitude must be -180..180, got {value}", value=value))
     return value
 
 
 def _coords(lat: float | None, lon: float | None) -> None:
     if (lat is None) != (lon is None):
-        raise SchemaError("lon" if lon is None else "lat", "lat and lon go together")
+        raise SchemaError("lon" if lon is None else "lat", N_("lat and lon go together"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +266,8 @@ class Regions:
         for target in targets:
             kind, sep, name = target.partition(":")
             if not sep or kind not in ("box", "group") or not BOX_ID_RE.match(name):
-                raise ValueError(f"target {target!r} is not box:ID or group:NAME ([A-Za-z0-9_-]{{1,64}})")
+                raise ValueError(N_("target {target!r} is not box:ID or group:NAME ([A-Za-z0-9_-]{{1,64}})",
+                                    target=target))
             out[target] = frozenset((name,)) if kind == "box" else self.group_members(name, reported)
         return out
 
@@ -282,17 +285,19 @@ def _check_ids(data: RegionsFile) -> None:
     for ti, t in enumerate(data.townships):
         tkey = f"township[{ti}]"
         if t.id in scopes:
-            raise SchemaError(f"{tkey}.id", f"duplicate region id {t.id!r} (also {scopes[t.id]})")
+            raise SchemaError(f"{tkey}.id", N_("duplicate region id {id!r} (also {scopes})",
+                                               id=t.id, scopes=scopes[t.id]))
         scopes[t.id] = f"{tkey}.id"
         for vi, v in enumerate(t.villages):
             vkey = f"{tkey}.village[{vi}]"
             if v.id in scopes:
-                raise SchemaError(f"{vkey}.id", f"duplicate region id {v.id!r} (also {scopes[v.id]})")
+                raise SchemaError(f"{vkey}.id", N_("duplicate region id {id!r} (also {scopes})",
+                                                   id=v.id, scopes=scopes[v.id]))
             scopes[v.id] = f"{vkey}.id"
             for bi, b in enumerate(v.boxes):
                 bkey = f"{vkey}.box[{bi}].id"
                 if b.id in boxes:
-                    raise SchemaError(bkey, f"duplicate box id {b.id!r} (also {boxes[b.id]})")
+                    raise SchemaError(bkey, N_("duplicate box id {id!r} (also {boxes})", id=b.id, boxes=boxes[b.id]))
                 boxes[b.id] = bkey
 
 

@@ -21,7 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent.i18n import _
+from agent import words
+from agent.i18n import N_, _, pad
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 FINAL_STATES = ("halted", "done")
@@ -91,7 +92,7 @@ def _put(client: Any, path: str, data: bytes) -> Any:
         exc.close()
         raise server_client._error(exc.code, server_client._json(raw)) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise server_client.ServerError(0, f"cannot reach the county server: {exc}") from None
+        raise server_client.ServerError(0, N_("cannot reach the county server: {error}", error=exc)) from None
 
 
 def cmd_release(args: Any) -> int:
@@ -112,14 +113,16 @@ def cmd_release(args: Any) -> int:
 
 
 def print_status(doc: dict[str, Any]) -> None:
-    counts = ", ".join(f"{k} {v}" for k, v in doc["counts"].items() if v)
-    print(f"{doc['id']}  {doc['version']}  {doc['state']}  ({counts})")
+    counts = ", ".join(f"{words.state(k)} {v}" for k, v in doc["counts"].items() if v)
+    print(f"{doc['id']}  {doc['version']}  {words.state(doc['state'])}  ({counts})")
     if doc.get("reason"):
-        print(f"  {doc['reason']}")
+        print(f"  {words.problem(doc['reason'])}")
     for row in doc["boxes"]:
-        wave = "-" if row.get("wave") is None else str(row["wave"])
-        tail = " ".join(str(x) for x in (row.get("reason"), row.get("detail")) if x)
-        print(f"  {row['box']:<24} wave {wave:<3} {row['state']:<12} {row.get('version') or '':<10} {tail}".rstrip())
+        wave = _("pilot") if row.get("wave") == 0 else "-" if row.get("wave") is None else str(row["wave"])
+        tail = " ".join(x for x in (words.reason(row.get("reason")), row.get("detail")) if x)
+        cells = [pad(row["box"], 24), pad(_("wave {n}").format(n=wave), 10), pad(words.state(row["state"]), 12),
+                 pad(row.get("version") or "", 10), tail]
+        print(("  " + "".join(cells)).rstrip())
 
 
 def cmd_rollout(args: Any) -> int:
@@ -153,10 +156,10 @@ def run(fn: Any, args: Any) -> int:
     try:
         return int(fn(args))
     except server_client.ServerError as exc:
-        print(f"village county {args.cmd}: {exc}", file=sys.stderr)
+        print(f"village county {args.cmd}: {words.problem(str(exc))}", file=sys.stderr)
         return EXIT_USAGE if exc.status == 400 else EXIT_ERROR
     except (OSError, KeyError, ValueError) as exc:
-        print(f"village county {args.cmd}: {exc}", file=sys.stderr)
+        print(f"village county {args.cmd}: {words.problem(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
 
 

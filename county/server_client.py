@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from agent.i18n import N_
 from agent.protocol.topics import Topics
 from county import cap as cap_mod
 from county import push
@@ -56,16 +57,18 @@ def read_password(path: Path | None) -> str:
                 raw = f.read(64 * 1024)
             text = raw.decode("utf-8")
         except OSError as exc:
-            raise ServerError(0, f"--password-file {path}: cannot read: {exc.strerror}") from None
+            raise ServerError(0, N_("--password-file {path}: cannot read: {strerror}",
+                                    path=path, strerror=exc.strerror)) from None
         except UnicodeDecodeError:
-            raise ServerError(0, f"--password-file {path}: not UTF-8 text") from None
+            raise ServerError(0, N_("--password-file {path}: not UTF-8 text", path=path)) from None
         password = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
         if not password:
-            raise ServerError(0, f"--password-file {path}: empty")
+            raise ServerError(0, N_("--password-file {path}: empty", path=path))
         return password
     password = os.environ.get(PASSWORD_ENV, "")
     if not password:
-        raise ServerError(0, f"--server needs a password: --password-file F or ${PASSWORD_ENV}")
+        raise ServerError(0, N_("--server needs a password: --password-file F or ${password_env}",
+                                password_env=PASSWORD_ENV))
     return password
 
 
@@ -81,9 +84,10 @@ class ServerClient:
     def __init__(self, base: str, *, ca: Path | None = None, timeout: float = TIMEOUT_S) -> None:
         parsed = urllib.parse.urlsplit(base)
         if "@" in parsed.netloc:  # never shown: it may hold a password
-            raise ServerError(0, "--server URL carries a user or password: give --user and --password-file instead")
+            raise ServerError(0, N_("--server URL carries a user or password: give --user and --password-file instead"))
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ServerError(0, f"--server {_clean(base)!r} is not http://HOST:PORT or https://HOST:PORT")
+            raise ServerError(0, N_("--server {base!r} is not http://HOST:PORT or https://HOST:PORT",
+                                    base=_clean(base)))
         self.base = base.rstrip("/")
         self.display = f"{parsed.scheme}://{parsed.netloc}"
         self.timeout = timeout
@@ -93,9 +97,9 @@ class ServerClient:
             try:
                 self.context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
             except (OSError, ssl.SSLError) as exc:
-                raise ServerError(0, f"--ca {ca}: cannot load the CA certificate: {exc}") from None
+                raise ServerError(0, N_("--ca {ca}: cannot load the CA certificate: {exc}", ca=ca, exc=exc)) from None
         elif ca is not None:
-            raise ServerError(0, "--ca is for an https:// --server")
+            raise ServerError(0, N_("--ca is for an https:// --server"))
 
     # ------------------------------------------------------------------------------------------ http
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -118,20 +122,24 @@ class ServerClient:
         except urllib.error.URLError as exc:
             why = exc.reason
             text = why.strerror or str(why) if isinstance(why, OSError) else str(why)
-            raise ServerError(0, f"cannot reach the county server at {self.display}: {_clean(str(text))}") from None
+            raise ServerError(0, N_("cannot reach the county server at {display}: {text}",
+                                    display=self.display, text=_clean(str(text)))) from None
         except (TimeoutError, OSError) as exc:
-            raise ServerError(0, f"the county server at {self.display} did not answer: {_clean(str(exc))}") from None
+            raise ServerError(0, N_("the county server at {display} did not answer: {exc}",
+                                    display=self.display, exc=_clean(str(exc)))) from None
 
     def login(self, user: str, password: str) -> dict[str, Any]:
         try:
             _status, answer = self.request("POST", "/api/v1/session", {"username": user, "password": password})
         except ServerError as exc:
             if exc.status == 401:
-                raise ServerError(401, f"login as {user!r} at {self.display} failed: wrong user name or password",
+                raise ServerError(401, N_("login as {user!r} at {display} failed: wrong user name or password",
+                                          user=user, display=self.display),
                                   error=exc.error) from None
             raise
         if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
-            raise ServerError(0, f"{self.display} answered the login without a token: is it a county server?")
+            raise ServerError(0, N_("{display} answered the login without a token: is it a county server?",
+                                    display=self.display))
         self.token = answer["token"]
         return answer
 
@@ -157,8 +165,9 @@ class ServerClient:
             _status, answer = self.request("POST", "/api/v1/broadcasts", body)
         except ServerError as exc:
             if exc.status == 503 and exc.body.get("id"):  # stored, the broker did not take it
-                raise ServerError(503, f"broadcast {exc.body['id']} is {exc.body.get('state')}: "
-                                       f"{_clean(str(exc.body.get('error') or exc))}", body=exc.body) from None
+                error = _clean(str(exc.body.get("error") or exc))
+                raise ServerError(503, N_("broadcast {id} is {state}: {error}", id=exc.body["id"],
+                                          state=exc.body.get("state"), error=error), body=exc.body) from None
             raise
         return _object(answer)
 
@@ -178,7 +187,7 @@ def _json(raw: bytes) -> Any:
 
 def _object(answer: Any) -> dict[str, Any]:
     if not isinstance(answer, dict):
-        raise ServerError(0, "the county server's answer is not a JSON object")
+        raise ServerError(0, N_("the county server's answer is not a JSON object"))
     return answer
 
 
@@ -207,7 +216,7 @@ def broadcast_body(args: Any, now: float) -> dict[str, Any]:
     from county import cli
 
     if args.cmd_id:
-        raise push.UsageError("--id: the county server names its broadcasts; leave --id out with --server")
+        raise push.UsageError(N_("--id: the county server names its broadcasts; leave --id out with --server"))
     tz = push.zone(args.tz)
     start = push.parse_time(args.at, now, tz) if args.at else None
     end = push.parse_time(args.until, now, tz) if args.until else None
@@ -216,13 +225,15 @@ def broadcast_body(args: Any, now: float) -> dict[str, Any]:
         try:
             plan = cap_mod.plan(cap_mod.parse_cap(cli._read_cap(args.cap)), now)
         except cap_mod.CapError as exc:
-            raise cli.ConsoleError(f"{args.cap}: {exc}") from None
+            raise cli.ConsoleError(N_("{cap}: {exc}", cap=args.cap, exc=exc)) from None
         if plan.cancels or plan.play is None:
-            raise push.UsageError(f"{args.cap}: a CAP Update or Cancel names earlier broadcasts by their CAP "
-                                  "identifier, the county server by its own id: cancel ID --server, then push")
+            raise push.UsageError(N_("{cap}: a CAP Update or Cancel names earlier broadcasts by their CAP identifier, "
+                                     "the county server by its own id: cancel ID --server, then push",
+                                     cap=args.cap))
         data = dict(plan.play)
         if data["end"] is not None and data["end"] <= now and end is None:
-            raise cli.ConsoleError(f"{args.cap}: the alert expired already (pass --until to broadcast it anyway)")
+            raise cli.ConsoleError(N_("{cap}: the alert expired already (pass --until to broadcast it anyway)",
+                                      cap=args.cap))
         overrides = {"class": args.cls, "level": args.level, "title": args.title, "volume": args.volume,
                      "start": start, "end": end}
         data.update({k: v for k, v in overrides.items() if v is not None})
@@ -292,7 +303,7 @@ def cmd_cancel(args: Any) -> int:
     from county import cli
 
     if args.all:
-        raise push.UsageError("--all is not for --server: the county server cancels one broadcast by its id")
+        raise push.UsageError(N_("--all is not for --server: the county server cancels one broadcast by its id"))
     try:
         with _session(args) as client:
             out = client.cancel(args.broadcast)

@@ -77,7 +77,8 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--broker", default=os.environ.get("VILLAGE_BROKER"), metavar="URL",
          help=_("mqtt://[user:pass@]host:port (default: $VILLAGE_BROKER)"))
-    _add(parser, "--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
+    _add(parser, "--prefix", default=DEFAULT_PREFIX,
+         help=_("topic prefix (default {prefix})").format(prefix=DEFAULT_PREFIX))
     _add(parser, "--ca", type=Path, help=_("CA certificate (PEM) for mqtts://"))
     _add(parser, "--cert", type=Path, help=_("client certificate (PEM) for mutual TLS"))
     _add(parser, "--client-key", type=Path, help=_("client certificate key (PEM) for mutual TLS"))
@@ -86,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--json", action="store_true", help=_("JSON lines: one per box, then one per village"))
     _add(parser, "--listen", type=float, default=2.0, metavar="S",
          help=_("seconds to collect what the broker holds for this console (default 2)"))
-    _add(parser, "--db", type=Path, default=None, metavar="FILE", help=f"history file (default {default_db()})")
+    _add(parser, "--db", type=Path, default=None, metavar="FILE",
+         help=_("history file (default {file})").format(file=default_db()))
     _add(parser, "--villages", type=Path, default=None, metavar="FILE", help=_("JSON map box id -> village"))
 
 

@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(run_village(scenario, opts))
     except (SimError, BrokerError, OSError) as exc:
-        print(f"village sim: {exc}", file=sys.stderr)
+        print(f"village sim: {words.problem(str(exc))}", file=sys.stderr)
         return EXIT_SETUP
     except KeyboardInterrupt:
         return 130
@@ -140,7 +140,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(run_fleet(opts))
     except FleetError as exc:
-        print(f"village sim fleet: {exc}", file=sys.stderr)
+        print(f"village sim fleet: {words.problem(str(exc))}", file=sys.stderr)
         return EXIT_SETUP
     except KeyboardInterrupt:
         return 130

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.i18n import N_
 from agent.protocol.topics import Topics
 
 HEARTBEAT_S = 60.0
@@ -194,7 +195,7 @@ class Fleet:
         self.opts = opts
         parts = urlsplit(opts.broker_url)
         if parts.scheme != "mqtt" or not parts.hostname:
-            raise FleetError(f"{opts.broker_url!r}: fleet mode takes mqtt://host:port")
+            raise FleetError(N_("{broker_url!r}: fleet mode takes mqtt://host:port", broker_url=opts.broker_url))
         self.host, self.port = parts.hostname, parts.port or 1883
         self.topics = Topics(opts.prefix)
         self.rng = random.Random(opts.seed)
@@ -249,7 +250,8 @@ class Fleet:
         county.start()
         try:
             if not await asyncio.to_thread(ready.wait, 20):
-                raise FleetError(f"the county subscriber could not subscribe at {self.host}:{self.port}")
+                raise FleetError(N_("the county subscriber could not subscribe at {host}:{port}",
+                                    host=self.host, port=self.port))
             return await self._run_boxes(control, results)
         finally:
             if county.is_alive():
@@ -277,7 +279,8 @@ class Fleet:
                     try:
                         b.client.connect(self.host, self.port, keepalive=60)
                     except OSError as exc:
-                        raise FleetError(f"box {b.box} cannot reach {self.host}:{self.port}: {exc}") from None
+                        raise FleetError(N_("box {box} cannot reach {host}:{port}: {exc}",
+                                            box=b.box, host=self.host, port=self.port, exc=exc)) from None
                     heapq.heappush(heap, (due + self.rng.random() * pos_s, 1, i))
                     heapq.heappush(heap, (due + self.rng.random() * hb_s, 2, i))
                 elif kind == 1:
@@ -367,5 +370,5 @@ def _county_process(host: str, port: int, prefix: str, control: mp.Queue[dict[st
 
 async def run_fleet(opts: FleetOptions) -> FleetResult:
     if opts.boxes < 1:
-        raise FleetError("--boxes must be >= 1")
+        raise FleetError(N_("--boxes must be >= 1"))
     return await Fleet(opts).run()

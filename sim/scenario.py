@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.i18n import N_
 from agent.schema import SchemaError, build, non_negative, positive
 
 ACTIONS = (
@@ -40,16 +41,16 @@ class ScenarioError(Exception):
 
 def _latlon(value: tuple[tuple[float, ...], ...]) -> tuple[tuple[float, ...], ...]:
     if not value:
-        raise ValueError("needs at least one [lat, lon] point")
+        raise ValueError(N_("needs at least one [lat, lon] point"))
     for p in value:
         if len(p) != 2 or not (-90 <= p[0] <= 90 and -180 <= p[1] <= 180):
-            raise ValueError(f"{list(p)} is not [lat, lon]")
+            raise ValueError(N_("{p} is not [lat, lon]", p=list(p)))
     return value
 
 
 def _speed(value: float) -> float:
     if not 0 < value <= 1000:
-        raise ValueError(f"must be in (0, 1000], got {value}")
+        raise ValueError(N_("must be in (0, 1000], got {value}", value=value))
     return value
 
 
@@ -97,16 +98,16 @@ class FenceSpec:
     def __post_init__(self) -> None:
         given = sum(x is not None for x in (self.center, self.polygon, self.geojson))
         if given != 1:
-            raise SchemaError("", f"fence {self.id!r}: give exactly one of center+radius_m, polygon, geojson")
+            raise SchemaError("", N_("fence {id!r}: give exactly one of center+radius_m, polygon, geojson", id=self.id))
         if self.center is not None and (self.radius_m is None or len(self.center) != 2):
-            raise SchemaError("radius_m", "a circle needs center = [lat, lon] and radius_m")
+            raise SchemaError("radius_m", N_("a circle needs center = [lat, lon] and radius_m"))
         if self.geojson is not None:
             try:
                 geom = json.loads(self.geojson)
             except json.JSONDecodeError as exc:
-                raise SchemaError("geojson", f"not JSON: {exc}") from None
+                raise SchemaError("geojson", N_("not JSON: {exc}", exc=exc)) from None
             if not isinstance(geom, dict) or geom.get("type") not in ("Polygon", "MultiPolygon", "Point"):
-                raise SchemaError("geojson", "must be a GeoJSON Polygon, MultiPolygon or Point geometry")
+                raise SchemaError("geojson", N_("must be a GeoJSON Polygon, MultiPolygon or Point geometry"))
 
     def feature(self) -> dict[str, Any]:
         props: dict[str, Any] = {"id": self.id}
@@ -146,7 +147,7 @@ class CameraSpec:
 
     def __post_init__(self) -> None:
         if self.mode not in CAMERA_MODES:
-            raise SchemaError("mode", f"must be one of {', '.join(CAMERA_MODES)}")
+            raise SchemaError("mode", N_("must be one of {choices}", choices=', '.join(CAMERA_MODES)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,14 +175,14 @@ class Action:
 
     def __post_init__(self) -> None:
         if self.do not in ACTIONS:
-            raise SchemaError("do", f"unknown action {self.do!r} (known: {', '.join(ACTIONS)})")
+            raise SchemaError("do", N_("unknown action {do!r} (known: {known})", do=self.do, known=', '.join(ACTIONS)))
         for need in _NEEDS.get(self.do, ()):
             if getattr(self, need) is None:
-                raise SchemaError(need, f"missing (required for do = {self.do!r})")
+                raise SchemaError(need, N_("missing (required for do = {do!r})", do=self.do))
         if self.mode is not None and self.mode not in CAMERA_MODES:
-            raise SchemaError("mode", f"must be one of {', '.join(CAMERA_MODES)}")
+            raise SchemaError("mode", N_("must be one of {choices}", choices=', '.join(CAMERA_MODES)))
         if self.loss is not None and self.loss >= 1:
-            raise SchemaError("loss", "must be < 1")
+            raise SchemaError("loss", N_("must be < 1"))
 
     def describe(self) -> str:
         parts = [self.do]
@@ -207,7 +208,7 @@ class Expect:
 
     def __post_init__(self) -> None:
         if self.count is None and self.min_count is None and self.kind not in ("no_loss", "link_fallback_311"):
-            raise SchemaError("count", "give count (exactly) or min_count")
+            raise SchemaError("count", N_("give count (exactly) or min_count"))
 
     def describe(self) -> str:
         filters = [f"{k}={getattr(self, k)}" for k in ("wearer", "camera", "state", "cmd", "reason")
@@ -232,34 +233,35 @@ class Scenario:
         for name, items in (("fence", self.fences), ("wearer", self.wearers), ("camera", self.cameras)):
             ids = [x.id for x in items]
             if len(ids) != len(set(ids)):
-                raise SchemaError(name, "duplicate id")
+                raise SchemaError(name, N_("duplicate id"))
         fences = {f.id for f in self.fences}
         wearers = {w.id for w in self.wearers}
         cameras = {c.id for c in self.cameras}
         if len({w.device for w in self.wearers}) != len(self.wearers):
-            raise SchemaError("wearer", "two wearers share a device")
+            raise SchemaError("wearer", N_("two wearers share a device"))
         for i, w in enumerate(self.wearers):
             if unknown := set(w.fences) - fences:
-                raise SchemaError(f"wearer[{i}].fences", f"no such fence: {', '.join(sorted(unknown))}")
+                raise SchemaError(f"wearer[{i}].fences", N_("no such fence: {ids}", ids=', '.join(sorted(unknown))))
         broadcasts: set[str] = set()
         for i, a in enumerate(self.actions):
             if a.wearer is not None and a.wearer not in wearers:
-                raise SchemaError(f"at[{i}].wearer", f"no such wearer {a.wearer!r}")
+                raise SchemaError(f"at[{i}].wearer", N_("no such wearer {wearer!r}", wearer=a.wearer))
             if a.camera is not None and a.camera not in cameras:
-                raise SchemaError(f"at[{i}].camera", f"no such camera {a.camera!r}")
+                raise SchemaError(f"at[{i}].camera", N_("no such camera {camera!r}", camera=a.camera))
             if a.t_s > self.scenario.duration_s:
-                raise SchemaError(f"at[{i}].t_s", f"after the end (duration_s = {self.scenario.duration_s:g})")
+                raise SchemaError(f"at[{i}].t_s", N_("after the end (duration_s = {duration_s:g})",
+                                                     duration_s=self.scenario.duration_s))
             if a.do == "broadcast":
                 broadcasts.add(a.id or "")
             if a.do == "cancel" and a.id not in broadcasts:
-                raise SchemaError(f"at[{i}].id", f"cancels {a.id!r}, which no earlier broadcast pushed")
+                raise SchemaError(f"at[{i}].id", N_("cancels {id!r}, which no earlier broadcast pushed", id=a.id))
         if [a.t_s for a in self.actions] != sorted(a.t_s for a in self.actions):
-            raise SchemaError("at", "actions must be in time order")
+            raise SchemaError("at", N_("actions must be in time order"))
         for i, e in enumerate(self.expects):
             if e.wearer is not None and e.wearer not in wearers:
-                raise SchemaError(f"expect[{i}].wearer", f"no such wearer {e.wearer!r}")
+                raise SchemaError(f"expect[{i}].wearer", N_("no such wearer {wearer!r}", wearer=e.wearer))
             if e.camera is not None and e.camera not in cameras:
-                raise SchemaError(f"expect[{i}].camera", f"no such camera {e.camera!r}")
+                raise SchemaError(f"expect[{i}].camera", N_("no such camera {camera!r}", camera=e.camera))
 
     def geojson(self) -> dict[str, Any]:
         return {"type": "FeatureCollection", "features": [f.feature() for f in self.fences]}
@@ -277,11 +279,11 @@ def load_scenario(path: Path | str) -> Scenario:
     try:
         raw = tomllib.loads(path.read_text("utf-8"))
     except FileNotFoundError:
-        raise ScenarioError(path, "", "file does not exist") from None
+        raise ScenarioError(path, "", N_("file does not exist")) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(path, "", f"cannot read: {exc}") from None
+        raise ScenarioError(path, "", N_("cannot read: {exc}", exc=exc)) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(path, "", f"not valid TOML: {exc}") from None
+        raise ScenarioError(path, "", N_("not valid TOML: {exc}", exc=exc)) from None
     return parse_scenario(raw, path)
 
 

@@ -157,7 +157,7 @@ def test_identity_is_made_once_and_kept(tmp_path: Path, algo: str, kind: type) -
 def test_identity_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert identity.main(["--box-id", "lhk-id-3", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "created key" in out and "sha256" in out
+    assert "created the key" in out and "sha256" in out
     assert identity.main(["--box-id", "bad id", "--dir", str(tmp_path / "x")]) == 2
     (tmp_path / "y").mkdir()
     (tmp_path / "y" / "box.key").write_text("not a key")

@@ -6,6 +6,7 @@ import re
 import zoneinfo
 from dataclasses import dataclass, field
 
+from agent.i18n import N_
 from agent.schema import non_negative, percent, positive
 
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])\Z")  # \Z: "$" also matches before a final "\n"
@@ -14,17 +15,17 @@ _HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])\Z")  # \Z: "$" also matche
 def hhmm(value: str) -> tuple[int, int]:
     m = _HHMM.match(value)
     if m is None:
-        raise ValueError(f"{value!r} is not a local time HH:MM")
+        raise ValueError(N_("{value!r} is not a local time HH:MM", value=value))
     return int(m.group(1)), int(m.group(2))
 
 
 def _quiet_hours(value: tuple[str, ...]) -> tuple[str, ...]:
     if len(value) not in (0, 2):
-        raise ValueError('expected ["HH:MM", "HH:MM"] (start, end) or [] for none')
+        raise ValueError(N_('expected ["HH:MM", "HH:MM"] (start, end) or [] for none'))
     for v in value:
         hhmm(v)
     if len(value) == 2 and value[0] == value[1]:
-        raise ValueError("start and end are the same time")
+        raise ValueError(N_("start and end are the same time"))
     return value
 
 
@@ -32,7 +33,7 @@ def timezone_name(value: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r}") from None
+        raise ValueError(N_("unknown time zone {value!r}", value=value)) from None
     return value
 
 
@@ -70,8 +71,8 @@ class BroadcastConfig:
 
     def __post_init__(self) -> None:
         if self.max_volume > self.emergency_volume:
-            raise ValueError("max_volume must not exceed emergency_volume")
+            raise ValueError(N_("max_volume must not exceed emergency_volume"))
         if self.default_volume > self.max_volume:
-            raise ValueError("default_volume must not exceed max_volume")
+            raise ValueError(N_("default_volume must not exceed max_volume"))
         if self.live_jitter_min_s > self.live_jitter_max_s:
-            raise ValueError("live_jitter_min_s must not exceed live_jitter_max_s")
+            raise ValueError(N_("live_jitter_min_s must not exceed live_jitter_max_s"))

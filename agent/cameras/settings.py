@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from agent.i18n import N_
 from agent.schema import SchemaError, at_least_one, non_negative, positive
 
 CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" also matches before a final "\n"
@@ -20,40 +21,40 @@ CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" also matches bef
 
 def _camera_id(value: str) -> str:
     if not CAMERA_ID_RE.match(value):
-        raise ValueError(f"{value!r} is not [A-Za-z0-9_-]{{1,64}} (a GB/T 28181 code is 20 digits)")
+        raise ValueError(N_("{value!r} is not [A-Za-z0-9_-]{{1,64}} (a GB/T 28181 code is 20 digits)", value=value))
     return value
 
 
 def _rtsp_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("rtsp", "rtsps"):
-        raise ValueError("must be an rtsp:// URL")
+        raise ValueError(N_("must be an rtsp:// URL"))
     if "@" in parts.netloc:
-        raise ValueError("must not hold credentials (put them in the `credentials` file)")
+        raise ValueError(N_("must not hold credentials (put them in the `credentials` file)"))
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError("bad port") from None
+        raise ValueError(N_("bad port")) from None
     if not parts.hostname:
-        raise ValueError("no host")
+        raise ValueError(N_("no host"))
     return value
 
 
 def _port(value: int | None) -> int | None:
     if value is not None and not 0 < value < 65536:
-        raise ValueError(f"not a port: {value}")
+        raise ValueError(N_("not a port: {value}", value=value))
     return value
 
 
 def _fraction(value: float) -> float:
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"must be in [0, 1), got {value}")
+        raise ValueError(N_("must be in [0, 1), got {value}", value=value))
     return value
 
 
 def _grab_concurrency(value: int) -> int:
     if value not in (1, 2):
-        raise ValueError(f"must be 1 or 2 (ffmpeg processes at once), got {value}")
+        raise ValueError(N_("must be 1 or 2 (ffmpeg processes at once), got {value}", value=value))
     return value
 
 
@@ -62,20 +63,21 @@ def secret_file(value: Path) -> Path:
     try:
         st = value.stat()
     except OSError:
-        raise ValueError(f"file {str(value)!r} does not exist") from None
+        raise ValueError(N_("file {value!r} does not exist", value=str(value))) from None
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{str(value)!r} is not a file")
+        raise ValueError(N_("{value!r} is not a file", value=str(value)))
     if st.st_mode & 0o077:
-        raise ValueError(f"{str(value)!r} has mode {stat.S_IMODE(st.st_mode):04o}; must be 0600 or stricter")
+        raise ValueError(N_("{value!r} has mode {value2:04o}; must be 0600 or stricter",
+                            value=str(value), value2=stat.S_IMODE(st.st_mode)))
     if not os.access(value, os.R_OK):
-        raise ValueError(f"file {str(value)!r} is not readable")
+        raise ValueError(N_("file {value!r} is not readable", value=str(value)))
     try:
         text = value.read_text("utf-8")
     except (OSError, UnicodeDecodeError):
-        raise ValueError(f"file {str(value)!r} cannot be read as UTF-8") from None
+        raise ValueError(N_("file {value!r} cannot be read as UTF-8", value=str(value))) from None
     user, sep, _ = text.strip("\r\n").partition(":")
     if not sep or not user or "\n" in text.strip("\r\n"):
-        raise ValueError(f'{str(value)!r} must hold one line "user:password"')
+        raise ValueError(N_('{value!r} must hold one line "user:password"', value=str(value)))
     return value
 
 
@@ -105,7 +107,7 @@ class CamerasConfig:
 
     def __post_init__(self) -> None:
         if self.crop_top + self.crop_bottom >= 0.9:
-            raise SchemaError("crop_bottom", "crop_top + crop_bottom must leave at least 10% of the picture")
+            raise SchemaError("crop_bottom", N_("crop_top + crop_bottom must leave at least 10% of the picture"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from agent.i18n import N_
 from agent.protocol.text import escape, quoted
 
 ALG = "EdDSA"
@@ -74,14 +75,14 @@ def b64url_decode(text: str) -> bytes:
     bits, so that one token has exactly one encoding. (The standard alphabet's `+` `/`, padding, and a
     last character with stray low bits all decode to the same bytes elsewhere: refused here.)"""
     if len(text) % 4 == 1 or not _B64URL.fullmatch(text):
-        raise MalformedToken("bad base64url segment (only A-Z a-z 0-9 - _, no padding)")
+        raise MalformedToken(N_("bad base64url segment (only A-Z a-z 0-9 - _, no padding)"))
     try:
         data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
-        raise MalformedToken("bad base64url segment") from None
+        raise MalformedToken(N_("bad base64url segment")) from None
     tail = len(data) % 3  # bytes in the last, partial group (its last character carries spare bits)
     if tail and b64url_encode(data[-tail:])[-1] != text[-1]:
-        raise MalformedToken("bad base64url segment (not canonical: non-zero trailing bits)")
+        raise MalformedToken(N_("bad base64url segment (not canonical: non-zero trailing bits)"))
     return data
 
 
@@ -89,11 +90,11 @@ def _json(raw: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise MalformedToken(f"{what} is not UTF-8 JSON") from None
+        raise MalformedToken(N_("{what} is not UTF-8 JSON", what=what)) from None
     except RecursionError:  # "[[[[..." past the recursion limit: decoded before the signature is checked
-        raise MalformedToken(f"{what} JSON is nested too deeply") from None
+        raise MalformedToken(N_("{what} JSON is nested too deeply", what=what)) from None
     if not isinstance(obj, dict):
-        raise MalformedToken(f"{what} is not a JSON object")
+        raise MalformedToken(N_("{what} is not a JSON object", what=what))
     return obj
 
 
@@ -103,11 +104,12 @@ def _compact(obj: dict[str, Any]) -> bytes:
 
 def sign(payload: dict[str, Any], key: Ed25519PrivateKey, kid: str) -> str:
     if not kid or len(kid) > MAX_KID_CHARS:
-        raise ValueError(f"kid must be 1..{MAX_KID_CHARS} characters")
+        raise ValueError(N_("kid must be 1..{max_kid_chars} characters", max_kid_chars=MAX_KID_CHARS))
     signing_input = f"{b64url_encode(_compact({'alg': ALG, 'kid': kid}))}.{b64url_encode(_compact(payload))}"
     token = f"{signing_input}.{b64url_encode(key.sign(signing_input.encode('ascii')))}"
     if len(token) > MAX_TOKEN_BYTES:
-        raise ValueError(f"signed token is {len(token)} bytes, over the {MAX_TOKEN_BYTES} byte limit")
+        raise ValueError(N_("signed token is {token} bytes, over the {limit} byte limit",
+                            token=len(token), limit=MAX_TOKEN_BYTES))
     return token
 
 
@@ -118,20 +120,20 @@ def split(token: str | bytes) -> tuple[dict[str, Any], str, str, str]:
     refused as the algorithm it is, not as a formatting slip."""
     if isinstance(token, bytes):
         if len(token) > MAX_TOKEN_BYTES:
-            raise TokenTooLarge(f"token is {len(token)} bytes, limit {MAX_TOKEN_BYTES}")
+            raise TokenTooLarge(N_("token is {token} bytes, limit {limit}", token=len(token), limit=MAX_TOKEN_BYTES))
         try:
             token = token.decode("ascii")
         except UnicodeDecodeError:
-            raise MalformedToken("token is not ASCII") from None
+            raise MalformedToken(N_("token is not ASCII")) from None
     if len(token) > MAX_TOKEN_BYTES:
-        raise TokenTooLarge(f"token is {len(token)} bytes, limit {MAX_TOKEN_BYTES}")
+        raise TokenTooLarge(N_("token is {token} bytes, limit {limit}", token=len(token), limit=MAX_TOKEN_BYTES))
     token = token.strip()
     parts = token.split(".")
     if len(parts) != 3:
-        raise MalformedToken(f"expected 3 dot-separated parts, got {len(parts)}")
+        raise MalformedToken(N_("expected 3 dot-separated parts, got {parts}", parts=len(parts)))
     h64, p64, s64 = parts
     if len(h64) > MAX_HEADER_BYTES:
-        raise MalformedToken("header too large")
+        raise MalformedToken(N_("header too large"))
     return _json(b64url_decode(h64), "header"), h64, p64, s64
 
 
@@ -150,26 +152,27 @@ def verify(token: str | bytes, keys: Mapping[str, Ed25519PublicKey]) -> tuple[di
     extra = set(header) - ALLOWED_HEADER_KEYS
     if extra:
         shown = ", ".join(quoted(name, 32) for name in sorted(extra)[:8])
-        raise UnsupportedAlgorithm(f"header field(s) not allowed: {shown}{' ...' if len(extra) > 8 else ''}")
+        raise UnsupportedAlgorithm(N_("header field(s) not allowed: {shown}{more}",
+                                      shown=shown, more=" ..." if len(extra) > 8 else ''))
     alg = header.get("alg")
     if alg != ALG:
-        raise UnsupportedAlgorithm(f"alg {quoted(alg, 32)} is not allowed (only {ALG})")
+        raise UnsupportedAlgorithm(N_("alg {alg} is not allowed (only {allowed})", alg=quoted(alg, 32), allowed=ALG))
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
-        raise MalformedToken("header has no kid")
+        raise MalformedToken(N_("header has no kid"))
     if "typ" in header and not isinstance(header["typ"], str):
-        raise MalformedToken("typ is not a string")
+        raise MalformedToken(N_("typ is not a string"))
     key = keys.get(kid)
     if key is None:
-        raise UnknownKey(f"kid {quoted(kid, MAX_KID_CHARS)} is not a trusted key")
+        raise UnknownKey(N_("kid {kid} is not a trusted key", kid=quoted(kid, MAX_KID_CHARS)))
     signature = b64url_decode(s64)
     payload = b64url_decode(p64)
     if len(signature) != 64:
-        raise BadSignature("signature is not 64 bytes")
+        raise BadSignature(N_("signature is not 64 bytes"))
     try:
         key.verify(signature, f"{h64}.{p64}".encode("ascii"))
     except InvalidSignature:
-        raise BadSignature(f"signature does not verify with key {quoted(kid, MAX_KID_CHARS)}") from None
+        raise BadSignature(N_("signature does not verify with key {kid}", kid=quoted(kid, MAX_KID_CHARS))) from None
     return header, _json(payload, "payload")
 
 
@@ -195,16 +198,16 @@ def _read_pem(path: Path | str) -> bytes:
     try:
         size = path.stat().st_size
         if size > MAX_PEM_BYTES:
-            raise KeyFileError(path, f"{size} bytes is too large for a PEM key")
+            raise KeyFileError(path, N_("{size} bytes is too large for a PEM key", size=size))
         return path.read_bytes()
     except FileNotFoundError:
-        raise KeyFileError(path, "file does not exist") from None
+        raise KeyFileError(path, N_("file does not exist")) from None
     except PermissionError:
-        raise KeyFileError(path, "file is not readable") from None
+        raise KeyFileError(path, N_("file is not readable")) from None
     except IsADirectoryError:
-        raise KeyFileError(path, "is a directory, not a key file") from None
+        raise KeyFileError(path, N_("is a directory, not a key file")) from None
     except OSError as exc:
-        raise KeyFileError(path, f"cannot read: {exc.strerror}") from None
+        raise KeyFileError(path, N_("cannot read: {strerror}", strerror=exc.strerror)) from None
 
 
 def load_public_key(path: Path | str) -> Ed25519PublicKey:
@@ -213,12 +216,12 @@ def load_public_key(path: Path | str) -> Ed25519PublicKey:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError):
         if b"PRIVATE KEY" in data:
-            raise KeyFileError(path, "holds a PRIVATE key; a box must only be given the .pub file") from None
-        raise KeyFileError(path, "not a PEM public key") from None
+            raise KeyFileError(path, N_("holds a PRIVATE key; a box must only be given the .pub file")) from None
+        raise KeyFileError(path, N_("not a PEM public key")) from None
     except Exception as exc:  # cryptography raises UnsupportedAlgorithm for odd key types; keep it one error type
-        raise KeyFileError(path, f"not a usable PEM public key ({type(exc).__name__})") from None
+        raise KeyFileError(path, N_("not a usable PEM public key ({name})", name=type(exc).__name__)) from None
     if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(path, f"is a {type(key).__name__.lstrip('_')}, not an Ed25519 public key")
+        raise KeyFileError(path, N_("is a {kind}, not an Ed25519 public key", kind=type(key).__name__.lstrip('_')))
     return key
 
 
@@ -227,13 +230,13 @@ def load_private_key(path: Path | str) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise KeyFileError(path, "is encrypted; village keys are unencrypted PKCS#8 (protect the file)") from None
+        raise KeyFileError(path, N_("is encrypted; village keys are unencrypted PKCS#8 (protect the file)")) from None
     except ValueError:
-        raise KeyFileError(path, "not a PEM private key") from None
+        raise KeyFileError(path, N_("not a PEM private key")) from None
     except Exception as exc:  # see load_public_key
-        raise KeyFileError(path, f"not a usable PEM private key ({type(exc).__name__})") from None
+        raise KeyFileError(path, N_("not a usable PEM private key ({name})", name=type(exc).__name__)) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(path, "is not an Ed25519 private key")
+        raise KeyFileError(path, N_("is not an Ed25519 private key"))
     return key
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.i18n import N_
 from agent.schema import SchemaError, at_least_one, positive
 
 
@@ -12,7 +13,7 @@ def _https_base(value: str | None) -> str | None:
     if value is None:
         return None
     if not value.startswith("https://") or len(value) > 512 or any(c in value for c in " \t\r\n\"'"):
-        raise ValueError("must be an https:// URL (the county server that serves releases)")
+        raise ValueError(N_("must be an https:// URL (the county server that serves releases)"))
     return value.rstrip("/") + "/"
 
 
@@ -36,4 +37,4 @@ class UpdateConfig:
 
     def __post_init__(self) -> None:
         if self.healthy_after_s >= self.health_timeout_s:
-            raise SchemaError("healthy_after_s", "must be shorter than health_timeout_s")
+            raise SchemaError("healthy_after_s", N_("must be shorter than health_timeout_s"))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agent.i18n import N_
 from agent.wearables.geo import (
     CRS_NAMES,
     GeoError,
@@ -134,10 +135,10 @@ class Fence:
 def _hhmm(value: Any, where: str) -> int:
     # ASCII digits only: str.isdigit() is also true for "²", which int() refuses with a bare ValueError
     if not isinstance(value, str) or not _HHMM_RE.fullmatch(value):
-        raise FenceError(where, f"expected \"HH:MM\", got {value!r}")
+        raise FenceError(where, N_('expected "HH:MM", got {value!r}', value=value))
     h, m = value.split(":")
     if not (h.isdigit() and m.isdigit() and 0 <= int(h) <= 24 and 0 <= int(m) < 60) or int(h) * 60 + int(m) > 1440:
-        raise FenceError(where, f"expected \"HH:MM\", got {value!r}")
+        raise FenceError(where, N_('expected "HH:MM", got {value!r}', value=value))
     return int(h) * 60 + int(m)
 
 
@@ -152,20 +153,20 @@ def parse_schedule(raw: Any, where: str) -> Schedule | None:
     for i, item in enumerate(items):
         w = f"{where}[{i}]" if isinstance(raw, list) else where
         if not isinstance(item, dict):
-            raise FenceError(w, "a schedule window is an object with from/to")
+            raise FenceError(w, N_("a schedule window is an object with from/to"))
         unknown = set(item) - {"from", "to", "days", "tz"}
         if unknown:
-            raise FenceError(w, f"unknown key(s) {sorted(unknown)}")
+            raise FenceError(w, N_("unknown key(s) {unknown}", unknown=sorted(unknown)))
         days = item.get("days", [1, 2, 3, 4, 5, 6, 7])
         if not isinstance(days, list) or not all(isinstance(d, int) and 1 <= d <= 7 for d in days):
-            raise FenceError(f"{w}.days", "expected a list of ISO weekdays 1-7")
+            raise FenceError(f"{w}.days", N_("expected a list of ISO weekdays 1-7"))
         start, end = _hhmm(item.get("from"), f"{w}.from"), _hhmm(item.get("to"), f"{w}.to")
         windows.append(Window(start % 1440, end % 1440 if end != 1440 else 1440, frozenset(days)))
         tz_name = item.get("tz", tz_name)
     try:
         tz = ZoneInfo(str(tz_name))
     except (ZoneInfoNotFoundError, ValueError):
-        raise FenceError(f"{where}.tz", f"unknown time zone {tz_name!r}") from None
+        raise FenceError(f"{where}.tz", N_("unknown time zone {tz_name!r}", tz_name=tz_name)) from None
     return Schedule(tuple(windows), tz)
 
 
@@ -173,7 +174,7 @@ def _position(value: Any, where: str, crs: str) -> tuple[float, float]:
     """A GeoJSON position [lon, lat(, alt)] in `crs` -> (lat, lon) WGS-84."""
     if (not isinstance(value, list) or len(value) < 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value[:2])):
-        raise FenceError(where, f"expected a position [lon, lat], got {value!r}")
+        raise FenceError(where, N_("expected a position [lon, lat], got {value!r}", value=value))
     try:
         lon, lat = float(value[0]), float(value[1])  # OverflowError: a JSON integer with 400 digits
         check_lat_lon(lat, lon)
@@ -184,18 +185,18 @@ def _position(value: Any, where: str, crs: str) -> tuple[float, float]:
 
 def _ring(value: Any, where: str, crs: str) -> list[tuple[float, float]]:
     if not isinstance(value, list):
-        raise FenceError(where, "a ring is a list of positions")
+        raise FenceError(where, N_("a ring is a list of positions"))
     pts = [_position(p, f"{where}[{i}]", crs) for i, p in enumerate(value)]
     if len(pts) > 1 and pts[0] == pts[-1]:
         pts = pts[:-1]
     if len(set(pts)) < 3:
-        raise FenceError(where, "a ring needs at least 3 distinct positions")
+        raise FenceError(where, N_("a ring needs at least 3 distinct positions"))
     return pts
 
 
 def _polygon_rings(coords: Any, where: str, crs: str) -> list[list[tuple[float, float]]]:
     if not isinstance(coords, list) or not coords:
-        raise FenceError(where, "a Polygon's coordinates are a non-empty list of rings")
+        raise FenceError(where, N_("a Polygon's coordinates are a non-empty list of rings"))
     return [_ring(r, f"{where}[{i}]", crs) for i, r in enumerate(coords)]
 
 
@@ -206,25 +207,25 @@ def _fingerprint(geometry: Any, radius: Any, crs: str) -> str:
 
 def _fence(feature: Any, where: str, crs: str) -> Fence:
     if not isinstance(feature, dict) or feature.get("type") != "Feature":
-        raise FenceError(where, "expected a GeoJSON Feature")
+        raise FenceError(where, N_("expected a GeoJSON Feature"))
     props = feature.get("properties") or {}
     if not isinstance(props, dict):
-        raise FenceError(f"{where}.properties", "expected an object")
+        raise FenceError(f"{where}.properties", N_("expected an object"))
     fid = feature.get("id", props.get("id"))
     if isinstance(fid, bool) or not isinstance(fid, (str, int)) or str(fid) == "" or len(str(fid)) > 64:
-        raise FenceError(where, "a fence needs an id (Feature.id or properties.id, 1-64 characters)")
+        raise FenceError(where, N_("a fence needs an id (Feature.id or properties.id, 1-64 characters)"))
     fid = str(fid)
     where = f"{where} ({fid})"
     name = str(props.get("name", fid))
     geom = feature.get("geometry")
     if not isinstance(geom, dict):
-        raise FenceError(f"{where}.geometry", "missing")
+        raise FenceError(f"{where}.geometry", N_("missing"))
     gtype, coords = geom.get("type"), geom.get("coordinates")
     schedule = parse_schedule(props.get("schedule"), f"{where}.properties.schedule")
     radius = props.get("radius_m")
     if gtype == "Point":
         if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius <= 100_000:
-            raise FenceError(f"{where}.properties.radius_m", "a circle (Point) needs radius_m > 0 (metres)")
+            raise FenceError(f"{where}.properties.radius_m", N_("a circle (Point) needs radius_m > 0 (metres)"))
         lat, lon = _position(coords, f"{where}.geometry.coordinates", crs)
         r = float(radius)
         return Fence(fid, name, _fingerprint(geom, r, crs), LocalFrame.around(lat, lon), (), r,
@@ -233,13 +234,14 @@ def _fence(feature: Any, where: str, crs: str) -> Fence:
         parts = [_polygon_rings(coords, f"{where}.geometry.coordinates", crs)]
     elif gtype == "MultiPolygon":
         if not isinstance(coords, list) or not coords:
-            raise FenceError(f"{where}.geometry.coordinates", "a MultiPolygon needs at least one polygon")
+            raise FenceError(f"{where}.geometry.coordinates", N_("a MultiPolygon needs at least one polygon"))
         parts = [_polygon_rings(c, f"{where}.geometry.coordinates[{i}]", crs) for i, c in enumerate(coords)]
     else:
-        raise FenceError(f"{where}.geometry", f"unsupported type {gtype!r} (Polygon, MultiPolygon, Point+radius_m)")
+        raise FenceError(f"{where}.geometry", N_("unsupported type {gtype!r} (Polygon, MultiPolygon, Point+radius_m)",
+                                                 gtype=gtype))
     all_pts = [p for rings in parts for ring in rings for p in ring]
     if len(all_pts) > MAX_VERTICES:
-        raise FenceError(where, f"more than {MAX_VERTICES} vertices")
+        raise FenceError(where, N_("more than {max_vertices} vertices", max_vertices=MAX_VERTICES))
     lat0 = sum(p[0] for p in all_pts) / len(all_pts)
     lon0 = sum(p[1] for p in all_pts) / len(all_pts)
     frame = LocalFrame.around(lat0, lon0)
@@ -256,19 +258,19 @@ def _fence(feature: Any, where: str, crs: str) -> Fence:
 def load_fences(doc: Any, crs: str = "WGS84") -> dict[str, Fence]:
     """A GeoJSON FeatureCollection (already parsed) -> {fence id: Fence}, all in WGS-84."""
     if crs not in CRS_NAMES:
-        raise FenceError("crs", f"must be one of {', '.join(CRS_NAMES)}, got {crs!r}")
+        raise FenceError("crs", N_("must be one of {value}, got {crs!r}", value=', '.join(CRS_NAMES), crs=crs))
     if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
-        raise FenceError("fences", "expected a GeoJSON FeatureCollection")
+        raise FenceError("fences", N_("expected a GeoJSON FeatureCollection"))
     features = doc.get("features")
     if not isinstance(features, list):
-        raise FenceError("fences.features", "expected a list")
+        raise FenceError("fences.features", N_("expected a list"))
     if len(features) > MAX_FENCES:
-        raise FenceError("fences.features", f"more than {MAX_FENCES} fences")
+        raise FenceError("fences.features", N_("more than {max_fences} fences", max_fences=MAX_FENCES))
     out: dict[str, Fence] = {}
     for i, feature in enumerate(features):
         fence = _fence(feature, f"fences.features[{i}]", crs)
         if fence.id in out:
-            raise FenceError(f"fences.features[{i}]", f"duplicate fence id {fence.id!r}")
+            raise FenceError(f"fences.features[{i}]", N_("duplicate fence id {id!r}", id=fence.id))
         out[fence.id] = fence
     return out
 
@@ -277,9 +279,9 @@ def load_fences_file(path: Path, crs: str = "WGS84") -> dict[str, Fence]:
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FenceError(str(path), "file does not exist") from None
+        raise FenceError(str(path), N_("file does not exist")) from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FenceError(str(path), f"not a readable GeoJSON file: {exc}") from None
+        raise FenceError(str(path), N_("not a readable GeoJSON file: {exc}", exc=exc)) from None
     try:
         return load_fences(doc, crs)
     except FenceError as exc:
@@ -291,15 +293,15 @@ def check_assign(raw: Any, known: Mapping[str, Fence]) -> dict[str, tuple[str, .
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise FenceError("assign", "expected an object {wearer: [fence ids]}")
+        raise FenceError("assign", N_("expected an object {wearer: [fence ids]}"))
     out: dict[str, tuple[str, ...]] = {}
     for wearer, ids in raw.items():
         if isinstance(ids, str):
             ids = [ids]
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise FenceError(f"assign.{wearer}", "expected a list of fence ids")
+            raise FenceError(f"assign.{wearer}", N_("expected a list of fence ids"))
         missing = [i for i in ids if i not in known]
         if missing:
-            raise FenceError(f"assign.{wearer}", f"unknown fence id(s) {missing}")
+            raise FenceError(f"assign.{wearer}", N_("unknown fence id(s) {missing}", missing=missing))
         out[str(wearer)] = tuple(dict.fromkeys(ids))
     return out

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.i18n import N_
+
 log = logging.getLogger(__name__)
 
 _MAC_RE = re.compile(r"^[0-9A-F]{2}([:-]?[0-9A-F]{2}){5}\Z")  # \Z: "$" also matches before a final "\n"
@@ -93,31 +95,31 @@ class Registry:
 def parse_wearers(data: Any) -> list[Wearer]:
     """The `data` of a `wearers.set` command: {"wearers": [{"id", "device", "report_interval_s"?, "fences"?}]}."""
     if not isinstance(data, dict) or not isinstance(data.get("wearers"), list):
-        raise RegistryError("data.wearers: expected a list of {id, device}")
+        raise RegistryError(N_("data.wearers: expected a list of {id, device}"))
     out: list[Wearer] = []
     seen: set[str] = set()
     for i, item in enumerate(data["wearers"]):
         where = f"wearers[{i}]"
         if not isinstance(item, dict):
-            raise RegistryError(f"{where}: expected an object")
+            raise RegistryError(N_("{where}: expected an object", where=where))
         unknown = set(item) - {"id", "device", "report_interval_s", "fences"}
         if unknown:
-            raise RegistryError(f"{where}: unknown key(s) {sorted(unknown)}")
+            raise RegistryError(N_("{where}: unknown key(s) {unknown}", where=where, unknown=sorted(unknown)))
         wid, device = item.get("id"), item.get("device")
         if not isinstance(wid, str) or not _WEARER_RE.match(wid):
-            raise RegistryError(f"{where}.id: expected [A-Za-z0-9_.-]{{1,64}}")
+            raise RegistryError(N_("{where}.id: expected [A-Za-z0-9_.-]{{1,64}}", where=where))
         if wid in seen:
-            raise RegistryError(f"{where}.id: duplicate wearer {wid!r}")
+            raise RegistryError(N_("{where}.id: duplicate wearer {wid!r}", where=where, wid=wid))
         seen.add(wid)
         if not isinstance(device, str) or not device.strip() or len(device) > 64:
-            raise RegistryError(f"{where}.device: expected a band id or MAC")
+            raise RegistryError(N_("{where}.device: expected a band id or MAC", where=where))
         interval = item.get("report_interval_s")
         if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
                                      or interval <= 0):
-            raise RegistryError(f"{where}.report_interval_s: expected a number > 0")
+            raise RegistryError(N_("{where}.report_interval_s: expected a number > 0", where=where))
         fences = item.get("fences", [])
         if not isinstance(fences, list) or not all(isinstance(f, str) for f in fences):
-            raise RegistryError(f"{where}.fences: expected a list of fence ids")
+            raise RegistryError(N_("{where}.fences: expected a list of fence ids", where=where))
         out.append(Wearer(wid, normalize_device(device), None if interval is None else float(interval),
                           tuple(fences), "county"))
     return out

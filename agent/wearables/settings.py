@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from agent.i18n import N_
 from agent.schema import SchemaError, at_least_one, non_negative, percent, positive
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def check_id(value: str) -> str:
     """Gateway and wearer ids travel in topics, logs and file names: 1-64 of A-Z a-z 0-9 _ . -"""
     if not _ID.fullmatch(value):
-        raise ValueError(f"must be 1-64 characters of A-Z a-z 0-9 _ . - (got {value!r})")
+        raise ValueError(N_("must be 1-64 characters of A-Z a-z 0-9 _ . - (got {value!r})", value=value))
     return value
 
 
@@ -37,23 +38,24 @@ def check_gateway_url(url: str) -> str:
     if _BLE.fullmatch(url):
         return url
     if not url.strip():
-        raise ValueError("is empty: give a device path (/dev/ttyUSB0), a pyserial URL (socket://host:port) or ble")
+        raise ValueError(N_("is empty: give a device path (/dev/ttyUSB0), a pyserial URL (socket://host:port) or ble"))
     if _CONTROL.search(url) or url != url.strip():
-        raise ValueError(f"has spaces or control characters around or in it: {url!r}")
+        raise ValueError(N_("has spaces or control characters around or in it: {url!r}", url=url))
     if url.startswith("/"):
         return url
     scheme = _SCHEME.match(url)
     if scheme is None:
-        raise ValueError(f"{url!r} is neither a device path starting with / nor a URL like socket://host:port"
-                         " nor ble / ble:hciN")
+        raise ValueError(N_("{url!r} is neither a device path starting with / nor a URL like socket://host:port nor "
+                            "ble / ble:hciN", url=url))
     if scheme.group(1) not in SERIAL_SCHEMES:
-        raise ValueError(f"unknown scheme {scheme.group(1)!r} in {url!r}: one of {', '.join(SERIAL_SCHEMES)}")
+        raise ValueError(N_("unknown scheme {scheme!r} in {url!r}: one of {schemes}",
+                            scheme=scheme.group(1), url=url, schemes=", ".join(SERIAL_SCHEMES)))
     return url
 
 
 def _factor(value: float) -> float:
     if value < 1.0:
-        raise ValueError(f"must be >= 1 (a band is never late before its own interval), got {value}")
+        raise ValueError(N_("must be >= 1 (a band is never late before its own interval), got {value}", value=value))
     return value
 
 
@@ -82,8 +84,8 @@ class GatewayConfig:
         except ValueError as exc:
             raise SchemaError("url", str(exc)) from None
         if _BLE.fullmatch(self.url) and self.codec != "ingics":
-            raise SchemaError("codec", f"a {self.url!r} gateway yields Ingics $GPRP lines: codec must be"
-                                       f" \"ingics\", got {self.codec!r}")
+            raise SchemaError("codec", N_('a {url!r} gateway yields Ingics $GPRP lines: codec must be "ingics", got '
+                                          '{codec!r}', url=self.url, codec=self.codec))
 
 
 def resolve_gateways(gateways: tuple[GatewayConfig, ...], serial_url: str | None,
@@ -99,17 +101,19 @@ def resolve_gateways(gateways: tuple[GatewayConfig, ...], serial_url: str | None
         url = g.url
         if url is None:
             if serial_url is None:
-                raise SchemaError(f"gateway[{i}].url", f"not set, and hardware profile {profile!r} has no serial.url"
-                                  " to default to: give the gateway's device (/dev/ttyUSB0, socket://host:port,"
-                                  " ble)")
+                raise SchemaError(f"gateway[{i}].url", N_(
+                    "not set, and hardware profile {profile!r} has no serial.url to default to: give the gateway's "
+                    "device (/dev/ttyUSB0, socket://host:port, ble)", profile=profile))
             try:
                 check_gateway_url(serial_url)
                 g = dataclasses.replace(g, url=serial_url)
             except (ValueError, SchemaError) as exc:
-                raise SchemaError(f"gateway[{i}].url", f"profile {profile!r} serial.url: {exc}") from None
+                raise SchemaError(f"gateway[{i}].url", N_("profile {profile!r} serial.url: {exc}",
+                                                          profile=profile, exc=exc)) from None
             url = serial_url
         if url in seen:
-            raise SchemaError(f"gateway[{i}].url", f"{url!r} is already gateway[{seen[url]}]'s device")
+            raise SchemaError(f"gateway[{i}].url", N_("{url!r} is already gateway[{seen}]'s device",
+                                                      url=url, seen=seen[url]))
         seen[url] = i
         out.append(g)
     return tuple(out)
@@ -169,6 +173,6 @@ class WearablesConfig:
 
     def __post_init__(self) -> None:
         if self.battery_rearm_pct < self.low_battery_pct:
-            raise SchemaError("battery_rearm_pct", "must be >= low_battery_pct")
+            raise SchemaError("battery_rearm_pct", N_("must be >= low_battery_pct"))
         if self.position_max_interval_s < self.position_min_interval_s:
-            raise SchemaError("position_max_interval_s", "must be >= position_min_interval_s")
+            raise SchemaError("position_max_interval_s", N_("must be >= position_min_interval_s"))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import words
-from agent.i18n import _
+from agent.i18n import N_, _
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 ROLES = ("admin", "operator", "reviewer", "viewer", "gridworker")  # auth.ROLES, without importing it here
@@ -68,7 +68,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _say(cmd: str, text: str) -> None:
-    print(f"village county {cmd}: {text}", file=sys.stderr, flush=True)
+    print(f"village county {cmd}: {words.problem(text)}", file=sys.stderr, flush=True)
 
 
 def _run(cmd: str, fn: Any, args: argparse.Namespace) -> int:
@@ -101,7 +101,7 @@ async def _open_db(config: Any, path: Path) -> Any:
     try:
         return await Database.open(config.database.url)
     except DatabaseUrlError as exc:
-        raise Usage(f"{path}: database.url: {exc}") from None
+        raise Usage(N_("{path}: database.url: {exc}", path=path, exc=exc)) from None
     except SchemaError as exc:
         raise Failure(_("database: {error}").format(error=exc)) from None
     except Exception as exc:  # a server that is down, a directory we may not write, ...
@@ -228,14 +228,14 @@ def _serve_cmd(args: argparse.Namespace) -> int:
         try:
             signing_key = load_private_key(config.signing.key)
         except KeysError as exc:
-            raise Usage(f"{args.config}: signing.key: {exc}") from None
+            raise Usage(N_("{config}: signing.key: {exc}", config=args.config, exc=exc)) from None
     if config.server.tls_cert is not None:
         _check_tls(config, args.config)
     _setup_logging(config.log.level)
     try:
         return asyncio.run(serve(config, regions, args.config, signing_key=signing_key))
     except SystemExit as exc:  # uvicorn ends a failed startup with sys.exit; its log line says why
-        raise Failure(f"the HTTP server did not start (exit {exc.code}; see the line above)") from None
+        raise Failure(N_("the HTTP server did not start (exit {code}; see the line above)", code=exc.code)) from None
 
 
 def _check_tls(config: Any, path: Path) -> None:
@@ -246,13 +246,15 @@ def _check_tls(config: Any, path: Path) -> None:
         ctx.load_cert_chain(str(config.server.tls_cert), str(config.server.tls_key))
     except (ssl.SSLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
-        raise Usage(f"{path}: server.tls_cert: cannot load the certificate with tls_key: {reason}") from None
+        raise Usage(N_("{path}: server.tls_cert: cannot load the certificate with tls_key: {reason}",
+                       path=path, reason=reason)) from None
     if config.server.box_client_ca is not None:
         try:
             ctx.load_verify_locations(cafile=str(config.server.box_client_ca))
         except (ssl.SSLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
-            raise Usage(f"{path}: server.box_client_ca: cannot load the CA certificate: {reason}") from None
+            raise Usage(N_("{path}: server.box_client_ca: cannot load the CA certificate: {reason}",
+                           path=path, reason=reason)) from None
 
 
 def _setup_logging(level: str) -> None:
@@ -287,7 +289,8 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise Failure(N_("cannot listen on {host}:{port}: {strerror}",
+                         host=host, port=port, strerror=exc.strerror)) from None
     family, kind, proto, _name, addr = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -295,7 +298,8 @@ def _listen_socket(host: str, port: int) -> socket.socket:
         sock.bind(addr)
     except OSError as exc:
         sock.close()
-        raise Failure(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise Failure(N_("cannot listen on {host}:{port}: {strerror}",
+                         host=host, port=port, strerror=exc.strerror)) from None
     sock.set_inheritable(True)
     return sock
 
@@ -382,8 +386,8 @@ async def serve(config: Any, regions: Any, path: Path, *, signing_key: Any = Non
             if ended in done:  # it ended by itself: a failure, not a stop (the other one stops on exit)
                 exc = ended.exception() if not ended.cancelled() else None
                 if exc is not None:
-                    raise Failure(f"the HTTP server failed: {_one_line(exc)}") from exc
-                raise Failure("the HTTP server ended by itself")
+                    raise Failure(N_("the HTTP server failed: {exc}", exc=_one_line(exc))) from exc
+                raise Failure(N_("the HTTP server ended by itself"))
         log.info("stopping: signal received")
         hub.close()  # open event streams end now; uvicorn would otherwise wait for them
         for each in servers:

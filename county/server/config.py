@@ -19,6 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from agent.config import readable_file
+from agent.i18n import N_
 from agent.protocol.broker import parse_broker_url, redact_url
 from agent.protocol.topics import BOX_ID_RE, DEFAULT_PREFIX
 from agent.schema import SchemaError, at_least_one, build, dump, positive, read_toml
@@ -42,15 +43,16 @@ def split_listen(value: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` -> (host, port); ValueError with the reason otherwise."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
-        raise ValueError(f"{value!r} is not host:port (e.g. {DEFAULT_LISTEN})")
+        raise ValueError(N_("{value!r} is not host:port (e.g. {default_listen})",
+                            value=value, default_listen=DEFAULT_LISTEN))
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ValueError(f"{value!r}: an IPv6 address goes in brackets, [::1]:8080")
+        raise ValueError(N_("{value!r}: an IPv6 address goes in brackets, [::1]:8080", value=value))
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{value!r}: port must be 1..65535")
+        raise ValueError(N_("{value!r}: port must be 1..65535", value=value))
     if not host or any(c.isspace() or c in "/@?#" for c in host):
-        raise ValueError(f"{value!r}: not a host name or address")
+        raise ValueError(N_("{value!r}: not a host name or address", value=value))
     return host, int(port_text)
 
 
@@ -74,11 +76,12 @@ def _db_url(value: str) -> str:
     if backend == "sqlite":
         path = value.partition("://")[2]
         if not path.startswith("/") or path in ("/", "/:memory:") or scheme not in ("sqlite", "sqlite+aiosqlite"):
-            raise ValueError("sqlite:///PATH (three slashes, then the path; an absolute path starts with a "
-                             f"fourth: {DEFAULT_DB_URL})")
+            raise ValueError(N_("sqlite:///PATH (three slashes, then the path; an absolute path starts with a fourth: "
+                                "{default_db_url})",
+                                default_db_url=DEFAULT_DB_URL))
         return value
     if backend not in ("postgresql", "postgres"):
-        raise ValueError(f"{redact_url(value)!r} is not sqlite:///PATH or postgresql://...")
+        raise ValueError(N_("{value!r} is not sqlite:///PATH or postgresql://...", value=redact_url(value)))
     from county.store.db import DatabaseUrlError, async_url  # what Database.open will make of it
 
     try:
@@ -91,7 +94,7 @@ def _db_url(value: str) -> str:
 def _broker_urls(value: str | tuple[str, ...]) -> tuple[str, ...]:
     urls = (value,) if isinstance(value, str) else value
     if not urls:
-        raise ValueError("needs at least one broker URL")
+        raise ValueError(N_("needs at least one broker URL"))
     for u in urls:
         parse_broker_url(u)
     return tuple(urls)
@@ -99,25 +102,26 @@ def _broker_urls(value: str | tuple[str, ...]) -> tuple[str, ...]:
 
 def _prefix(value: str) -> str:
     if not value or any(c in value for c in "+#\x00") or value.startswith("/") or value.endswith("/"):
-        raise ValueError(f"{value!r} is not a topic prefix (no + # or leading/trailing /)")
+        raise ValueError(N_("{value!r} is not a topic prefix (no + # or leading/trailing /)", value=value))
     return value
 
 
 def _client_id(value: str) -> str:
     if not BOX_ID_RE.match(value):
-        raise ValueError(f"{value!r} is not [A-Za-z0-9_-]{{1,64}}")
+        raise ValueError(N_("{value!r} is not [A-Za-z0-9_-]{{1,64}}", value=value))
     return value
 
 
 def _workers(value: int) -> int:
     if not 1 <= value <= 64:
-        raise ValueError(f"must be 1..64 processes, got {value}")
+        raise ValueError(N_("must be 1..64 processes, got {value}", value=value))
     return value
 
 
 def _kid(value: str) -> str:
     if not BOX_ID_RE.match(value):
-        raise ValueError(f"{value!r} is not [A-Za-z0-9_-]{{1,64}} (the id the boxes know the key under)")
+        raise ValueError(N_("{value!r} is not [A-Za-z0-9_-]{{1,64}} (the id the boxes know the key under)",
+                            value=value))
     return value
 
 
@@ -125,14 +129,15 @@ def _timezone(value: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{value!r} is not an IANA time zone (e.g. {DEFAULT_TZ})") from None
+        raise ValueError(N_("{value!r} is not an IANA time zone (e.g. {default_tz})",
+                            value=value, default_tz=DEFAULT_TZ)) from None
     return value
 
 
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{redact_url(value)!r} is not an http:// or https:// URL")
+        raise ValueError(N_("{value!r} is not an http:// or https:// URL", value=redact_url(value)))
     return value
 
 
@@ -156,23 +161,25 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SchemaError("tls_cert" if self.tls_cert is None else "tls_key",
-                              "tls_cert and tls_key go together")
+                              N_("tls_cert and tls_key go together"))
         if self.box_listen is None and self.box_client_ca is not None:
-            raise SchemaError("box_listen", "box_client_ca is set but box_listen is not: give the boxes' "
-                                            "host:port (or leave both out)")
+            raise SchemaError("box_listen", N_("box_client_ca is set but box_listen is not: give the boxes' "
+                                            "host:port (or leave both out)"))
         if self.box_listen is not None:
             if self.box_client_ca is None:
-                raise SchemaError("box_client_ca", "box_listen needs box_client_ca: the CA that signs the "
-                                                   "boxes' certificates")
+                raise SchemaError("box_client_ca", N_("box_listen needs box_client_ca: the CA that signs the "
+                                                   "boxes' certificates"))
             if self.tls_cert is None:
-                raise SchemaError("box_listen", "box_listen needs tls_cert and tls_key: the boxes' port is "
-                                                "always TLS")
+                raise SchemaError("box_listen", N_("box_listen needs tls_cert and tls_key: the boxes' port is "
+                                                "always TLS"))
             if split_listen(self.box_listen) == split_listen(self.listen):
-                raise SchemaError("box_listen", f"{self.box_listen!r} is the browser's listen address: "
-                                                "the boxes need a port of their own")
+                raise SchemaError("box_listen", N_("{box_listen!r} is the browser's listen address: the boxes need a "
+                                                   "port of their own",
+                                                   box_listen=self.box_listen))
         if not self.tls and not self.allow_plain_http and not is_loopback(self.host):
-            raise SchemaError("listen", f"{self.listen!r} is not a loopback address: give tls_cert and tls_key "
-                                        "(or allow_plain_http = true behind a TLS proxy)")
+            raise SchemaError("listen", N_("{listen!r} is not a loopback address: give tls_cert and tls_key (or "
+                                           "allow_plain_http = true behind a TLS proxy)",
+                                           listen=self.listen))
 
     @property
     def host(self) -> str:
@@ -221,9 +228,9 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
-            raise SchemaError("cert" if self.cert is None else "key", "cert and key go together (mutual TLS)")
+            raise SchemaError("cert" if self.cert is None else "key", N_("cert and key go together (mutual TLS)"))
         if (self.ca or self.cert) and not any(u.startswith("mqtts://") for u in self.urls):
-            raise SchemaError("ca" if self.ca else "cert", "ca/cert/key need an mqtts:// broker URL")
+            raise SchemaError("ca" if self.ca else "cert", N_("ca/cert/key need an mqtts:// broker URL"))
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -237,7 +244,7 @@ class SigningConfig:
 
     def __post_init__(self) -> None:
         if (self.key is None) != (self.kid is None):
-            raise SchemaError("kid" if self.kid is None else "key", "key and kid go together")
+            raise SchemaError("kid" if self.kid is None else "key", N_("key and kid go together"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,25 +280,26 @@ _TILE_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 def _tile_key(value: str) -> str:
     if not _TILE_KEY_RE.fullmatch(value):
-        raise ValueError("a tile key is 1-128 characters of A-Z a-z 0-9 _ - (the 天地图 console's 浏览器端 key)")
+        raise ValueError(N_("a tile key is 1-128 characters of A-Z a-z 0-9 _ - (the 天地图 console's 浏览器端 key)"))
     return value
 
 
 def _tile_url(value: str) -> str:
     parts = urlsplit(value.replace("{s}", "a"))
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{redact_url(value)!r} is not an http:// or https:// URL template")
+        raise ValueError(N_("{value!r} is not an http:// or https:// URL template", value=redact_url(value)))
     missing = [p for p in ("{z}", "{x}", "{y}") if p not in value]
     if missing:
-        raise ValueError(f"the URL template lacks {', '.join(missing)} (e.g. https://tiles.example/{{z}}/{{x}}/{{y}}.png)")
+        raise ValueError(N_("the URL template lacks {missing} (e.g. https://tiles.example/{{z}}/{{x}}/{{y}}.png)",
+                            missing=", ".join(missing)))
     if parts.username or parts.password:
-        raise ValueError("no user:password in the tile URL: the browser is given it")
+        raise ValueError(N_("no user:password in the tile URL: the browser is given it"))
     return value
 
 
 def _zoom(value: int) -> int:
     if not 1 <= value <= 22:
-        raise ValueError("a zoom level is 1..22")
+        raise ValueError(N_("a zoom level is 1..22"))
     return value
 
 
@@ -314,15 +322,15 @@ class MapConfig:
 
     def __post_init__(self) -> None:
         if self.tiles == "tianditu" and self.key is None:
-            raise SchemaError("key", "tiles = \"tianditu\" needs key (the 天地图 browser key)")
+            raise SchemaError("key", N_("tiles = \"tianditu\" needs key (the 天地图 browser key)"))
         if self.tiles == "custom" and self.url is None:
-            raise SchemaError("url", "tiles = \"custom\" needs url (e.g. https://tiles.example/{z}/{x}/{y}.png)")
+            raise SchemaError("url", N_("tiles = \"custom\" needs url (e.g. https://tiles.example/{z}/{x}/{y}.png)"))
         if self.url is not None and self.tiles != "custom":
-            raise SchemaError("url", "url is for tiles = \"custom\"")
+            raise SchemaError("url", N_("url is for tiles = \"custom\""))
         if "{s}" in (self.url or "") and not self.subdomains:
-            raise SchemaError("subdomains", "the URL has {s}: give the letters it takes (subdomains = \"abc\")")
+            raise SchemaError("subdomains", N_("the URL has {s}: give the letters it takes (subdomains = \"abc\")"))
         if self.crs != "WGS84" and self.tiles != "custom":
-            raise SchemaError("crs", "crs is for tiles = \"custom\" (天地图 is WGS-84, 高德 GCJ-02)")
+            raise SchemaError("crs", N_("crs is for tiles = \"custom\" (天地图 is WGS-84, 高德 GCJ-02)"))
 
 
 @dataclass(frozen=True, slots=True)

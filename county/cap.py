@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from xml.parsers import expat
 
+from agent.i18n import N_
+
 NS = "urn:oasis:names:tc:emergency:cap:1.2"
 MAX_CAP_BYTES = 512 * 1024
 PREFERRED_LANGUAGES = ("zh-CN", "zh", "en")
@@ -94,10 +96,10 @@ def _refuse_dtd(data: bytes) -> None:
     parser = expat.ParserCreate()
 
     def doctype(*_a: Any) -> None:
-        raise CapError("CAP document has a DOCTYPE; refused (no DTDs or entities)")
+        raise CapError(N_("CAP document has a DOCTYPE; refused (no DTDs or entities)"))
 
     def entity(*_a: Any) -> None:
-        raise CapError("CAP document declares entities; refused")
+        raise CapError(N_("CAP document declares entities; refused"))
 
     parser.StartDoctypeDeclHandler = doctype
     parser.EntityDeclHandler = entity
@@ -105,10 +107,12 @@ def _refuse_dtd(data: bytes) -> None:
     parser.ExternalEntityRefHandler = lambda *_a: False  # type: ignore[assignment]
     try:
         parser.Parse(data, True)
+    except CapError:  # a ValueError too: the refusal above, as it is
+        raise
     except expat.ExpatError as exc:
-        raise CapError(f"not well-formed XML: {exc}") from None
+        raise CapError(N_("not well-formed XML: {exc}", exc=exc)) from None
     except (LookupError, ValueError) as exc:  # <?xml encoding="..."?> naming an unknown or unusable codec
-        raise CapError(f"unusable XML encoding declaration: {exc}") from None
+        raise CapError(N_("unusable XML encoding declaration: {exc}", exc=exc)) from None
 
 
 def _time(text: str | None, what: str) -> int | None:
@@ -117,9 +121,9 @@ def _time(text: str | None, what: str) -> int | None:
     try:
         t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise CapError(f"{what} {text.strip()!r} is not a CAP dateTime") from None
+        raise CapError(N_("{what} {value!r} is not a CAP dateTime", what=what, value=text.strip())) from None
     if t.tzinfo is None:
-        raise CapError(f"{what} {text.strip()!r} has no UTC offset")
+        raise CapError(N_("{what} {value!r} has no UTC offset", what=what, value=text.strip()))
     return int(t.timestamp())
 
 
@@ -130,25 +134,25 @@ def _text(el: ET.Element, name: str) -> str:
 
 def parse_cap(data: bytes) -> CapAlert:
     if len(data) > MAX_CAP_BYTES:
-        raise CapError(f"CAP document is {len(data)} bytes, limit {MAX_CAP_BYTES}")
+        raise CapError(N_("CAP document is {data} bytes, limit {limit}", data=len(data), limit=MAX_CAP_BYTES))
     _refuse_dtd(data)
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
-        raise CapError(f"not well-formed XML: {exc}") from None
+        raise CapError(N_("not well-formed XML: {exc}", exc=exc)) from None
     if root.tag != f"{{{NS}}}alert":
-        raise CapError(f"root element is {root.tag!r}, not a CAP 1.2 <alert>")
+        raise CapError(N_("root element is {tag!r}, not a CAP 1.2 <alert>", tag=root.tag))
     fields = {name: _text(root, name) for name in ("identifier", "sender", "sent", "status", "msgType", "scope")}
     for name, value in fields.items():
         if not value:
-            raise CapError(f"<{name}> is missing")
+            raise CapError(N_("<{name}> is missing", name=name))
     sent = _time(fields["sent"], "sent")
     assert sent is not None
     refs = []
     for entry in _text(root, "references").split():
         parts = entry.split(",")
         if len(parts) != 3 or not all(parts):
-            raise CapError(f"reference {entry!r} is not sender,identifier,sent")
+            raise CapError(N_("reference {entry!r} is not sender,identifier,sent", entry=entry))
         refs.append(CapReference(*parts))
     infos = []
     for el in root.findall(f"{{{NS}}}info"):
@@ -171,7 +175,7 @@ def parse_cap(data: bytes) -> CapAlert:
 def pick_info(alert: CapAlert, languages: tuple[str, ...] = PREFERRED_LANGUAGES) -> CapInfo:
     """The <info> block to speak: the first matching a preferred language (prefix match), else the first."""
     if not alert.infos:
-        raise CapError("CAP alert has no <info> block: nothing to say")
+        raise CapError(N_("CAP alert has no <info> block: nothing to say"))
     for lang in languages:
         for info in alert.infos:
             if info.language.lower() == lang.lower() or info.language.lower().startswith(lang.lower() + "-"):
@@ -182,27 +186,29 @@ def pick_info(alert: CapAlert, languages: tuple[str, ...] = PREFERRED_LANGUAGES)
 def plan(alert: CapAlert, now: float) -> CapPlan:
     """Turn a parsed alert into the commands to publish (see the module docstring for the mapping)."""
     if alert.status not in STATUS_PUBLIC:
-        raise CapError(f"status {alert.status!r} is not for public broadcast (Actual, Exercise or Test)")
+        raise CapError(N_("status {status!r} is not for public broadcast (Actual, Exercise or Test)",
+                          status=alert.status))
     if alert.msg_type not in MSG_TYPES:
-        raise CapError(f"msgType {alert.msg_type!r} is not broadcast (Alert, Update or Cancel)")
+        raise CapError(N_("msgType {msg_type!r} is not broadcast (Alert, Update or Cancel)", msg_type=alert.msg_type))
     if alert.scope != "Public":
-        raise CapError(f"scope {alert.scope!r}: village loudspeakers only carry Public alerts")
+        raise CapError(N_("scope {scope!r}: village loudspeakers only carry Public alerts", scope=alert.scope))
     own_id = broadcast_id(alert.sender, alert.identifier)
     cancels = tuple(dict.fromkeys(broadcast_id(r.sender, r.identifier) for r in alert.references))
     if alert.msg_type in ("Update", "Cancel") and not cancels:
-        raise CapError(f"msgType {alert.msg_type} without <references>: nothing to update or cancel")
+        raise CapError(N_("msgType {msg_type} without <references>: nothing to update or cancel",
+                          msg_type=alert.msg_type))
     if alert.msg_type == "Cancel":
         return CapPlan(own_id, cancels, None)
     info = pick_info(alert)
     if info.severity not in SEVERITY_LEVEL:
-        raise CapError(f"severity {info.severity!r} is not a CAP severity")
+        raise CapError(N_("severity {severity!r} is not a CAP severity", severity=info.severity))
     if alert.status == "Actual":
         cls = "emergency" if info.severity in URGENT_SEVERITIES else "daily"
     else:
         cls = "drill"
     text = "\n".join(t for t in (info.headline, info.description, info.instruction) if t)
     if not text:
-        raise CapError("CAP info has no headline, description or instruction: nothing to say")
+        raise CapError(N_("CAP info has no headline, description or instruction: nothing to say"))
     start = info.effective if info.effective is not None else info.onset
     if start is not None and start <= now:
         start = None  # already effective: play now

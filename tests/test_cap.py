@@ -127,10 +127,11 @@ def test_dtd_and_entities_refused() -> None:
     bomb = b"""<?xml version="1.0"?>
 <!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>
 <alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>&lol2;</identifier></alert>"""
-    with pytest.raises(CapError, match="DOCTYPE"):
+    # the refusal itself, not wrapped in the encoding-declaration error (CapError is a ValueError too)
+    with pytest.raises(CapError, match=r"^CAP document has a DOCTYPE; refused"):
         parse_cap(bomb)
     xxe = b"""<?xml version="1.0"?><!DOCTYPE a SYSTEM "file:///etc/passwd"><alert/>"""
-    with pytest.raises(CapError, match="DOCTYPE"):
+    with pytest.raises(CapError, match=r"^CAP document has a DOCTYPE; refused"):
         parse_cap(xxe)
 
 

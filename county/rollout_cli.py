@@ -118,9 +118,10 @@ def print_status(doc: dict[str, Any]) -> None:
     if doc.get("reason"):
         print(f"  {words.problem(doc['reason'])}")
     for row in doc["boxes"]:
-        wave = _("pilot") if row.get("wave") == 0 else "-" if row.get("wave") is None else str(row["wave"])
+        n = row.get("wave")
+        wave = "-" if n is None else _("pilot") if n == 0 else _("wave {n}").format(n=n)
         tail = " ".join(x for x in (words.reason(row.get("reason")), row.get("detail")) if x)
-        cells = [pad(row["box"], 24), pad(_("wave {n}").format(n=wave), 10), pad(words.state(row["state"]), 12),
+        cells = [pad(row["box"], 24), pad(wave, 10), pad(words.state(row["state"]), 12),
                  pad(row.get("version") or "", 10), tail]
         print(("  " + "".join(cells)).rstrip())
 

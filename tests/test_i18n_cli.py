@@ -40,11 +40,21 @@ def files(tmp_path: Path) -> dict[str, str]:
                                                   'wearer = "W9"\n')
     (tmp_path / "big.mp3").write_bytes(b"\0" * (2 * 1024 * 1024 + 1))
     (tmp_path / "pw.txt").write_text("not-the-password\n")
+    box = '[box]\nid = "{id}"\nprofile = "sim"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+    (tmp_path / "bad-id.toml").write_text(box.format(id="b 1"))
+    (tmp_path / "backoff.toml").write_text(box.format(id="b1") + "backoff_min_s = 5\nbackoff_max_s = 1\n")
+    (tmp_path / "public.toml").write_text('[server]\nlisten = "0.0.0.0:8080"\n')
+    (tmp_path / "doctype.xml").write_text('<?xml version="1.0"?><!DOCTYPE a SYSTEM "file:///etc/passwd"><alert/>')
+    (tmp_path / "broken.geojson").write_text("{\n")
+    (tmp_path / "junk-key").mkdir()
+    (tmp_path / "junk-key" / "box.key").write_text("not a key\n")
     return {"unknown_wearer": str(tmp_path / "unknown-wearer.toml"), "big": str(tmp_path / "big.mp3"),
             "pw": str(tmp_path / "pw.txt"),
             "key": str(key), "pub": str(pub), "bad": str(tmp_path / "bad.toml"), "cfg": str(cfg),
             "notkey": str(tmp_path / "not-a-key.pem"), "dir": str(tmp_path / "existing"),
-            "missing": str(tmp_path / "missing.toml"), "tmp": str(tmp_path)}
+            "missing": str(tmp_path / "missing.toml"), "tmp": str(tmp_path),
+            **{name.split(".")[0].replace("-", "_"): str(tmp_path / name)
+               for name in ("bad-id.toml", "backoff.toml", "public.toml", "doctype.xml", "broken.geojson", "junk-key")}}
 
 
 SIGN = ["--key", "{key}", "--kid", "county-2026"]
@@ -109,6 +119,24 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("county user add: no config", ["county", "user", "add", "li", "--role", "operator", "--password-file",
                                     "{missing}", "-c", "{missing}"], 2, "文件不存在"),
     ("county audit check: no config", ["county", "audit", "check", "-c", "{missing}"], 2, "文件不存在"),
+    # the validators' own problems (made with N_, said through words.problem)
+    ("agent check: bad box id", ["agent", "check", "-c", "{bad_id}"], 2, "'b 1' 不符合 [A-Za-z0-9_-]{1,64}"),
+    ("agent check: backoff order", ["agent", "check", "-c", "{backoff}"], 2, "必须 >= backoff_min_s"),
+    ("county serve: open port without TLS", ["county", "serve", "-c", "{public}"], 2, "不是本机回环地址"),
+    ("county push: CAP with a DOCTYPE", ["county", "push", *SIGN, "--to", "box:a", "--cap", "{doctype}"], 1,
+     "CAP 文档带有 DOCTYPE，已拒绝"),
+    ("county fences: not JSON", ["county", "fences", *SIGN, "--to", "box:a", "--file", "{broken}"], 1,
+     "不是 JSON"),
+    ("agent identity: bad box id", ["agent", "identity", "--box-id", "bad id", "--dir", "{tmp}/id"], 2,
+     "盒子编号 'bad id' 不符合"),
+    ("agent identity: box id from a bad config", ["agent", "identity", "-c", "{bad_id}", "--dir", "{tmp}/id"], 2,
+     "不符合 [A-Za-z0-9_-]{1,64}"),
+    ("agent identity: not a key", ["agent", "identity", "--box-id", "b1", "--dir", "{junk_key}"], 1,
+     "不是可用的 PEM 私钥"),
+    ("release show: no manifest", ["release", "show", "--pub", "{pub}", "--kid", "county-2026", "{missing}"], 1,
+     "文件或目录不存在"),
+    ("release build: no key", ["release", "build", "--out", "{tmp}/bundle", "--key", "{missing}", "--kid", "k"], 1,
+     "文件不存在"),
 ]
 
 

@@ -263,6 +263,21 @@ def _say(args: argparse.Namespace, text: str) -> None:
     print(f"village county {args.cmd}: {words.problem(text)}", file=sys.stderr, flush=True)
 
 
+# --wait's lines, the same through the broker and through the county server (county/server_client.py)
+def say_waiting(args: argparse.Namespace, board: ReceiptBoard) -> None:
+    _say(args, _("waiting up to {s:g} s for {n} box(es): {names}").format(s=args.wait, n=len(board.rows),
+                                                                         names=_names(board.rows)))
+
+
+def say_progress(args: argparse.Namespace, board: ReceiptBoard, row: BoxRow, left: float) -> None:
+    _say(args, _("{box} {state}: {progress}, {left:.0f} s left").format(
+        box=row.box, state=words.state_reason(row.state, row.reason), progress=board.progress(), left=left))
+
+
+def say_all_final(args: argparse.Namespace, board: ReceiptBoard) -> None:
+    _say(args, _("every box reached a final state: {progress}").format(progress=board.progress()))
+
+
 def _names(names: Iterable[str], most: int = 8) -> str:
     items = sorted(names)
     more = _(" and {n} more").format(n=len(items) - most) if len(items) > most else ""
@@ -311,16 +326,9 @@ def _publish(args: argparse.Namespace, payloads: list[dict[str, Any]], main: dic
             _say_published(args, payload, dests)
         if args.wait <= 0:
             return EXIT_OK
-        _say(args, _("waiting up to {s:g} s for {n} box(es): {names}").format(s=args.wait, n=len(board.rows),
-                                                                             names=_names(board.rows)))
-
-        def progress(row: BoxRow, left: float) -> None:
-            reason = f" ({row.reason})" if row.reason else ""
-            _say(args, _("{box} {state}{reason}: {progress}, {left:.0f} s left").format(
-                box=row.box, state=row.state, reason=reason, progress=board.progress(), left=left))
-
-        if collect(client, board, args.wait, progress):
-            _say(args, _("every box reached a final state: {progress}").format(progress=board.progress()))
+        say_waiting(args, board)
+        if collect(client, board, args.wait, lambda row, left: say_progress(args, board, row, left)):
+            say_all_final(args, board)
     print_board(board, sys.stdout, as_json=args.json, tz=tz)
     return EXIT_OK if board.all_good else EXIT_UNANSWERED
 

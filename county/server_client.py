@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent.i18n import N_
+from agent.i18n import N_, _
 from agent.protocol.topics import Topics
 from county import cap as cap_mod
 from county import push
@@ -357,7 +357,7 @@ def _wait(args: Any, client: ServerClient, bid: str) -> int:
     deadline = time.monotonic() + args.wait
     doc = client.broadcast(bid)
     _fill(board, doc)
-    cli._say(args, f"waiting up to {args.wait:g} s for {len(board.rows)} box(es): {cli._names(board.rows)}")
+    cli.say_waiting(args, board)
     while not board.all_final:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -365,12 +365,10 @@ def _wait(args: Any, client: ServerClient, bid: str) -> int:
         time.sleep(min(POLL_S, left))
         doc = client.broadcast(bid)
         for row in _fill(board, doc):
-            reason = f" ({row.reason})" if row.reason else ""
-            cli._say(args, f"{row.box} {row.state}{reason}: {board.progress()}, "
-                           f"{max(0.0, deadline - time.monotonic()):.0f} s left")
+            cli.say_progress(args, board, row, max(0.0, deadline - time.monotonic()))
     if board.all_final:
-        cli._say(args, f"every box reached a final state: {board.progress()}")
+        cli.say_all_final(args, board)
     elif doc.get("state") == "awaiting_review":
-        cli._say(args, f"broadcast {bid} is still awaiting_review (a reviewer approves it)")
+        cli._say(args, _("broadcast {id} is still awaiting_review (a reviewer approves it)").format(id=bid))
     print_board(board, sys.stdout, as_json=args.json, tz=tz)
     return cli.EXIT_OK if board.all_good and board.rows else cli.EXIT_UNANSWERED

@@ -27,7 +27,7 @@ PERSON_FACING = [
     "agent/cameras/settings.py", "agent/update/settings.py", "agent/uplink_settings.py",
     "agent/wearables/settings.py", "agent/wearables/fences.py", "agent/wearables/registry.py",
     "agent/protocol/jws.py", "agent/identity.py", "agent/release.py",
-    "county/regions.py", "county/server/config.py", "county/server/cli.py", "county/push.py",
+    "county/regions.py", "county/server/config.py", "county/server/cli.py", "county/server/users.py", "county/push.py",
     "county/server_client.py", "county/cap.py", "county/fences.py", "sim/scenario.py", "sim/fleet.py",
 ]
 
@@ -51,6 +51,15 @@ def _raised_texts(path: Path) -> Iterator[tuple[int, str]]:
 def test_every_problem_a_console_prints_is_made_with_n_() -> None:
     bare = [f"{m}:{line}: {text}" for m in PERSON_FACING for line, text in _raised_texts(ROOT / m)]
     assert not bare, "write these as N_(message, **fields) so the console can say them in Chinese:\n" + "\n".join(bare)
+
+
+def test_the_catalog_is_extracted_from_every_such_module() -> None:
+    """scripts/i18n and the catalog test read babel.cfg: a module outside it would never reach the catalog."""
+    import fnmatch
+
+    patterns = re.findall(r"^\[python: (\S+)\]$", (ROOT / "agent/locale/babel.cfg").read_text("utf-8"), re.M)
+    glob = [p.replace("**", "*") for p in patterns]  # fnmatch's * crosses "/" already
+    assert not [m for m in PERSON_FACING if not any(fnmatch.fnmatch(m, g) for g in glob)]
 
 
 def test_the_source_check_finds_a_bare_message(tmp_path: Path) -> None:

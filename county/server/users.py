@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
+from agent.i18n import N_
 from county.server import audit
 from county.server.auth import ROLES, User, hash_password, new_token, token_hash
 from county.store.tables import sessions, users
@@ -43,13 +44,13 @@ def now_ms() -> int:
 
 def check_name(name: str) -> str:
     if not USER_RE.match(name):
-        raise UserError(f"user name {name[:80]!r} is not [A-Za-z0-9_.@-]{{1,64}}")
+        raise UserError(N_("user name {name!r} is not [A-Za-z0-9_.@-]{{1,64}}", name=name[:80]))
     return name
 
 
 def check_role(role: str) -> str:
     if role not in ROLES:
-        raise UserError(f"role {role[:40]!r} is not one of {', '.join(ROLES)}")
+        raise UserError(N_("role {role!r} is not one of {roles}", role=role[:40], roles=', '.join(ROLES)))
     return role
 
 
@@ -59,8 +60,8 @@ def check_scope(scope: str | None, regions: Any) -> str | None:
         return None
     if not regions.has_scope(scope):
         known = ", ".join(sorted(r.id for r in regions.scopes() if r.kind != "county")[:12]) or "none"
-        raise UserError(f"scope {scope[:80]!r} is not a township or village id of the regions file "
-                        f"(known: {known})")
+        raise UserError(N_("scope {scope!r} is not a township or village id of the regions file (known: {known})",
+                           scope=scope[:80], known=known))
     return scope
 
 
@@ -68,15 +69,15 @@ def check_text(what: str, value: str | None, most: int) -> str | None:
     if value is None:
         return None
     if len(value) > most or _BAD_TEXT.search(value):
-        raise UserError(f"{what} must be at most {most} printable characters")
+        raise UserError(N_("{what} must be at most {most} printable characters", what=what, most=most))
     return value
 
 
 def check_password(password: str) -> str:
     if len(password) < MIN_PASSWORD:
-        raise UserError(f"the password is shorter than {MIN_PASSWORD} characters")
+        raise UserError(N_("the password is shorter than {min_password} characters", min_password=MIN_PASSWORD))
     if len(password) > MAX_PASSWORD:
-        raise UserError(f"the password is longer than {MAX_PASSWORD} characters")
+        raise UserError(N_("the password is longer than {max_password} characters", max_password=MAX_PASSWORD))
     return password
 
 
@@ -86,17 +87,18 @@ def read_password_file(path: Path) -> str:
         with path.open("rb") as f:
             data = f.read(MAX_PASSWORD + 3)
     except OSError as exc:
-        raise UserError(f"--password-file {path}: cannot read: {exc.strerror}") from None
+        raise UserError(N_("--password-file {path}: cannot read: {strerror}",
+                           path=path, strerror=exc.strerror)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"--password-file {path}: not UTF-8 text") from None
+        raise UserError(N_("--password-file {path}: not UTF-8 text", path=path)) from None
     if text.endswith("\r\n"):
         text = text[:-2]
     elif text.endswith("\n"):
         text = text[:-1]
     if not text:
-        raise UserError(f"--password-file {path}: empty")
+        raise UserError(N_("--password-file {path}: empty", path=path))
     return check_password(text)
 
 

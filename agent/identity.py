@@ -141,7 +141,7 @@ def _box_id_from_config(path: str) -> str:
         raise IdentityError(words.config_error(exc), exit_code=2) from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="village agent identity",
                                      description=_("make the box's key pair (once) and a CSR for the county CA"))
     who = parser.add_mutually_exclusive_group(required=True)
@@ -151,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=_("where box.key/box.csr live ({dir})").format(dir=DEFAULT_DIR))
     parser.add_argument("--algo", choices=("ecdsa-p256", "ed25519"), default="ecdsa-p256",
                         help=_("the key type (default ecdsa-p256; ed25519 where the county CA takes it)"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         box_id = args.box_id if args.box_id is not None else _box_id_from_config(args.config)
         key_path, csr_path, created = ensure_identity(args.dir, box_id, args.algo)

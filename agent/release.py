@@ -442,10 +442,8 @@ def manifest_digest(path: Path) -> str:
     return sha256_file(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from agent import words
+def build_parser() -> argparse.ArgumentParser:
     from agent.i18n import _
-    from agent.keys import KeysError, load_private_key
 
     parser = argparse.ArgumentParser(prog="village release", description=_("signed release bundles for box updates"))
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -464,7 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("manifest", type=Path, help=_("the bundle's manifest.jws"))
     s.add_argument("--pub", type=Path, required=True, help=_("the release public key (.pub)"))
     s.add_argument("--kid", required=True, help=_("its name, as boxes list it under [trust] release_keys"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from agent import words
+    from agent.i18n import _
+    from agent.keys import KeysError, load_private_key
+
+    args = build_parser().parse_args(argv)
     try:
         if args.cmd == "show":
             from agent.keys import load_public_key

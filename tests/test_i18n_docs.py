@@ -40,6 +40,14 @@ def parser_for(area: str) -> argparse.ArgumentParser:
         from agent.keys import build_parser as keys_parser
 
         return keys_parser()
+    if area == "release":
+        from agent.release import build_parser as release_parser
+
+        return release_parser()
+    if area == "agent identity":  # its own parser (agent/cli.py hands it the rest of argv)
+        from agent.identity import build_parser as identity_parser
+
+        return identity_parser()
     raise AssertionError(f"no such area: village {area}")
 
 
@@ -63,6 +71,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if lang is not None:
         i18n.choose(lang)  # a --lang the CLI would refuse fails here too
     area, args = rest[0], rest[1:]
+    if rest[:2] == ["agent", "identity"]:
+        area, args = "agent identity", rest[2:]
     return parser_for(area).parse_args(args)
 
 
@@ -96,6 +106,8 @@ def test_every_command_named_inline_exists(name: str, capsys: pytest.CaptureFixt
         path = [w for w in words_[1:] if not w.startswith("-")][:2]
         if not path:
             continue
+        if path == ["agent", "identity"]:
+            path = ["agent identity"]
         with pytest.raises(SystemExit) as exc:
             parser_for(path[0]).parse_args([*path[1:], "--help"])
         assert exc.value.code == 0, f"{name}: `{span}` names no such command"

@@ -134,6 +134,8 @@ class VillageState:
     def apply(self, s: Seen) -> str | None:
         """Fold one county message in; returns a line worth printing (None for routine telemetry)."""
         if s.cls == "state":
+            if s.kind == self.box_state:  # the broker's will and the retained copy again after a reconnect
+                return None
             self.box_state = s.kind
             return _("county: box {box} is {state}").format(box=self.names.box_name(s.box),
                                                              state=words.state(s.kind))

@@ -226,9 +226,9 @@ def summary(scenario: Scenario, seen: list[Seen], outcomes: list[Outcome], *, du
     meta = scenario.scenario
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started is not None else "-"
     lines = [
-        _("Scenario {name}: {duration} of village time at x{speed:g} in {wall:.0f} s, started {when} "
-          "(local time)").format(name=meta.description or meta.name, duration=clock(duration_s), speed=speed,
-                                 wall=wall_s, when=when),
+        _("Scenario {name}").format(name=meta.description or meta.name),  # its own line: a long title fits
+        "  " + _("{duration} of village time at x{speed:g} in {wall:.0f} s, started {when} (local time)").format(
+            duration=clock(duration_s), speed=speed, wall=wall_s, when=when),
         "  " + _("seed {seed}, broker {broker}, MQTT {mqtt}, agent started {runs} time(s)").format(
             seed=meta.seed, broker=broker, mqtt=mqtt_version or "-", runs=agent_runs),
         _("County received: {counts} ({dups} duplicate(s) by id)").format(

@@ -139,3 +139,12 @@ def test_display_labels_stay_in_the_simulator(tmp_path) -> None:  # type: ignore
     for label in names.wearers.values():
         assert label not in doc
     assert "\nlabel" not in doc and "\"label\"" not in doc
+
+
+def test_a_box_state_said_again_is_not_news() -> None:
+    s = state()
+    online, offline = Seen(1.0, 0.0, "box-1", "state", "online", {}), Seen(2.0, 0.0, "box-1", "state", "offline", {})
+    assert s.apply(online) == "county: box Menglou box (box-1) is online"
+    assert s.apply(offline) == "county: box Menglou box (box-1) is offline"
+    assert s.apply(offline) is None  # the will, then the retained copy after the county view reconnects
+    assert s.apply(online) is not None and s.box_state == "online"

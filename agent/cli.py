@@ -103,8 +103,10 @@ def agent_main(argv: Sequence[str]) -> int:
         doc = {"config": masked(config), "profile": dump(profile)}
         if args.json:
             print(json.dumps(doc, indent=2, ensure_ascii=False))
-        else:
-            _print_tree(doc)
+        else:  # the keys stay as the TOML files spell them; the headings are words
+            print(_("{file}: valid (passwords and keys masked)").format(file=args.config))
+            _print_tree({_("configuration"): doc["config"],
+                         _("hardware profile {name}").format(name=profile.name): doc["profile"]})
         return 0
     from agent.app import run_agent
     from agent.logsetup import setup_logging

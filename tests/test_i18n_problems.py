@@ -194,3 +194,13 @@ def test_rollout_status_in_words(capsys: pytest.CaptureFixture[str]) -> None:
     i18n.set_lang("en")
     print_status(doc)
     assert capsys.readouterr().out.splitlines()[0] == "r1  1.5.0  halted  (healthy 1, rolled back 1)"
+
+
+def test_agent_check_says_the_config_is_valid_in_chinese(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[box]\nid = "b1"\nprofile = "sim"\n[mqtt]\nurl = "mqtt://li:s3cr3t@127.0.0.1:1"\n')
+    assert main(["--lang", "zh", "agent", "check", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"{cfg}：配置有效（密码和密钥已遮盖）" and lines[1] == "配置:" and "硬件型号 sim:" in lines
+    assert '    id = "b1"' in lines and "s3cr3t" not in out  # the keys as the TOML spells them; secrets masked

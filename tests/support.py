@@ -164,16 +164,16 @@ class Mosquitto:
             raise RuntimeError("mosquitto is not installed (./scripts/test installs it)")
         for _ in range(5):
             conf = self._write_conf()
-            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
-            if listening(self.proc, self.port):
+            proc = self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
+            if listening(proc, self.port):
                 self._port_chosen = True  # a restart comes back on the same port: its clients know this one
                 return self
-            self.proc.wait()
+            proc.wait()
             if self._port_chosen:
                 break
             self.port = free_port()  # another process took it between free_port() and mosquitto's bind
-        raise RuntimeError(f"mosquitto could not listen on 127.0.0.1:{self.port} (exit {self.proc.returncode}): "
+        raise RuntimeError(f"mosquitto could not listen on 127.0.0.1:{self.port} (exit {proc.returncode}): "
                            + (self.log.read_text(errors="replace")[-2000:] if self.log.exists() else "no log"))
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ WATCHDOG_USEC/WATCHDOG_PID set for the agent's own pid (an `exec` from a shell k
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -53,14 +54,24 @@ def wheelhouse(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     deps = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
     marker = wh / f"deps-{deps}"
     pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "-w", str(wh)]
-    for old in wh.glob("village_edge-*.whl"):
-        old.unlink()
-    if not marker.exists():
-        subprocess.run([*pip, str(REPO)], check=True, capture_output=True, timeout=600)
-        marker.touch()
-    else:
-        subprocess.run([*pip, "--no-deps", str(REPO)], check=True, capture_output=True, timeout=300)
-    return wh
+    # pytest-xdist: every worker with a test of this module builds here; the lock keeps one pip at a time in
+    # the cache (and in the tree's build/), and each worker installs from its own copy, which no other
+    # worker's rebuild of the project wheel can delete underneath it
+    with (wh.parent / "village-wheelhouse.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for old in wh.glob("village_edge-*.whl"):
+            old.unlink()
+        if not marker.exists():
+            subprocess.run([*pip, str(REPO)], check=True, capture_output=True, timeout=600)
+            marker.touch()
+        else:
+            subprocess.run([*pip, "--no-deps", str(REPO)], check=True, capture_output=True, timeout=300)
+        if cache is None:
+            return wh
+        own = tmp_path_factory.mktemp("wheelhouse")
+        for wheel in wh.glob("*.whl"):
+            shutil.copy2(wheel, own / wheel.name)
+        return own
 
 
 def run_install(root: Path, wheelhouse: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -183,7 +194,7 @@ def test_a_second_run_changes_nothing_that_matters(installed: Path, wheelhouse: 
     (old_venv / "bin").mkdir(parents=True)
     result = run_install(installed, wheelhouse)  # no box id, profile or broker: all come from what is there
     assert result.returncode == 0, result.stderr
-    assert "kept key" in result.stdout and "keeping existing" in result.stdout
+    assert "kept the key" in result.stdout and "keeping existing" in result.stdout
     assert (key.read_bytes(), config.read_bytes(), (installed / "etc/passwd").read_text()) == before
     assert not old_venv.exists() and os.readlink(installed / OPT / "current") == f"releases/{VERSION}"
     assert not (installed / OPT / "previous").exists()  # the same release again: nothing to go back to

@@ -46,11 +46,20 @@ class County:
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a, **k: self._subscribed.set()
         self.port = port
+        self.flush_topic = f"{prefix}/soak/flush"
+        self._flushes: dict[str, threading.Event] = {}
 
     def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
-        client.subscribe([(f"{self.prefix}/box/{self.box}/up/#", 1), (f"{self.prefix}/box/{self.box}/state", 1)])
+        client.subscribe([(f"{self.prefix}/box/{self.box}/up/#", 1), (f"{self.prefix}/box/{self.box}/state", 1),
+                          (self.flush_topic, 1)])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.flush_topic:
+            with self._lock:
+                done = self._flushes.get(bytes(msg.payload).decode(errors="replace"))
+            if done is not None:
+                done.set()
+            return
         with self._lock:
             self.arrivals.append(Arrival(time.monotonic(), msg.topic, bytes(msg.payload)))
 
@@ -64,6 +73,19 @@ class County:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Until everything the broker took in before now has reached this collector: a marker published to
+        it comes back after them (mosquitto queues a subscriber's messages in the order it accepted them), so
+        every envelope the broker PUBACKed to the agent has arrived once the marker has. A condition, not a
+        pause: a loaded machine only takes longer."""
+        token = f"flush-{time.monotonic_ns()}"
+        done = threading.Event()
+        with self._lock:
+            self._flushes[token] = done
+        self.client.publish(self.flush_topic, token, qos=1)
+        if not done.wait(timeout_s):
+            raise TimeoutError(f"the county collector's flush marker did not come back within {timeout_s} s")
 
     def publish_cmd(self, token: str) -> None:
         """QoS 1, not retained. Not waited for: while the broker is down paho keeps it and resends."""

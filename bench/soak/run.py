@@ -106,7 +106,7 @@ async def soak(o: Options) -> Verdict:
             relay = agent.relay_statuses()
             left, counters = watcher.final()
             presses, acked = bands.presses, bands.acked_devices()
-        await asyncio.sleep(1.0)  # the last receipts and the offline state reach the county
+        await asyncio.to_thread(county.flush)  # every envelope the broker acknowledged has reached the county
         verdict = check(Inputs(
             box=BOX, envelopes=county.envelopes(), arrivals=county.snapshot(), ledger=proxy.ledger,
             outbox_seen=watcher.seen, outbox_left=left, counters=counters, presses=presses,

@@ -248,8 +248,10 @@ _OSERROR = re.compile(r"^\[Errno (?P<n>\d+)\] (?P<why>[^:]*)(?:: (?P<file>.*))?$
 
 def _field(value: object) -> object:
     """A field of a made problem, said too when it is itself a problem: an exception, a made text, an error text."""
-    if isinstance(value, BaseException) or (isinstance(value, str) and (value in _STRERROR or i18n.made(value))):
-        return problem(str(value))
+    if isinstance(value, BaseException):
+        return config_error(value)  # a key file's or config's error: its file, key and problem in words
+    if isinstance(value, str) and (value in _STRERROR or i18n.made(value)):
+        return problem(value)
     return value
 
 

@@ -137,9 +137,15 @@ async def test_audit_check_command(db: Database, db_url: str, tmp_path: Path) ->
         "village county audit check: broken at row seq=2: its fields do not match its hash (the row was edited) "
         "(1 row(s) before it intact)"]
 
+    in_chinese = audit_cli(cfg, "--lang", "zh")  # the same break, the same exit code, in words
+    assert in_chinese.returncode == 1 and in_chinese.stderr.strip().splitlines() == [
+        "village county audit check: 在 seq=2 这一行：内容和哈希对不上（这一行被改过） 处断裂（之前的 1 行完好）"], \
+        in_chinese.stderr
+
     await sql(db, delete(audit_t).where(audit_t.c.seq == 2))
     gone = audit_cli(cfg)
     assert gone.returncode == 1 and "row seq=3: row 2 missing (deleted)" in gone.stderr
+    assert "缺了第 2 行（被删了）" in audit_cli(cfg, "--lang", "zh").stderr
 
     await sql(db, delete(audit_t))
     await fill(db, 4)

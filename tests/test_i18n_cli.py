@@ -14,6 +14,7 @@ import pytest
 from agent import i18n
 from agent.cli import main
 from agent.keys import new_keypair
+from tests.conftest import REPO
 from tests.support import Mosquitto
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -48,13 +49,25 @@ def files(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "broken.geojson").write_text("{\n")
     (tmp_path / "junk-key").mkdir()
     (tmp_path / "junk-key" / "box.key").write_text("not a key\n")
+    (tmp_path / "bad-regions.toml").write_text('[county]\nid = "c"\nname = "县"\n[[township]]\nid = "t"\n'
+                                               'name = "镇"\nextra = 1\n')
+    db = f'[database]\nurl = "sqlite:///{tmp_path}/county.db"\n'
+    (tmp_path / "bad-regions-county.toml").write_text(f'[county]\nregions = "{tmp_path}/bad-regions.toml"\n{db}')
+    (tmp_path / "county.key").write_text("not a PEM key\n")
+    (tmp_path / "bad-key-county.toml").write_text(f'[signing]\nkey = "{tmp_path}/county.key"\nkid = "k"\n{db}')
+    regions = REPO / "county" / "regions.example.toml"
+    (tmp_path / "county.toml").write_text(f'[county]\nregions = "{regions}"\n{db}')
+    (tmp_path / "short-pw.txt").write_text("short\n")
+    (tmp_path / "sped.toml").write_text('[scenario]\nname = "x"\nsped = 3\n')
     return {"unknown_wearer": str(tmp_path / "unknown-wearer.toml"), "big": str(tmp_path / "big.mp3"),
             "pw": str(tmp_path / "pw.txt"),
             "key": str(key), "pub": str(pub), "bad": str(tmp_path / "bad.toml"), "cfg": str(cfg),
             "notkey": str(tmp_path / "not-a-key.pem"), "dir": str(tmp_path / "existing"),
             "missing": str(tmp_path / "missing.toml"), "tmp": str(tmp_path),
             **{name.split(".")[0].replace("-", "_"): str(tmp_path / name)
-               for name in ("bad-id.toml", "backoff.toml", "public.toml", "doctype.xml", "broken.geojson", "junk-key")}}
+               for name in ("bad-id.toml", "backoff.toml", "public.toml", "doctype.xml", "broken.geojson", "junk-key",
+                            "bad-regions-county.toml", "bad-key-county.toml", "county.toml", "short-pw.txt",
+                            "sped.toml")}}
 
 
 SIGN = ["--key", "{key}", "--kid", "county-2026"]
@@ -135,6 +148,22 @@ CASES: list[tuple[str, list[str], int, str]] = [
      "不是可用的 PEM 私钥"),
     ("release show: no manifest", ["release", "show", "--pub", "{pub}", "--kid", "county-2026", "{missing}"], 1,
      "文件或目录不存在"),
+    ("county serve: regions file with an unknown key", ["county", "serve", "-c", "{bad_regions_county}"], 2,
+     "未知的键"),
+    ("county serve: signing key not PEM", ["county", "serve", "-c", "{bad_key_county}"], 2, "不是 PEM 私钥"),
+    ("county user add: bad name", ["county", "user", "add", "bad name", "--role", "viewer", "--password-file",
+                                   "{pw}", "-c", "{county}"], 2, "用户名 'bad name' 不符合"),
+    ("county user add: no such scope", ["county", "user", "add", "wang", "--role", "operator", "--scope", "atlantis",
+                                        "--password-file", "{pw}", "-c", "{county}"], 2, "不是区划文件里的乡镇或村编号"),
+    ("county user add: short password", ["county", "user", "add", "wang", "--role", "viewer", "--password-file",
+                                         "{short_pw}", "-c", "{county}"], 2, "密码少于 8 个字符"),
+    ("county user add: no password file", ["county", "user", "add", "wang", "--role", "viewer", "--password-file",
+                                           "{missing}", "-c", "{county}"], 2, "读不了：文件或目录不存在"),
+    ("county audit check: bad --head", ["county", "audit", "check", "--head", "nonsense", "-c", "{county}"], 2,
+     "不是 audit check 打印的"),
+    ("sim: scenario with an unknown key", ["sim", "run", "--scenario", "{sped}", "--no-live"], 2,
+     "未知的键（这里可用的："),
+    ("agent relay-off: no such config", ["agent", "relay-off", "-c", "{missing}"], 2, "文件不存在"),
     ("release build: no key", ["release", "build", "--out", "{tmp}/bundle", "--key", "{missing}", "--kid", "k"], 1,
      "文件不存在"),
 ]

@@ -27,7 +27,8 @@ PERSON_FACING = [
     "agent/cameras/settings.py", "agent/update/settings.py", "agent/uplink_settings.py",
     "agent/wearables/settings.py", "agent/wearables/fences.py", "agent/wearables/registry.py",
     "agent/protocol/jws.py", "agent/identity.py", "agent/release.py",
-    "county/regions.py", "county/server/config.py", "county/server/cli.py", "county/server/users.py", "county/push.py",
+    "county/regions.py", "county/server/config.py", "county/server/cli.py", "county/server/users.py",
+    "county/server/audit.py", "county/push.py",
     "county/server_client.py", "county/cap.py", "county/fences.py", "sim/scenario.py", "sim/fleet.py",
 ]
 

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
+from agent.i18n import N_
 from county.store.tables import audit
 
 GENESIS = "0" * 64
@@ -60,7 +61,7 @@ async def append(conn: Any, actor: str, action: str, target: str | None, detail:
         except IntegrityError:
             continue  # another instance took this seq: chain onto its row
         return seq
-    raise RuntimeError(f"audit: no free seq after {MAX_ATTEMPTS} attempts")
+    raise RuntimeError(N_("audit: no free seq after {max_attempts} attempts", max_attempts=MAX_ATTEMPTS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +101,15 @@ async def verify(db: Any, head: tuple[int, str] | None = None) -> Report:
                 if head is not None and seq == head[0]:
                     if r["hash"] != head[1]:
                         return Report(rows, prev_seq or None, None,
-                                      Broken(seq, f"hash is {r['hash']}, the recorded head says {head[1]}"))
+                                      Broken(seq, N_("hash is {hash}, the recorded head says {head}",
+                                                     hash=r["hash"], head=head[1])))
                     seen_head = True
                 rows += 1
                 prev_seq, prev_hash = seq, str(r["hash"])
     if not seen_head and head is not None:
         return Report(rows, prev_seq or None, prev_hash if prev_seq else None,
-                      Broken(head[0], f"the recorded head row is missing (the log ends at seq={prev_seq}): "
-                                      "rows were deleted at the end"))
+                      Broken(head[0], N_("the recorded head row is missing (the log ends at seq={seq}): "
+                                         "rows were deleted at the end", seq=prev_seq)))
     return Report(rows, prev_seq or None, prev_hash if prev_seq else None, None)
 
 
@@ -116,13 +118,16 @@ def _check_row(r: Any, prev_seq: int, prev_hash: str) -> Broken | None:
     expected = row_hash(str(r["prev_hash"]), seq, int(r["ts"]), str(r["actor"]), str(r["action"]), r["target"],
                         str(r["detail"]))
     if r["hash"] != expected:
-        return Broken(seq, "its fields do not match its hash (the row was edited)")
+        return Broken(seq, N_("its fields do not match its hash (the row was edited)"))
     if seq != prev_seq + 1:
-        gap = f"rows {prev_seq + 1}..{seq - 1}" if seq - 1 > prev_seq + 1 else f"row {prev_seq + 1}"
-        return Broken(seq, f"{gap} missing (deleted)")
+        if seq - 1 > prev_seq + 1:
+            return Broken(seq, N_("rows {first}..{last} missing (deleted)", first=prev_seq + 1, last=seq - 1))
+        return Broken(seq, N_("row {n} missing (deleted)", n=prev_seq + 1))
     if r["prev_hash"] != prev_hash:
-        before = f"row seq={prev_seq}" if prev_seq else "the start of the log"
-        return Broken(seq, f"does not chain to {before} (a row before it was edited or replaced)")
+        if not prev_seq:
+            return Broken(seq, N_("does not chain to the start of the log (a row before it was edited or replaced)"))
+        return Broken(seq, N_("does not chain to row seq={prev} (a row before it was edited or replaced)",
+                              prev=prev_seq))
     return None
 
 

@@ -203,8 +203,9 @@ def _audit_check(args: argparse.Namespace) -> int:
 
     report = asyncio.run(go())
     if report.broken is not None:
-        _say("audit check", _("broken at {where} ({n} row(s) before it intact)").format(where=report.broken,
-                                                                                         n=report.rows))
+        where = _("row seq={seq}: {problem}").format(seq=report.broken.seq,
+                                                       problem=words.problem(report.broken.problem))
+        _say("audit check", _("broken at {where} ({n} row(s) before it intact)").format(where=where, n=report.rows))
         return EXIT_ERROR
     if report.head_seq is None:
         print(_("audit log intact: 0 rows"))

@@ -274,7 +274,7 @@ def problem(text: str) -> str:
     return text
 
 
-def config_error(exc: Exception) -> str:
+def config_error(exc: BaseException) -> str:
     """`file: key: problem` of a ConfigError / ProfileError / ScenarioError (anything with those three), or
     `path: problem` of a KeyFileError, the problem in words; any other exception: its str() in words."""
     file, key, what = (getattr(exc, a, None) for a in ("file", "key", "problem"))

@@ -154,7 +154,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("county user add: bad name", ["county", "user", "add", "bad name", "--role", "viewer", "--password-file",
                                    "{pw}", "-c", "{county}"], 2, "用户名 'bad name' 不符合"),
     ("county user add: no such scope", ["county", "user", "add", "wang", "--role", "operator", "--scope", "atlantis",
-                                        "--password-file", "{pw}", "-c", "{county}"], 2, "不是区划文件里的乡镇或村编号"),
+                                        "--password-file", "{pw}", "-c", "{county}"], 2, "不是区划文件里的乡镇"),
     ("county user add: short password", ["county", "user", "add", "wang", "--role", "viewer", "--password-file",
                                          "{short_pw}", "-c", "{county}"], 2, "密码少于 8 个字符"),
     ("county user add: no password file", ["county", "user", "add", "wang", "--role", "viewer", "--password-file",

@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from agent import words
 from agent.i18n import N_, _
 from agent.protocol.topics import Topics
 from county import cap as cap_mod
@@ -196,8 +197,13 @@ def _error(status: int, answer: Any) -> ServerError:
     error = body.get("error") if isinstance(body.get("error"), str) else None
     detail = body.get("detail") if isinstance(body.get("detail"), str) else None
     reason = body.get("reason") if isinstance(body.get("reason"), str) else None
-    text = f"{error or 'HTTP ' + str(status)}: {_clean(detail)}" if detail else (error or f"HTTP {status}")
-    return ServerError(status, f"the county server answered {status} {text}", error=error, reason=reason, body=body)
+    code = error or f"HTTP {status}"
+    if reason in words.REASONS:  # a reason the console knows: its words (this module only runs in a console)
+        code = f"{code}, {words.reason(reason)}"
+    # the server's own detail is English (the API's words); the frame around it is the reader's
+    text = (N_("the county server answered {status} {code}: {detail}", status=status, code=code, detail=_clean(detail))
+            if detail else N_("the county server answered {status} {code}", status=status, code=code))
+    return ServerError(status, text, error=error, reason=reason, body=body)
 
 
 # ------------------------------------------------------------------------------------ the commands

@@ -227,6 +227,30 @@ def test_refusals_are_one_line_with_the_console_exit_codes(server: Server, box: 
     assert len(box.got) == sent_before  # none of these reached the box
 
 
+def test_the_same_refusals_in_chinese_with_the_same_exit_codes(server: Server, box: FakeBox, peers: Path) -> None:
+    """The server's refusals through the console in Chinese: the frame in words, the server's own detail and
+    the codes as they are, one line, the exit code of the English run."""
+    sent_before = len(box.got)
+    cases = [
+        (["push", "--user", "li", "--to", "group:town-menglou", "--text", "x"], "not the password", 1,
+         "以 'li' 登录"),
+        (["push", "--user", "wang", "--to", "group:town-menglou", "--text", "x"], PASSWORD, 1,
+         "县级服务器回答 403 forbidden："),
+        (["push", "--user", "li", "--to", "group:no-such-town", "--text", "x"], PASSWORD, 4,
+         "县级服务器回答 422 unprocessable, 没有盒子对应这个目标 (nobody_hears)："),
+        (["push", "--user", "li", "--to", f"box:{BOX}", "--text", "x", "--at", "2020-01-01T08:00"], PASSWORD, 2,
+         "没有发送"),
+        (["push", "--user", "li", "--to", f"box:{BOX}", "--cap", str(peers / "cap-1.2-A3-update.xml")], PASSWORD, 2,
+         "CAP 的 Update 或 Cancel"),
+        (["cancel", "nope", "--user", "li"], PASSWORD, 1, "县级服务器回答 404 not_found：no such broadcast"),
+    ]
+    for args, password, code, phrase in cases:
+        r = server.console(*args, "--lang", "zh", password=password)
+        lines = r.stderr.splitlines()
+        assert r.returncode == code and len(lines) == 1 and phrase in lines[0], (args, r.returncode, r.stderr)
+    assert len(box.got) == sent_before
+
+
 def test_signing_mode_is_either_server_or_key_and_kid(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "agent.cli", "county", "push", "--to", "box:b", "--text", "x",

@@ -30,8 +30,8 @@ class ConfigError(Exception):
 
     def __init__(self, file: Path | str, key: str, problem: str) -> None:
         self.file, self.key, self.problem = str(file), key, problem
-        where = f"{self.file}: {key}: " if key else f"{self.file}: "
-        super().__init__(where + problem)
+        super().__init__(N_("{file}: {key}: {problem}", file=self.file, key=key, problem=problem) if key
+                         else N_("{file}: {problem}", file=self.file, problem=problem))
 
 
 def _box_id(value: str) -> str:

@@ -213,11 +213,17 @@ def N_(message: str, /, **fields: object) -> str:
     if not fields:
         return message
     text = message.format(**fields)
+    kept = {k: Raised(v) if isinstance(v, BaseException) else v for k, v in fields.items()}
     with _made_lock:
-        _made[text] = (message, fields)
+        _made[text] = (message, kept)
         if len(_made) > _MADE_MAX:
             del _made[next(iter(_made))]
     return text
+
+
+class Raised(str):
+    """An exception a made problem names, kept as its text: holding the exception would hold its traceback's
+    frames alive for as long as the problem is remembered."""
 
 
 _MADE_MAX = 512

@@ -50,7 +50,8 @@ _HCI_RE = re.compile(r"^hci[0-9]{1,2}\Z")
 class ProfileError(ValueError):
     def __init__(self, file: Path | str, key: str, problem: str) -> None:
         self.file, self.key, self.problem = str(file), key, problem
-        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
+        super().__init__(N_("{file}: {key}: {problem}", file=self.file, key=key, problem=problem) if key
+                         else N_("{file}: {problem}", file=self.file, problem=problem))
 
 
 def _bcm_pin(value: int | None) -> int | None:

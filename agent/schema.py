@@ -28,7 +28,7 @@ class SchemaError(ValueError):
     """A value that does not fit its field; `key` is the dotted path from the document root."""
 
     def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}" if key else problem)
+        super().__init__(N_("{key}: {problem}", key=key, problem=problem) if key else problem)
         self.key = key
         self.problem = problem
 

@@ -247,10 +247,11 @@ _OSERROR = re.compile(r"^\[Errno (?P<n>\d+)\] (?P<why>[^:]*)(?:: (?P<file>.*))?$
 
 
 def _field(value: object) -> object:
-    """A field of a made problem, said too when it is itself a problem: an exception, a made text, an error text."""
-    if isinstance(value, BaseException):
-        return config_error(value)  # a key file's or config's error: its file, key and problem in words
-    if isinstance(value, str) and (value in _STRERROR or i18n.made(value)):
+    """A field of a made problem, said too when it is itself a problem: an exception's text (a config's or key
+    file's is made too: file, key, problem), a made text, a system error text, or a sentence of the catalog
+    (`N_("not a PEM public key")`; a sentence, not a one-word value that happens to be a msgid)."""
+    if isinstance(value, i18n.Raised) or (isinstance(value, str) and (
+            value in _STRERROR or i18n.made(value) or (" " in value and value in i18n.catalog(i18n.current())))):
         return problem(value)
     return value
 
@@ -274,7 +275,7 @@ def problem(text: str) -> str:
     return text
 
 
-def config_error(exc: BaseException) -> str:
+def config_error(exc: Exception) -> str:
     """`file: key: problem` of a ConfigError / ProfileError / ScenarioError (anything with those three), or
     `path: problem` of a KeyFileError, the problem in words; any other exception: its str() in words."""
     file, key, what = (getattr(exc, a, None) for a in ("file", "key", "problem"))

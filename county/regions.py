@@ -53,7 +53,8 @@ class RegionsError(Exception):
 
     def __init__(self, file: Path | str, key: str, problem: str) -> None:
         self.file, self.key, self.problem = str(file), key, problem
-        super().__init__(f"{self.file}: {key}: {problem}" if key else f"{self.file}: {problem}")
+        super().__init__(N_("{file}: {key}: {problem}", file=self.file, key=key, problem=problem) if key
+                         else N_("{file}: {problem}", file=self.file, problem=problem))
 
 
 def _id(value: str) -> str:

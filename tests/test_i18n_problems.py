@@ -96,6 +96,20 @@ def test_system_error_texts_and_parser_places_in_words() -> None:
     assert words.problem(f"{os.strerror(errno.EIO)}") == os.strerror(errno.EIO)  # not in the table: as it is
 
 
+def test_an_exception_a_problem_names_is_kept_as_its_text() -> None:
+    """No traceback held alive by the memory; the exception's text (made too) still said in words."""
+    from agent.protocol.jws import KeyFileError
+
+    try:
+        raise KeyFileError("/etc/k.pub", N_("not a PEM public key"))
+    except KeyFileError as exc:
+        text = N_("{config}: signing.key: {exc}", config="county.toml", exc=exc)
+    made = i18n.made(text)
+    assert made is not None and type(made[1]["exc"]) is i18n.Raised and not isinstance(made[1]["exc"], BaseException)
+    i18n.set_lang("zh")
+    assert words.problem(text) == "county.toml：signing.key：/etc/k.pub: 不是 PEM 公钥"
+
+
 def test_the_memory_of_made_problems_is_bounded() -> None:
     for n in range(3 * i18n._MADE_MAX):
         N_("must be >= 1, got {value}", value=-n)

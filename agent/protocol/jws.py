@@ -183,7 +183,7 @@ class KeysError(Exception):
 
 class KeyFileError(KeysError):
     def __init__(self, path: Path | str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
+        super().__init__(N_("{file}: {problem}", file=str(path), problem=problem))
         self.path, self.problem = str(path), problem
 
 

@@ -215,6 +215,7 @@ def N_(message: str, /, **fields: object) -> str:
     text = message.format(**fields)
     kept = {k: Raised(v) if isinstance(v, BaseException) else v for k, v in fields.items()}
     with _made_lock:
+        _made.pop(text, None)  # made again: the newest, last to be forgotten
         _made[text] = (message, kept)
         if len(_made) > _MADE_MAX:
             del _made[next(iter(_made))]

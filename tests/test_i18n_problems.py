@@ -115,6 +115,11 @@ def test_the_memory_of_made_problems_is_bounded() -> None:
         N_("must be >= 1, got {value}", value=-n)
     assert len(i18n._made) <= i18n._MADE_MAX
     assert i18n.made(f"must be >= 1, got {-(3 * i18n._MADE_MAX - 1)}") is not None  # the newest are kept
+    first = N_("must be >= 1, got {value}", value="first")
+    for n in range(i18n._MADE_MAX - 1):
+        N_("must be >= 1, got {value}", value=n)
+        N_("must be >= 1, got {value}", value="first")  # made again and again: never the oldest
+    assert i18n.made(first) is not None
 
 
 # ---- every command's help, in Chinese ------------------------------------------------------------------------

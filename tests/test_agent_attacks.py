@@ -47,12 +47,21 @@ def payload(**over: Any) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def running(agent: Agent) -> AsyncIterator[Agent]:
+    """The agent up with its command subscriptions in force at the broker. The link says "connected" once it
+    has sent SUBSCRIBE, not once the broker has taken it: a command published on another connection then can
+    be handled first and, not retained, goes to nobody (a loaded machine showed it). The box's own `online`
+    state goes out after the SUBSCRIBE on the same connection, so the broker has the subscription by the
+    time that state reaches a watcher."""
+    watcher = Collector(agent.link.config.mqtt.url[0], [f"vc/v1/box/{BOX}/state"]).start()
     task = asyncio.create_task(agent.supervisor.run(), name="agent")
     try:
         await asyncio.wait_for(agent.supervisor.all_ready.wait(), 20)
         await asyncio.to_thread(wait_until, lambda: agent.link.state.value == "connected", 20)
+        await asyncio.to_thread(watcher.wait_for, lambda ms: [m for m in ms if not m.retain
+                                                              and m.json().get("state") == "online"])
         yield agent
     finally:
+        watcher.stop()
         agent.supervisor.request_stop()
         assert await asyncio.wait_for(task, 20) == 0
 

@@ -381,8 +381,24 @@ class Box:
         payload = {"v": 1, "id": cmd_id, "kind": kind, "iat": now, "exp": now + 3600, "to": [f"box:{self.box_id}"],
                    "data": data}
         self.last_token = jws.sign(payload, self.bundles.cmd_key, "county-test")
+        self.wait_subscribed(collector)
         collector.publish(self.topic, self.last_token)
         return cmd_id
+
+    def wait_subscribed(self, collector: Collector, timeout: float = 60.0) -> None:
+        """Until the broker holds the box's command subscription: link.json says "connected" once SUBSCRIBE is
+        sent, and a command published before the broker has taken it goes to nobody. The box's `online` state
+        goes out after the SUBSCRIBE on the same connection, and the subscription lives on in the box's
+        session across restarts, so one `online` seen by the county (vc/v1/#) is enough."""
+        state = Topics("vc/v1").state(self.box_id)
+
+        def online() -> bool:
+            return any(m.topic == state and json.loads(m.payload).get("state") == "online"
+                       for m in collector.snapshot())
+        try:
+            wait_until(online, timeout)
+        except TimeoutError:
+            raise AssertionError(f"the county never saw {self.box_id} online:\n{self.log_text()[-3000:]}") from None
 
     def update(self, collector: Collector, url: str, bundle: Bundle) -> str:
         return self.command(collector, "agent.update", {"version": bundle.manifest.version,

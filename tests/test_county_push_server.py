@@ -228,8 +228,8 @@ def test_refusals_are_one_line_with_the_console_exit_codes(server: Server, box: 
 
 
 def test_the_same_refusals_in_chinese_with_the_same_exit_codes(server: Server, box: FakeBox, peers: Path) -> None:
-    """The server's refusals through the console in Chinese: the frame in words, the server's own detail and
-    the codes as they are, one line, the exit code of the English run."""
+    """The server's refusals through the console in Chinese: the frame in words, the codes as they are, the
+    server's own detail in words when it is a sentence of the catalog, one line, the exit code of the English run."""
     sent_before = len(box.got)
     cases = [
         (["push", "--user", "li", "--to", "group:town-menglou", "--text", "x"], "not the password", 1,
@@ -242,7 +242,7 @@ def test_the_same_refusals_in_chinese_with_the_same_exit_codes(server: Server, b
          "没有发送"),
         (["push", "--user", "li", "--to", f"box:{BOX}", "--cap", str(peers / "cap-1.2-A3-update.xml")], PASSWORD, 2,
          "CAP 的 Update 或 Cancel"),
-        (["cancel", "nope", "--user", "li"], PASSWORD, 1, "县级服务器回答 404 not_found：no such broadcast"),
+        (["cancel", "nope", "--user", "li"], PASSWORD, 1, "县级服务器回答 404 not_found：没有这条广播"),  # a sentence we know
     ]
     for args, password, code, phrase in cases:
         r = server.console(*args, "--lang", "zh", password=password)

@@ -39,17 +39,31 @@ from tests.browser import (  # noqa: F401 - the browser and console fixtures
 
 TZ = zoneinfo.ZoneInfo("Asia/Shanghai")
 EPOCH_MS = re.compile(r"(?<!\d)1[6-9]\d{11}(?!\d)")  # an epoch-ms number (2020..2033) shown as such
-NOW = int(time.time() * 1000)
-TODAY = dt.datetime.fromtimestamp(NOW / 1000, TZ).date()
-YESTERDAY = TODAY - dt.timedelta(days=1)
 
 
 def local_ms(day: dt.date, hour: int, minute: int = 0) -> int:
     return int(dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=TZ).timestamp() * 1000)
 
 
-MIDNIGHT = local_ms(TODAY, 0)
-TODAY_SPAN = min(900_000, NOW - MIDNIGHT)  # a period ending now (its end, the sample, is today)
+# "now" and the county's day are set when the console is seeded (set_today), not at import: a run that
+# crosses midnight in the county's timezone would otherwise seed "today" as what the pages call yesterday
+NOW = 0
+TODAY = YESTERDAY = dt.date.min
+MIDNIGHT = TODAY_SPAN = 0
+QUIET_BEFORE_MIDNIGHT_S = 300  # longer than this module's tests take
+
+
+def set_today() -> None:
+    global NOW, TODAY, YESTERDAY, MIDNIGHT, TODAY_SPAN
+    now = dt.datetime.now(TZ)
+    tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), TZ)
+    if (tomorrow - now).total_seconds() < QUIET_BEFORE_MIDNIGHT_S:  # the day would change under the tests
+        time.sleep((tomorrow - now).total_seconds() + 1)
+    NOW = int(time.time() * 1000)
+    TODAY = dt.datetime.fromtimestamp(NOW / 1000, TZ).date()
+    YESTERDAY = TODAY - dt.timedelta(days=1)
+    MIDNIGHT = local_ms(TODAY, 0)
+    TODAY_SPAN = min(900_000, NOW - MIDNIGHT)  # a period ending now (its end, the sample, is today)
 
 
 def heartbeat() -> dict[str, Any]:
@@ -121,6 +135,7 @@ def seeded_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console
     need_browser()
     c = start_console(tmp_path_factory.mktemp("pages"))
     try:
+        set_today()
         c.run(seed)
         yield c
     finally:

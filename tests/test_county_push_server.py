@@ -242,7 +242,7 @@ def test_the_same_refusals_in_chinese_with_the_same_exit_codes(server: Server, b
          "没有发送"),
         (["push", "--user", "li", "--to", f"box:{BOX}", "--cap", str(peers / "cap-1.2-A3-update.xml")], PASSWORD, 2,
          "CAP 的 Update 或 Cancel"),
-        (["cancel", "nope", "--user", "li"], PASSWORD, 1, "县级服务器回答 404 not_found：没有这条广播"),  # a sentence we know
+        (["cancel", "nope", "--user", "li"], PASSWORD, 1, "县级服务器回答 404 not_found：没有这条广播"),
     ]
     for args, password, code, phrase in cases:
         r = server.console(*args, "--lang", "zh", password=password)

@@ -179,8 +179,10 @@ def catalog(lang: str) -> Catalog:
         return {}
 
 
-def gettext(message: str) -> str:
-    forms = catalog(_lang).get(message)
+def gettext(message: str, lang: str | None = None) -> str:
+    """`message` in the chosen language, or in `lang` ("zh" | "en") for one reader among several (a server
+    answering each request in its own language must not switch the process's)."""
+    forms = catalog(_lang if lang is None else lang).get(message)
     return forms[0] if forms else message
 
 

@@ -246,32 +246,36 @@ _STRERROR = {os.strerror(code): msgid for code, msgid in _ERRNO.items()}
 _OSERROR = re.compile(r"^\[Errno (?P<n>\d+)\] (?P<why>[^:]*)(?:: (?P<file>.*))?$")
 
 
-def _field(value: object) -> object:
+def _field(value: object, lang: str | None) -> object:
     """A field of a made problem, said too when it is itself a problem: an exception's text (a config's or key
     file's is made too: file, key, problem), a made text, a system error text, or a sentence of the catalog
     (`N_("not a PEM public key")`; a sentence, not a one-word value that happens to be a msgid)."""
     if isinstance(value, i18n.Raised) or (isinstance(value, str) and (
-            value in _STRERROR or i18n.made(value) or (" " in value and value in i18n.catalog(i18n.current())))):
-        return problem(value)
+            value in _STRERROR or i18n.made(value)
+            or (" " in value and value in i18n.catalog(lang or i18n.current())))):
+        return problem(value, lang)
     return value
 
 
-def problem(text: str) -> str:
-    """One problem in the chosen language: a text made by `N_(message, **fields)` (agent/i18n.py, with its fields
-    said too), a message of the catalog as it is, a system error text, else by the patterns above; unmatched:
-    as it is."""
+def problem(text: str, lang: str | None = None) -> str:
+    """One problem in the chosen language (or `lang`): a text made by `N_(message, **fields)` (agent/i18n.py,
+    with its fields said too), a message of the catalog as it is, a system error text, else by the patterns
+    above; unmatched: as it is."""
+    def say(message: str) -> str:
+        return i18n.gettext(message, lang)
+
     if (made := i18n.made(text)) is not None:
         message, fields = made
-        return _(message).format(**{k: _field(v) for k, v in fields.items()})
-    if text in i18n.catalog(i18n.current()):
-        return _(text)
+        return say(message).format(**{k: _field(v, lang) for k, v in fields.items()})
+    if text in i18n.catalog(lang or i18n.current()):
+        return say(text)
     if text in _STRERROR:
-        return _(_STRERROR[text])
+        return say(_STRERROR[text])
     if (m := _OSERROR.match(text)) and (msgid := _ERRNO.get(int(m["n"]))):
-        return f"{m['file']}: {_(msgid)}" if m["file"] else _(msgid)
+        return f"{m['file']}: {say(msgid)}" if m["file"] else say(msgid)
     for pattern, msgid in _PROBLEMS:
         if m := pattern.match(text):
-            return _(msgid).format(**m.groupdict(""))
+            return say(msgid).format(**m.groupdict(""))
     return text
 
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.i18n import N_
 from agent.protocol.text import escape
 from county import cap, push
 from drivers.aio import wait_within
@@ -82,18 +83,20 @@ async def run_child(argv: list[str], *, stdin: bytes | None = None, limit_s: flo
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         except OSError as exc:
             log.error("cannot run %s: %s", argv[0], exc.strerror)
-            raise MediaError(503, f"this server cannot run {argv[0]}", "tool_missing") from None
+            raise MediaError(503, N_("this server cannot run {argv}", argv=argv[0]), "tool_missing") from None
         try:
             out, err = await wait_within(proc.communicate(stdin), limit_s)
         except TimeoutError:
             log.warning("%s took longer than %.0f s; killed", argv[0], limit_s)
-            raise MediaError(503, f"{argv[0]} took longer than {limit_s:.0f} s", "timeout") from None
+            raise MediaError(503, N_("{argv} took longer than {limit_s:.0f} s",
+                                     argv=argv[0], limit_s=limit_s), "timeout") from None
         finally:  # a timeout or a cancelled request: no child outlives the call
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
     if len(out) > MAX_CHILD_OUTPUT:
-        raise MediaError(413, f"{argv[0]} produced more than {MAX_CHILD_OUTPUT} bytes", "too_large")
+        raise MediaError(413, N_("{argv} produced more than {max_child_output} bytes",
+                                 argv=argv[0], max_child_output=MAX_CHILD_OUTPUT), "too_large")
     return proc.returncode or 0, out, escape(err.decode("utf-8", "replace").strip(), 300)
 
 
@@ -119,7 +122,7 @@ DEMUXER = {"audio/wav": "wav", "audio/mpeg": "mp3", "audio/ogg": "ogg"}
 def _demuxer(data: bytes) -> str:
     kind = sniff(data)
     if kind is None:
-        raise MediaError(415, "the file is not MP3, WAV, Ogg or Opus", "audio_type")
+        raise MediaError(415, N_("the file is not MP3, WAV, Ogg or Opus"), "audio_type")
     return DEMUXER[kind]
 
 
@@ -134,16 +137,16 @@ async def probe(data: bytes) -> Probe:
                                        limit_s=30)
     if rc != 0:
         log.info("ffprobe refused an upload: %s", err)
-        raise MediaError(415, "the file is not audio this server can read", "not_audio")
+        raise MediaError(415, N_("the file is not audio this server can read"), "not_audio")
     try:
         info = json.loads(out)
         fmt = str(info["format"]["format_name"]).split(",")[0]
         streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
         duration = float(info["format"].get("duration") or streams[0].get("duration") or 0)
     except (ValueError, KeyError, IndexError, TypeError):
-        raise MediaError(415, "the file is not audio this server can read", "not_audio") from None
+        raise MediaError(415, N_("the file is not audio this server can read"), "not_audio") from None
     if not streams:
-        raise MediaError(415, "the file has no audio stream", "not_audio")
+        raise MediaError(415, N_("the file has no audio stream"), "not_audio")
     s = streams[0]
     return Probe(format=fmt, codec=str(s.get("codec_name", "")), duration_s=round(duration, 3),
                  channels=int(s.get("channels") or 0), sample_rate=int(s.get("sample_rate") or 0), bytes=len(data))
@@ -194,23 +197,24 @@ async def encode_opus(data: bytes, kbps: int) -> bytes:
                                       "-b:a", f"{kbps}k", "-application", "voip", "-f", "ogg", str(dst)])
         if rc != 0 or not dst.is_file():
             log.info("ffmpeg could not re-encode an upload (exit %d): %s", rc, err)
-            raise MediaError(422, "the audio could not be decoded for re-encoding", "decode_failed")
+            raise MediaError(422, N_("the audio could not be decoded for re-encoding"), "decode_failed")
         return await asyncio.to_thread(dst.read_bytes)
 
 
 async def fit_audio(data: bytes, limit: int = LIMIT_BYTES) -> Fitted:
     """The upload as the box will get it: unchanged when the box plays it and it fits, else Ogg/Opus."""
     if not data:
-        raise MediaError(400, "the file is empty", "empty")
+        raise MediaError(400, N_("the file is empty"), "empty")
     if len(data) > MAX_UPLOAD_BYTES:
-        raise MediaError(413, f"the file is {len(data)} bytes; uploads are limited to {MAX_UPLOAD_BYTES}",
+        raise MediaError(413, N_("the file is {data} bytes; uploads are limited to {max_upload_bytes}",
+                                 data=len(data), max_upload_bytes=MAX_UPLOAD_BYTES),
                          "too_large")
     p = await probe(data)
     if p.duration_s <= 0:
-        raise MediaError(422, "the audio has no length", "empty")
+        raise MediaError(422, N_("the audio has no length"), "empty")
     mime = mime_of(p)
     if mime is None and p.format not in ("mp3", "wav", "ogg"):
-        raise MediaError(415, f"{p.format} is not MP3, WAV, Ogg or Opus", "audio_type")
+        raise MediaError(415, N_("{format} is not MP3, WAV, Ogg or Opus", format=p.format), "audio_type")
     warnings = []
     if p.duration_s > BOX_MAX_PLAY_S:
         warnings.append(f"longer than the boxes' play limit ({BOX_MAX_PLAY_S:.0f} s, max_play_s): "
@@ -220,14 +224,15 @@ async def fit_audio(data: bytes, limit: int = LIMIT_BYTES) -> Fitted:
     kbps = min(MAX_KBPS, bitrate_for(p.duration_s, limit))
     if kbps < MIN_KBPS:
         most = limit * 8 * 0.92 / (MIN_KBPS * 1000)
-        raise MediaError(413, f"the audio is {p.duration_s / 60:.1f} min; at most {most / 60:.1f} min fits the "
-                         f"{limit // 1024} KiB a broadcast carries", "too_long")
+        raise MediaError(413, N_("the audio is {minutes:.1f} min; at most {most:.1f} min fits the {kib} KiB a "
+                                 "broadcast carries", minutes=p.duration_s / 60, most=most / 60, kib=limit // 1024),
+                         "too_long")
     out = await encode_opus(data, kbps)
     while len(out) > limit and kbps > MIN_KBPS:  # VBR overshot: step down until it fits
         kbps = max(MIN_KBPS, int(kbps * 0.8))
         out = await encode_opus(data, kbps)
     if len(out) > limit:
-        raise MediaError(413, "the audio does not fit even at the lowest bitrate", "too_long")
+        raise MediaError(413, N_("the audio does not fit even at the lowest bitrate"), "too_long")
     q = await probe(out)
     return Fitted(out, "audio/ogg", q.duration_s, True, kbps, p, warnings)
 
@@ -236,9 +241,10 @@ async def fit_audio(data: bytes, limit: int = LIMIT_BYTES) -> Fitted:
 async def tts_preview(text: str, voice: str = VOICE) -> bytes:
     """`text` spoken by espeak-ng (`voice`), as Ogg/Opus bytes; MediaError on bad text or a failing child."""
     if not isinstance(text, str) or not text.strip():
-        raise MediaError(400, "no text to speak", "empty")
+        raise MediaError(400, N_("no text to speak"), "empty")
     if len(text) > MAX_PREVIEW_CHARS:
-        raise MediaError(413, f"text is {len(text)} characters; the boxes speak at most {MAX_PREVIEW_CHARS}",
+        raise MediaError(413, N_("text is {text} characters; the boxes speak at most {max_preview_chars}",
+                                 text=len(text), max_preview_chars=MAX_PREVIEW_CHARS),
                          "text_too_long")
     text = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate cannot reach the child
     with tempfile.TemporaryDirectory(prefix="vc-tts-") as tmp:
@@ -248,7 +254,7 @@ async def tts_preview(text: str, voice: str = VOICE) -> bytes:
                 await EspeakTts(voice).synth(text, wav)
         except TtsError as exc:
             log.warning("preview: espeak-ng failed: %s", escape(str(exc), 300))
-            raise MediaError(503, "the server could not speak the text (see its log)", "tts_failed") from None
+            raise MediaError(503, N_("the server could not speak the text (see its log)"), "tts_failed") from None
         raw = await asyncio.to_thread(wav.read_bytes)
     return await encode_opus(raw, 32)
 
@@ -264,7 +270,7 @@ def cap_draft(data: bytes, now: float, tz: dt.tzinfo) -> dict[str, Any]:
         alert = cap.parse_cap(data)
         p = cap.plan(alert, now)
     except cap.CapError as exc:
-        raise MediaError(422, f"CAP: {exc}", "bad_cap") from None
+        raise MediaError(422, N_("CAP: {exc}", exc=exc), "bad_cap") from None
     out: dict[str, Any] = {"broadcast_id": p.broadcast_id, "cancels": list(p.cancels), "msg_type": alert.msg_type,
                            "status": alert.status, "sender": alert.sender, "identifier": alert.identifier}
     if p.play is not None:

@@ -185,6 +185,13 @@ async def test_cap_import_gives_the_compose_fields_in_local_time(env: Env) -> No
     r = await env.client.post("/api/v1/media/cap", content=evil.encode(),
                               headers={**env.auth("operator"), "Content-Type": "application/xml"})
     assert r.status_code == 422 and r.json()["reason"] == "bad_cap" and "DOCTYPE" in r.json()["detail"]
+    # the web console asks in its own language (Accept-Language): the same refusal, its detail in words
+    for lang, detail in (("zh-CN", "CAP：CAP 文档带有 DOCTYPE，已拒绝（不接受 DTD 和实体）"),
+                         ("en", "CAP: CAP document has a DOCTYPE; refused (no DTDs or entities)")):
+        r = await env.client.post("/api/v1/media/cap", content=evil.encode(),
+                                  headers={**env.auth("operator"), "Content-Type": "application/xml",
+                                           "Accept-Language": lang})
+        assert r.status_code == 422 and r.json()["reason"] == "bad_cap" and r.json()["detail"] == detail, r.text
     r = await env.post("viewer", "/api/v1/media/cap", {"xml": xml})
     assert r.status_code == 403
 

@@ -20,6 +20,7 @@ from agent.i18n import N_
 
 ROOT = Path(__file__).resolve().parents[1]
 CJK = re.compile(r"[\u4e00-\u9fff]")
+SENTENCE = re.compile(r"[A-Za-z]{2,}[ ,;:'-]+[A-Za-z]{2,}")
 
 # the modules whose exceptions a console prints (agent check/status, keys, identity, release, county ..., sim ...)
 PERSON_FACING = [
@@ -28,7 +29,7 @@ PERSON_FACING = [
     "agent/wearables/settings.py", "agent/wearables/fences.py", "agent/wearables/registry.py",
     "agent/protocol/jws.py", "agent/identity.py", "agent/release.py",
     "county/regions.py", "county/server/config.py", "county/server/cli.py", "county/server/users.py",
-    "county/server/audit.py", "county/push.py",
+    "county/server/audit.py", "county/push.py", "county/media.py",
     "county/server_client.py", "county/cap.py", "county/fences.py", "sim/scenario.py", "sim/fleet.py",
 ]
 
@@ -40,13 +41,18 @@ def back_to_english() -> Iterator[None]:
 
 
 def _raised_texts(path: Path) -> Iterator[tuple[int, str]]:
-    """(line, source) of every `raise X(..., "text" | f"text")` whose message is a bare literal."""
+    """(line, source) of every `raise X(...)` with a bare literal message: an f-string, or a string of words
+    (a code such as "bad_cap" beside the message is not one)."""
     src = path.read_text("utf-8")
     for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args:
-            last = node.exc.args[-1]
-            if isinstance(last, ast.JoinedStr) or (isinstance(last, ast.Constant) and isinstance(last.value, str)):
-                yield node.lineno, ast.get_source_segment(src, node) or ""
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            for arg in node.exc.args:
+                literal = (arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else
+                           "".join(v.value for v in arg.values if isinstance(v, ast.Constant))
+                           if isinstance(arg, ast.JoinedStr) else "")
+                if SENTENCE.search(literal):  # words, not a key like f"gateway[{i}].url" or a code
+                    yield node.lineno, ast.get_source_segment(src, node) or ""
+                    break
 
 
 def test_every_problem_a_console_prints_is_made_with_n_() -> None:
@@ -65,8 +71,10 @@ def test_the_catalog_is_extracted_from_every_such_module() -> None:
 
 def test_the_source_check_finds_a_bare_message(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
-    sample.write_text('def f(v):\n    raise ValueError(f"{v} is bad")\n\ndef g():\n    raise ValueError(N_("ok"))\n')
-    assert [line for line, _text in _raised_texts(sample)] == [2]
+    sample.write_text('def f(v):\n    raise ValueError(f"{v} is bad")\n\ndef g():\n    raise ValueError(N_("ok"))\n'
+                      'def h():\n    raise E(415, "not audio", "not_audio")\n'
+                      'def i():\n    raise E(415, N_("not audio"), "not_audio")\n')
+    assert [line for line, _text in _raised_texts(sample)] == [2, 7]
 
 
 def test_a_made_problem_keeps_its_english_and_is_said_in_chinese() -> None:

@@ -317,6 +317,10 @@ def test_a_cap_file_fills_the_form_and_a_weekly_repeat_is_shown(console: Console
     browser.get(console.url + "/broadcasts/new")
     wait_loaded(browser, LONG)
     browser.find_element(By.CSS_SELECTOR, "input[name=mode][value=cap]").click()
+    evil = tmp_path / "evil.xml"  # refused: the server's reason comes back in the page's language
+    evil.write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "y">]><alert/>', encoding="utf-8")
+    browser.find_element(By.ID, "cap-file").send_keys(str(evil))
+    wait(browser, lambda d: "CAP 文档带有 DOCTYPE，已拒绝" in d.find_element(By.ID, "cap-state").text, LONG)
     browser.find_element(By.ID, "cap-file").send_keys(str(cap))
     wait(browser, lambda d: d.find_element(By.ID, "cap-state").get_attribute("data-ready") == "1", LONG)
     assert browser.find_element(By.ID, "text").get_attribute("value") == "暴雨演练\n这是暴雨预警演练。"

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from agent import words
 from agent.protocol import jws
 from agent.protocol.topics import Topics
 from county import push
@@ -70,6 +71,15 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": ERROR_NAMES.get(status, "error"), "detail": message, **extra}, status_code=status)
 
 
+def in_readers_words(request: Request, text: str) -> str:
+    """An error's detail in Chinese when the request asks for it first (`Accept-Language: zh-CN`, which the
+    web console sends in its own language): the problems our validators make (a CAP file, a fence file, a
+    target, a time) and the sentences of the "village" catalog. Anything else, and any client that does not
+    ask (scripts, `village county --server`), gets the API's English."""
+    first = request.headers.get("accept-language", "").split(",")[0].split(";")[0].strip().lower()
+    return words.problem(text, "zh") if first.startswith("zh") else text
+
+
 class ApiError(Exception):
     """Raised inside a route: `api` turns it into `{"error": ...}` with the status."""
 
@@ -89,7 +99,7 @@ def api(fn: Endpoint) -> Endpoint:
         try:
             return await fn(request)
         except ApiError as exc:
-            return error(exc.status, exc.message, **exc.extra)
+            return error(exc.status, in_readers_words(request, exc.message), **exc.extra)
         except HTTPException as exc:
             resp = error(exc.status_code, str(exc.detail))
             resp.headers.update(exc.headers or {})

@@ -1,6 +1,6 @@
 // The JSON API from the page: same-origin fetch with the session cookie (HttpOnly: scripts never see it)
 // and the session's CSRF token (<meta name="csrf-token">) on every write. A 401 goes to the login page.
-import { t } from "./i18n.js";
+import { LANG, t } from "./i18n.js";
 
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
 
@@ -13,7 +13,9 @@ export class ApiError extends Error {
 }
 
 export async function api(path, {method = "GET", body, raw = false, headers = {}} = {}) {
-  const init = {method, credentials: "same-origin", headers: {Accept: "application/json", ...headers}};
+  // Accept-Language: the page's language, so the server's error details come back in it (routes_common.py)
+  const init = {method, credentials: "same-origin",
+                headers: {Accept: "application/json", "Accept-Language": LANG, ...headers}};
   if (method !== "GET" && method !== "HEAD") init.headers["X-CSRF-Token"] = csrf;
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -33,7 +35,8 @@ export async function api(path, {method = "GET", body, raw = false, headers = {}
   return data;
 }
 
-// A user-facing sentence for a failed call (the server's detail is English; the status is put in words)
+// A user-facing sentence for a failed call (the status put in words; the server's detail is in the page's
+// language where the server has the words, else English)
 export function explain(err) {
   if (!(err instanceof ApiError)) return t("The server could not be reached.");
   if (err.status === 403) return t("Your role may not do this.");

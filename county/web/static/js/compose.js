@@ -6,7 +6,7 @@ import { api, ApiError, explain } from "./api.js";
 import { DAYS, dayText } from "./broadcastwords.js";
 import { $, $$, clear, h } from "./dom.js";
 import { countyDay, fmtDuration, fmtNumber } from "./fmt.js";
-import { t } from "./i18n.js";
+import { LANG, t } from "./i18n.js";
 import { loaded } from "./session.js";
 import { TargetPicker } from "./targets.js";
 
@@ -31,7 +31,7 @@ function showMode() {
 // a raw upload (the file itself as the body): api() sends JSON only
 async function upload(path, file, type) {
   const r = await fetch(path, {method: "POST", credentials: "same-origin", body: file,
-    headers: {"Content-Type": type, "X-CSRF-Token": csrf, Accept: "application/json"}});
+    headers: {"Content-Type": type, "X-CSRF-Token": csrf, Accept: "application/json", "Accept-Language": LANG}});
   if (r.status === 401) location.assign(`/login?next=${encodeURIComponent(location.pathname)}`);
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }

@@ -32,6 +32,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listens(pid: int, port: int) -> bool | None:
+    """Whether process `pid` holds the socket listening on TCP `port`, from Linux's /proc (None where /proc
+    cannot tell: the caller then trusts its connect). A free port is only free until somebody binds it: a
+    second simulator can be handed the same number, and a connect alone would reach the other's server."""
+    inodes: set[str] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table, encoding="ascii") as f:
+                next(f)  # the header
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                        inodes.add(fields[9])
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
 def wait_port(port: int, timeout_s: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -85,12 +111,24 @@ class LocalBroker:
         assert self.exe is not None
         return [self.exe, "-c", str(conf)]
 
-    def start(self) -> LocalBroker:
+    def start(self, attempts: int = 5) -> LocalBroker:
+        """Start it and wait until it listens; a port somebody else took meanwhile (the broker exits, or the
+        listener is another process) is given up for a new one, up to `attempts` times."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self._command(), stdout=log, stderr=log, start_new_session=True)
-        wait_port(self.port, proc=self.proc)
-        return self
+        for attempt in range(attempts):
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(self._command(), stdout=log, stderr=log, start_new_session=True)
+            try:
+                wait_port(self.port, proc=self.proc)
+            except BrokerError:
+                if self.proc.poll() is None or attempt == attempts - 1:
+                    raise
+            else:
+                if listens(self.proc.pid, self.port) is not False:
+                    return self
+            self.stop()
+            self.port = free_port()
+        raise BrokerError(f"no port of its own for the broker after {attempts} tries")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.protocol.topics import BOX_ID_RE
+from sim.broker import listens
 
 USER = "demo"
 COUNTY_MODULES = ("sqlalchemy", "aiosqlite", "alembic", "starlette", "uvicorn", "argon2", "openpyxl")
@@ -38,6 +39,13 @@ COUNTY_MODULES = ("sqlalchemy", "aiosqlite", "alembic", "starlette", "uvicorn", 
 def county_installed() -> bool:
     """Whether the [county] extra's packages are importable."""
     return all(importlib.util.find_spec(m) is not None for m in COUNTY_MODULES)
+
+
+class PortTaken(RuntimeError):
+    """Another process answered on the port this server was given (it was free when picked)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(f"another process listens on 127.0.0.1:{port}, the port the county server was given")
 
 
 def _free_port() -> int:
@@ -103,9 +111,17 @@ class CountyServer:
     def _cli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "agent.cli", "county", *args]
 
-    def start(self) -> CountyServer:
-        """Write the files, create the login, start the server; returns once /api/v1/health answers.
-        RuntimeError (or OSError) says what failed."""
+    def start(self, attempts: int = 3) -> CountyServer:
+        """Write the files, create the login, start the server; returns once /api/v1/health answers (on a
+        new port if another process answered on this one). RuntimeError (or OSError) says what failed."""
+        for _attempt in range(attempts - 1):
+            try:
+                return self._start_once()
+            except PortTaken:
+                continue
+        return self._start_once()
+
+    def _start_once(self) -> CountyServer:
         try:
             return self._start()
         except subprocess.SubprocessError as exc:
@@ -144,6 +160,9 @@ class CountyServer:
             try:
                 with urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=2) as r:
                     if r.status == 200:
+                        if listens(self.proc.pid, self.port) is False:  # another's server on a reused port
+                            self.stop()
+                            raise PortTaken(self.port)
                         return self
             except (urllib.error.URLError, OSError):
                 pass

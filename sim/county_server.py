@@ -48,6 +48,14 @@ class PortTaken(RuntimeError):
         super().__init__(f"another process listens on 127.0.0.1:{port}, the port the county server was given")
 
 
+def _somebody_listens(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -156,6 +164,9 @@ class CountyServer:
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             if self.proc.poll() is not None:
+                if _somebody_listens(self.port):  # it could not bind: the port was taken after it was picked
+                    self.stop()
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"county server exited {self.proc.returncode}: {self._tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=2) as r:

@@ -52,3 +52,27 @@ def test_a_broker_given_a_taken_port_moves_to_one_of_its_own(kind: str, taken: i
         assert listens(broker.proc.pid, broker.port) is not False  # its own listener, not ours
     finally:
         broker.stop()
+
+
+def test_the_county_server_given_a_taken_port_starts_on_another(taken: int, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.keys import new_keypair
+    from sim import county_server
+    from tests.support import Mosquitto
+
+    if not county_server.county_installed():
+        pytest.skip("the [county] extra is not installed")
+    ports = iter([taken])  # the first pick is the one somebody took; then free ones
+    monkeypatch.setattr(county_server, "_free_port", lambda: next(ports, None) or free_port())
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(tmp_path / "broker").start()
+    key, _pub = new_keypair("county-sim", tmp_path / "keys")
+    server = county_server.CountyServer(tmp_path, broker.url, key, "county-sim", "menglou", "勐楼村", "lhk-1",
+                                        ("town-menglou",))
+    try:
+        server.start()
+        assert server.port != taken and server.proc is not None
+        assert listens(server.proc.pid, server.port) is not False
+    finally:
+        server.stop()
+        broker.stop()

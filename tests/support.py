@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import os
@@ -290,10 +291,12 @@ def deliver_cancel(ordering: str, task: asyncio.Task[Any]) -> None:
         asyncio.get_running_loop().call_soon(task.cancel)
 
 
-class TwinBox:
+class TwinBox(abc.ABC):
     """A box twin on a plain broker: retained `online` state with its groups, its cmd topics subscribed, every
     command verified with the county keys and handed to `on_command(topic, command, retained)` in paho's
-    thread; `receipt()` answers. The county tests' stand-in for a box where the real agent is not the point."""
+    thread; `receipt()` answers. The county tests' stand-in for a box where the real agent is not the point:
+    each test module says what its twin does with a command (FakeBox in test_county_cli, SimBox in
+    test_web_broadcasts)."""
 
     def __init__(self, url: str, box: str, groups: list[str], keys: dict[str, Any], *, client_id: str) -> None:
         from agent.protocol.topics import Topics
@@ -315,8 +318,9 @@ class TwinBox:
     def addressed(self, command: dict[str, Any]) -> bool:
         return bool({f"box:{self.box}", *(f"group:{g}" for g in self.groups)}.intersection(command["to"]))
 
+    @abc.abstractmethod
     def on_command(self, topic: str, command: dict[str, Any], retained: bool) -> None:
-        raise NotImplementedError
+        """One verified command, in paho's thread."""
 
     def receipt(self, cmd: str, state: str, ts: int | None = None, **extra: Any) -> None:
         from agent.protocol.envelope import Envelope, MsgClass

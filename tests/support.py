@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.protocol.batch import expand
 from sim.agentproc import toml_dumps  # noqa: F401 - one TOML writer for tests and the simulator
+
+REPO = Path(__file__).resolve().parent.parent
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -289,6 +292,21 @@ def deliver_cancel(ordering: str, task: asyncio.Task[Any]) -> None:
         task.cancel()
     else:
         asyncio.get_running_loop().call_soon(task.cancel)
+
+
+# ---- `village county` as a process: what the county server tests start the way an operator does
+def county_user_add(cfg: Path, name: str, role: str, password_file: Path) -> None:
+    """`village county user add NAME --role ROLE --password-file F -c CFG`, which must succeed."""
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "county", "user", "add", name, "--role", role,
+                        "--password-file", str(password_file), "-c", str(cfg)], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def county_serve(cfg: Path) -> subprocess.Popen[str]:
+    """`village county serve -c CFG` in the background, its stdout and stderr piped (text)."""
+    return subprocess.Popen([sys.executable, "-m", "agent.cli", "county", "serve", "-c", str(cfg)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 class TwinBox(abc.ABC):

@@ -26,7 +26,7 @@ import pytest
 
 from agent.keys import new_keypair
 from tests.pki import TestCA
-from tests.support import Mosquitto, free_port, wait_port, wait_until
+from tests.support import Mosquitto, county_serve, county_user_add, free_port, wait_port, wait_until
 from tests.test_county_cli import FakeBox
 from tests.test_county_serve import box_state
 
@@ -59,10 +59,7 @@ class Server:
 
 
 def _user(cfg: Path, pw: Path, name: str, role: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "county", "user", "add", name, "--role", role,
-                        "--password-file", str(pw), "-c", str(cfg)], cwd=REPO, capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
+    county_user_add(cfg, name, role, pw)
 
 
 def start_server(tmp: Path, broker: Mosquitto, *, tls: bool = False) -> Server:
@@ -94,8 +91,7 @@ regions = "{REPO / 'county/regions.example.toml'}"
     pw.write_text(PASSWORD + "\n")
     _user(cfg, pw, "li", "operator")
     _user(cfg, pw, "wang", "viewer")
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "county", "serve", "-c", str(cfg)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = county_serve(cfg)
     wait_port(port, timeout=30)
     host = "localhost" if tls else "127.0.0.1"
     return Server(f"{'https' if tls else 'http'}://{host}:{port}", tmp, proc, pub, ca_pem)

@@ -9,8 +9,6 @@ import signal
 import socket
 import sqlite3
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -19,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.pki import TestCA
-from tests.support import Mosquitto, free_port, wait_port, wait_until
+from tests.support import Mosquitto, county_serve, county_user_add, free_port, wait_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery"
@@ -41,16 +39,9 @@ regions = "{REPO / 'county/regions.example.toml'}"
 """, encoding="utf-8")
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD + "\n")
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "county", "user", "add", "li", "--role", "operator",
-                        "--password-file", str(pw), "-c", str(cfg)], cwd=REPO, capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
+    county_user_add(cfg, "li", "operator", pw)
     return cfg
 
-
-def start(cfg: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "county", "serve", "-c", str(cfg)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def publish_state(broker: Mosquitto, box: str) -> None:
@@ -80,7 +71,7 @@ def box_state(db: Path, box: str) -> str | None:
 def test_serve_logs_in_ingests_and_stops_cleanly(tmp_path: Path, broker: Mosquitto, sig: signal.Signals) -> None:
     port = free_port()
     cfg = setup(tmp_path, broker, port)
-    proc = start(cfg)
+    proc = county_serve(cfg)
     try:
         wait_port(port, timeout=30)
         base = f"http://127.0.0.1:{port}"
@@ -108,7 +99,7 @@ def test_serve_on_a_taken_port_is_one_line_and_exit_1(tmp_path: Path, broker: Mo
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         cfg = setup(tmp_path, broker, taken.getsockname()[1])
-        proc = start(cfg)
+        proc = county_serve(cfg)
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
     assert err.strip().splitlines()[-1].startswith("village county serve: cannot listen on 127.0.0.1:")
@@ -120,7 +111,7 @@ def test_serve_speaks_https_with_tls_cert_and_key(tmp_path: Path, broker: Mosqui
     issued = ca.server("localhost")
     port = free_port()
     cfg = setup(tmp_path, broker, port, f'tls_cert = "{issued.cert}"\ntls_key = "{issued.key}"')
-    proc = start(cfg)
+    proc = county_serve(cfg)
     try:
         wait_port(port, timeout=30)
         trust = ssl.create_default_context(cafile=str(ca.pem))
@@ -144,7 +135,7 @@ def test_serve_with_an_unusable_tls_cert_exits_2(tmp_path: Path, broker: Mosquit
     (tmp_path / "cert.pem").write_text("not a certificate")
     (tmp_path / "key.pem").write_text("not a key")
     cfg = setup(tmp_path, broker, free_port(), 'tls_cert = "cert.pem"\ntls_key = "key.pem"')
-    proc = start(cfg)
+    proc = county_serve(cfg)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     lines = err.strip().splitlines()
@@ -168,7 +159,7 @@ def test_serve_runs_retention_old_telemetry_goes_alarms_stay(tmp_path: Path, bro
         with sqlite3.connect(db) as conn:
             return [r[0] for r in conn.execute("SELECT class FROM messages ORDER BY seq")]
 
-    proc = start(cfg)
+    proc = county_serve(cfg)
     try:
         assert wait_until(lambda: classes() == ["alarm"], timeout=30), classes()
         proc.send_signal(signal.SIGTERM)

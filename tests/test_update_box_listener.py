@@ -12,8 +12,6 @@ import signal
 import socket
 import sqlite3
 import ssl
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.release import Manifest, WheelEntry, sign_manifest
 from county.server.config import ConfigError, parse_config
 from tests.pki import TestCA
-from tests.support import Mosquitto, free_port, wait_port, wait_until
+from tests.support import Mosquitto, county_serve, county_user_add, free_port, wait_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery"
@@ -51,15 +49,8 @@ regions = "{REPO / 'county/regions.example.toml'}"
 def _add_admin(cfg: Path, tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD + "\n")
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "county", "user", "add", "root", "--role", "admin",
-                        "--password-file", str(pw), "-c", str(cfg)], cwd=REPO, capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
+    county_user_add(cfg, "root", "admin", pw)
 
-
-def _serve(cfg: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "county", "serve", "-c", str(cfg)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_box_listen_is_checked_one_line_each(tmp_path: Path) -> None:
@@ -92,7 +83,7 @@ def test_a_box_client_ca_that_is_not_a_certificate_exits_2_in_one_line(tmp_path:
     cfg = _config(tmp_path, broker, f'listen = "127.0.0.1:{free_port()}"\ntls_cert = "{issued.cert}"\n'
                                     f'tls_key = "{issued.key}"\nbox_listen = "127.0.0.1:{free_port()}"\n'
                                     'box_client_ca = "ca.pem"')
-    proc = _serve(cfg)
+    proc = county_serve(cfg)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     lines = err.strip().splitlines()
@@ -116,7 +107,7 @@ def test_boxes_download_with_their_certificate_and_the_browser_port_does_not_ser
                                     f'tls_key = "{issued.key}"\nbox_listen = "127.0.0.1:{box_port}"\n'
                                     f'box_client_ca = "{ca.pem}"')
     _add_admin(cfg, tmp_path)
-    proc = _serve(cfg)
+    proc = county_serve(cfg)
     try:
         wait_port(port, timeout=60)
         wait_port(box_port, timeout=60)

@@ -54,6 +54,16 @@ def test_a_broker_given_a_taken_port_moves_to_one_of_its_own(kind: str, taken: i
         broker.stop()
 
 
+def test_a_broker_out_of_tries_says_so(taken: int, tmp_path: Path) -> None:
+    from sim.broker import BrokerError
+
+    broker = LocalBroker(tmp_path, "amqtt")
+    broker.port = taken
+    with pytest.raises(BrokerError):  # one try, on a port that is another's: a clear error, nothing left running
+        broker.start(attempts=1)
+    assert broker.proc is not None and broker.proc.poll() is not None
+
+
 def test_the_county_server_given_a_taken_port_starts_on_another(taken: int, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.keys import new_keypair

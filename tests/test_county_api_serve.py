@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import Collector, Mosquitto, free_port, wait_port
+from tests.support import Collector, Mosquitto, county_serve, free_port, wait_port
 from tests.test_county_api_escalation import Receiver
-from tests.test_county_serve import PASSWORD, setup, start
+from tests.test_county_serve import PASSWORD, setup
 
 
 def sos(box: str, seq: int) -> dict[str, object]:
@@ -31,7 +31,7 @@ def test_serve_escalates_an_unacknowledged_sos_and_stops_with_a_stream_open(tmp_
     cfg = setup(tmp_path, broker, port)
     with cfg.open("a", encoding="utf-8") as f:
         f.write(f'[alarms]\nescalate_after_s = 1\nwebhook = "{rx.url}"\nwebhook_retries = 3\n')
-    proc = start(cfg)
+    proc = county_serve(cfg)
     try:
         wait_port(port, 30)
         base = f"http://127.0.0.1:{port}"
